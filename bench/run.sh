@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# snapinst benchmark: the fixed cost of a transaction (prepare + commit) as the tree grows, against `cp -a` of the
+# same tree, and snapinst's peak memory. For each backend and tree size it makes a root of N files of 1 KiB in
+# nested directories, syncs, applies a one-file plan with `snapinst apply --json` (REPS times, a different file
+# each time; the median of prepare + commit from the summary event is the overhead), then times `cp -a` of the tree
+# to a sibling directory followed by a sync on the same filesystem.
+#
+#   sudo bash bench/run.sh           # 3 applies per row
+#   sudo bash bench/run.sh --quick   # 1 apply per row (used by scripts/test.sh)
+#
+# btrfs: the root is a subvolume of a scratch btrfs image. overlay: the root is a directory on a scratch ext4 image.
+# Targets: overhead at 100k files <= 100 ms and <= 1.5x the 1k value; peak RSS <= 50 MB. The targets are reported
+# as PASS/FAIL and do not change the exit code; the script fails only when it cannot run or an apply does not
+# commit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+. scripts/lib.sh
+
+reps=3
+case "${1:-}" in
+  "") ;;
+  --quick) reps=1 ;;
+  *) die "usage: bench/run.sh [--quick]" ;;
+esac
+sizes=(1000 10000 100000)
+
+need_root "bench/run.sh"
+bash scripts/deps.sh
+find_cargo
+heading "Building snapinst (cargo build --release)"
+cargo build --release
+snapinst=$repo/target/release/snapinst
+[ -x "$snapinst" ] || die "cargo build did not produce $snapinst"
+
+scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/snapinst-bench.XXXXXX")
+loops=()
+cleanup() {
+  local rc=$? l
+  set +e
+  unmount_under "$scratch"
+  for l in "${loops[@]}"; do losetup -d "$l"; done
+  unregister_under "$scratch"
+  rm -rf -- "$scratch"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+results=$scratch/results.tsv
+: >"$results"
+mkdir "$scratch/plans"
+apply_failures=0
+
+# make_image NAME FSTYPE: a 4 GiB sparse image, formatted and loop-mounted at $scratch/NAME.
+make_image() {
+  local name=$1 fstype=$2 img=$scratch/$1.img dev
+  truncate -s 4G "$img"
+  case "$fstype" in
+    btrfs) mkfs.btrfs -q "$img" ;;
+    ext4) mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img" ;;
+  esac
+  dev=$(losetup --find --show "$img")
+  loops+=("$dev")
+  mkdir "$scratch/$name"
+  mount "$dev" "$scratch/$name"
+}
+
+# make_tree DIR N: N files of 1 KiB, 100 per directory, 100 directories per top-level directory.
+make_tree() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+block = bytes(range(256)) * 4
+for i in range(n):
+    d = os.path.join(root, "data", "d%03d" % (i // 10000), "d%03d" % (i // 100 % 100))
+    if i % 100 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%03d" % (i % 100)), "wb") as f:
+        f.write(block)
+        f.write(b"%d\n" % i)
+PY
+}
+
+# measure_apply PLAN ROOT BACKEND: one `snapinst apply --json` in a fresh python3 process, so that
+# RUSAGE_CHILDREN covers exactly this run. Prints "outcome prepare_ms commit_ms peak_rss_kib wall_ms".
+measure_apply() {
+  python3 - "$snapinst" apply "$1" --root "$2" --backend "$3" --json <<'PY'
+import json, resource, subprocess, sys, time
+t0 = time.monotonic()
+p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+wall_ms = (time.monotonic() - t0) * 1000
+rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+summary = None
+for line in p.stdout.splitlines():
+    try:
+        event = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(event, dict) and event.get("event") == "summary":
+        summary = event
+outcome = summary.get("outcome") if summary else "no-summary"
+if p.returncode != 0 or outcome != "committed":
+    sys.stderr.write("snapinst exited %d (outcome %s)\n--- stdout\n%s--- stderr\n%s"
+                     % (p.returncode, outcome, p.stdout, p.stderr))
+    outcome = outcome if outcome != "committed" else "exit-%d" % p.returncode
+t = (summary or {}).get("timings_ms") or {}
+print(outcome, t.get("prepare", "nan"), t.get("commit", "nan"), rss_kib, "%.1f" % wall_ms)
+PY
+}
+
+# bench_backend BACKEND MOUNTPOINT MAKE_ROOT: MAKE_ROOT DIR creates the empty root DIR.
+bench_backend() {
+  local backend=$1 mnt=$2 make_root=$3 n root rep plan line t0 t1 cp_ms
+  for n in "${sizes[@]}"; do
+    root=$mnt/root$n
+    heading "$backend: tree of $n files"
+    "$make_root" "$root"
+    make_tree "$root" "$n"
+    sync -f "$mnt"
+    for rep in $(seq 1 "$reps"); do
+      plan=$scratch/plans/$backend-$n-$rep.json
+      printf '{"name": "bench", "version": "%s", "steps": [{"id": "touch", "type": "file", "path": "/bench-%s.txt", "content": "run %s\\n"}]}\n' \
+        "$rep" "$rep" "$rep" >"$plan"
+      if line=$(measure_apply "$plan" "$root" "$backend"); then :; else die "measuring apply failed"; fi
+      echo "apply #$rep: outcome prepare_ms commit_ms peak_rss_kib wall_ms = $line"
+      case "$line" in committed\ *) ;; *) apply_failures=$((apply_failures + 1)) ;; esac
+      printf '%s\t%s\tapply\t%s\n' "$backend" "$n" "$line" >>"$results"
+    done
+    sync -f "$mnt"
+    t0=$(date +%s%N)
+    cp -a "$root" "$mnt/copy$n"
+    sync -f "$mnt"
+    t1=$(date +%s%N)
+    cp_ms=$(((t1 - t0) / 1000000))
+    echo "cp -a + sync: $cp_ms ms"
+    printf '%s\t%s\tcp\t%s\n' "$backend" "$n" "$cp_ms" >>"$results"
+  done
+}
+
+make_btrfs_root() { btrfs -q subvolume create "$1"; }
+make_dir_root() { mkdir "$1"; }
+
+heading "Scratch images in $scratch"
+make_image btrfs btrfs
+make_image ext4 ext4
+bench_backend btrfs "$scratch/btrfs" make_btrfs_root
+bench_backend overlay "$scratch/ext4" make_dir_root
+
+heading "Results ($reps apply per row; overhead = median of timings_ms.prepare + timings_ms.commit)"
+python3 - "$results" <<'PY'
+import math, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    key = (f[0], int(f[1]))
+    r = rows.setdefault(key, {"overhead": [], "rss": [], "cp": None, "ok": True})
+    if f[2] == "apply":
+        outcome, prepare, commit, rss_kib, _wall = f[3].split()
+        r["ok"] &= outcome == "committed"
+        r["overhead"].append(float(prepare) + float(commit))
+        r["rss"].append(int(rss_kib) / 1024)
+    else:
+        r["cp"] = float(f[3])
+
+def fmt(x, nd=1):
+    return "n/a" if x is None or math.isnan(x) else "%.*f" % (nd, x)
+
+header = ("backend", "files", "overhead ms", "ratio to 1k", "cp -a ms", "peak RSS MB")
+table, checks = [], []
+for backend in ("btrfs", "overlay"):
+    base = None
+    for (b, n), r in sorted(rows.items()):
+        if b != backend:
+            continue
+        ov = statistics.median(r["overhead"]) if r["overhead"] else float("nan")
+        rss = max(r["rss"]) if r["rss"] else float("nan")
+        if n == 1000:
+            base = ov
+        ratio = ov / base if base and not math.isnan(ov) else float("nan")
+        table.append((backend, str(n), fmt(ov) + ("" if r["ok"] else " (failed)"), fmt(ratio, 2), fmt(r["cp"], 0), fmt(rss)))
+        if n == 100000:
+            checks.append(("%s: overhead at 100k files <= 100 ms" % backend, ov <= 100, "%s ms" % fmt(ov)))
+            checks.append(("%s: overhead at 100k <= 1.5x the 1k value" % backend,
+                           base is not None and ov <= 1.5 * base, "%s ms vs 1.5 x %s ms" % (fmt(ov), fmt(base))))
+    rss_all = [x for (b, _), r in rows.items() if b == backend for x in r["rss"]]
+    peak = max(rss_all) if rss_all else float("nan")
+    checks.append(("%s: peak RSS <= 50 MB" % backend, peak <= 50, "%s MB" % fmt(peak)))
+
+widths = [max(len(str(row[i])) for row in [header] + table) for i in range(len(header))]
+line = lambda row: "| " + " | ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |"
+print(line(header))
+print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+for row in table:
+    print(line(row))
+print()
+for name, ok, detail in checks:
+    print("%s  %s (%s)" % ("PASS" if ok else "FAIL", name, detail))
+PY
+
+if [ "$apply_failures" -gt 0 ]; then
+  echo "bench: $apply_failures apply run(s) did not commit" >&2
+  exit 1
+fi

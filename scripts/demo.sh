@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# snapinst demo: installs examples/hello (commits), then examples/broken (fails at a verify step and is rolled
+# back), shows status and list, and rolls back to the tree before hello, once on a btrfs subvolume and once on a
+# plain directory with the overlay backend. Everything happens in scratch filesystems that are removed on exit.
+#
+#   sudo bash scripts/demo.sh
+#
+# Exits 0 when every expectation held, 1 otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+. scripts/lib.sh
+
+need_root "scripts/demo.sh"
+bash scripts/deps.sh
+find_cargo
+
+heading "Building snapinst (cargo build --release)"
+cargo build --release
+snapinst=$repo/target/release/snapinst
+[ -x "$snapinst" ] || die "cargo build did not produce $snapinst"
+
+scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/snapinst-demo.XXXXXX")
+loopdev=""
+cleanup() {
+  local rc=$?
+  set +e
+  unmount_under "$scratch"
+  [ -n "$loopdev" ] && losetup -d "$loopdev"
+  unregister_under "$scratch"
+  rm -rf -- "$scratch"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+failures=0
+pass() { echo "  ok: $*"; }
+fail() {
+  echo "  FAIL: $*"
+  failures=$((failures + 1))
+}
+
+# expect_exit CODE CMD...: runs CMD (showing it), and checks its exit code.
+expect_exit() {
+  local want=$1 rc=0
+  shift
+  echo "\$ snapinst ${*:2}"
+  "$@" || rc=$?
+  if [ "$rc" -eq "$want" ]; then
+    pass "exit code $rc ($(exit_meaning "$rc")), as expected"
+  else
+    fail "exit code $rc ($(exit_meaning "$rc")), expected $want ($(exit_meaning "$want"))"
+  fi
+}
+
+exit_meaning() {
+  case "$1" in
+    0) echo "success" ;;
+    1) echo "a step failed and the transaction was rolled back" ;;
+    2) echo "bad plan or usage, nothing touched" ;;
+    3) echo "not rolled back cleanly, recover needed" ;;
+    *) echo "not a snapinst exit code" ;;
+  esac
+}
+
+# check DESCRIPTION CMD...: passes when CMD succeeds.
+check() {
+  local what=$1
+  shift
+  if "$@" >/dev/null 2>&1; then pass "$what"; else fail "$what"; fi
+}
+
+# json_field JSON EXPR: prints a value from a JSON object (EXPR indexes `d`, e.g. d["current_generation"]).
+json_field() {
+  python3 -c 'import json, sys; d = json.loads(sys.argv[1]); print(json.dumps(eval(sys.argv[2])))' "$1" "$2"
+}
+
+# demo_root LABEL ROOT BACKEND
+demo_root() {
+  local label=$1 root=$2 backend=$3 out gen
+
+  heading "[$label] apply examples/hello/plan.json: expect a commit"
+  expect_exit 0 "$snapinst" apply examples/hello/plan.json --root "$root" --backend "$backend"
+  check "/etc/hello.conf says greeting=hi" grep -qx 'greeting=hi' "$root/etc/hello.conf"
+  check "/opt/hello/hello.sh is executable" test -x "$root/opt/hello/hello.sh"
+  check "/usr/local/bin/hello links to /opt/hello/hello.sh" \
+    test "$(readlink "$root/usr/local/bin/hello")" = /opt/hello/hello.sh
+  check "the run step wrote /var/lib/hello/state" grep -qx installed "$root/var/lib/hello/state"
+
+  heading "[$label] apply examples/broken/plan.json: expect exit 1, rolled back"
+  expect_exit 1 "$snapinst" apply examples/broken/plan.json --root "$root" --backend "$backend"
+  check "/etc/hello.conf is unchanged (no port=80 line)" \
+    test "$(cat "$root/etc/hello.conf" 2>/dev/null)" = 'greeting=hi'
+  check "/etc/broken.conf was not created" test ! -e "$root/etc/broken.conf"
+  check "/usr/local/bin/hello is still there" test -L "$root/usr/local/bin/hello"
+
+  heading "[$label] status"
+  expect_exit 0 "$snapinst" status --root "$root"
+  out=$("$snapinst" status --root "$root" --json) || true
+  echo "\$ snapinst status --json"
+  echo "$out"
+  gen=$(json_field "$out" 'd["current_generation"]' 2>/dev/null) || gen=unreadable
+  [ "$gen" = 1 ] && pass "current generation is 1" || fail "current generation is $gen, expected 1"
+  [ "$(json_field "$out" 'd["backend"]' 2>/dev/null)" = "\"$backend\"" ] &&
+    pass "backend is $backend" || fail "status --json does not report backend $backend"
+  [ "$(json_field "$out" 'd["in_progress"]' 2>/dev/null)" = null ] &&
+    pass "no transaction in progress" || fail "status --json reports a transaction in progress"
+
+  heading "[$label] list"
+  expect_exit 0 "$snapinst" list --root "$root"
+
+  heading "[$label] rollback: back to generation 0, the tree before hello"
+  expect_exit 0 "$snapinst" rollback --root "$root"
+  check "/etc/hello.conf is gone" test ! -e "$root/etc/hello.conf"
+  check "/opt/hello is gone" test ! -e "$root/opt/hello"
+  check "/usr/local/bin/hello is gone" test ! -L "$root/usr/local/bin/hello"
+  check "/var/lib/hello is gone" test ! -e "$root/var/lib/hello"
+  check "the base root is intact (/bin/sh)" test -x "$root/bin/sh"
+  out=$("$snapinst" status --root "$root" --json) || true
+  gen=$(json_field "$out" 'd["current_generation"]' 2>/dev/null) || gen=unreadable
+  [ "$gen" = 0 ] && pass "current generation is 0" || fail "current generation is $gen, expected 0"
+  echo "\$ ls $root/etc"
+  ls -l "$root/etc"
+  echo "\$ snapinst list"
+  "$snapinst" list --root "$root" || fail "snapinst list after rollback"
+}
+
+heading "Setting up a scratch btrfs image (root = subvolume 'root')"
+truncate -s 1G "$scratch/btrfs.img"
+mkfs.btrfs -q "$scratch/btrfs.img"
+loopdev=$(losetup --find --show "$scratch/btrfs.img")
+mkdir "$scratch/btrfs"
+mount "$loopdev" "$scratch/btrfs"
+btrfs -q subvolume create "$scratch/btrfs/root"
+make_base_root "$scratch/btrfs/root"
+echo "btrfs root: $scratch/btrfs/root on $loopdev (state dir: $scratch/btrfs/.snapinst-root)"
+
+heading "Setting up a scratch directory on the host filesystem (overlay backend)"
+hostfs=$(findmnt -no FSTYPE -T "$scratch")
+if [ "$hostfs" = overlay ]; then
+  # An overlay upper layer cannot live on overlayfs itself (e.g. inside a container): use an ext4 image.
+  echo "the host filesystem is overlayfs: using a scratch ext4 image instead"
+  truncate -s 512M "$scratch/ext4.img"
+  mkfs.ext4 -q -F "$scratch/ext4.img"
+  mkdir "$scratch/host"
+  mount -o loop "$scratch/ext4.img" "$scratch/host"
+else
+  mkdir "$scratch/host"
+fi
+make_base_root "$scratch/host/root"
+echo "overlay root: $scratch/host/root on $(findmnt -no FSTYPE -T "$scratch/host") (state dir: $scratch/host/.snapinst-root)"
+
+demo_root btrfs "$scratch/btrfs/root" btrfs
+demo_root overlay "$scratch/host/root" overlay
+
+heading "Result"
+if [ "$failures" -eq 0 ]; then
+  echo "demo: every expectation held"
+else
+  echo "demo: $failures expectation(s) failed"
+  exit 1
+fi

@@ -1,0 +1,81 @@
+# Shared helpers for scripts/demo.sh, scripts/test.sh and bench/run.sh. Source it; it does nothing by itself.
+# It never touches anything outside the scratch directories its callers make, except /var/lib/snapinst/roots/
+# entries that name such a scratch directory (unregister_under).
+
+heading() {
+  printf '\n==== %s ====\n' "$*"
+}
+
+die() {
+  echo "error: $*" >&2
+  exit 1
+}
+
+need_root() {
+  [ "$(id -u)" -eq 0 ] || die "${1:-this script} needs root (it mounts filesystems); run it with sudo"
+}
+
+# Puts cargo on PATH. Under sudo, secure_path usually hides a rustup install, so look in root's and in the
+# invoking user's ~/.cargo/bin too. With the user's toolchain, RUSTUP_HOME points at the user's toolchains while
+# downloads and builds stay in root's own CARGO_HOME, so nothing root-owned lands in the user's home.
+find_cargo() {
+  command -v cargo >/dev/null 2>&1 && return 0
+  if [ -n "${HOME:-}" ] && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    PATH="$HOME/.cargo/bin:$PATH"
+    export PATH
+    return 0
+  fi
+  if [ -n "${SUDO_USER:-}" ]; then
+    local home
+    home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+    if [ -n "$home" ] && [ -x "$home/.cargo/bin/cargo" ]; then
+      PATH="$home/.cargo/bin:$PATH"
+      export PATH
+      if [ -z "${RUSTUP_HOME:-}" ] && [ -d "$home/.rustup" ]; then
+        export RUSTUP_HOME="$home/.rustup"
+      fi
+      return 0
+    fi
+  fi
+  die "cargo not found: install Rust with rustup (https://rustup.rs) first"
+}
+
+# Fills DIR with the smallest root that the sandbox's run and verify steps need: a static busybox as /bin/sh and a
+# few applets, root in /etc/passwd and /etc/group, and the directories the sandbox mounts on.
+make_base_root() {
+  local root=$1 applet
+  [ -x /bin/busybox ] || die "/bin/busybox is missing (package busybox-static)"
+  mkdir -p "$root"/{bin,etc,proc,sys,dev,tmp,run,root,var/lib,usr/local/bin,opt}
+  chmod 1777 "$root/tmp"
+  chmod 0700 "$root/root"
+  install -m 0755 /bin/busybox "$root/bin/busybox"
+  for applet in sh cat echo ls grep sed head tail wc mkdir rm cp mv ln chmod chown id env printf sleep test '[' true false; do
+    ln -sf busybox "$root/bin/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+  printf 'root:x:0:\n' >"$root/etc/group"
+}
+
+# Unmounts everything mounted under DIR, deepest first. Falls back to a lazy unmount for a busy mount.
+unmount_under() {
+  local dir=$1 target
+  findmnt -rn -o TARGET | awk -v d="$dir" 'index($0, d "/") == 1 || $0 == d' | sort -r |
+    while IFS= read -r target; do
+      umount "$target" 2>/dev/null || umount -l "$target" || echo "warning: could not unmount $target" >&2
+    done
+}
+
+# Removes the registrations in /var/lib/snapinst/roots/ of roots that lie under DIR (a scratch directory that is
+# about to be deleted), so that a later `snapinst recover --all` does not look for them.
+unregister_under() {
+  local dir=$1 reg
+  [ -d /var/lib/snapinst/roots ] || return 0
+  for reg in /var/lib/snapinst/roots/* /var/lib/snapinst/roots/.[!.]*; do
+    [ -e "$reg" ] || [ -L "$reg" ] || continue
+    if { [ -L "$reg" ] && readlink "$reg" | grep -qF -- "$dir"; } ||
+      { [ -f "$reg" ] && grep -qF -- "$dir" "$reg"; } ||
+      { [ -d "$reg" ] && grep -rqF -- "$dir" "$reg"; }; then
+      rm -rf -- "$reg"
+    fi
+  done
+}

@@ -1,0 +1,274 @@
+//! The btrfs backend: the stage is a writable snapshot of the root subvolume, taken after a sync; the commit point
+//! is one `renameat2(RENAME_EXCHANGE)` of the stage and the root; the tree it replaces is kept read-only as a
+//! generation. When the root is a mount point (the kernel refuses to rename it) every subvolume operation goes
+//! through a private mount of the filesystem's top level, and the new tree is what the next mount sees.
+//! Nothing here may delete a subvolume that is the root, is mounted, or was committed.
+
+use crate::fsutil;
+use crate::mounts;
+use crate::state::{State, TxnRecord};
+use anyhow::{bail, Context, Result};
+use libbtrfsutil::{CreateSnapshotOptions, DeleteSubvolumeOptions, IterateSubvolume};
+use nix::fcntl::{renameat2, RenameFlags};
+use std::path::{Path, PathBuf};
+
+pub(super) fn is_subvolume(path: &Path) -> bool {
+    libbtrfsutil::is_subvolume(path).unwrap_or(false)
+}
+
+pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
+    if !is_subvolume(root) {
+        bail!("{} is not a btrfs subvolume; the btrfs backend needs the root to be one", root.display());
+    }
+    let nested: Vec<PathBuf> = IterateSubvolume::new(root)
+        .iter_with_id()
+        .with_context(|| format!("listing subvolumes below {}", root.display()))?
+        .map(|r| r.map(|(p, _)| p))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("listing subvolumes below {}", root.display()))?;
+    if !nested.is_empty() {
+        let list: Vec<String> = nested.iter().map(|p| format!("/{}", p.display())).collect();
+        bail!(
+            "{} contains nested subvolumes ({}); a snapshot does not carry them, so snapinst refuses to stage it",
+            root.display(),
+            list.join(", ")
+        );
+    }
+    let parent = state_dir.ancestors().find(|a| a.exists()).unwrap_or(state_dir);
+    if mounts::mount_of(parent)?.fstype != "btrfs" {
+        bail!("the state directory {} is not on a btrfs filesystem", state_dir.display());
+    }
+    Ok(())
+}
+
+/// Where the backend finds the root and its state for subvolume operations.
+pub(super) struct Paths {
+    /// The root as snapinst renames it (through the top-level view when the root is a mount point).
+    root: PathBuf,
+    /// The root as mounted on the host (what is live now).
+    host_root: PathBuf,
+    stage_dir: PathBuf,
+    gens_dir: PathBuf,
+    _top: Option<TopView>,
+}
+
+impl Paths {
+    pub(super) fn new(root: &Path, state_dir: &Path) -> Result<Paths> {
+        let same_mount = mounts::mount_id(root)? == mounts::mount_id(state_dir)?;
+        if same_mount && !mounts::is_mount_point(root)? {
+            return Ok(Paths {
+                root: root.to_path_buf(),
+                host_root: root.to_path_buf(),
+                stage_dir: state_dir.join("stage"),
+                gens_dir: state_dir.join("gens"),
+                _top: None,
+            });
+        }
+        let top = TopView::mount(root)?;
+        let state_in_top = top.dir.join(fs_path(state_dir)?);
+        Ok(Paths {
+            root: top.dir.join(fs_path(root)?),
+            host_root: root.to_path_buf(),
+            stage_dir: state_in_top.join("stage"),
+            gens_dir: state_in_top.join("gens"),
+            _top: Some(top),
+        })
+    }
+
+    fn stage(&self, rec: &TxnRecord) -> PathBuf {
+        self.stage_dir.join(&rec.txn)
+    }
+    fn gen(&self, n: u64) -> PathBuf {
+        self.gens_dir.join(n.to_string())
+    }
+}
+
+/// A private mount of the filesystem's top-level subvolume, unmounted on drop.
+struct TopView {
+    dir: PathBuf,
+}
+
+impl TopView {
+    fn mount(root: &Path) -> Result<TopView> {
+        let m = mounts::mount_of(root)?;
+        let base = if Path::new("/run").is_dir() { PathBuf::from("/run") } else { std::env::temp_dir() };
+        let dir = base.join(format!("snapinst-top.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        nix::mount::mount(Some(m.source.as_str()), &dir, Some("btrfs"), nix::mount::MsFlags::empty(), Some("subvolid=5"))
+            .with_context(|| format!("mounting the top level of {} at {}", m.source, dir.display()))?;
+        Ok(TopView { dir })
+    }
+}
+
+impl Drop for TopView {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The path of `p` inside its btrfs filesystem, relative to the top level.
+fn fs_path(p: &Path) -> Result<PathBuf> {
+    let p = p.canonicalize().with_context(|| format!("resolving {}", p.display()))?;
+    let subvol_root = p.ancestors().find(|a| is_subvolume(a)).context("finding the subvolume holding a path")?;
+    let rel = p.strip_prefix(subvol_root).expect("an ancestor is a prefix");
+    let sub = libbtrfsutil::subvolume_path(subvol_root).with_context(|| format!("finding the subvolume path of {}", subvol_root.display()))?;
+    Ok(sub.join(rel))
+}
+
+fn subvol_id(path: &Path) -> Result<u64> {
+    libbtrfsutil::subvolume_id(path).with_context(|| format!("reading the subvolume id of {}", path.display()))
+}
+
+pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
+    libbtrfsutil::sync(&p.root).with_context(|| format!("syncing {}", p.root.display()))?;
+    let stage = p.stage(rec);
+    fsutil::create_dir_durable(&p.stage_dir)?;
+    CreateSnapshotOptions::new()
+        .create(&p.root, &stage)
+        .with_context(|| format!("snapshotting {} to {}", p.root.display(), stage.display()))?;
+    rec.root_subvol_before = Some(subvol_id(&p.root)?);
+    rec.incoming_subvol = Some(subvol_id(&stage)?);
+    Ok(stage)
+}
+
+pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    fsutil::syncfs(&p.stage(rec))
+}
+
+/// Whether the root's name already points at the incoming subvolume.
+pub(super) fn exchanged(p: &Paths, rec: &TxnRecord) -> Result<bool> {
+    let now = subvol_id(&p.root)?;
+    match (rec.root_subvol_before, rec.incoming_subvol) {
+        (_, Some(incoming)) if now == incoming => Ok(true),
+        (Some(before), _) if now == before => Ok(false),
+        _ => bail!("the root {} is subvolume {now}, neither the one before nor the one staged", p.root.display()),
+    }
+}
+
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    renameat2(None, a, None, b, RenameFlags::RENAME_EXCHANGE)
+        .with_context(|| format!("exchanging {} and {}", a.display(), b.display()))?;
+    libbtrfsutil::sync(b).with_context(|| format!("syncing {}", b.display()))
+}
+
+pub(super) fn commit(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    if !exchanged(p, rec)? {
+        exchange(&p.stage(rec), &p.root)?;
+    }
+    Ok(())
+}
+
+/// Keep the subvolume now at `from` (the replaced tree) read-only as generation `n`. Idempotent.
+fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) -> Result<()> {
+    if !fsutil::exists(from) {
+        return Ok(());
+    }
+    if expected_id.is_some_and(|id| subvol_id(from).ok() != Some(id)) {
+        bail!("{} is not the subvolume the root held before; leaving it alone", from.display());
+    }
+    libbtrfsutil::set_subvolume_read_only(from, true).with_context(|| format!("making {} read-only", from.display()))?;
+    fsutil::create_dir_durable(&p.gens_dir)?;
+    std::fs::rename(from, p.gen(n)).with_context(|| format!("keeping {} as generation {n}", from.display()))?;
+    libbtrfsutil::sync(&p.gens_dir).context("syncing the generations")?;
+    Ok(())
+}
+
+pub(super) fn finish(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
+    keep_as_generation(p, &p.stage(rec), rec.root_subvol_before, rec.from_generation)?;
+    state.current_subvol = rec.incoming_subvol;
+    Ok(())
+}
+
+pub(super) fn discard(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    let stage = p.stage(rec);
+    if !fsutil::exists(&stage) {
+        return Ok(());
+    }
+    if rec.incoming_subvol.is_some() && rec.incoming_subvol != subvol_id(&stage).ok() {
+        bail!("{} is not the stage snapinst made; leaving it alone", stage.display());
+    }
+    delete_subvolume(&stage)
+}
+
+fn delete_subvolume(path: &Path) -> Result<()> {
+    if libbtrfsutil::is_subvolume(path).unwrap_or(false) {
+        if libbtrfsutil::subvolume_read_only(path).unwrap_or(false) {
+            libbtrfsutil::set_subvolume_read_only(path, false)
+                .with_context(|| format!("making {} writable to delete it", path.display()))?;
+        }
+        DeleteSubvolumeOptions::new()
+            .recursive(true)
+            .delete(path)
+            .with_context(|| format!("deleting subvolume {}", path.display()))?;
+    } else {
+        fsutil::remove_any(path)?;
+    }
+    // Commit the deletion, so a crash cannot bring the subvolume back.
+    let parent = path.parent().unwrap_or(path);
+    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
+}
+
+pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord) -> Result<()> {
+    let target = p.gen(rec.to_generation);
+    if !is_subvolume(&target) {
+        bail!("generation {} has no kept tree at {}", rec.to_generation, target.display());
+    }
+    rec.root_subvol_before = Some(subvol_id(&p.root)?);
+    rec.incoming_subvol = Some(subvol_id(&target)?);
+    Ok(())
+}
+
+pub(super) fn rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    if exchanged(p, rec)? {
+        return Ok(());
+    }
+    let target = p.gen(rec.to_generation);
+    libbtrfsutil::set_subvolume_read_only(&target, false)
+        .with_context(|| format!("making generation {} writable", rec.to_generation))?;
+    exchange(&target, &p.root)?;
+    crate::failpoint::hit("rollback-after-exchange");
+    Ok(())
+}
+
+pub(super) fn finish_rollback(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
+    keep_as_generation(p, &p.gen(rec.to_generation), rec.root_subvol_before, rec.from_generation)?;
+    state.current_subvol = rec.incoming_subvol;
+    Ok(())
+}
+
+pub(super) fn abandon_rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    let target = p.gen(rec.to_generation);
+    if is_subvolume(&target) && rec.incoming_subvol == subvol_id(&target).ok() {
+        libbtrfsutil::set_subvolume_read_only(&target, true)
+            .with_context(|| format!("making generation {} read-only again", rec.to_generation))?;
+    }
+    Ok(())
+}
+
+pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
+    let mounted = subvol_id(&p.host_root).ok();
+    let mut out: Vec<u64> = state
+        .generations
+        .iter()
+        .map(|g| g.generation)
+        .filter(|&n| n != state.current && subvol_id(&p.gen(n)).ok() != mounted)
+        .collect();
+    out.sort();
+    out
+}
+
+pub(super) fn drop_generation(p: &Paths, n: u64) -> Result<()> {
+    let path = p.gen(n);
+    if fsutil::exists(&path) {
+        delete_subvolume(&path)?;
+    }
+    Ok(())
+}
+
+pub(super) fn next_boot_differs(root: &Path, state: &State) -> bool {
+    match (state.current_subvol, libbtrfsutil::subvolume_id(root)) {
+        (Some(current), Ok(mounted)) => current != mounted,
+        _ => false,
+    }
+}

@@ -1,0 +1,86 @@
+//! Generations kept as deltas (overlay and journal backends). Generation n's delta, in `gens/<n>`, is the change
+//! from its parent generation to n; the deltas on the path from the oldest kept generation to the current one are
+//! applied, all others are not. Going to another generation swaps deltas backwards up to the common ancestor and
+//! forwards down to the target, one delta at a time, recording progress after each so a crash resumes exactly.
+
+use super::Ctx;
+use crate::delta::{Delta, Direction};
+use crate::inroot::Root;
+use crate::state::{PlannedSwap, State, TxnRecord};
+use anyhow::{bail, Context, Result};
+
+pub(super) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    let tree = Root::open(&ctx.root)?;
+    let mut first = true;
+    Delta::at(&ctx.state.gen_path(rec.to_generation)).swap(&tree, Direction::Forward, || {
+        if std::mem::take(&mut first) {
+            crate::failpoint::hit("apply-mid-merge");
+        }
+    })
+}
+
+pub(super) fn plan_rollback(rec: &mut TxnRecord, state: &State) -> Result<()> {
+    let from = state.ancestors(rec.from_generation);
+    let to = state.ancestors(rec.to_generation);
+    let Some(common) = from.iter().find(|g| to.contains(g)).copied() else {
+        bail!("generations {} and {} share no kept ancestor", rec.from_generation, rec.to_generation);
+    };
+    let mut swaps: Vec<PlannedSwap> = from
+        .iter()
+        .take_while(|&&g| g != common)
+        .map(|&g| PlannedSwap { generation: g, forward: false })
+        .collect();
+    let down: Vec<u64> = to.iter().take_while(|&&g| g != common).copied().collect();
+    swaps.extend(down.into_iter().rev().map(|g| PlannedSwap { generation: g, forward: true }));
+    rec.swaps = swaps;
+    rec.swaps_done = 0;
+    Ok(())
+}
+
+pub(super) fn rollback(ctx: &Ctx, rec: &mut TxnRecord, on_progress: &mut dyn FnMut(&TxnRecord) -> Result<()>) -> Result<()> {
+    let tree = Root::open(&ctx.root)?;
+    while rec.swaps_done < rec.swaps.len() {
+        let s = rec.swaps[rec.swaps_done].clone();
+        let direction = if s.forward { Direction::Forward } else { Direction::Backward };
+        let mut first = true;
+        Delta::at(&ctx.state.gen_path(s.generation))
+            .swap(&tree, direction, || {
+                if std::mem::take(&mut first) {
+                    crate::failpoint::hit("rollback-mid-swap");
+                }
+            })
+            .with_context(|| format!("swapping generation {}'s changes {}", s.generation, if s.forward { "in" } else { "out" }))?;
+        rec.swaps_done += 1;
+        on_progress(rec)?;
+    }
+    Ok(())
+}
+
+fn children(state: &State, n: u64) -> Vec<u64> {
+    state.generations.iter().filter(|g| g.parent == Some(n)).map(|g| g.generation).collect()
+}
+
+/// A generation can go when it is not current and is either a leaf (its delta is not applied) or the oldest
+/// with a single child (which then becomes the oldest, its delta no longer needed).
+pub(super) fn prunable(state: &State) -> Vec<u64> {
+    let mut out: Vec<u64> = state
+        .generations
+        .iter()
+        .filter(|g| g.generation != state.current)
+        .filter(|g| {
+            let kids = children(state, g.generation);
+            kids.is_empty() || (g.parent.is_none() && kids.len() == 1)
+        })
+        .map(|g| g.generation)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Drop the storage of generation `n`, given the state as it was before `n` was removed from it.
+pub(super) fn drop_generation(ctx: &Ctx, n: u64, before: &State) -> Result<()> {
+    let kids = children(before, n);
+    let is_root = before.generation(n).is_some_and(|g| g.parent.is_none());
+    let doomed = if is_root && kids.len() == 1 { kids[0] } else { n };
+    Delta::at(&ctx.state.gen_path(doomed)).remove()
+}

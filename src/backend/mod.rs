@@ -1,0 +1,188 @@
+//! The three ways to stage a transaction and commit it, behind one set of operations that the apply, rollback and
+//! recover commands call: prepare a stage, say what guards file changes, flush before the commit record, commit
+//! (idempotent roll-forward), finish (keep the previous tree as a generation), discard (idempotent), roll back to a
+//! generation, and prune one. Every operation is re-runnable after a crash at any instant; that is what lets
+//! `recover` finish or undo any interrupted transaction from its record alone.
+
+mod btrfs;
+mod delta_gens;
+mod journal;
+mod overlay;
+
+use crate::state::{BackendKind, State, StateDir, TxnRecord};
+use crate::steps::ChangeGuard;
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// What the operations of a backend need to know about a root.
+pub(crate) struct Ctx {
+    pub kind: BackendKind,
+    pub root: PathBuf,
+    pub state: StateDir,
+    btrfs: Option<btrfs::Paths>,
+}
+
+impl Ctx {
+    /// Set up for `kind` (for btrfs this may mount the filesystem's top level privately).
+    pub fn new(kind: BackendKind, root: &Path, state: &StateDir) -> Result<Ctx> {
+        let btrfs = match kind {
+            BackendKind::Btrfs => Some(btrfs::Paths::new(root, &state.dir)?),
+            _ => None,
+        };
+        Ok(Ctx { kind, root: root.to_path_buf(), state: state.clone(), btrfs })
+    }
+
+    fn btrfs(&self) -> &btrfs::Paths {
+        self.btrfs.as_ref().expect("btrfs paths are set up for the btrfs backend")
+    }
+}
+
+/// Pick the backend for `root`: btrfs if it is a btrfs subvolume, else overlay if the kernel has it, else journal.
+pub(crate) fn detect(root: &Path) -> BackendKind {
+    if btrfs::is_subvolume(root) {
+        BackendKind::Btrfs
+    } else if overlay::available() {
+        BackendKind::Overlay
+    } else {
+        BackendKind::Journal
+    }
+}
+
+/// Refuse clearly when `kind` cannot manage `root` with its state in `state_dir`.
+pub(crate) fn check_usable(kind: BackendKind, root: &Path, state_dir: &Path) -> Result<()> {
+    if state_dir.starts_with(root) {
+        bail!(
+            "the state directory {} is inside the root {}; it must be outside it (on the same filesystem)",
+            state_dir.display(),
+            root.display()
+        );
+    }
+    match kind {
+        BackendKind::Btrfs => btrfs::check_usable(root, state_dir),
+        BackendKind::Overlay => overlay::check_usable(root, state_dir),
+        BackendKind::Journal => journal::check_usable(root, state_dir),
+    }
+}
+
+/// Make the stage for `rec` and return the directory the steps run in.
+pub(crate) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::prepare(ctx.btrfs(), rec),
+        BackendKind::Overlay => overlay::prepare(ctx, rec),
+        BackendKind::Journal => journal::prepare(ctx, rec),
+    }
+}
+
+/// The guard file steps report to.
+pub(crate) fn guard(ctx: &Ctx, rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> {
+    match ctx.kind {
+        BackendKind::Journal => journal::guard(ctx, rec),
+        _ => Ok(Box::new(crate::steps::NoGuard)),
+    }
+}
+
+/// Everything that must be durable before the commit record is written.
+pub(crate) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::pre_commit(ctx.btrfs(), rec),
+        BackendKind::Overlay => overlay::pre_commit(ctx, rec),
+        BackendKind::Journal => journal::pre_commit(ctx, rec),
+    }
+}
+
+/// Put the staged tree in place. Idempotent: recovery calls it again after a crash.
+pub(crate) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::commit(ctx.btrfs(), rec),
+        BackendKind::Overlay => delta_gens::commit(ctx, rec),
+        BackendKind::Journal => Ok(()),
+    }
+}
+
+/// Whether the commit of `rec` has already taken effect (decides roll forward or back in recovery).
+pub(crate) fn commit_took_effect(ctx: &Ctx, rec: &TxnRecord) -> Result<bool> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::exchanged(ctx.btrfs(), rec),
+        // For the others the commit record itself is the commit point.
+        _ => Ok(true),
+    }
+}
+
+/// Keep the previous tree as a generation and clean the stage. Idempotent.
+pub(crate) fn finish(ctx: &Ctx, rec: &TxnRecord, state: &mut State) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::finish(ctx.btrfs(), rec, state),
+        BackendKind::Overlay => overlay::finish(ctx, rec),
+        BackendKind::Journal => journal::finish(ctx, rec),
+    }
+}
+
+/// Throw the stage away. Idempotent, and never touches a tree that was committed.
+pub(crate) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::discard(ctx.btrfs(), rec),
+        BackendKind::Overlay => overlay::discard(ctx, rec),
+        BackendKind::Journal => journal::discard(ctx, rec),
+    }
+}
+
+/// Plan a rollback from the current generation to `rec.to_generation` (fills the record; changes nothing).
+pub(crate) fn plan_rollback(ctx: &Ctx, rec: &mut TxnRecord, state: &State) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::plan_rollback(ctx.btrfs(), rec),
+        _ => delta_gens::plan_rollback(rec, state),
+    }
+}
+
+/// Carry out a planned rollback. Idempotent; `on_progress` persists the record after each part.
+pub(crate) fn rollback(ctx: &Ctx, rec: &mut TxnRecord, on_progress: &mut dyn FnMut(&TxnRecord) -> Result<()>) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::rollback(ctx.btrfs(), rec),
+        _ => delta_gens::rollback(ctx, rec, on_progress),
+    }
+}
+
+/// Whether a planned rollback has taken effect (for btrfs: the exchange happened).
+pub(crate) fn rollback_took_effect(ctx: &Ctx, rec: &TxnRecord) -> Result<bool> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::exchanged(ctx.btrfs(), rec),
+        _ => Ok(true),
+    }
+}
+
+/// Keep the tree the rollback replaced, under its generation number. Idempotent.
+pub(crate) fn finish_rollback(ctx: &Ctx, rec: &TxnRecord, state: &mut State) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::finish_rollback(ctx.btrfs(), rec, state),
+        _ => Ok(()),
+    }
+}
+
+/// Undo the preparation of a rollback whose exchange never happened.
+pub(crate) fn abandon_rollback(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::abandon_rollback(ctx.btrfs(), rec),
+        _ => Ok(()),
+    }
+}
+
+/// Generations that can be dropped now to keep at most `state.keep`, oldest first.
+pub(crate) fn prunable(ctx: &Ctx, state: &State) -> Vec<u64> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::prunable(ctx.btrfs(), state),
+        _ => delta_gens::prunable(state),
+    }
+}
+
+/// Drop generation `n`'s storage (its record was already removed from state.json). Idempotent.
+pub(crate) fn drop_generation(ctx: &Ctx, n: u64, state: &State) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::drop_generation(ctx.btrfs(), n),
+        _ => delta_gens::drop_generation(ctx, n, state),
+    }
+}
+
+/// Whether the next mount or boot of the root will see another tree than the one mounted now (btrfs mount points).
+pub(crate) fn next_boot_differs(kind: BackendKind, root: &Path, state: &State) -> bool {
+    kind == BackendKind::Btrfs && btrfs::next_boot_differs(root, state)
+}

@@ -1,0 +1,179 @@
+//! The overlay backend: the stage is an overlayfs mount with the root as its lower layer and the upper and work
+//! directories in the state area (same filesystem, outside the merged view), mounted with
+//! `redirect_dir=off,metacopy=off,index=off,xino=off` in snapinst's private mount namespace. Before the commit
+//! record the mount is taken down and the upper layer is turned into a delta (see `delta`): whiteouts become
+//! deletions, opaque directories replace whole, `trusted.overlay.*` is stripped; the commit moves it in by renames.
+//! Nothing here may write to the root before the commit record; the merge itself is `delta::swap`.
+
+use super::Ctx;
+use crate::delta::{self, Delta, Entry};
+use crate::fsutil;
+use crate::inroot::Root;
+use crate::mounts;
+use crate::plan::RootPath;
+use crate::state::TxnRecord;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+const OPTIONS: &str = "redirect_dir=off,metacopy=off,index=off,xino=off";
+
+pub(super) fn available() -> bool {
+    fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")))
+}
+
+pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
+    if !available() {
+        bail!("this kernel has no overlayfs (not in /proc/filesystems)");
+    }
+    if root.to_string_lossy().contains([',', ':', '\\']) {
+        bail!("{} contains a ',', ':' or '\\', which overlayfs mount options cannot carry", root.display());
+    }
+    let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(state_dir);
+    if mounts::mount_of(holder)?.id != mounts::mount_of(root)?.id {
+        bail!(
+            "the state directory {} is not on the same mount as the root {}; the overlay merge needs renames",
+            state_dir.display(),
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+struct StagePaths {
+    dir: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    merged: PathBuf,
+}
+
+fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> StagePaths {
+    let dir = ctx.state.stage_path(&rec.txn);
+    StagePaths { upper: dir.join("upper"), work: dir.join("work"), merged: dir.join("merged"), dir }
+}
+
+pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
+    let s = stage_paths(ctx, rec);
+    for d in [&s.upper, &s.work, &s.merged] {
+        fsutil::create_dir_durable(d)?;
+    }
+    // The upper root takes the root's own metadata, so an unchanged root directory merges as unchanged.
+    let root_meta = delta::read_meta(&fs::File::open(&ctx.root).context("opening the root")?)?;
+    delta::set_meta(&fs::File::open(&s.upper).context("opening the upper layer")?, &root_meta)?;
+    let data = format!("lowerdir={},upperdir={},workdir={},{OPTIONS}", ctx.root.display(), s.upper.display(), s.work.display());
+    nix::mount::mount(Some("snapinst"), &s.merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str()))
+        .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
+    Ok(s.merged)
+}
+
+fn unmount(s: &StagePaths) -> Result<()> {
+    if mounts::mounted_below(&s.merged)?.is_empty() {
+        return Ok(());
+    }
+    nix::mount::umount2(&s.merged, nix::mount::MntFlags::empty())
+        .with_context(|| format!("unmounting the overlay stage {}", s.merged.display()))
+}
+
+pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    let s = stage_paths(ctx, rec);
+    unmount(&s)?;
+    fsutil::syncfs(&s.upper)?;
+    let tree = Root::open(&ctx.root)?;
+    let mut entries = Vec::new();
+    index_dir(&s.upper, &tree, Path::new(""), &mut entries)?;
+    let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
+    d.remove()?;
+    d.create()?;
+    // Move each replaced entry's new version out of the upper layer into new/<k>, cleaned of overlay xattrs.
+    let new = d.side("new");
+    for (k, e) in entries.iter().enumerate() {
+        if let Entry::Replace { path, after: true, .. } = e {
+            let src = s.upper.join(path);
+            sanitize(&src)?;
+            fs::rename(&src, new.join(k.to_string())).with_context(|| format!("moving {} into the delta", src.display()))?;
+        }
+    }
+    fsutil::sync_dir(&new)?;
+    d.write_index(&entries)?;
+    fsutil::syncfs(&d.dir)
+}
+
+fn is_whiteout(m: &fs::Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+fn xattr_is(path: &Path, name: &str, value: &[u8]) -> bool {
+    xattr::get(path, name).ok().flatten().is_some_and(|v| v == value)
+}
+
+/// Turn the upper directory `upper/rel` into delta entries against the tree.
+fn index_dir(upper: &Path, tree: &Root, rel: &Path, entries: &mut Vec<Entry>) -> Result<()> {
+    let dir = upper.join(rel);
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    for name in names {
+        let path = rel.join(&name);
+        let up = upper.join(&path);
+        let m = fs::symlink_metadata(&up)?;
+        for bad in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
+            if xattr::get(&up, bad).ok().flatten().is_some() {
+                bail!("the upper layer has {bad} on /{}; snapinst cannot merge it", path.display());
+            }
+        }
+        let rp = RootPath::from_rel(&path);
+        let in_tree = tree.lstat(&rp)?;
+        let tree_is_dir = in_tree.as_ref().is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        if is_whiteout(&m) {
+            if in_tree.is_some() {
+                entries.push(Entry::Replace { path, before: true, after: false });
+            }
+        } else if m.is_dir() && tree_is_dir && !xattr_is(&up, "trusted.overlay.opaque", b"y") {
+            index_dir(upper, tree, &path, entries)?;
+            let before = delta::read_meta(&fs::File::from(tree.open_dir(&path)?))?;
+            let after = delta::read_meta(&fs::File::open(&up)?)?;
+            if before != after {
+                entries.push(Entry::Meta { path, before, after });
+            }
+        } else {
+            entries.push(Entry::Replace { path, before: in_tree.is_some(), after: true });
+        }
+    }
+    Ok(())
+}
+
+/// Strip `trusted.overlay.*` xattrs and whiteouts from a subtree moving in whole.
+fn sanitize(path: &Path) -> Result<()> {
+    let m = fs::symlink_metadata(path)?;
+    if is_whiteout(&m) {
+        return fsutil::remove_any(path);
+    }
+    if !m.file_type().is_symlink() {
+        for name in xattr::list(path)? {
+            if name.to_string_lossy().starts_with("trusted.overlay.") {
+                xattr::remove(path, &name).with_context(|| format!("stripping overlay xattrs of {}", path.display()))?;
+            }
+        }
+    }
+    if m.is_dir() {
+        for e in fs::read_dir(path)? {
+            sanitize(&e?.path())?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn finish(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    fsutil::remove_any(&ctx.state.stage_path(&rec.txn))
+}
+
+pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    let s = stage_paths(ctx, rec);
+    unmount(&s)?;
+    fsutil::remove_any(&s.dir)?;
+    Delta::at(&ctx.state.gen_path(rec.to_generation)).remove()?;
+    fsutil::sync_dir(&ctx.state.gens_dir())
+}

@@ -1,0 +1,132 @@
+//! The command line: clap definitions, dispatch, and the mapping of outcomes to the documented exit codes
+//! (0 committed or nothing to do, 1 rolled back, 2 bad plan or usage, 3 recovery needed). Errors are printed with
+//! their whole context chain.
+
+use crate::commands::{self, Outcome};
+use crate::state::BackendKind;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "snapinst", version, about = "Install a plan into a root as one transaction: all of it or none of it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum BackendChoice {
+    Auto,
+    Btrfs,
+    Overlay,
+    Journal,
+}
+
+impl BackendChoice {
+    pub fn fixed(self) -> Option<BackendKind> {
+        match self {
+            BackendChoice::Auto => None,
+            BackendChoice::Btrfs => Some(BackendKind::Btrfs),
+            BackendChoice::Overlay => Some(BackendKind::Overlay),
+            BackendChoice::Journal => Some(BackendKind::Journal),
+        }
+    }
+}
+
+/// Options every root-level command shares.
+#[derive(clap::Args, Clone)]
+pub(crate) struct RootArgs {
+    /// The root to manage.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// The state area (default: `<parent of root>/.snapinst-<name of root>`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Print JSON Lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply a plan as one transaction.
+    Apply {
+        plan: PathBuf,
+        #[command(flatten)]
+        root: RootArgs,
+        /// How to stage the transaction.
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendChoice,
+        /// Generations to keep.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+        /// Run the steps in a stage, then discard it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Make an earlier generation current again (the previous one by default).
+    Rollback {
+        #[command(flatten)]
+        root: RootArgs,
+        /// The generation to return to.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Show the current generation and any transaction in progress.
+    Status {
+        #[command(flatten)]
+        root: RootArgs,
+    },
+    /// List generations and transactions.
+    List {
+        #[command(flatten)]
+        root: RootArgs,
+    },
+    /// Finish or undo interrupted transactions (safe to run any number of times).
+    Recover {
+        #[command(flatten)]
+        root: RootArgs,
+        /// Every root snapinst manages on this machine.
+        #[arg(long, conflicts_with = "state_dir")]
+        all: bool,
+    },
+    /// Check a plan and report every problem; change nothing.
+    Validate { plan: PathBuf },
+    /// List the crash points (for the crash tests).
+    #[command(hide = true)]
+    Failpoints,
+}
+
+/// Parse the command line, run the command, and exit with its documented code.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Apply { plan, root, backend, keep, dry_run } => {
+            commands::apply::run(&plan, &root, backend.fixed(), keep, dry_run)
+        }
+        Command::Rollback { root, to } => commands::rollback::run(&root, to),
+        Command::Status { root } => commands::status::status(&root),
+        Command::List { root } => commands::status::list(&root),
+        Command::Recover { root, all } => commands::recover::run(&root, all),
+        Command::Validate { plan } => commands::validate(&plan),
+        Command::Failpoints => {
+            crate::failpoint::ALL.iter().for_each(|p| println!("{p}"));
+            Ok(Outcome::Done)
+        }
+    };
+    match result {
+        Ok(outcome) => ExitCode::from(outcome.code()),
+        Err(e) => {
+            let code = commands::error_code(&e);
+            eprintln!("snapinst: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! `snapinst apply`: check everything, stage, run the steps in the stage, and commit with one atomic operation, or
+//! throw the stage away whole. The record in the state area is written before each phase, so `recover` can finish
+//! or undo the transaction from any instant. Nothing here changes the root except through the backend's commit.
+
+use super::{finish_commit, locate, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
+use crate::backend::{self, Ctx};
+use crate::cli::RootArgs;
+use crate::events::Reporter;
+use crate::inroot::Root;
+use crate::lock::RootLock;
+use crate::plan::{Action, Plan, Step};
+use crate::state::{BackendKind, HostUndo, Phase, State, StateDir, TxnKind, TxnRecord};
+use crate::steps::{self, StepContext, StepFailure};
+use crate::{failpoint, fsutil, mounts, plan, registry, sandbox};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+/// Room kept free beyond what the plan writes (snapshot metadata, records).
+const SPACE_MARGIN: u64 = 16 << 20;
+
+pub(crate) fn run(plan_file: &Path, args: &RootArgs, backend: Option<BackendKind>, keep: usize, dry_run: bool) -> Result<Outcome> {
+    if std::env::var_os("SNAPINST").is_some_and(|v| v == "1") {
+        return refuse("refusing to start a transaction from inside a snapinst step (SNAPINST=1 is set)");
+    }
+    let plan = plan::load(plan_file).map_err(|p| Refused(p.to_string()))?;
+    require_root_user()?;
+    let loc = locate(args)?;
+    let out = Reporter::new(args.json);
+    mounts::enter_private_namespace()?;
+    sandbox::install_signal_handlers()?;
+    let prior = loc.state.load().map_err(|e| Refused(format!("{e:#}")))?;
+    let kind = choose_backend(&loc.root, backend, prior.as_ref())?;
+    backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
+    check_plan_fits(&plan, kind, &loc.state.dir, &loc.root)?;
+    loc.state.create()?;
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    failpoint::hit("apply-after-lock");
+    if let Some(t) = loc.state.unfinished()?.first() {
+        return Err(NeedsRecovery(format!(
+            "transaction {} on {} was interrupted ({:?}); run `snapinst recover --root {}` first",
+            t.txn,
+            loc.root.display(),
+            t.phase,
+            loc.root.display()
+        ))
+        .into());
+    }
+    let mut state = loc.state.load()?.unwrap_or_else(|| State::new(&loc.root, kind, keep));
+    state.keep = keep;
+    registry::register(&loc.root, &loc.state.dir)?;
+    let ctx = Ctx::new(kind, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
+    Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run }.run(&mut state)
+}
+
+fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>) -> Result<BackendKind> {
+    match (asked, prior) {
+        (Some(a), Some(p)) if a != p.backend && p.generations.len() > 1 => refuse(format!(
+            "{} is managed with the {} backend (it has generations); it cannot switch to {a}",
+            root.display(),
+            p.backend
+        )),
+        (Some(a), _) => Ok(a),
+        (None, Some(p)) => Ok(p.backend),
+        (None, None) => Ok(backend::detect(root)),
+    }
+}
+
+/// Refuse a plan the backend cannot carry out, or that does not fit in the free space.
+fn check_plan_fits(plan: &Plan, kind: BackendKind, state_dir: &Path, root: &Path) -> Result<()> {
+    if kind == BackendKind::Journal {
+        let runs: Vec<&str> =
+            plan.steps.iter().filter(|s| matches!(s.action, Action::Run { .. })).map(|s| s.id.as_str()).collect();
+        if !runs.is_empty() {
+            return refuse(format!(
+                "the journal backend cannot undo what a run step does; steps {} need the btrfs or overlay backend",
+                runs.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(root);
+    let need = plan.bytes_written() + SPACE_MARGIN;
+    let have = fsutil::free_bytes(holder)?;
+    if have < need {
+        return refuse(format!(
+            "not enough free space on the filesystem of {}: the plan needs {} MiB, {} MiB are free",
+            holder.display(),
+            need.div_ceil(1 << 20),
+            have >> 20
+        ));
+    }
+    Ok(())
+}
+
+struct Transaction<'a> {
+    ctx: &'a Ctx,
+    out: &'a Reporter,
+    plan: &'a Plan,
+    dry_run: bool,
+}
+
+impl Transaction<'_> {
+    fn sd(&self) -> &StateDir {
+        &self.ctx.state
+    }
+
+    fn run(&self, state: &mut State) -> Result<Outcome> {
+        let mut rec = TxnRecord {
+            v: 1,
+            txn: crate::state::new_txn_id(),
+            kind: TxnKind::Apply,
+            plan: Some(self.plan.name.clone()),
+            plan_sha256: Some(self.plan.sha256.clone()),
+            backend: self.ctx.kind,
+            root: self.ctx.root.clone(),
+            stage: None,
+            phase: Phase::Preparing,
+            pid: std::process::id(),
+            time: fsutil::now(),
+            from_generation: state.current,
+            to_generation: state.next,
+            root_subvol_before: None,
+            incoming_subvol: None,
+            swaps: Vec::new(),
+            swaps_done: 0,
+            host_undo: Vec::new(),
+            failed_step: None,
+            outcome: None,
+            error: None,
+        };
+        self.sd().write_txn(&rec)?;
+        failpoint::hit("apply-after-record");
+        let total = self.plan.steps.len();
+        self.out.event(
+            "started",
+            json!({"txn": rec.txn, "plan": self.plan.name, "version": self.plan.version, "backend": self.ctx.kind.to_string(),
+                   "root": self.ctx.root, "steps": total}),
+        );
+        self.out.say(format!(
+            "snapinst: applying plan \"{}\" to {} ({} backend, transaction {})",
+            self.plan.name,
+            self.ctx.root.display(),
+            self.ctx.kind,
+            rec.txn
+        ));
+        let t0 = Instant::now();
+        let stage = match backend::prepare(self.ctx, &mut rec) {
+            Ok(stage) => stage,
+            Err(e) => return self.abort(&mut rec, &format!("preparing the stage failed: {e:#}"), [0, 0]),
+        };
+        rec.stage = Some(stage.clone());
+        set_phase(self.sd(), &mut rec, Phase::Staged)?;
+        failpoint::hit("apply-after-stage");
+        let prepare_ms = t0.elapsed().as_millis() as u64;
+
+        let t1 = Instant::now();
+        if let Err(reason) = self.run_steps(&mut rec, &stage) {
+            return self.abort(&mut rec, &reason, [prepare_ms, t1.elapsed().as_millis() as u64]);
+        }
+        let steps_ms = t1.elapsed().as_millis() as u64;
+        if self.dry_run {
+            return self.abort(&mut rec, "dry run: the steps succeeded; nothing is committed", [prepare_ms, steps_ms]);
+        }
+        failpoint::hit("apply-after-steps");
+
+        let t2 = Instant::now();
+        if let Err(e) = backend::pre_commit(self.ctx, &rec) {
+            return self.abort(&mut rec, &format!("preparing the commit failed: {e:#}"), [prepare_ms, steps_ms]);
+        }
+        set_phase(self.sd(), &mut rec, Phase::Committing)?;
+        failpoint::hit("apply-after-commit-record");
+        let done = backend::commit(self.ctx, &rec).and_then(|()| {
+            failpoint::hit("apply-after-exchange");
+            finish_commit(self.ctx, &mut rec, state, "committed")
+        });
+        if let Err(e) = done {
+            return Err(e.context(NeedsRecovery(format!(
+                "transaction {} passed its commit point but could not finish; run `snapinst recover --root {}`",
+                rec.txn,
+                self.ctx.root.display()
+            ))));
+        }
+        let commit_ms = t2.elapsed().as_millis() as u64;
+        self.out.event("committed", json!({"txn": rec.txn, "generation": rec.to_generation}));
+        self.out.say(format!("snapinst: committed; generation {} is current", rec.to_generation));
+        if backend::next_boot_differs(self.ctx.kind, &self.ctx.root, state) {
+            self.out.say("snapinst: the root is a mount point: the new generation is what its next mount or boot sees");
+        }
+        self.summary(&rec, "committed", Some(rec.to_generation), [prepare_ms, steps_ms, commit_ms]);
+        Ok(Outcome::Done)
+    }
+
+    /// Run every step in the stage; on failure, the reason (already reported).
+    fn run_steps(&self, rec: &mut TxnRecord, stage: &Path) -> Result<(), String> {
+        let root = Root::open(stage).map_err(|e| format!("{e:#}"))?;
+        let mut guard = backend::guard(self.ctx, rec).map_err(|e| format!("{e:#}"))?;
+        let txn = rec.txn.clone();
+        let total = self.plan.steps.len();
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let n = i + 1;
+            if sandbox::interrupted() {
+                return Err(format!("interrupted by a signal before step \"{}\"", step.id));
+            }
+            self.out.event("step_started", json!({"txn": txn, "step": step.id, "index": n, "total": total}));
+            self.out.say(format!("[{n}/{total}] {} ({})", step.id, step.action.type_name()));
+            let t = Instant::now();
+            let mut record_undo = |s: &Step| self.record_host_undo(rec, s);
+            let mut ctx = StepContext { root: &root, txn: &txn, guard: guard.as_mut(), record_host_undo: &mut record_undo };
+            match steps::apply(step, &mut ctx) {
+                Ok(_) => {
+                    let ms = t.elapsed().as_millis() as u64;
+                    self.out.event(
+                        "step_finished",
+                        json!({"txn": txn, "step": step.id, "index": n, "total": total, "elapsed_ms": ms}),
+                    );
+                    self.out.say(format!("[{n}/{total}] {} done in {ms} ms", step.id));
+                    failpoint::hit("apply-mid-step");
+                }
+                Err(StepFailure { message, output }) => {
+                    self.out.event(
+                        "step_failed",
+                        json!({"txn": txn, "step": step.id, "index": n, "total": total, "error": message, "output": output}),
+                    );
+                    self.out.say(format!("[{n}/{total}] {} FAILED: {message}", step.id));
+                    if !output.is_empty() {
+                        self.out.say(output.trim_end());
+                    }
+                    rec.failed_step = Some(step.id.clone());
+                    return Err(format!("step \"{}\" failed: {message}", step.id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_host_undo(&self, rec: &mut TxnRecord, step: &Step) -> Result<()> {
+        if let Action::Host { undo, .. } = &step.action {
+            rec.host_undo.push(HostUndo {
+                step: step.id.clone(),
+                argv: undo.argv.clone(),
+                timeout_s: undo.timeout.as_secs(),
+                env: undo.env.clone(),
+            });
+            self.sd().write_txn(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Throw the transaction away: discard the stage, run host undos in reverse.
+    fn abort(&self, rec: &mut TxnRecord, reason: &str, timings: [u64; 2]) -> Result<Outcome> {
+        rec.error = Some(reason.to_string());
+        set_phase(self.sd(), rec, Phase::Discarding)?;
+        if let Err(e) = discard(self.ctx, rec) {
+            let msg = format!(
+                "transaction {} failed ({reason}) and could not be rolled back cleanly: {e:#}; run `snapinst recover --root {}`",
+                rec.txn,
+                self.ctx.root.display()
+            );
+            self.summary(rec, "needs_recovery", None, [timings[0], timings[1], 0]);
+            return Err(NeedsRecovery(msg).into());
+        }
+        let outcome = if self.dry_run && rec.failed_step.is_none() { "dry_run" } else { "rolled_back" };
+        rec.outcome = Some(outcome.to_string());
+        set_phase(self.sd(), rec, Phase::Done)?;
+        if outcome == "dry_run" {
+            self.out.say("snapinst: dry run: every step succeeded; the stage was discarded");
+            self.summary(rec, outcome, None, [timings[0], timings[1], 0]);
+            return Ok(Outcome::Done);
+        }
+        self.out.event("rolled_back", json!({"txn": rec.txn, "reason": reason}));
+        self.out.say(format!("snapinst: {reason}; the transaction was rolled back, {} is unchanged", self.ctx.root.display()));
+        self.summary(rec, outcome, None, [timings[0], timings[1], 0]);
+        Ok(Outcome::RolledBack)
+    }
+
+    fn summary(&self, rec: &TxnRecord, outcome: &str, generation: Option<u64>, t: [u64; 3]) {
+        self.out.event(
+            "summary",
+            json!({"txn": rec.txn, "outcome": outcome, "generation": generation,
+                   "timings_ms": {"prepare": t[0], "steps": t[1], "commit": t[2]}}),
+        );
+    }
+}
+
+/// Discard a transaction's stage and undo its host steps (newest first). Idempotent; used by recovery too.
+pub(crate) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    backend::discard(ctx, rec).context("discarding the stage")?;
+    let mut failures = Vec::new();
+    for undo in rec.host_undo.iter().rev() {
+        if let Err(e) = steps::run_host_undo(&rec.txn, undo) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The commands a user runs. Each module is one command; this one holds what they share: the documented outcome
+//! codes, the errors that map to them, locating a root and its state area, and the end of a transaction (making
+//! the new generation current and pruning old ones), which `apply`, `rollback` and `recover` all finish with.
+
+pub(crate) mod apply;
+pub(crate) mod recover;
+pub(crate) mod rollback;
+pub(crate) mod status;
+
+use crate::backend::{self, Ctx};
+use crate::cli::RootArgs;
+use crate::state::{Generation, Phase, State, StateDir, TxnRecord};
+use crate::{failpoint, fsutil, plan};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+/// How a command ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Committed, or nothing to do.
+    Done,
+    /// A step failed and the transaction was rolled back completely.
+    RolledBack,
+}
+
+impl Outcome {
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Done => 0,
+            Outcome::RolledBack => 1,
+        }
+    }
+}
+
+/// Bad plan or bad usage: nothing was touched (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Refused(pub String);
+
+/// A transaction could not be finished or undone cleanly: `snapinst recover` is needed (exit 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct NeedsRecovery(pub String);
+
+pub(crate) fn refuse<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Refused(msg.into()).into())
+}
+
+/// The exit code for an error: 3 when recovery is needed, else 2 (nothing was changed).
+pub(crate) fn error_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<NeedsRecovery>()) {
+        3
+    } else {
+        2
+    }
+}
+
+pub(crate) fn validate(plan: &Path) -> Result<Outcome> {
+    match plan::load(plan) {
+        Ok(p) => {
+            eprintln!("{}: plan \"{}\" is valid ({} steps)", plan.display(), p.name, p.steps.len());
+            Ok(Outcome::Done)
+        }
+        Err(problems) => refuse(problems.to_string()),
+    }
+}
+
+/// A root and its state area, as named on the command line.
+pub(crate) struct Located {
+    pub root: PathBuf,
+    pub state: StateDir,
+}
+
+pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
+    let root = match std::fs::metadata(&args.root) {
+        Err(e) => return refuse(format!("the root {} cannot be used: {e}", args.root.display())),
+        Ok(m) if !m.is_dir() => return refuse(format!("the root {} is not a directory", args.root.display())),
+        Ok(_) => args.root.canonicalize().map_err(|e| Refused(format!("resolving {}: {e}", args.root.display())))?,
+    };
+    let state_dir = match &args.state_dir {
+        Some(d) => std::path::absolute(d).map_err(|e| Refused(format!("resolving {}: {e}", d.display())))?,
+        None => StateDir::default_for(&root).map_err(|e| Refused(format!("{e:#}")))?,
+    };
+    let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
+    Ok(Located { root, state: StateDir { dir: state_dir } })
+}
+
+pub(crate) fn require_root_user() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return refuse("snapinst must run as root (it snapshots, mounts and changes system files)");
+    }
+    Ok(())
+}
+
+/// Persist a phase change of a transaction record.
+pub(crate) fn set_phase(state: &StateDir, rec: &mut TxnRecord, phase: Phase) -> Result<()> {
+    rec.phase = phase;
+    state.write_txn(rec)
+}
+
+/// The end of a committed apply: keep the previous tree, make the new generation current, prune. Idempotent.
+pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, outcome: &str) -> Result<()> {
+    set_phase(&ctx.state, rec, Phase::Finishing)?;
+    backend::finish(ctx, rec, state)?;
+    if state.generation(rec.to_generation).is_none() {
+        state.generations.push(Generation {
+            generation: rec.to_generation,
+            parent: Some(rec.from_generation),
+            time: fsutil::now(),
+            plan: rec.plan.clone(),
+            txn: Some(rec.txn.clone()),
+        });
+    }
+    state.current = rec.to_generation;
+    state.next = state.next.max(rec.to_generation + 1);
+    ctx.state.save(state)?;
+    failpoint::hit("apply-before-prune");
+    prune(ctx, state)?;
+    rec.outcome = Some(outcome.to_string());
+    set_phase(&ctx.state, rec, Phase::Done)
+}
+
+/// Drop the oldest generations beyond `state.keep`, never the current (or, for btrfs, the mounted) one.
+pub(crate) fn prune(ctx: &Ctx, state: &mut State) -> Result<()> {
+    while state.generations.len() > state.keep.max(1) {
+        let Some(&n) = backend::prunable(ctx, state).first() else { break };
+        let before = state.clone();
+        let child_of_n: Vec<u64> =
+            state.generations.iter().filter(|g| g.parent == Some(n)).map(|g| g.generation).collect();
+        let n_parent = state.generation(n).and_then(|g| g.parent);
+        state.generations.retain(|g| g.generation != n);
+        for g in state.generations.iter_mut().filter(|g| child_of_n.contains(&g.generation)) {
+            g.parent = n_parent;
+        }
+        ctx.state.save(state)?;
+        backend::drop_generation(ctx, n, &before)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! `snapinst recover`: finish or undo every interrupted transaction of a root (or of every registered root), from
+//! its record alone. A record before its commit point is undone (stage discarded, host undos run); from the commit
+//! point on it is finished. Running it again changes nothing. A failed recovery leaves a stamp in the state area,
+//! which `status` reports, so a boot never hides it.
+
+use super::{apply, finish_commit, locate, require_root_user, rollback, set_phase, NeedsRecovery, Outcome, Refused};
+use crate::backend::{self, Ctx};
+use crate::cli::RootArgs;
+use crate::events::Reporter;
+use crate::lock::RootLock;
+use crate::state::{Phase, State, StateDir, TxnKind, TxnRecord};
+use crate::{failpoint, fsutil, mounts, registry};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::path::Path;
+
+/// The stamp a failed recovery leaves in the state area.
+pub(crate) const FAILED_STAMP: &str = "recovery-failed";
+
+pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
+    require_root_user()?;
+    let out = Reporter::new(args.json);
+    mounts::enter_private_namespace()?;
+    let targets: Vec<(std::path::PathBuf, StateDir)> = if all {
+        registry::all()?.into_iter().map(|r| (r.root, StateDir { dir: r.state_dir })).collect()
+    } else {
+        let loc = locate(args)?;
+        vec![(loc.root, loc.state)]
+    };
+    let mut failed = Vec::new();
+    for (root, sd) in targets {
+        if !sd.exists() {
+            if !all {
+                out.say(format!("snapinst: {} has no state area at {}; nothing to recover", root.display(), sd.dir.display()));
+            }
+            continue;
+        }
+        match recover_root(&root, &sd, &out) {
+            Ok(()) => {
+                let _ = fsutil::remove_any(&sd.dir.join(FAILED_STAMP));
+            }
+            Err(e) => {
+                let msg = format!("recovering {} failed: {e:#}", root.display());
+                let _ = fsutil::write_atomic(&sd.dir.join(FAILED_STAMP), format!("{msg}\n").as_bytes());
+                out.event("recovery_failed", json!({"root": root, "error": msg}));
+                out.say(format!("snapinst: {msg}"));
+                failed.push(msg);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(NeedsRecovery(failed.join("\n")).into());
+    }
+    Ok(Outcome::Done)
+}
+
+fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result<()> {
+    let _lock = RootLock::acquire(&sd.lock_path(), root).map_err(|e| Refused(format!("{e:#}")))?;
+    let unfinished = sd.unfinished()?;
+    if unfinished.is_empty() {
+        out.event("recovered", json!({"root": root, "txn": null, "action": "nothing"}));
+        out.say(format!("snapinst: {}: nothing to recover", root.display()));
+        return Ok(());
+    }
+    for mut rec in unfinished {
+        let mut state = sd.load()?.unwrap_or_else(|| State::new(root, rec.backend, 5));
+        let ctx = Ctx::new(rec.backend, root, sd)?;
+        let action = match rec.kind {
+            TxnKind::Apply => recover_apply(&ctx, &mut rec, &mut state),
+            TxnKind::Rollback => rollback::recover(&ctx, &mut rec, &mut state),
+        }
+        .with_context(|| format!("recovering transaction {}", rec.txn))?;
+        out.event("recovered", json!({"root": root, "txn": rec.txn, "action": action}));
+        out.say(format!("snapinst: {}: transaction {} {}", root.display(), rec.txn, action.replace('_', " ")));
+    }
+    Ok(())
+}
+
+fn recover_apply(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<&'static str> {
+    let forward = match rec.phase {
+        Phase::Committing => backend::commit_took_effect(ctx, rec)?,
+        Phase::Finishing => true,
+        _ => false,
+    };
+    if forward {
+        backend::commit(ctx, rec)?;
+        failpoint::hit("recover-mid-recovery");
+        finish_commit(ctx, rec, state, "committed (recovered)")?;
+        return Ok("rolled_forward");
+    }
+    set_phase(&ctx.state, rec, Phase::Discarding)?;
+    apply::discard(ctx, rec)?;
+    failpoint::hit("recover-mid-recovery");
+    rec.outcome = Some("rolled_back (recovered)".into());
+    set_phase(&ctx.state, rec, Phase::Done)?;
+    Ok("rolled_back")
+}

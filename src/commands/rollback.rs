@@ -1,0 +1,136 @@
+//! `snapinst rollback`: make an earlier (or, with `--to`, any kept) generation current again. It is a transaction
+//! of its own: planned, recorded, carried out by the backend (one exchange on btrfs; delta swaps otherwise), and
+//! finished by recovery if it is interrupted. The tree it replaces is kept under its own generation number.
+
+use super::{locate, prune, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
+use crate::backend::{self, Ctx};
+use crate::cli::RootArgs;
+use crate::events::Reporter;
+use crate::lock::RootLock;
+use crate::state::{Phase, State, TxnKind, TxnRecord};
+use crate::{failpoint, fsutil, mounts};
+use anyhow::Result;
+use serde_json::json;
+
+pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
+    require_root_user()?;
+    let loc = locate(args)?;
+    let out = Reporter::new(args.json);
+    mounts::enter_private_namespace()?;
+    let Some(_) = loc.state.load()? else {
+        return refuse(format!("snapinst has no generations for {}: nothing to roll back", loc.root.display()));
+    };
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    if let Some(t) = loc.state.unfinished()?.first() {
+        return Err(NeedsRecovery(format!(
+            "transaction {} was interrupted; run `snapinst recover --root {}` first",
+            t.txn,
+            loc.root.display()
+        ))
+        .into());
+    }
+    let mut state = loc.state.load()?.expect("state exists: checked above");
+    let target = match to {
+        Some(t) => t,
+        None => match state.generation(state.current).and_then(|g| g.parent) {
+            Some(p) => p,
+            None => return refuse(format!("generation {} is the oldest kept; there is nothing before it", state.current)),
+        },
+    };
+    if state.generation(target).is_none() {
+        let kept: Vec<String> = state.generations.iter().map(|g| g.generation.to_string()).collect();
+        return refuse(format!("generation {target} is not kept (kept: {})", kept.join(", ")));
+    }
+    if target == state.current {
+        out.say(format!("snapinst: generation {target} is already current; nothing to do"));
+        out.event("summary", json!({"outcome": "nothing", "generation": target}));
+        return Ok(Outcome::Done);
+    }
+    let ctx = Ctx::new(state.backend, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
+    let mut rec = TxnRecord {
+        v: 1,
+        txn: crate::state::new_txn_id(),
+        kind: TxnKind::Rollback,
+        plan: None,
+        plan_sha256: None,
+        backend: state.backend,
+        root: loc.root.clone(),
+        stage: None,
+        phase: Phase::Preparing,
+        pid: std::process::id(),
+        time: fsutil::now(),
+        from_generation: state.current,
+        to_generation: target,
+        root_subvol_before: None,
+        incoming_subvol: None,
+        swaps: Vec::new(),
+        swaps_done: 0,
+        host_undo: Vec::new(),
+        failed_step: None,
+        outcome: None,
+        error: None,
+    };
+    loc.state.write_txn(&rec)?;
+    failpoint::hit("rollback-after-record");
+    if let Err(e) = backend::plan_rollback(&ctx, &mut rec, &state) {
+        rec.error = Some(format!("{e:#}"));
+        rec.outcome = Some("refused".into());
+        set_phase(&loc.state, &mut rec, Phase::Done)?;
+        return refuse(format!("cannot roll back to generation {target}: {e:#}"));
+    }
+    out.say(format!("snapinst: rolling {} back from generation {} to {target}", loc.root.display(), state.current));
+    set_phase(&loc.state, &mut rec, Phase::Committing)?;
+    failpoint::hit("rollback-after-commit-record");
+    let done = carry_out(&ctx, &mut rec, &mut state);
+    if let Err(e) = done {
+        return Err(e.context(NeedsRecovery(format!(
+            "rollback {} was interrupted by an error; run `snapinst recover --root {}`",
+            rec.txn,
+            loc.root.display()
+        ))));
+    }
+    out.event("committed", json!({"txn": rec.txn, "generation": target}));
+    out.say(format!("snapinst: generation {target} is current"));
+    if backend::next_boot_differs(state.backend, &loc.root, &state) {
+        out.say("snapinst: the root is a mount point: the rolled-back tree is what its next mount or boot sees");
+    }
+    out.event("summary", json!({"txn": rec.txn, "outcome": "committed", "generation": target}));
+    Ok(Outcome::Done)
+}
+
+/// Carry out (or resume) a recorded rollback and finish it. Idempotent; recovery calls it too.
+pub(crate) fn carry_out(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<()> {
+    let sd = ctx.state.clone();
+    backend::rollback(ctx, rec, &mut |r| sd.write_txn(r))?;
+    finish(ctx, rec, state)
+}
+
+fn finish(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<()> {
+    set_phase(&ctx.state, rec, Phase::Finishing)?;
+    backend::finish_rollback(ctx, rec, state)?;
+    state.current = rec.to_generation;
+    ctx.state.save(state)?;
+    prune(ctx, state)?;
+    rec.outcome = Some("committed".into());
+    set_phase(&ctx.state, rec, Phase::Done)
+}
+
+/// Resume a rollback interrupted at `rec.phase`: finish it if it took effect, else abandon it.
+pub(crate) fn recover(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<&'static str> {
+    match rec.phase {
+        Phase::Committing if backend::rollback_took_effect(ctx, rec)? => {
+            carry_out(ctx, rec, state)?;
+            Ok("rolled_forward")
+        }
+        Phase::Finishing => {
+            finish(ctx, rec, state)?;
+            Ok("rolled_forward")
+        }
+        _ => {
+            backend::abandon_rollback(ctx, rec)?;
+            rec.outcome = Some("abandoned".into());
+            set_phase(&ctx.state, rec, Phase::Done)?;
+            Ok("rolled_back")
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `snapinst status` and `snapinst list`: read-only views of a root's state area. They never take the lock and
+//! never change anything, so they can run while a transaction is in progress.
+
+use super::recover::FAILED_STAMP;
+use super::{locate, Outcome};
+use crate::backend;
+use crate::cli::RootArgs;
+use crate::events::Reporter;
+use crate::lock;
+use crate::state::State;
+use anyhow::Result;
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
+    let loc = locate(args)?;
+    let state = loc.state.load()?;
+    let holder = lock::holder(&loc.state.lock_path());
+    let unfinished = loc.state.unfinished()?;
+    let in_progress = unfinished.first().map(|t| {
+        json!({"txn": t.txn, "kind": t.kind, "state": t.phase, "pid": holder,
+               "interrupted": holder.is_none(), "plan": t.plan})
+    });
+    let recovery_failed = std::fs::read_to_string(loc.state.dir.join(FAILED_STAMP)).ok().map(|s| s.trim().to_string());
+    let next_boot_differs = state.as_ref().is_some_and(|s| backend::next_boot_differs(s.backend, &loc.root, s));
+    let value = json!({
+        "v": 1,
+        "root": loc.root,
+        "state_dir": loc.state.dir,
+        "backend": state.as_ref().map(|s| s.backend.to_string()),
+        "current_generation": state.as_ref().map(|s| s.current).unwrap_or(0),
+        "in_progress": in_progress,
+        "next_boot_differs": next_boot_differs,
+        "recovery_failed": recovery_failed,
+    });
+    Reporter::new(args.json).result(&value, || human_status(&value, state.as_ref()));
+    Ok(Outcome::Done)
+}
+
+fn human_status(v: &Value, state: Option<&State>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "root:               {}", v["root"].as_str().unwrap_or("?"));
+    let _ = writeln!(s, "state area:         {}", v["state_dir"].as_str().unwrap_or("?"));
+    match state {
+        None => {
+            let _ = writeln!(s, "managed:            no (no transaction has run yet)");
+        }
+        Some(st) => {
+            let _ = writeln!(s, "backend:            {}", st.backend);
+            let _ = writeln!(s, "current generation: {}", st.current);
+        }
+    }
+    match &v["in_progress"] {
+        Value::Null => {
+            let _ = writeln!(s, "in progress:        nothing");
+        }
+        t if t["interrupted"] == true => {
+            let _ = writeln!(
+                s,
+                "in progress:        transaction {} was INTERRUPTED ({}): run `snapinst recover --root {}`",
+                t["txn"].as_str().unwrap_or("?"),
+                t["state"].as_str().unwrap_or("?"),
+                v["root"].as_str().unwrap_or("?")
+            );
+        }
+        t => {
+            let _ = writeln!(s, "in progress:        transaction {} (pid {})", t["txn"].as_str().unwrap_or("?"), t["pid"]);
+        }
+    }
+    if v["next_boot_differs"] == true {
+        let _ = writeln!(s, "reboot needed:      yes (the next mount or boot of the root sees the current generation)");
+    }
+    if let Some(msg) = v["recovery_failed"].as_str() {
+        let _ = writeln!(s, "RECOVERY FAILED:    {msg}");
+    }
+    s
+}
+
+pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
+    let loc = locate(args)?;
+    let state = loc.state.load()?;
+    let current = state.as_ref().map(|s| s.current).unwrap_or(0);
+    let generations: Vec<Value> = state
+        .as_ref()
+        .map(|s| {
+            s.generations
+                .iter()
+                .map(|g| json!({"generation": g.generation, "time": g.time, "plan": g.plan,
+                                "parent": g.parent, "current": g.generation == current}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let transactions: Vec<Value> = loc
+        .state
+        .txns()?
+        .iter()
+        .map(|t| json!({"txn": t.txn, "kind": t.kind, "time": t.time, "plan": t.plan, "state": t.phase,
+                        "outcome": t.outcome, "failed_step": t.failed_step,
+                        "from_generation": t.from_generation, "to_generation": t.to_generation}))
+        .collect();
+    let value = json!({"v": 1, "current_generation": current, "generations": generations, "transactions": transactions});
+    Reporter::new(args.json).result(&value, || {
+        let mut s = String::from("GENERATION  CURRENT  TIME        PLAN\n");
+        for g in &generations {
+            let _ = writeln!(
+                s,
+                "{:<10}  {:<7}  {:<10}  {}",
+                g["generation"],
+                if g["current"] == true { "*" } else { "" },
+                g["time"],
+                g["plan"].as_str().unwrap_or("(before snapinst)")
+            );
+        }
+        s.push_str("\nTRANSACTION                  KIND      PLAN              OUTCOME\n");
+        for t in &transactions {
+            let _ = writeln!(
+                s,
+                "{:<28} {:<9} {:<17} {}",
+                t["txn"].as_str().unwrap_or("?"),
+                t["kind"].as_str().unwrap_or("?"),
+                t["plan"].as_str().unwrap_or("-"),
+                t["outcome"].as_str().unwrap_or(t["state"].as_str().unwrap_or("?"))
+            );
+        }
+        s
+    });
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,43 @@
+//! What a command tells its user: with `--json`, JSON Lines events on stdout (each with `"v":1` and `"event"`);
+//! always, human progress on stderr. Nothing else in snapinst prints progress.
+
+use serde_json::{json, Value};
+use std::io::Write;
+
+pub(crate) struct Reporter {
+    json: bool,
+}
+
+impl Reporter {
+    pub fn new(json: bool) -> Reporter {
+        Reporter { json }
+    }
+
+    /// Emit one JSON event (ignored without `--json`).
+    pub fn event(&self, event: &str, fields: Value) {
+        if !self.json {
+            return;
+        }
+        let mut obj = json!({"v": 1, "event": event});
+        if let (Some(o), Value::Object(f)) = (obj.as_object_mut(), fields) {
+            o.extend(f);
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{obj}");
+        let _ = out.flush();
+    }
+
+    /// A line of human progress on stderr.
+    pub fn say(&self, line: impl AsRef<str>) {
+        eprintln!("{}", line.as_ref());
+    }
+
+    /// Print a whole result object on stdout (status, list).
+    pub fn result(&self, value: &Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            print!("{}", human());
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Path resolution that cannot leave a root. Every file step resolves its path with `openat2(RESOLVE_IN_ROOT)`,
+//! so `..` and symlinks (absolute or relative, including ones an earlier step or script made) are resolved as if
+//! the root were `/`. Nothing here may resolve a plan path with plain path joins.
+
+use crate::plan::RootPath;
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstatat, FileStat, Mode};
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// An open directory that paths are resolved inside of.
+pub(crate) struct Root {
+    pub path: std::path::PathBuf,
+    fd: OwnedFd,
+}
+
+impl Root {
+    pub fn open(path: &Path) -> Result<Root> {
+        let fd = nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("opening root directory {}", path.display()))?;
+        // SAFETY: `open` just returned this descriptor and nothing else owns it.
+        Ok(Root { path: path.to_path_buf(), fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    fn resolve(&self, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        // SAFETY: `openat2` returned a fresh descriptor that nothing else owns.
+        openat2(self.fd.as_raw_fd(), rel, how).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Open the directory at `rel` (symlinks followed, inside the root).
+    pub fn open_dir(&self, rel: &Path) -> Result<OwnedFd> {
+        self.resolve(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY)
+            .with_context(|| format!("opening directory /{} inside {}", rel.display(), self.path.display()))
+    }
+
+    /// The parent directory of `path` and the last component's name, ready for `*at` calls.
+    pub fn parent_of<'p>(&self, path: &'p RootPath) -> Result<(OwnedFd, &'p OsStr)> {
+        let parent = path.rel().parent().unwrap_or(Path::new(""));
+        Ok((self.open_dir(parent)?, path.file_name()))
+    }
+
+    /// lstat of `path`'s last component (its parent resolved inside the root); None if it does not exist.
+    pub fn lstat(&self, path: &RootPath) -> Result<Option<FileStat>> {
+        let parent = path.rel().parent().unwrap_or(Path::new(""));
+        let dir = match self.resolve(parent, OFlag::O_DIRECTORY | OFlag::O_RDONLY) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("resolving {path} inside {}", self.path.display())),
+        };
+        match fstatat(Some(dir.as_raw_fd()), path.file_name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("inspecting {path} inside {}", self.path.display())),
+        }
+    }
+
+    /// Whether `path` resolves (following symlinks inside the root) to a directory.
+    pub fn is_dir(&self, path: &RootPath) -> bool {
+        self.resolve(path.rel(), OFlag::O_DIRECTORY | OFlag::O_RDONLY).is_ok()
+    }
+
+    /// The missing directories on the way to `path` (itself included), outermost first.
+    pub fn missing_dirs(&self, path: &RootPath) -> Result<Vec<RootPath>> {
+        let mut missing = Vec::new();
+        let mut cur = Some(path.clone());
+        while let Some(p) = cur {
+            match self.resolve(p.rel(), OFlag::O_DIRECTORY | OFlag::O_RDONLY) {
+                Ok(_) => break,
+                Err(Errno::ENOENT) => {
+                    cur = p.parent();
+                    missing.push(p);
+                }
+                Err(Errno::ENOTDIR) => bail!("{p} exists and is not a directory"),
+                Err(e) => return Err(e).with_context(|| format!("resolving {p} inside {}", self.path.display())),
+            }
+        }
+        missing.reverse();
+        Ok(missing)
+    }
+
+    /// Create one directory whose parent exists.
+    pub fn mkdir(&self, path: &RootPath, mode: u32) -> Result<()> {
+        let (dir, name) = self.parent_of(path)?;
+        nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode))
+            .with_context(|| format!("creating directory {path}"))
+    }
+}

@@ -1,0 +1,21 @@
+//! snapinst applies an install plan to a root as one transaction: the steps run in a staged copy of the root (a
+//! btrfs snapshot or an overlayfs upper layer), and one atomic operation commits them. The library holds the whole
+//! program; `main.rs` only calls [`run`].
+
+mod backend;
+mod cli;
+mod commands;
+mod delta;
+mod events;
+mod failpoint;
+mod fsutil;
+mod inroot;
+mod lock;
+mod mounts;
+mod plan;
+mod registry;
+mod sandbox;
+mod state;
+mod steps;
+
+pub use cli::run;

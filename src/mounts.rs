@@ -1,0 +1,120 @@
+//! Mount facts and the private mount namespace. snapinst does its mounting (overlay stages, the btrfs top-level
+//! view) in a mount namespace of its own, made private first, so a mount can never leak into the host's namespace,
+//! not even when the process is killed. This module must never mount anything in the host's namespace.
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, MsFlags};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Enter a new, private mount namespace. Must be called before the process starts any thread.
+pub(crate) fn enter_private_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("creating a private mount namespace")?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("making the mount namespace private")
+}
+
+/// The kernel's id of the mount that holds `path` (statx `STATX_MNT_ID`), without following a final symlink.
+pub(crate) fn mount_id(path: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")?;
+    // SAFETY: `statx` writes into the zeroed buffer we own; `c` is a valid NUL-terminated string.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, libc::STATX_MNT_ID, &mut buf)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statx {}", path.display()));
+    }
+    if buf.stx_mask & libc::STATX_MNT_ID == 0 {
+        bail!("the kernel did not report the mount id of {}", path.display());
+    }
+    Ok(buf.stx_mnt_id)
+}
+
+/// Whether `path` is the top of a mount.
+pub(crate) fn is_mount_point(path: &Path) -> Result<bool> {
+    let parent = path.parent().unwrap_or(path);
+    if parent == path {
+        return Ok(true);
+    }
+    Ok(mount_id(path)? != mount_id(parent)?)
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone)]
+pub(crate) struct MountInfo {
+    pub id: u64,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// The mountinfo entry of the mount that holds `path`.
+pub(crate) fn mount_of(path: &Path) -> Result<MountInfo> {
+    let id = mount_id(path)?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    text.lines()
+        .filter_map(parse_mountinfo_line)
+        .find(|m| m.id == id)
+        .with_context(|| format!("finding the mount of {} in /proc/self/mountinfo", path.display()))
+}
+
+/// Whether anything is mounted at or below `dir` in this namespace.
+pub(crate) fn mounted_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(parse_mountinfo_line)
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect())
+}
+
+fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
+    let mut fields = line.split(' ');
+    let id = fields.next()?.parse().ok()?;
+    let _parent = fields.next()?;
+    let _devno = fields.next()?;
+    let _fs_root = fields.next()?;
+    let mount_point = unescape(fields.next()?);
+    let rest: Vec<&str> = fields.collect();
+    let sep = rest.iter().position(|f| *f == "-")?;
+    let fstype = rest.get(sep + 1)?.to_string();
+    let source = unescape(rest.get(sep + 2)?).to_string_lossy().into_owned();
+    Some(MountInfo { id, mount_point, fstype, source: source.to_string() })
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse() {
+        let m = parse_mountinfo_line(
+            "36 35 0:32 /root /mnt/my\\040root rw,relatime shared:1 - btrfs /dev/loop0 rw,subvolid=256",
+        )
+        .unwrap();
+        assert_eq!(m.id, 36);
+        assert_eq!(m.mount_point, PathBuf::from("/mnt/my root"));
+        assert_eq!(m.fstype, "btrfs");
+        assert_eq!(m.source, "/dev/loop0");
+    }
+}

@@ -1,0 +1,126 @@
+//! The validated plan: what `apply` installs. A plan file is parsed and checked once, in [`parse`]; everything
+//! downstream works on these types and never re-checks strings. Nothing here touches the filesystem but reading the
+//! plan and its source files.
+
+mod parse;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub(crate) use parse::load;
+
+/// A validated install plan.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub name: String,
+    pub version: Option<String>,
+    pub steps: Vec<Step>,
+    /// sha256 of the plan file, recorded in the journal.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Step {
+    pub id: String,
+    pub action: Action,
+}
+
+/// A path inside the managed root, relative to it: absolute in the plan, no `.` or `..`, never the root itself.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct RootPath(PathBuf);
+
+impl RootPath {
+    /// The path relative to the root (`etc/hello.conf`).
+    pub fn rel(&self) -> &Path {
+        &self.0
+    }
+    pub fn parent(&self) -> Option<RootPath> {
+        self.0
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| RootPath(p.to_path_buf()))
+    }
+    pub fn file_name(&self) -> &std::ffi::OsStr {
+        self.0.file_name().expect("a RootPath always has a last component")
+    }
+    pub fn from_rel(rel: &Path) -> RootPath {
+        RootPath(rel.to_path_buf())
+    }
+}
+
+impl std::fmt::Display for RootPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/{}", self.0.display())
+    }
+}
+
+/// An owner or group: a name looked up in the staged root, or a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Principal {
+    Name(String),
+    Id(u32),
+}
+
+/// Mode and ownership asked for a created path.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Attrs {
+    pub mode: Option<u32>,
+    pub owner: Option<Principal>,
+    pub group: Option<Principal>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Command {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Action {
+    Dir { path: RootPath, attrs: Attrs },
+    File { path: RootPath, content: Content, attrs: Attrs },
+    Symlink { path: RootPath, target: String },
+    Remove { path: RootPath, recursive: bool, missing_ok: bool },
+    Run { command: Command },
+    Verify { command: Command, expect_exit: i32, expect_stdout: Option<String> },
+    Host { run: Command, undo: Command },
+}
+
+/// A file step's content: inline text, or a source file (already resolved against the plan's directory).
+#[derive(Debug, Clone)]
+pub(crate) enum Content {
+    Inline(Vec<u8>),
+    Source(PathBuf),
+}
+
+impl Plan {
+    /// Bytes the plan writes into the root, for the free-space check.
+    pub fn bytes_written(&self) -> u64 {
+        self.steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::File { content: Content::Inline(b), .. } => b.len() as u64,
+                Action::File { content: Content::Source(p), .. } => {
+                    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+                }
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+impl Action {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Action::Dir { .. } => "dir",
+            Action::File { .. } => "file",
+            Action::Symlink { .. } => "symlink",
+            Action::Remove { .. } => "remove",
+            Action::Run { .. } => "run",
+            Action::Verify { .. } => "verify",
+            Action::Host { .. } => "host",
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Running a step's command: inside the staged root (a private mount namespace with /proc /sys /dev bound and fresh
+//! tmpfs on /tmp and /run, then chroot), or on the host for `host` steps. Output is captured, a timeout or a
+//! SIGINT/SIGTERM kills the command's whole process group. The child must never mount anything in the host's
+//! namespace: it unshares before its first mount.
+
+use crate::plan::Command;
+use anyhow::{Context, Result};
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Set by SIGINT/SIGTERM: the running transaction must stop and roll back.
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn install_signal_handlers() -> Result<()> {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // SAFETY: the handler only stores into an atomic flag.
+        unsafe {
+            signal_hook::low_level::register(sig, || INTERRUPTED.store(true, Ordering::SeqCst))
+                .context("installing a signal handler")?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Where a command runs.
+pub(crate) enum Place<'a> {
+    /// Chrooted into this staged root.
+    Chroot(&'a Path),
+    Host,
+}
+
+#[derive(Debug)]
+pub(crate) struct Finished {
+    /// Exit code, or None when killed by a signal, the timeout or an interruption.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    pub interrupted: bool,
+}
+
+impl Finished {
+    /// Output for the log and for error messages: stdout then stderr, each marked.
+    pub fn output(&self) -> String {
+        let mut s = String::new();
+        if !self.stdout.is_empty() {
+            s.push_str(&format!("--- stdout ---\n{}", self.stdout));
+        }
+        if !self.stderr.is_empty() {
+            s.push_str(&format!("--- stderr ---\n{}", self.stderr));
+        }
+        s
+    }
+}
+
+/// The mounts made in the child before chroot: (source, target inside the stage, kind).
+struct ChrootSetup {
+    root: CString,
+    binds: Vec<(CString, CString)>,
+    tmpfs: Vec<CString>,
+}
+
+fn chroot_setup(root: &Path) -> Result<ChrootSetup> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).context("path contains a NUL byte");
+    let mut binds = Vec::new();
+    let mut tmpfs = Vec::new();
+    // Mount only where the stage has the directory: making one would change the tree being installed.
+    for dir in ["proc", "sys", "dev"] {
+        let target = root.join(dir);
+        if is_real_dir(&target) {
+            binds.push((c(&PathBuf::from("/").join(dir))?, c(&target)?));
+        }
+    }
+    for dir in ["tmp", "run"] {
+        let target = root.join(dir);
+        if is_real_dir(&target) {
+            tmpfs.push(c(&target)?);
+        }
+    }
+    Ok(ChrootSetup { root: c(root)?, binds, tmpfs })
+}
+
+fn is_real_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// Run `cmd`, capturing its output, until it exits, times out or the transaction is interrupted.
+pub(crate) fn run(cmd: &Command, place: Place, txn: &str) -> Result<Finished> {
+    let mut proc = std::process::Command::new(&cmd.argv[0]);
+    proc.args(&cmd.argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .env("SNAPINST", "1")
+        .env("SNAPINST_TXN", txn)
+        .envs(&cmd.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Place::Chroot(root) = place {
+        let setup = chroot_setup(root)?;
+        proc.current_dir("/");
+        // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls on data
+        // prepared before the fork (no allocation, no locks).
+        unsafe {
+            proc.pre_exec(move || enter_chroot(&setup));
+        }
+    }
+    let mut child = proc.spawn().with_context(|| format!("starting {:?}", cmd.argv))?;
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let out = reader(child.stdout.take());
+    let err = reader(child.stderr.take());
+    let deadline = Instant::now() + cmd.timeout;
+    let (mut timed_out, mut was_interrupted) = (false, false);
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for a step's command")? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+        }
+        if interrupted() {
+            was_interrupted = true;
+        }
+        if timed_out || was_interrupted {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            break child.wait().context("waiting for a killed command")?;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Whatever the command left running in its group (a daemon it started) goes too: it would pin the stage.
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    Ok(Finished {
+        code: status.code(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        timed_out,
+        interrupted: was_interrupted,
+    })
+}
+
+fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// In the child: private mount namespace, bind mounts, tmpfs, chroot.
+fn enter_chroot(s: &ChrootSetup) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: raw system calls with NUL-terminated strings owned by `s`, which outlives this call.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        for (src, dst) in &s.binds {
+            check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+        }
+        for dst in &s.tmpfs {
+            check(libc::mount(
+                c"tmpfs".as_ptr(),
+                dst.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=1777".as_ptr().cast(),
+            ))?;
+        }
+        check(libc::chroot(s.root.as_ptr()))?;
+        check(libc::chdir(c"/".as_ptr()))?;
+    }
+    Ok(())
+}

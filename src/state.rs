@@ -1,0 +1,257 @@
+//! The state area of one managed root: where its generations, transaction records, stage and lock live, and the
+//! two durable records: `state.json` (which generation is current, which are kept) and `txns/<id>.json` (one
+//! write-ahead record per transaction, replaced atomically at each phase, never edited in place). The state
+//! machine of a record is described in docs/transactions.md. This module only reads and writes records; it never
+//! touches the root.
+
+use crate::fsutil;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BackendKind {
+    Btrfs,
+    Overlay,
+    Journal,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Btrfs => "btrfs",
+            BackendKind::Overlay => "overlay",
+            BackendKind::Journal => "journal",
+        })
+    }
+}
+
+/// One kept tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Generation {
+    pub generation: u64,
+    /// The generation this one was made from (None for the oldest kept).
+    pub parent: Option<u64>,
+    pub time: u64,
+    pub plan: Option<String>,
+    pub txn: Option<String>,
+}
+
+/// `state.json`: the generations of a root and which one is current.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct State {
+    pub v: u32,
+    pub root: PathBuf,
+    pub backend: BackendKind,
+    pub current: u64,
+    pub next: u64,
+    pub keep: usize,
+    pub generations: Vec<Generation>,
+    /// btrfs: the id of the subvolume that is current (what the root's name points at).
+    #[serde(default)]
+    pub current_subvol: Option<u64>,
+}
+
+impl State {
+    pub fn new(root: &Path, backend: BackendKind, keep: usize) -> State {
+        State {
+            v: 1,
+            root: root.to_path_buf(),
+            backend,
+            current: 0,
+            next: 1,
+            keep,
+            generations: vec![Generation { generation: 0, parent: None, time: fsutil::now(), plan: None, txn: None }],
+            current_subvol: None,
+        }
+    }
+
+    pub fn generation(&self, n: u64) -> Option<&Generation> {
+        self.generations.iter().find(|g| g.generation == n)
+    }
+
+    /// The chain of generations from `n` up to the oldest kept ancestor, `n` first.
+    pub fn ancestors(&self, mut n: u64) -> Vec<u64> {
+        let mut chain = vec![n];
+        while let Some(p) = self.generation(n).and_then(|g| g.parent) {
+            chain.push(p);
+            n = p;
+        }
+        chain
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum TxnKind {
+    Apply,
+    Rollback,
+}
+
+/// Where a transaction is. Before `Committing` a crash is undone; from `Committing` on it is finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Phase {
+    /// Record written, stage being made.
+    Preparing,
+    /// Stage made; steps running in it.
+    Staged,
+    /// Commit record: the change is being put in place; recovery finishes it.
+    Committing,
+    /// The change is in place; the previous tree is being kept and old generations pruned.
+    Finishing,
+    /// The stage is being thrown away; recovery finishes that.
+    Discarding,
+    /// Nothing left to do.
+    Done,
+}
+
+/// A delta swap planned by a rollback over overlay or journal generations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PlannedSwap {
+    pub generation: u64,
+    pub forward: bool,
+}
+
+/// A host step's undo, recorded before the step runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HostUndo {
+    pub step: String,
+    pub argv: Vec<String>,
+    pub timeout_s: u64,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// The write-ahead record of one transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TxnRecord {
+    pub v: u32,
+    pub txn: String,
+    pub kind: TxnKind,
+    pub plan: Option<String>,
+    pub plan_sha256: Option<String>,
+    pub backend: BackendKind,
+    pub root: PathBuf,
+    /// Where the steps run (the stage subvolume, the overlay mount, or the root itself for journal).
+    pub stage: Option<PathBuf>,
+    pub phase: Phase,
+    pub pid: u32,
+    pub time: u64,
+    pub from_generation: u64,
+    pub to_generation: u64,
+    /// btrfs: subvolume id at the root's name before the exchange, and of the subvolume swapped in.
+    #[serde(default)]
+    pub root_subvol_before: Option<u64>,
+    #[serde(default)]
+    pub incoming_subvol: Option<u64>,
+    /// overlay/journal rollback: the swaps to make, and how many are complete.
+    #[serde(default)]
+    pub swaps: Vec<PlannedSwap>,
+    #[serde(default)]
+    pub swaps_done: usize,
+    #[serde(default)]
+    pub host_undo: Vec<HostUndo>,
+    #[serde(default)]
+    pub failed_step: Option<String>,
+    #[serde(default)]
+    pub outcome: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The state area of one root.
+#[derive(Debug, Clone)]
+pub(crate) struct StateDir {
+    pub dir: PathBuf,
+}
+
+impl StateDir {
+    /// The default state area: a sibling of the root, `<parent>/.snapinst-<name>`.
+    pub fn default_for(root: &Path) -> Result<PathBuf> {
+        let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
+            bail!(
+                "{} has no parent directory to hold the state area; pass --state-dir DIR (outside the root, on the same filesystem)",
+                root.display()
+            );
+        };
+        Ok(parent.join(format!(".snapinst-{}", name.to_string_lossy())))
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn txns_dir(&self) -> PathBuf {
+        self.dir.join("txns")
+    }
+    pub fn txn_path(&self, txn: &str) -> PathBuf {
+        self.txns_dir().join(format!("{txn}.json"))
+    }
+    pub fn gens_dir(&self) -> PathBuf {
+        self.dir.join("gens")
+    }
+    pub fn gen_path(&self, n: u64) -> PathBuf {
+        self.gens_dir().join(n.to_string())
+    }
+    /// Where a transaction's stage lives.
+    pub fn stage_path(&self, txn: &str) -> PathBuf {
+        self.dir.join("stage").join(txn)
+    }
+
+    pub fn create(&self) -> Result<()> {
+        for d in [self.dir.clone(), self.txns_dir(), self.gens_dir(), self.dir.join("stage")] {
+            fsutil::create_dir_durable(&d)?;
+        }
+        Ok(())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.state_path().exists()
+    }
+
+    pub fn load(&self) -> Result<Option<State>> {
+        if !self.state_path().exists() {
+            return Ok(None);
+        }
+        fsutil::read_json(&self.state_path()).map(Some)
+    }
+
+    pub fn save(&self, state: &State) -> Result<()> {
+        fsutil::write_json_atomic(&self.state_path(), state)
+    }
+
+    pub fn write_txn(&self, rec: &TxnRecord) -> Result<()> {
+        fsutil::write_json_atomic(&self.txn_path(&rec.txn), rec)
+    }
+
+    /// All transaction records, oldest first.
+    pub fn txns(&self) -> Result<Vec<TxnRecord>> {
+        let dir = self.txns_dir();
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(out) };
+        for e in rd {
+            let e = e.with_context(|| format!("listing {}", dir.display()))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".json") && !name.starts_with('.') {
+                out.push(fsutil::read_json::<TxnRecord>(&e.path())?);
+            }
+        }
+        out.sort_by(|a, b| a.txn.cmp(&b.txn));
+        Ok(out)
+    }
+
+    /// The transactions that are not done (normally none, or one that a crash interrupted).
+    pub fn unfinished(&self) -> Result<Vec<TxnRecord>> {
+        Ok(self.txns()?.into_iter().filter(|t| t.phase != Phase::Done).collect())
+    }
+}
+
+/// A new transaction id: sortable by time, unique per process.
+pub(crate) fn new_txn_id() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{:010}.{:06}-{}", t.as_secs(), t.subsec_micros(), std::process::id())
+}

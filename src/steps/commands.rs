@@ -1,0 +1,64 @@
+//! The command steps: `run` and `verify` inside the staged root, `host` (and its undo) on the host.
+
+use super::StepFailure;
+use crate::inroot::Root;
+use crate::plan::Command;
+use crate::sandbox::{self, Finished, Place};
+use crate::state::HostUndo;
+use anyhow::{bail, Result};
+use std::time::Duration;
+
+fn run(place: Place, txn: &str, cmd: &Command) -> Result<Finished, StepFailure> {
+    sandbox::run(cmd, place, txn).map_err(|e| StepFailure { message: format!("{e:#}"), output: String::new() })
+}
+
+fn judge(f: Finished, cmd: &Command, expect_exit: i32) -> Result<String, StepFailure> {
+    let output = f.output();
+    let message = if f.interrupted {
+        "interrupted by a signal".to_string()
+    } else if f.timed_out {
+        format!("timed out after {} s and was killed", cmd.timeout.as_secs())
+    } else {
+        match f.code {
+            Some(c) if c == expect_exit => return Ok(output),
+            Some(c) => format!("{:?} exited with status {c} (expected {expect_exit})", cmd.argv),
+            None => format!("{:?} was killed by a signal", cmd.argv),
+        }
+    };
+    Err(StepFailure { message, output })
+}
+
+pub(super) fn run_in_root(root: &Root, txn: &str, cmd: &Command) -> Result<String, StepFailure> {
+    judge(run(Place::Chroot(&root.path), txn, cmd)?, cmd, 0)
+}
+
+pub(super) fn verify(
+    root: &Root,
+    txn: &str,
+    cmd: &Command,
+    expect_exit: i32,
+    expect_stdout: Option<&str>,
+) -> Result<String, StepFailure> {
+    let f = run(Place::Chroot(&root.path), txn, cmd)?;
+    let stdout = f.stdout.clone();
+    let output = judge(f, cmd, expect_exit)?;
+    if let Some(want) = expect_stdout {
+        if !stdout.contains(want) {
+            return Err(StepFailure { message: format!("its output does not contain {want:?}"), output });
+        }
+    }
+    Ok(output)
+}
+
+pub(super) fn run_on_host(txn: &str, cmd: &Command) -> Result<String, StepFailure> {
+    judge(run(Place::Host, txn, cmd)?, cmd, 0)
+}
+
+/// Run a recorded host undo; an error names the step.
+pub(crate) fn run_host_undo(txn: &str, undo: &HostUndo) -> Result<()> {
+    let cmd = Command { argv: undo.argv.clone(), timeout: Duration::from_secs(undo.timeout_s), env: undo.env.clone() };
+    match judge(sandbox::run(&cmd, Place::Host, txn)?, &cmd, 0) {
+        Ok(_) => Ok(()),
+        Err(f) => bail!("undo of host step \"{}\" failed: {}\n{}", undo.step, f.message, f.output),
+    }
+}
