@@ -11,8 +11,13 @@ use std::path::Path;
 
 /// Replace `path` with `bytes` atomically and durably: a crash leaves the old or the new content, never a mix.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("a file to write has a parent directory")?;
-    let name = path.file_name().context("a file to write has a name")?.to_string_lossy();
+    let dir = path
+        .parent()
+        .context("a file to write has a parent directory")?;
+    let name = path
+        .file_name()
+        .context("a file to write has a name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = OpenOptions::new()
         .write(true)
@@ -21,10 +26,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", tmp.display()))?;
     drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     sync_dir(dir)
 }
 
@@ -65,21 +73,25 @@ pub(crate) fn remove_any(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display())),
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+        }
         Ok(_) => fs::remove_file(path).with_context(|| format!("removing {}", path.display())),
     }
 }
 
 /// Bytes available to root on the filesystem holding `path`.
 pub(crate) fn free_bytes(path: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(path).with_context(|| format!("reading free space of {}", path.display()))?;
+    let st = nix::sys::statvfs::statvfs(path)
+        .with_context(|| format!("reading free space of {}", path.display()))?;
     Ok(st.blocks_free() as u64 * st.fragment_size() as u64)
 }
 
 /// `syncfs` on the filesystem holding `path`.
 pub(crate) fn syncfs(path: &Path) -> Result<()> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)).with_context(|| format!("syncing the filesystem of {}", path.display()))
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f))
+        .with_context(|| format!("syncing the filesystem of {}", path.display()))
 }
 
 /// Seconds since the epoch.

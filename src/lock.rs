@@ -15,7 +15,7 @@ pub(crate) struct RootLock {
 
 impl RootLock {
     pub fn acquire(path: &Path, root: &Path) -> Result<RootLock> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -25,14 +25,14 @@ impl RootLock {
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(locked) => locked,
             Err((mut file, _)) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            bail!(
-                "another snapinst transaction on {} is running (pid {}); wait for it to finish",
-                root.display(),
-                if holder.is_empty() { "unknown" } else { holder }
-            );
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                bail!(
+                    "another snapinst transaction on {} is running (pid {}); wait for it to finish",
+                    root.display(),
+                    if holder.is_empty() { "unknown" } else { holder }
+                );
             }
         };
         file.set_len(0).context("clearing the lock file")?;

@@ -16,7 +16,9 @@ pub(crate) struct Registered {
 }
 
 fn dir() -> PathBuf {
-    std::env::var_os("SNAPINST_REGISTRY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(REGISTRY_DIR))
+    std::env::var_os("SNAPINST_REGISTRY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(REGISTRY_DIR))
 }
 
 /// Remember that `root` is managed with its state in `state_dir` (idempotent).
@@ -27,13 +29,21 @@ pub(crate) fn register(root: &Path, state_dir: &Path) -> Result<()> {
         return Ok(());
     }
     fsutil::create_dir_durable(&dir())?;
-    fsutil::write_json_atomic(&path, &Registered { root: root.to_path_buf(), state_dir: state_dir.to_path_buf() })
+    fsutil::write_json_atomic(
+        &path,
+        &Registered {
+            root: root.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        },
+    )
 }
 
 /// Every registered root.
 pub(crate) fn all() -> Result<Vec<Registered>> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir()) else { return Ok(out) };
+    let Ok(rd) = std::fs::read_dir(dir()) else {
+        return Ok(out);
+    };
     for e in rd.flatten() {
         if e.path().extension().is_some_and(|x| x == "json") {
             out.push(fsutil::read_json(&e.path())?);

@@ -87,7 +87,11 @@ fn chroot_setup(root: &Path) -> Result<ChrootSetup> {
             tmpfs.push(c(&target)?);
         }
     }
-    Ok(ChrootSetup { root: c(root)?, binds, tmpfs })
+    Ok(ChrootSetup {
+        root: c(root)?,
+        binds,
+        tmpfs,
+    })
 }
 
 fn is_real_dir(p: &Path) -> bool {
@@ -99,7 +103,10 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str) -> Result<Finished> {
     let mut proc = std::process::Command::new(&cmd.argv[0]);
     proc.args(&cmd.argv[1..])
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", "/root")
         .env("LANG", "C.UTF-8")
         .env("SNAPINST", "1")
@@ -118,7 +125,9 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str) -> Result<Finished> {
             proc.pre_exec(move || enter_chroot(&setup));
         }
     }
-    let mut child = proc.spawn().with_context(|| format!("starting {:?}", cmd.argv))?;
+    let mut child = proc
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.argv))?;
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let out = reader(child.stdout.take());
     let err = reader(child.stderr.take());
@@ -163,13 +172,31 @@ fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<
 
 /// In the child: private mount namespace, bind mounts, tmpfs, chroot.
 fn enter_chroot(s: &ChrootSetup) -> std::io::Result<()> {
-    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
     // SAFETY: raw system calls with NUL-terminated strings owned by `s`, which outlives this call.
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNS))?;
-        check(libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        check(libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
         for (src, dst) in &s.binds {
-            check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+            check(libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
         }
         for dst in &s.tmpfs {
             check(libc::mount(

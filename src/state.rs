@@ -62,7 +62,13 @@ impl State {
             current: 0,
             next: 1,
             keep,
-            generations: vec![Generation { generation: 0, parent: None, time: fsutil::now(), plan: None, txn: None }],
+            generations: vec![Generation {
+                generation: 0,
+                parent: None,
+                time: fsutil::now(),
+                plan: None,
+                txn: None,
+            }],
             current_subvol: None,
         }
     }
@@ -202,14 +208,19 @@ impl StateDir {
     }
 
     pub fn create(&self) -> Result<()> {
-        for d in [self.dir.clone(), self.txns_dir(), self.gens_dir(), self.dir.join("stage")] {
+        for d in [
+            self.dir.clone(),
+            self.txns_dir(),
+            self.gens_dir(),
+            self.dir.join("stage"),
+        ] {
             fsutil::create_dir_durable(&d)?;
         }
         Ok(())
     }
 
     pub fn exists(&self) -> bool {
-        self.state_path().exists()
+        self.txns_dir().is_dir()
     }
 
     pub fn load(&self) -> Result<Option<State>> {
@@ -231,7 +242,9 @@ impl StateDir {
     pub fn txns(&self) -> Result<Vec<TxnRecord>> {
         let dir = self.txns_dir();
         let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(out) };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(out);
+        };
         for e in rd {
             let e = e.with_context(|| format!("listing {}", dir.display()))?;
             let name = e.file_name();
@@ -246,12 +259,23 @@ impl StateDir {
 
     /// The transactions that are not done (normally none, or one that a crash interrupted).
     pub fn unfinished(&self) -> Result<Vec<TxnRecord>> {
-        Ok(self.txns()?.into_iter().filter(|t| t.phase != Phase::Done).collect())
+        Ok(self
+            .txns()?
+            .into_iter()
+            .filter(|t| t.phase != Phase::Done)
+            .collect())
     }
 }
 
 /// A new transaction id: sortable by time, unique per process.
 pub(crate) fn new_txn_id() -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("{:010}.{:06}-{}", t.as_secs(), t.subsec_micros(), std::process::id())
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{:010}.{:06}-{}",
+        t.as_secs(),
+        t.subsec_micros(),
+        std::process::id()
+    )
 }

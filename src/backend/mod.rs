@@ -29,11 +29,18 @@ impl Ctx {
             BackendKind::Btrfs => Some(btrfs::Paths::new(root, &state.dir)?),
             _ => None,
         };
-        Ok(Ctx { kind, root: root.to_path_buf(), state: state.clone(), btrfs })
+        Ok(Ctx {
+            kind,
+            root: root.to_path_buf(),
+            state: state.clone(),
+            btrfs,
+        })
     }
 
     fn btrfs(&self) -> &btrfs::Paths {
-        self.btrfs.as_ref().expect("btrfs paths are set up for the btrfs backend")
+        self.btrfs
+            .as_ref()
+            .expect("btrfs paths are set up for the btrfs backend")
     }
 }
 
@@ -135,7 +142,11 @@ pub(crate) fn plan_rollback(ctx: &Ctx, rec: &mut TxnRecord, state: &State) -> Re
 }
 
 /// Carry out a planned rollback. Idempotent; `on_progress` persists the record after each part.
-pub(crate) fn rollback(ctx: &Ctx, rec: &mut TxnRecord, on_progress: &mut dyn FnMut(&TxnRecord) -> Result<()>) -> Result<()> {
+pub(crate) fn rollback(
+    ctx: &Ctx,
+    rec: &mut TxnRecord,
+    on_progress: &mut dyn FnMut(&TxnRecord) -> Result<()>,
+) -> Result<()> {
     match ctx.kind {
         BackendKind::Btrfs => btrfs::rollback(ctx.btrfs(), rec),
         _ => delta_gens::rollback(ctx, rec, on_progress),

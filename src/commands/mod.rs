@@ -48,7 +48,7 @@ pub(crate) fn refuse<T>(msg: impl Into<String>) -> Result<T> {
 
 /// The exit code for an error: 3 when recovery is needed, else 2 (nothing was changed).
 pub(crate) fn error_code(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<NeedsRecovery>()) {
+    if e.downcast_ref::<NeedsRecovery>().is_some() || e.chain().any(|c| c.is::<NeedsRecovery>()) {
         3
     } else {
         2
@@ -58,7 +58,12 @@ pub(crate) fn error_code(e: &anyhow::Error) -> u8 {
 pub(crate) fn validate(plan: &Path) -> Result<Outcome> {
     match plan::load(plan) {
         Ok(p) => {
-            eprintln!("{}: plan \"{}\" is valid ({} steps)", plan.display(), p.name, p.steps.len());
+            eprintln!(
+                "{}: plan \"{}\" is valid ({} steps)",
+                plan.display(),
+                p.name,
+                p.steps.len()
+            );
             Ok(Outcome::Done)
         }
         Err(problems) => refuse(problems.to_string()),
@@ -73,16 +78,33 @@ pub(crate) struct Located {
 
 pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
     let root = match std::fs::metadata(&args.root) {
-        Err(e) => return refuse(format!("the root {} cannot be used: {e}", args.root.display())),
-        Ok(m) if !m.is_dir() => return refuse(format!("the root {} is not a directory", args.root.display())),
-        Ok(_) => args.root.canonicalize().map_err(|e| Refused(format!("resolving {}: {e}", args.root.display())))?,
+        Err(e) => {
+            return refuse(format!(
+                "the root {} cannot be used: {e}",
+                args.root.display()
+            ))
+        }
+        Ok(m) if !m.is_dir() => {
+            return refuse(format!(
+                "the root {} is not a directory",
+                args.root.display()
+            ))
+        }
+        Ok(_) => args
+            .root
+            .canonicalize()
+            .map_err(|e| Refused(format!("resolving {}: {e}", args.root.display())))?,
     };
     let state_dir = match &args.state_dir {
-        Some(d) => std::path::absolute(d).map_err(|e| Refused(format!("resolving {}: {e}", d.display())))?,
+        Some(d) => std::path::absolute(d)
+            .map_err(|e| Refused(format!("resolving {}: {e}", d.display())))?,
         None => StateDir::default_for(&root).map_err(|e| Refused(format!("{e:#}")))?,
     };
     let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
-    Ok(Located { root, state: StateDir { dir: state_dir } })
+    Ok(Located {
+        root,
+        state: StateDir { dir: state_dir },
+    })
 }
 
 pub(crate) fn require_root_user() -> Result<()> {
@@ -99,7 +121,12 @@ pub(crate) fn set_phase(state: &StateDir, rec: &mut TxnRecord, phase: Phase) -> 
 }
 
 /// The end of a committed apply: keep the previous tree, make the new generation current, prune. Idempotent.
-pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, outcome: &str) -> Result<()> {
+pub(crate) fn finish_commit(
+    ctx: &Ctx,
+    rec: &mut TxnRecord,
+    state: &mut State,
+    outcome: &str,
+) -> Result<()> {
     set_phase(&ctx.state, rec, Phase::Finishing)?;
     backend::finish(ctx, rec, state)?;
     if state.generation(rec.to_generation).is_none() {
@@ -123,13 +150,23 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
 /// Drop the oldest generations beyond `state.keep`, never the current (or, for btrfs, the mounted) one.
 pub(crate) fn prune(ctx: &Ctx, state: &mut State) -> Result<()> {
     while state.generations.len() > state.keep.max(1) {
-        let Some(&n) = backend::prunable(ctx, state).first() else { break };
+        let Some(&n) = backend::prunable(ctx, state).first() else {
+            break;
+        };
         let before = state.clone();
-        let child_of_n: Vec<u64> =
-            state.generations.iter().filter(|g| g.parent == Some(n)).map(|g| g.generation).collect();
+        let child_of_n: Vec<u64> = state
+            .generations
+            .iter()
+            .filter(|g| g.parent == Some(n))
+            .map(|g| g.generation)
+            .collect();
         let n_parent = state.generation(n).and_then(|g| g.parent);
         state.generations.retain(|g| g.generation != n);
-        for g in state.generations.iter_mut().filter(|g| child_of_n.contains(&g.generation)) {
+        for g in state
+            .generations
+            .iter_mut()
+            .filter(|g| child_of_n.contains(&g.generation))
+        {
             g.parent = n_parent;
         }
         ctx.state.save(state)?;

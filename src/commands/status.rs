@@ -21,8 +21,12 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
         json!({"txn": t.txn, "kind": t.kind, "state": t.phase, "pid": holder,
                "interrupted": holder.is_none(), "plan": t.plan})
     });
-    let recovery_failed = std::fs::read_to_string(loc.state.dir.join(FAILED_STAMP)).ok().map(|s| s.trim().to_string());
-    let next_boot_differs = state.as_ref().is_some_and(|s| backend::next_boot_differs(s.backend, &loc.root, s));
+    let recovery_failed = std::fs::read_to_string(loc.state.dir.join(FAILED_STAMP))
+        .ok()
+        .map(|s| s.trim().to_string());
+    let next_boot_differs = state
+        .as_ref()
+        .is_some_and(|s| backend::next_boot_differs(s.backend, &loc.root, s));
     let value = json!({
         "v": 1,
         "root": loc.root,
@@ -39,8 +43,16 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
 
 fn human_status(v: &Value, state: Option<&State>) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "root:               {}", v["root"].as_str().unwrap_or("?"));
-    let _ = writeln!(s, "state area:         {}", v["state_dir"].as_str().unwrap_or("?"));
+    let _ = writeln!(
+        s,
+        "root:               {}",
+        v["root"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        s,
+        "state area:         {}",
+        v["state_dir"].as_str().unwrap_or("?")
+    );
     match state {
         None => {
             let _ = writeln!(s, "managed:            no (no transaction has run yet)");
@@ -64,7 +76,12 @@ fn human_status(v: &Value, state: Option<&State>) -> String {
             );
         }
         t => {
-            let _ = writeln!(s, "in progress:        transaction {} (pid {})", t["txn"].as_str().unwrap_or("?"), t["pid"]);
+            let _ = writeln!(
+                s,
+                "in progress:        transaction {} (pid {})",
+                t["txn"].as_str().unwrap_or("?"),
+                t["pid"]
+            );
         }
     }
     if v["next_boot_differs"] == true {
@@ -85,8 +102,10 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
         .map(|s| {
             s.generations
                 .iter()
-                .map(|g| json!({"generation": g.generation, "time": g.time, "plan": g.plan,
-                                "parent": g.parent, "current": g.generation == current}))
+                .map(|g| {
+                    json!({"generation": g.generation, "time": g.time, "plan": g.plan,
+                                "parent": g.parent, "current": g.generation == current})
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -94,9 +113,11 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
         .state
         .txns()?
         .iter()
-        .map(|t| json!({"txn": t.txn, "kind": t.kind, "time": t.time, "plan": t.plan, "state": t.phase,
+        .map(|t| {
+            json!({"txn": t.txn, "kind": t.kind, "time": t.time, "plan": t.plan, "state": t.phase,
                         "outcome": t.outcome, "failed_step": t.failed_step,
-                        "from_generation": t.from_generation, "to_generation": t.to_generation}))
+                        "from_generation": t.from_generation, "to_generation": t.to_generation})
+        })
         .collect();
     let value = json!({"v": 1, "current_generation": current, "generations": generations, "transactions": transactions});
     Reporter::new(args.json).result(&value, || {
@@ -119,7 +140,9 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
                 t["txn"].as_str().unwrap_or("?"),
                 t["kind"].as_str().unwrap_or("?"),
                 t["plan"].as_str().unwrap_or("-"),
-                t["outcome"].as_str().unwrap_or(t["state"].as_str().unwrap_or("?"))
+                t["outcome"]
+                    .as_str()
+                    .unwrap_or(t["state"].as_str().unwrap_or("?"))
             );
         }
         s
