@@ -97,7 +97,7 @@ enum Command {
     },
     /// Check a plan and report every problem; change nothing.
     Validate { plan: PathBuf },
-    /// List the crash points (for the crash tests).
+    /// List the crash points: name, operation that reaches it, backends (for the crash tests).
     #[command(hide = true)]
     Failpoints,
 }
@@ -125,7 +125,9 @@ pub fn run() -> ExitCode {
         Command::Recover { root, all } => commands::recover::run(&root, all),
         Command::Validate { plan } => commands::validate(&plan),
         Command::Failpoints => {
-            crate::failpoint::ALL.iter().for_each(|p| println!("{p}"));
+            crate::failpoint::ALL
+                .iter()
+                .for_each(|p| println!("{}\t{}\t{}", p.name, p.operation, p.backends.join(",")));
             Ok(Outcome::Done)
         }
     };

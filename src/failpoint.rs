@@ -2,29 +2,102 @@
 //! named by `SNAPINST_FAILPOINT` kills the process with SIGKILL, with no cleanup at all. In a normal build
 //! [`hit`] compiles to nothing. Every point is listed in [`ALL`], so the test matrix cannot forget one.
 
+/// A crash point: its name, the operation that reaches it, and the backends on which it is reached.
+pub(crate) struct Point {
+    pub name: &'static str,
+    /// `apply` (a plan that succeeds), `apply-failing` (a plan whose last step fails), `rollback`, `recover`.
+    pub operation: &'static str,
+    pub backends: &'static [&'static str],
+}
+
+const EVERY: &[&str] = &["btrfs", "overlay", "journal"];
+
 /// Every crash point, in the order a transaction reaches them.
-pub(crate) const ALL: &[&str] = &[
-    "apply-after-lock",
-    "apply-after-record",
-    "apply-after-stage",
-    "apply-mid-step",
-    "apply-after-steps",
-    "apply-after-commit-record",
-    "apply-mid-merge",
-    "apply-after-exchange",
-    "apply-before-prune",
-    "apply-mid-discard",
-    "rollback-after-record",
-    "rollback-after-commit-record",
-    "rollback-mid-swap",
-    "rollback-after-exchange",
-    "recover-mid-recovery",
+pub(crate) const ALL: &[Point] = &[
+    Point {
+        name: "apply-after-lock",
+        operation: "apply",
+        backends: EVERY,
+    },
+    Point {
+        name: "apply-after-record",
+        operation: "apply",
+        backends: EVERY,
+    },
+    Point {
+        name: "apply-after-stage",
+        operation: "apply",
+        backends: EVERY,
+    },
+    Point {
+        name: "apply-mid-step",
+        operation: "apply",
+        backends: EVERY,
+    },
+    Point {
+        name: "apply-after-steps",
+        operation: "apply",
+        backends: EVERY,
+    },
+    Point {
+        name: "apply-after-commit-record",
+        operation: "apply",
+        backends: EVERY,
+    },
+    Point {
+        name: "apply-mid-merge",
+        operation: "apply",
+        backends: &["overlay"],
+    },
+    Point {
+        name: "apply-after-exchange",
+        operation: "apply",
+        backends: EVERY,
+    },
+    Point {
+        name: "apply-before-prune",
+        operation: "apply",
+        backends: EVERY,
+    },
+    Point {
+        name: "apply-mid-discard",
+        operation: "apply-failing",
+        backends: &["journal"],
+    },
+    Point {
+        name: "rollback-after-record",
+        operation: "rollback",
+        backends: EVERY,
+    },
+    Point {
+        name: "rollback-after-commit-record",
+        operation: "rollback",
+        backends: EVERY,
+    },
+    Point {
+        name: "rollback-mid-swap",
+        operation: "rollback",
+        backends: &["overlay", "journal"],
+    },
+    Point {
+        name: "rollback-after-exchange",
+        operation: "rollback",
+        backends: &["btrfs"],
+    },
+    Point {
+        name: "recover-mid-recovery",
+        operation: "recover",
+        backends: EVERY,
+    },
 ];
 
 /// Kill the process here if `SNAPINST_FAILPOINT` names this point (only in `failpoints` builds).
 #[inline]
 pub(crate) fn hit(name: &str) {
-    debug_assert!(ALL.contains(&name), "unknown failpoint {name}");
+    debug_assert!(
+        ALL.iter().any(|p| p.name == name),
+        "unknown failpoint {name}"
+    );
     #[cfg(feature = "failpoints")]
     if std::env::var("SNAPINST_FAILPOINT").is_ok_and(|v| v == name) {
         eprintln!("snapinst: failpoint {name}: killing the process");

@@ -338,3 +338,17 @@ pub(super) fn next_boot_differs(root: &Path, state: &State) -> bool {
         _ => false,
     }
 }
+
+/// Delete a leftover stage or generation `name` in `dir` (a state-area directory), through the backend's view.
+pub(super) fn remove_leftover(p: &Paths, dir: &Path, name: &str) -> Result<()> {
+    let base = if dir.ends_with("stage") {
+        &p.stage_dir
+    } else {
+        &p.gens_dir
+    };
+    let path = base.join(name);
+    if subvol_id(&path).ok() == subvol_id(&p.host_root).ok() {
+        bail!("{} is the mounted root; leaving it alone", path.display());
+    }
+    delete_subvolume(&path)
+}

@@ -197,3 +197,38 @@ pub(crate) fn drop_generation(ctx: &Ctx, n: u64, state: &State) -> Result<()> {
 pub(crate) fn next_boot_differs(kind: BackendKind, root: &Path, state: &State) -> bool {
     kind == BackendKind::Btrfs && btrfs::next_boot_differs(root, state)
 }
+
+/// Remove what a crash left behind outside any transaction: stages of finished transactions and storage of
+/// generations that state.json no longer keeps. Call only with the lock held and no unfinished transaction.
+pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for dir in [ctx.state.dir.join("stage"), ctx.state.gens_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let path = e?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let orphan = if dir.ends_with("stage") {
+                true
+            } else {
+                match name.parse::<u64>().ok().and_then(|n| state.generation(n)) {
+                    None => !name.starts_with('.'),
+                    // A delta is needed only for a generation that has a parent.
+                    Some(g) => ctx.kind != BackendKind::Btrfs && g.parent.is_none(),
+                }
+            };
+            if orphan {
+                match ctx.kind {
+                    BackendKind::Btrfs => btrfs::remove_leftover(ctx.btrfs(), &dir, &name)?,
+                    _ => crate::fsutil::remove_any(&path)?,
+                }
+                removed.push(path);
+            }
+        }
+    }
+    Ok(removed)
+}

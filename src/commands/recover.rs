@@ -73,7 +73,6 @@ fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result<()> {
             json!({"root": root, "txn": null, "action": "nothing"}),
         );
         out.say(format!("snapinst: {}: nothing to recover", root.display()));
-        return Ok(());
     }
     for mut rec in unfinished {
         let mut state = sd
@@ -95,6 +94,12 @@ fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result<()> {
             rec.txn,
             action.replace('_', " ")
         ));
+    }
+    if let Some(state) = sd.load()? {
+        let ctx = Ctx::new(state.backend, root, sd)?;
+        for path in backend::sweep(&ctx, &state)? {
+            out.say(format!("snapinst: removed leftover {}", path.display()));
+        }
     }
     Ok(())
 }
