@@ -121,23 +121,24 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
         .collect();
     let value = json!({"v": 1, "current_generation": current, "generations": generations, "transactions": transactions});
     Reporter::new(args.json).result(&value, || {
-        let mut s = String::from("GENERATION  CURRENT  TIME        PLAN\n");
+        let mut s = String::from("GENERATION  CURRENT  TIME (UTC)           PLAN\n");
         for g in &generations {
             let _ = writeln!(
                 s,
-                "{:<10}  {:<7}  {:<10}  {}",
-                g["generation"],
+                "{:<10}  {:<7}  {:<19}  {}",
+                g["generation"].to_string(),
                 if g["current"] == true { "*" } else { "" },
-                g["time"],
+                utc(g["time"].as_u64().unwrap_or(0)),
                 g["plan"].as_str().unwrap_or("(before snapinst)")
             );
         }
-        s.push_str("\nTRANSACTION                  KIND      PLAN              OUTCOME\n");
+        s.push_str("\nTRANSACTION                  TIME (UTC)           KIND      PLAN              OUTCOME\n");
         for t in &transactions {
             let _ = writeln!(
                 s,
-                "{:<28} {:<9} {:<17} {}",
+                "{:<28} {:<19}  {:<9} {:<17} {}",
                 t["txn"].as_str().unwrap_or("?"),
+                utc(t["time"].as_u64().unwrap_or(0)),
                 t["kind"].as_str().unwrap_or("?"),
                 t["plan"].as_str().unwrap_or("-"),
                 t["outcome"]
@@ -148,4 +149,35 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
         s
     });
     Ok(Outcome::Done)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC (days to civil date after Howard Hinnant's algorithm).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_795_496_552), "2026-11-24 05:02:32");
+    }
 }
