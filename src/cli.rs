@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "snapinst",
-    version,
-    about = "Install a plan into a root as one transaction: all of it or none of it"
-)]
+#[command(name = "snapinst", version, about = "Install a plan into a root as one transaction: all of it or none of it")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -112,13 +108,9 @@ pub fn run() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Apply {
-            plan,
-            root,
-            backend,
-            keep,
-            dry_run,
-        } => commands::apply::run(&plan, &root, backend.fixed(), keep, dry_run),
+        Command::Apply { plan, root, backend, keep, dry_run } => {
+            commands::apply::run(&plan, &root, backend.fixed(), keep, dry_run)
+        }
         Command::Rollback { root, to } => commands::rollback::run(&root, to),
         Command::Status { root } => commands::status::status(&root),
         Command::List { root } => commands::status::list(&root),

@@ -35,17 +35,9 @@ pub(crate) struct Meta {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Entry {
     /// The path is replaced whole: `before`/`after` say whether it exists on each side.
-    Replace {
-        path: PathBuf,
-        before: bool,
-        after: bool,
-    },
+    Replace { path: PathBuf, before: bool, after: bool },
     /// A directory that exists on both sides with changed contents or metadata.
-    Meta {
-        path: PathBuf,
-        before: Meta,
-        after: Meta,
-    },
+    Meta { path: PathBuf, before: Meta, after: Meta },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +55,7 @@ pub(crate) struct Delta {
 
 impl Delta {
     pub fn at(dir: &Path) -> Delta {
-        Delta {
-            dir: dir.to_path_buf(),
-        }
+        Delta { dir: dir.to_path_buf() }
     }
 
     /// Create the directory layout (idempotent).
@@ -92,12 +82,7 @@ impl Delta {
     }
 
     /// Put one side of the delta in `tree`, moving the other into storage. Idempotent.
-    pub fn swap(
-        &self,
-        tree: &Root,
-        direction: Direction,
-        mut after_each: impl FnMut(),
-    ) -> Result<()> {
+    pub fn swap(&self, tree: &Root, direction: Direction, mut after_each: impl FnMut()) -> Result<()> {
         let entries = self.read_index()?;
         let (src_name, stash_name) = match direction {
             Direction::Forward => ("new", "old"),
@@ -110,50 +95,23 @@ impl Delta {
             Direction::Backward => (0..entries.len()).rev().collect(),
         };
         for k in order {
-            let Entry::Replace {
-                path,
-                before,
-                after,
-            } = &entries[k]
-            else {
+            let Entry::Replace { path, before, after } = &entries[k] else {
                 continue;
             };
             let (want, had) = match direction {
                 Direction::Forward => (*after, *before),
                 Direction::Backward => (*before, *after),
             };
-            swap_entry(
-                tree,
-                &RootPath::from_rel(path),
-                &k.to_string(),
-                want,
-                had,
-                &src,
-                &stash,
-            )
-            .with_context(|| {
-                format!(
-                    "moving /{} ({src_name} -> tree, tree -> {stash_name})",
-                    path.display()
-                )
-            })?;
+            swap_entry(tree, &RootPath::from_rel(path), &k.to_string(), want, had, &src, &stash)
+                .with_context(|| format!("moving /{} ({src_name} -> tree, tree -> {stash_name})", path.display()))?;
             after_each();
         }
         let mut metas: Vec<(&PathBuf, &Meta)> = entries
             .iter()
             .filter_map(|e| match e {
-                Entry::Meta {
-                    path,
-                    before,
-                    after,
-                } => Some((
-                    path,
-                    if direction == Direction::Forward {
-                        after
-                    } else {
-                        before
-                    },
-                )),
+                Entry::Meta { path, before, after } => {
+                    Some((path, if direction == Direction::Forward { after } else { before }))
+                }
                 Entry::Replace { .. } => None,
             })
             .collect();
@@ -196,12 +154,10 @@ fn swap_entry(
         if present(stash, k)? {
             bail!("{path} exists both in the tree and in storage");
         }
-        renameat(Some(dir.as_raw_fd()), name, Some(stash.as_raw_fd()), k)
-            .context("moving the tree's version aside")?;
+        renameat(Some(dir.as_raw_fd()), name, Some(stash.as_raw_fd()), k).context("moving the tree's version aside")?;
     }
     if want {
-        renameat(Some(src.as_raw_fd()), k, Some(dir.as_raw_fd()), name)
-            .context("moving the stored version in")?;
+        renameat(Some(src.as_raw_fd()), k, Some(dir.as_raw_fd()), name).context("moving the stored version in")?;
     }
     Ok(())
 }
@@ -215,12 +171,8 @@ fn present<P: ?Sized + nix::NixPath>(dir: &OwnedFd, name: &P) -> Result<bool> {
 }
 
 fn open_plain_dir(path: &Path) -> Result<OwnedFd> {
-    let fd = nix::fcntl::open(
-        path,
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("opening {}", path.display()))?;
+    let fd = nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -239,13 +191,7 @@ pub(crate) fn read_meta(dir: &File) -> Result<Meta> {
             xattrs.insert(name, hex::encode(v));
         }
     }
-    Ok(Meta {
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
-        mtime: (m.mtime(), m.mtime_nsec()),
-        xattrs,
-    })
+    Ok(Meta { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), mtime: (m.mtime(), m.mtime_nsec()), xattrs })
 }
 
 /// Give the directory at `path` exactly the metadata `meta`.
@@ -266,17 +212,9 @@ pub(crate) fn set_meta(dir: &File, meta: &Meta) -> Result<()> {
         }
     }
     for (name, value) in &meta.xattrs {
-        xattr::FileExt::set_xattr(
-            dir,
-            name,
-            &hex::decode(value).context("decoding an xattr value")?,
-        )?;
+        xattr::FileExt::set_xattr(dir, name, &hex::decode(value).context("decoding an xattr value")?)?;
     }
-    nix::unistd::fchown(
-        dir.as_raw_fd(),
-        Some(meta.uid.into()),
-        Some(meta.gid.into()),
-    )?;
+    nix::unistd::fchown(dir.as_raw_fd(), Some(meta.uid.into()), Some(meta.gid.into()))?;
     dir.set_permissions(std::fs::Permissions::from_mode(meta.mode))?;
     let ts = nix::sys::time::TimeSpec::new(meta.mtime.0, meta.mtime.1);
     nix::sys::stat::futimens(dir.as_raw_fd(), &nix::sys::time::TimeSpec::UTIME_OMIT, &ts)?;

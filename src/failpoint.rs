@@ -14,90 +14,27 @@ const EVERY: &[&str] = &["btrfs", "overlay", "journal"];
 
 /// Every crash point, in the order a transaction reaches them.
 pub(crate) const ALL: &[Point] = &[
-    Point {
-        name: "apply-after-lock",
-        operation: "apply",
-        backends: EVERY,
-    },
-    Point {
-        name: "apply-after-record",
-        operation: "apply",
-        backends: EVERY,
-    },
-    Point {
-        name: "apply-after-stage",
-        operation: "apply",
-        backends: EVERY,
-    },
-    Point {
-        name: "apply-mid-step",
-        operation: "apply",
-        backends: EVERY,
-    },
-    Point {
-        name: "apply-after-steps",
-        operation: "apply",
-        backends: EVERY,
-    },
-    Point {
-        name: "apply-after-commit-record",
-        operation: "apply",
-        backends: EVERY,
-    },
-    Point {
-        name: "apply-mid-merge",
-        operation: "apply",
-        backends: &["overlay"],
-    },
-    Point {
-        name: "apply-after-exchange",
-        operation: "apply",
-        backends: EVERY,
-    },
-    Point {
-        name: "apply-before-prune",
-        operation: "apply",
-        backends: EVERY,
-    },
-    Point {
-        name: "apply-mid-discard",
-        operation: "apply-failing",
-        backends: &["journal"],
-    },
-    Point {
-        name: "rollback-after-record",
-        operation: "rollback",
-        backends: EVERY,
-    },
-    Point {
-        name: "rollback-after-commit-record",
-        operation: "rollback",
-        backends: EVERY,
-    },
-    Point {
-        name: "rollback-mid-swap",
-        operation: "rollback",
-        backends: &["overlay", "journal"],
-    },
-    Point {
-        name: "rollback-after-exchange",
-        operation: "rollback",
-        backends: &["btrfs"],
-    },
-    Point {
-        name: "recover-mid-recovery",
-        operation: "recover",
-        backends: EVERY,
-    },
+    Point { name: "apply-after-lock", operation: "apply", backends: EVERY },
+    Point { name: "apply-after-record", operation: "apply", backends: EVERY },
+    Point { name: "apply-after-stage", operation: "apply", backends: EVERY },
+    Point { name: "apply-mid-step", operation: "apply", backends: EVERY },
+    Point { name: "apply-after-steps", operation: "apply", backends: EVERY },
+    Point { name: "apply-after-commit-record", operation: "apply", backends: EVERY },
+    Point { name: "apply-mid-merge", operation: "apply", backends: &["overlay"] },
+    Point { name: "apply-after-exchange", operation: "apply", backends: EVERY },
+    Point { name: "apply-before-prune", operation: "apply", backends: EVERY },
+    Point { name: "apply-mid-discard", operation: "apply-failing", backends: &["journal"] },
+    Point { name: "rollback-after-record", operation: "rollback", backends: EVERY },
+    Point { name: "rollback-after-commit-record", operation: "rollback", backends: EVERY },
+    Point { name: "rollback-mid-swap", operation: "rollback", backends: &["overlay", "journal"] },
+    Point { name: "rollback-after-exchange", operation: "rollback", backends: &["btrfs"] },
+    Point { name: "recover-mid-recovery", operation: "recover", backends: EVERY },
 ];
 
 /// Kill the process here if `SNAPINST_FAILPOINT` names this point (only in `failpoints` builds).
 #[inline]
 pub(crate) fn hit(name: &str) {
-    debug_assert!(
-        ALL.iter().any(|p| p.name == name),
-        "unknown failpoint {name}"
-    );
+    debug_assert!(ALL.iter().any(|p| p.name == name), "unknown failpoint {name}");
     #[cfg(feature = "failpoints")]
     if std::env::var("SNAPINST_FAILPOINT").is_ok_and(|v| v == name) {
         eprintln!("snapinst: failpoint {name}: killing the process");

@@ -11,13 +11,8 @@ use std::path::Path;
 
 /// Replace `path` with `bytes` atomically and durably: a crash leaves the old or the new content, never a mix.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .context("a file to write has a parent directory")?;
-    let name = path
-        .file_name()
-        .context("a file to write has a name")?
-        .to_string_lossy();
+    let dir = path.parent().context("a file to write has a parent directory")?;
+    let name = path.file_name().context("a file to write has a name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = OpenOptions::new()
         .write(true)
@@ -26,13 +21,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
     drop(f);
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     sync_dir(dir)
 }
 
@@ -49,9 +41,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// fsync a directory, making the renames and creations inside it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Create a directory (and parents) and make its entry durable.
@@ -73,17 +63,14 @@ pub(crate) fn remove_any(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
-        Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
-        }
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display())),
         Ok(_) => fs::remove_file(path).with_context(|| format!("removing {}", path.display())),
     }
 }
 
 /// Bytes available to root on the filesystem holding `path`.
 pub(crate) fn free_bytes(path: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(path)
-        .with_context(|| format!("reading free space of {}", path.display()))?;
+    let st = nix::sys::statvfs::statvfs(path).with_context(|| format!("reading free space of {}", path.display()))?;
     Ok(st.blocks_free() as u64 * st.fragment_size() as u64)
 }
 
@@ -96,8 +83,5 @@ pub(crate) fn syncfs(path: &Path) -> Result<()> {
 
 /// Seconds since the epoch.
 pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

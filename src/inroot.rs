@@ -19,25 +19,14 @@ pub(crate) struct Root {
 
 impl Root {
     pub fn open(path: &Path) -> Result<Root> {
-        let fd = nix::fcntl::open(
-            path,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .with_context(|| format!("opening root directory {}", path.display()))?;
+        let fd = nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("opening root directory {}", path.display()))?;
         // SAFETY: `open` just returned this descriptor and nothing else owns it.
-        Ok(Root {
-            path: path.to_path_buf(),
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(Root { path: path.to_path_buf(), fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
     fn resolve(&self, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
-        };
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -48,13 +37,7 @@ impl Root {
     /// Open the directory at `rel` (symlinks followed, inside the root).
     pub fn open_dir(&self, rel: &Path) -> Result<OwnedFd> {
         self.resolve(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY)
-            .with_context(|| {
-                format!(
-                    "opening directory /{} inside {}",
-                    rel.display(),
-                    self.path.display()
-                )
-            })
+            .with_context(|| format!("opening directory /{} inside {}", rel.display(), self.path.display()))
     }
 
     /// The parent directory of `path` and the last component's name, ready for `*at` calls.
@@ -69,28 +52,18 @@ impl Root {
         let dir = match self.resolve(parent, OFlag::O_DIRECTORY | OFlag::O_RDONLY) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(None),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("resolving {path} inside {}", self.path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("resolving {path} inside {}", self.path.display())),
         };
-        match fstatat(
-            Some(dir.as_raw_fd()),
-            path.file_name(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
+        match fstatat(Some(dir.as_raw_fd()), path.file_name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT) => Ok(None),
-            Err(e) => {
-                Err(e).with_context(|| format!("inspecting {path} inside {}", self.path.display()))
-            }
+            Err(e) => Err(e).with_context(|| format!("inspecting {path} inside {}", self.path.display())),
         }
     }
 
     /// Whether `path` resolves (following symlinks inside the root) to a directory.
     pub fn is_dir(&self, path: &RootPath) -> bool {
-        self.resolve(path.rel(), OFlag::O_DIRECTORY | OFlag::O_RDONLY)
-            .is_ok()
+        self.resolve(path.rel(), OFlag::O_DIRECTORY | OFlag::O_RDONLY).is_ok()
     }
 
     /// The missing directories on the way to `path` (itself included), outermost first.
@@ -105,10 +78,7 @@ impl Root {
                     missing.push(p);
                 }
                 Err(Errno::ENOTDIR) => bail!("{p} exists and is not a directory"),
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("resolving {p} inside {}", self.path.display()))
-                }
+                Err(e) => return Err(e).with_context(|| format!("resolving {p} inside {}", self.path.display())),
             }
         }
         missing.reverse();

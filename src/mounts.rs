@@ -9,42 +9,23 @@ use std::path::{Path, PathBuf};
 
 /// Enter a new, private mount namespace. Must be called before the process starts any thread.
 pub(crate) fn enter_private_namespace() -> Result<()> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .context("creating a private mount namespace")?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("making the mount namespace private")
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("creating a private mount namespace")?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("making the mount namespace private")
 }
 
 /// The kernel's id of the mount that holds `path` (statx `STATX_MNT_ID`), without following a final symlink.
 pub(crate) fn mount_id(path: &Path) -> Result<u64> {
-    let c =
-        std::ffi::CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")?;
     // SAFETY: `statx` writes into the zeroed buffer we own; `c` is a valid NUL-terminated string.
     let mut buf: libc::statx = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_MNT_ID,
-            &mut buf,
-        )
-    };
+    let rc =
+        unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, libc::STATX_MNT_ID, &mut buf) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statx {}", path.display()));
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statx {}", path.display()));
     }
     if buf.stx_mask & libc::STATX_MNT_ID == 0 {
-        bail!(
-            "the kernel did not report the mount id of {}",
-            path.display()
-        );
+        bail!("the kernel did not report the mount id of {}", path.display());
     }
     Ok(buf.stx_mnt_id)
 }
@@ -70,29 +51,17 @@ pub(crate) struct MountInfo {
 /// The mountinfo entry of the mount that holds `path`.
 pub(crate) fn mount_of(path: &Path) -> Result<MountInfo> {
     let id = mount_id(path)?;
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     text.lines()
         .filter_map(parse_mountinfo_line)
         .find(|m| m.id == id)
-        .with_context(|| {
-            format!(
-                "finding the mount of {} in /proc/self/mountinfo",
-                path.display()
-            )
-        })
+        .with_context(|| format!("finding the mount of {} in /proc/self/mountinfo", path.display()))
 }
 
 /// Whether anything is mounted at or below `dir` in this namespace.
 pub(crate) fn mounted_below(dir: &Path) -> Result<Vec<PathBuf>> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(text
-        .lines()
-        .filter_map(parse_mountinfo_line)
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect())
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(text.lines().filter_map(parse_mountinfo_line).map(|m| m.mount_point).filter(|p| p.starts_with(dir)).collect())
 }
 
 fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
@@ -106,12 +75,7 @@ fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     let sep = rest.iter().position(|f| *f == "-")?;
     let fstype = rest.get(sep + 1)?.to_string();
     let source = unescape(rest.get(sep + 2)?).to_string_lossy().into_owned();
-    Some(MountInfo {
-        id,
-        mount_point,
-        fstype,
-        source: source.to_string(),
-    })
+    Some(MountInfo { id, mount_point, fstype, source: source.to_string() })
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space).
@@ -120,12 +84,7 @@ fn unescape(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;

@@ -16,9 +16,7 @@ pub(crate) struct Registered {
 }
 
 fn dir() -> PathBuf {
-    std::env::var_os("SNAPINST_REGISTRY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(REGISTRY_DIR))
+    std::env::var_os("SNAPINST_REGISTRY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(REGISTRY_DIR))
 }
 
 /// Remember that `root` is managed with its state in `state_dir` (idempotent).
@@ -29,13 +27,7 @@ pub(crate) fn register(root: &Path, state_dir: &Path) -> Result<()> {
         return Ok(());
     }
     fsutil::create_dir_durable(&dir())?;
-    fsutil::write_json_atomic(
-        &path,
-        &Registered {
-            root: root.to_path_buf(),
-            state_dir: state_dir.to_path_buf(),
-        },
-    )
+    fsutil::write_json_atomic(&path, &Registered { root: root.to_path_buf(), state_dir: state_dir.to_path_buf() })
 }
 
 /// Every registered root.

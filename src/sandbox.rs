@@ -87,11 +87,7 @@ fn chroot_setup(root: &Path) -> Result<ChrootSetup> {
             tmpfs.push(c(&target)?);
         }
     }
-    Ok(ChrootSetup {
-        root: c(root)?,
-        binds,
-        tmpfs,
-    })
+    Ok(ChrootSetup { root: c(root)?, binds, tmpfs })
 }
 
 fn is_real_dir(p: &Path) -> bool {
@@ -103,10 +99,7 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str) -> Result<Finished> {
     let mut proc = std::process::Command::new(&cmd.argv[0]);
     proc.args(&cmd.argv[1..])
         .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/root")
         .env("LANG", "C.UTF-8")
         .env("SNAPINST", "1")
@@ -125,9 +118,7 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str) -> Result<Finished> {
             proc.pre_exec(move || enter_chroot(&setup));
         }
     }
-    let mut child = proc
-        .spawn()
-        .with_context(|| format!("starting {:?}", cmd.argv))?;
+    let mut child = proc.spawn().with_context(|| format!("starting {:?}", cmd.argv))?;
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let out = reader(child.stdout.take());
     let err = reader(child.stderr.take());

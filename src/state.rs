@@ -62,13 +62,7 @@ impl State {
             current: 0,
             next: 1,
             keep,
-            generations: vec![Generation {
-                generation: 0,
-                parent: None,
-                time: fsutil::now(),
-                plan: None,
-                txn: None,
-            }],
+            generations: vec![Generation { generation: 0, parent: None, time: fsutil::now(), plan: None, txn: None }],
             current_subvol: None,
         }
     }
@@ -166,6 +160,35 @@ pub(crate) struct TxnRecord {
     pub error: Option<String>,
 }
 
+impl TxnRecord {
+    /// A new record in phase `Preparing`, going from generation `from` to `to`.
+    pub fn new(kind: TxnKind, backend: BackendKind, root: &Path, from: u64, to: u64) -> TxnRecord {
+        TxnRecord {
+            v: 1,
+            txn: new_txn_id(),
+            kind,
+            plan: None,
+            plan_sha256: None,
+            backend,
+            root: root.to_path_buf(),
+            stage: None,
+            phase: Phase::Preparing,
+            pid: std::process::id(),
+            time: fsutil::now(),
+            from_generation: from,
+            to_generation: to,
+            root_subvol_before: None,
+            incoming_subvol: None,
+            swaps: Vec::new(),
+            swaps_done: 0,
+            host_undo: Vec::new(),
+            failed_step: None,
+            outcome: None,
+            error: None,
+        }
+    }
+}
+
 /// The state area of one root.
 #[derive(Debug, Clone)]
 pub(crate) struct StateDir {
@@ -208,12 +231,7 @@ impl StateDir {
     }
 
     pub fn create(&self) -> Result<()> {
-        for d in [
-            self.dir.clone(),
-            self.txns_dir(),
-            self.gens_dir(),
-            self.dir.join("stage"),
-        ] {
+        for d in [self.dir.clone(), self.txns_dir(), self.gens_dir(), self.dir.join("stage")] {
             fsutil::create_dir_durable(&d)?;
         }
         Ok(())
@@ -259,23 +277,12 @@ impl StateDir {
 
     /// The transactions that are not done (normally none, or one that a crash interrupted).
     pub fn unfinished(&self) -> Result<Vec<TxnRecord>> {
-        Ok(self
-            .txns()?
-            .into_iter()
-            .filter(|t| t.phase != Phase::Done)
-            .collect())
+        Ok(self.txns()?.into_iter().filter(|t| t.phase != Phase::Done).collect())
     }
 }
 
 /// A new transaction id: sortable by time, unique per process.
-pub(crate) fn new_txn_id() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!(
-        "{:010}.{:06}-{}",
-        t.as_secs(),
-        t.subsec_micros(),
-        std::process::id()
-    )
+fn new_txn_id() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{:010}.{:06}-{}", t.as_secs(), t.subsec_micros(), std::process::id())
 }

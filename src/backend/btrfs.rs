@@ -18,10 +18,7 @@ pub(super) fn is_subvolume(path: &Path) -> bool {
 
 pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
     if !is_subvolume(root) {
-        bail!(
-            "{} is not a btrfs subvolume; the btrfs backend needs the root to be one",
-            root.display()
-        );
+        bail!("{} is not a btrfs subvolume; the btrfs backend needs the root to be one", root.display());
     }
     let nested: Vec<PathBuf> = IterateSubvolume::new(root)
         .iter_with_id()
@@ -37,15 +34,9 @@ pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
             list.join(", ")
         );
     }
-    let parent = state_dir
-        .ancestors()
-        .find(|a| a.exists())
-        .unwrap_or(state_dir);
+    let parent = state_dir.ancestors().find(|a| a.exists()).unwrap_or(state_dir);
     if mounts::mount_of(parent)?.fstype != "btrfs" {
-        bail!(
-            "the state directory {} is not on a btrfs filesystem",
-            state_dir.display()
-        );
+        bail!("the state directory {} is not on a btrfs filesystem", state_dir.display());
     }
     Ok(())
 }
@@ -100,11 +91,7 @@ struct TopView {
 impl TopView {
     fn mount(root: &Path) -> Result<TopView> {
         let m = mounts::mount_of(root)?;
-        let base = if Path::new("/run").is_dir() {
-            PathBuf::from("/run")
-        } else {
-            std::env::temp_dir()
-        };
+        let base = if Path::new("/run").is_dir() { PathBuf::from("/run") } else { std::env::temp_dir() };
         let dir = base.join(format!("snapinst-top.{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         nix::mount::mount(
@@ -114,13 +101,7 @@ impl TopView {
             nix::mount::MsFlags::empty(),
             Some("subvolid=5"),
         )
-        .with_context(|| {
-            format!(
-                "mounting the top level of {} at {}",
-                m.source,
-                dir.display()
-            )
-        })?;
+        .with_context(|| format!("mounting the top level of {} at {}", m.source, dir.display()))?;
         Ok(TopView { dir })
     }
 }
@@ -134,24 +115,16 @@ impl Drop for TopView {
 
 /// The path of `p` inside its btrfs filesystem, relative to the top level.
 fn fs_path(p: &Path) -> Result<PathBuf> {
-    let p = p
-        .canonicalize()
-        .with_context(|| format!("resolving {}", p.display()))?;
-    let subvol_root = p
-        .ancestors()
-        .find(|a| is_subvolume(a))
-        .context("finding the subvolume holding a path")?;
-    let rel = p
-        .strip_prefix(subvol_root)
-        .expect("an ancestor is a prefix");
+    let p = p.canonicalize().with_context(|| format!("resolving {}", p.display()))?;
+    let subvol_root = p.ancestors().find(|a| is_subvolume(a)).context("finding the subvolume holding a path")?;
+    let rel = p.strip_prefix(subvol_root).expect("an ancestor is a prefix");
     let sub = libbtrfsutil::subvolume_path(subvol_root)
         .with_context(|| format!("finding the subvolume path of {}", subvol_root.display()))?;
     Ok(sub.join(rel))
 }
 
 fn subvol_id(path: &Path) -> Result<u64> {
-    libbtrfsutil::subvolume_id(path)
-        .with_context(|| format!("reading the subvolume id of {}", path.display()))
+    libbtrfsutil::subvolume_id(path).with_context(|| format!("reading the subvolume id of {}", path.display()))
 }
 
 pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
@@ -176,10 +149,7 @@ pub(super) fn exchanged(p: &Paths, rec: &TxnRecord) -> Result<bool> {
     match (rec.root_subvol_before, rec.incoming_subvol) {
         (_, Some(incoming)) if now == incoming => Ok(true),
         (Some(before), _) if now == before => Ok(false),
-        _ => bail!(
-            "the root {} is subvolume {now}, neither the one before nor the one staged",
-            p.root.display()
-        ),
+        _ => bail!("the root {} is subvolume {now}, neither the one before nor the one staged", p.root.display()),
     }
 }
 
@@ -202,18 +172,14 @@ fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) 
     let kept = p.gen(n);
     if fsutil::exists(from) {
         if expected_id.is_some_and(|id| subvol_id(from).ok() != Some(id)) {
-            bail!(
-                "{} is not the subvolume the root held before; leaving it alone",
-                from.display()
-            );
+            bail!("{} is not the subvolume the root held before; leaving it alone", from.display());
         }
         if libbtrfsutil::subvolume_read_only(from).unwrap_or(false) {
             libbtrfsutil::set_subvolume_read_only(from, false)
                 .with_context(|| format!("making {} writable to move it", from.display()))?;
         }
         fsutil::create_dir_durable(&p.gens_dir)?;
-        std::fs::rename(from, &kept)
-            .with_context(|| format!("keeping {} as generation {n}", from.display()))?;
+        std::fs::rename(from, &kept).with_context(|| format!("keeping {} as generation {n}", from.display()))?;
     }
     if is_subvolume(&kept) {
         libbtrfsutil::set_subvolume_read_only(&kept, true)
@@ -224,12 +190,7 @@ fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) 
 }
 
 pub(super) fn finish(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
-    keep_as_generation(
-        p,
-        &p.stage(rec),
-        rec.root_subvol_before,
-        rec.from_generation,
-    )?;
+    keep_as_generation(p, &p.stage(rec), rec.root_subvol_before, rec.from_generation)?;
     state.current_subvol = rec.incoming_subvol;
     Ok(())
 }
@@ -240,10 +201,7 @@ pub(super) fn discard(p: &Paths, rec: &TxnRecord) -> Result<()> {
         return Ok(());
     }
     if rec.incoming_subvol.is_some() && rec.incoming_subvol != subvol_id(&stage).ok() {
-        bail!(
-            "{} is not the stage snapinst made; leaving it alone",
-            stage.display()
-        );
+        bail!("{} is not the stage snapinst made; leaving it alone", stage.display());
     }
     delete_subvolume(&stage)
 }
@@ -269,11 +227,7 @@ fn delete_subvolume(path: &Path) -> Result<()> {
 pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord) -> Result<()> {
     let target = p.gen(rec.to_generation);
     if !is_subvolume(&target) {
-        bail!(
-            "generation {} has no kept tree at {}",
-            rec.to_generation,
-            target.display()
-        );
+        bail!("generation {} has no kept tree at {}", rec.to_generation, target.display());
     }
     rec.root_subvol_before = Some(subvol_id(&p.root)?);
     rec.incoming_subvol = Some(subvol_id(&target)?);
@@ -293,12 +247,7 @@ pub(super) fn rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
 }
 
 pub(super) fn finish_rollback(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
-    keep_as_generation(
-        p,
-        &p.gen(rec.to_generation),
-        rec.root_subvol_before,
-        rec.from_generation,
-    )?;
+    keep_as_generation(p, &p.gen(rec.to_generation), rec.root_subvol_before, rec.from_generation)?;
     state.current_subvol = rec.incoming_subvol;
     Ok(())
 }
@@ -341,11 +290,7 @@ pub(super) fn next_boot_differs(root: &Path, state: &State) -> bool {
 
 /// Delete a leftover stage or generation `name` in `dir` (a state-area directory), through the backend's view.
 pub(super) fn remove_leftover(p: &Paths, dir: &Path, name: &str) -> Result<()> {
-    let base = if dir.ends_with("stage") {
-        &p.stage_dir
-    } else {
-        &p.gens_dir
-    };
+    let base = if dir.ends_with("stage") { &p.stage_dir } else { &p.gens_dir };
     let path = base.join(name);
     if subvol_id(&path).ok() == subvol_id(&p.host_root).ok() {
         bail!("{} is the mounted root; leaving it alone", path.display());

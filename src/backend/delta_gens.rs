@@ -23,25 +23,12 @@ pub(super) fn plan_rollback(rec: &mut TxnRecord, state: &State) -> Result<()> {
     let from = state.ancestors(rec.from_generation);
     let to = state.ancestors(rec.to_generation);
     let Some(common) = from.iter().find(|g| to.contains(g)).copied() else {
-        bail!(
-            "generations {} and {} share no kept ancestor",
-            rec.from_generation,
-            rec.to_generation
-        );
+        bail!("generations {} and {} share no kept ancestor", rec.from_generation, rec.to_generation);
     };
-    let mut swaps: Vec<PlannedSwap> = from
-        .iter()
-        .take_while(|&&g| g != common)
-        .map(|&g| PlannedSwap {
-            generation: g,
-            forward: false,
-        })
-        .collect();
+    let mut swaps: Vec<PlannedSwap> =
+        from.iter().take_while(|&&g| g != common).map(|&g| PlannedSwap { generation: g, forward: false }).collect();
     let down: Vec<u64> = to.iter().take_while(|&&g| g != common).copied().collect();
-    swaps.extend(down.into_iter().rev().map(|g| PlannedSwap {
-        generation: g,
-        forward: true,
-    }));
+    swaps.extend(down.into_iter().rev().map(|g| PlannedSwap { generation: g, forward: true }));
     rec.swaps = swaps;
     rec.swaps_done = 0;
     Ok(())
@@ -55,11 +42,7 @@ pub(super) fn rollback(
     let tree = Root::open(&ctx.root)?;
     while rec.swaps_done < rec.swaps.len() {
         let s = rec.swaps[rec.swaps_done].clone();
-        let direction = if s.forward {
-            Direction::Forward
-        } else {
-            Direction::Backward
-        };
+        let direction = if s.forward { Direction::Forward } else { Direction::Backward };
         let mut first = true;
         Delta::at(&ctx.state.gen_path(s.generation))
             .swap(&tree, direction, || {
@@ -68,11 +51,7 @@ pub(super) fn rollback(
                 }
             })
             .with_context(|| {
-                format!(
-                    "swapping generation {}'s changes {}",
-                    s.generation,
-                    if s.forward { "in" } else { "out" }
-                )
+                format!("swapping generation {}'s changes {}", s.generation, if s.forward { "in" } else { "out" })
             })?;
         rec.swaps_done += 1;
         on_progress(rec)?;
@@ -81,12 +60,7 @@ pub(super) fn rollback(
 }
 
 fn children(state: &State, n: u64) -> Vec<u64> {
-    state
-        .generations
-        .iter()
-        .filter(|g| g.parent == Some(n))
-        .map(|g| g.generation)
-        .collect()
+    state.generations.iter().filter(|g| g.parent == Some(n)).map(|g| g.generation).collect()
 }
 
 /// A generation can go when it is not current and is either a leaf (its delta is not applied) or the oldest
@@ -110,10 +84,6 @@ pub(super) fn prunable(state: &State) -> Vec<u64> {
 pub(super) fn drop_generation(ctx: &Ctx, n: u64, before: &State) -> Result<()> {
     let kids = children(before, n);
     let is_root = before.generation(n).is_some_and(|g| g.parent.is_none());
-    let doomed = if is_root && kids.len() == 1 {
-        kids[0]
-    } else {
-        n
-    };
+    let doomed = if is_root && kids.len() == 1 { kids[0] } else { n };
     Delta::at(&ctx.state.gen_path(doomed)).remove()
 }

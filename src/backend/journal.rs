@@ -8,29 +8,17 @@ use super::Ctx;
 use crate::delta::{self, Delta, Direction, Entry};
 use crate::fsutil;
 use crate::inroot::Root;
-use crate::mounts;
 use crate::plan::RootPath;
 use crate::state::TxnRecord;
 use crate::steps::ChangeGuard;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nix::fcntl::renameat;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
-    let holder = state_dir
-        .ancestors()
-        .find(|a| a.exists())
-        .unwrap_or(state_dir);
-    if mounts::mount_of(holder)?.id != mounts::mount_of(root)?.id {
-        bail!(
-            "the state directory {} is not on the same mount as the root {}; moving originals aside needs renames",
-            state_dir.display(),
-            root.display()
-        );
-    }
-    Ok(())
+    super::require_same_mount(root, state_dir, "moving originals aside needs renames")
 }
 
 fn delta_of(ctx: &Ctx, rec: &TxnRecord) -> Delta {
@@ -56,12 +44,7 @@ pub(super) fn guard(ctx: &Ctx, rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> 
             Entry::Replace { path, .. } | Entry::Meta { path, .. } => (path.clone(), k),
         })
         .collect();
-    Ok(Box::new(JournalGuard {
-        scratch: d.dir.join("scratch"),
-        delta: d,
-        entries,
-        seen,
-    }))
+    Ok(Box::new(JournalGuard { scratch: d.dir.join("scratch"), delta: d, entries, seen }))
 }
 
 struct JournalGuard {
@@ -92,9 +75,7 @@ impl ChangeGuard for JournalGuard {
                 Entry::Replace { after, .. } => {
                     if removing && *after {
                         let (dir, name) = root.parent_of(path)?;
-                        let victim = Path::new("/proc/self/fd")
-                            .join(dir.as_raw_fd().to_string())
-                            .join(name);
+                        let victim = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
                         fsutil::remove_any(&victim)?;
                     }
                     *after = !removing;
@@ -105,22 +86,13 @@ impl ChangeGuard for JournalGuard {
             }
         }
         let existed = root.lstat(path)?.is_some();
-        let k = self.record(Entry::Replace {
-            path: path.rel().to_path_buf(),
-            before: existed,
-            after: !removing,
-        })?;
+        let k = self.record(Entry::Replace { path: path.rel().to_path_buf(), before: existed, after: !removing })?;
         if existed {
             let old = crate::inroot::Root::open(&self.delta.side("old"))?;
             let (dir, name) = root.parent_of(path)?;
             let old_fd = old.open_dir(Path::new(""))?;
-            renameat(
-                Some(dir.as_raw_fd()),
-                name,
-                Some(old_fd.as_raw_fd()),
-                k.to_string().as_str(),
-            )
-            .with_context(|| format!("moving the original {path} aside"))?;
+            renameat(Some(dir.as_raw_fd()), name, Some(old_fd.as_raw_fd()), k.to_string().as_str())
+                .with_context(|| format!("moving the original {path} aside"))?;
         }
         Ok(())
     }
@@ -130,11 +102,7 @@ impl ChangeGuard for JournalGuard {
             return Ok(());
         }
         let before = delta::read_meta(&std::fs::File::from(root.open_dir(path.rel())?))?;
-        self.record(Entry::Meta {
-            path: path.rel().to_path_buf(),
-            after: before.clone(),
-            before,
-        })?;
+        self.record(Entry::Meta { path: path.rel().to_path_buf(), after: before.clone(), before })?;
         Ok(())
     }
 
@@ -165,9 +133,7 @@ pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     let d = delta_of(ctx, rec);
     if d.dir.exists() {
         let tree = Root::open(&ctx.root)?;
-        d.swap(&tree, Direction::Backward, || {
-            crate::failpoint::hit("apply-mid-discard")
-        })?;
+        d.swap(&tree, Direction::Backward, || crate::failpoint::hit("apply-mid-discard"))?;
         d.remove()?;
         fsutil::sync_dir(&ctx.state.gens_dir())?;
     }

@@ -29,18 +29,11 @@ impl Ctx {
             BackendKind::Btrfs => Some(btrfs::Paths::new(root, &state.dir)?),
             _ => None,
         };
-        Ok(Ctx {
-            kind,
-            root: root.to_path_buf(),
-            state: state.clone(),
-            btrfs,
-        })
+        Ok(Ctx { kind, root: root.to_path_buf(), state: state.clone(), btrfs })
     }
 
     fn btrfs(&self) -> &btrfs::Paths {
-        self.btrfs
-            .as_ref()
-            .expect("btrfs paths are set up for the btrfs backend")
+        self.btrfs.as_ref().expect("btrfs paths are set up for the btrfs backend")
     }
 }
 
@@ -208,10 +201,7 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
         };
         for e in entries {
             let path = e?.path();
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let orphan = if dir.ends_with("stage") {
                 true
             } else {
@@ -231,4 +221,17 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(removed)
+}
+
+/// Refuse a state area on another mount than the root: moving things between them must be a rename.
+fn require_same_mount(root: &Path, state_dir: &Path, why: &str) -> Result<()> {
+    let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(state_dir);
+    if crate::mounts::mount_of(holder)?.id != crate::mounts::mount_of(root)?.id {
+        bail!(
+            "the state directory {} is not on the same mount as the root {}; {why}",
+            state_dir.display(),
+            root.display()
+        );
+    }
+    Ok(())
 }

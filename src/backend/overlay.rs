@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 const OPTIONS: &str = "redirect_dir=off,metacopy=off,index=off,xino=off";
 
 pub(super) fn available() -> bool {
-    fs::read_to_string("/proc/filesystems")
-        .is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")))
+    fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")))
 }
 
 pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
@@ -29,23 +28,9 @@ pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
         bail!("this kernel has no overlayfs (not in /proc/filesystems)");
     }
     if root.to_string_lossy().contains([',', ':', '\\']) {
-        bail!(
-            "{} contains a ',', ':' or '\\', which overlayfs mount options cannot carry",
-            root.display()
-        );
+        bail!("{} contains a ',', ':' or '\\', which overlayfs mount options cannot carry", root.display());
     }
-    let holder = state_dir
-        .ancestors()
-        .find(|a| a.exists())
-        .unwrap_or(state_dir);
-    if mounts::mount_of(holder)?.id != mounts::mount_of(root)?.id {
-        bail!(
-            "the state directory {} is not on the same mount as the root {}; the overlay merge needs renames",
-            state_dir.display(),
-            root.display()
-        );
-    }
-    Ok(())
+    super::require_same_mount(root, state_dir, "the overlay merge needs renames")
 }
 
 struct StagePaths {
@@ -57,12 +42,7 @@ struct StagePaths {
 
 fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> StagePaths {
     let dir = ctx.state.stage_path(&rec.txn);
-    StagePaths {
-        upper: dir.join("upper"),
-        work: dir.join("work"),
-        merged: dir.join("merged"),
-        dir,
-    }
+    StagePaths { upper: dir.join("upper"), work: dir.join("work"), merged: dir.join("merged"), dir }
 }
 
 pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
@@ -72,24 +52,15 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     }
     // The upper root takes the root's own metadata, so an unchanged root directory merges as unchanged.
     let root_meta = delta::read_meta(&fs::File::open(&ctx.root).context("opening the root")?)?;
-    delta::set_meta(
-        &fs::File::open(&s.upper).context("opening the upper layer")?,
-        &root_meta,
-    )?;
+    delta::set_meta(&fs::File::open(&s.upper).context("opening the upper layer")?, &root_meta)?;
     let data = format!(
         "lowerdir={},upperdir={},workdir={},{OPTIONS}",
         ctx.root.display(),
         s.upper.display(),
         s.work.display()
     );
-    nix::mount::mount(
-        Some("snapinst"),
-        &s.merged,
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
+    nix::mount::mount(Some("snapinst"), &s.merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str()))
+        .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
     Ok(s.merged)
 }
 
@@ -114,10 +85,7 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     // Move each replaced entry's new version out of the upper layer into new/<k>, cleaned of overlay xattrs.
     let new = d.side("new");
     for (k, e) in entries.iter().enumerate() {
-        if let Entry::Replace {
-            path, after: true, ..
-        } = e
-        {
+        if let Entry::Replace { path, after: true, .. } = e {
             let src = s.upper.join(path);
             sanitize(&src)?;
             fs::rename(&src, new.join(k.to_string()))
@@ -134,10 +102,7 @@ fn is_whiteout(m: &fs::Metadata) -> bool {
 }
 
 fn xattr_is(path: &Path, name: &str, value: &[u8]) -> bool {
-    xattr::get(path, name)
-        .ok()
-        .flatten()
-        .is_some_and(|v| v == value)
+    xattr::get(path, name).ok().flatten().is_some_and(|v| v == value)
 }
 
 /// Turn the upper directory `upper/rel` into delta entries against the tree.
@@ -154,42 +119,25 @@ fn index_dir(upper: &Path, tree: &Root, rel: &Path, entries: &mut Vec<Entry>) ->
         let m = fs::symlink_metadata(&up)?;
         for bad in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
             if xattr::get(&up, bad).ok().flatten().is_some() {
-                bail!(
-                    "the upper layer has {bad} on /{}; snapinst cannot merge it",
-                    path.display()
-                );
+                bail!("the upper layer has {bad} on /{}; snapinst cannot merge it", path.display());
             }
         }
         let rp = RootPath::from_rel(&path);
         let in_tree = tree.lstat(&rp)?;
-        let tree_is_dir = in_tree
-            .as_ref()
-            .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let tree_is_dir = in_tree.as_ref().is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         if is_whiteout(&m) {
             if in_tree.is_some() {
-                entries.push(Entry::Replace {
-                    path,
-                    before: true,
-                    after: false,
-                });
+                entries.push(Entry::Replace { path, before: true, after: false });
             }
         } else if m.is_dir() && tree_is_dir && !xattr_is(&up, "trusted.overlay.opaque", b"y") {
             index_dir(upper, tree, &path, entries)?;
             let before = delta::read_meta(&fs::File::from(tree.open_dir(&path)?))?;
             let after = delta::read_meta(&fs::File::open(&up)?)?;
             if before != after {
-                entries.push(Entry::Meta {
-                    path,
-                    before,
-                    after,
-                });
+                entries.push(Entry::Meta { path, before, after });
             }
         } else {
-            entries.push(Entry::Replace {
-                path,
-                before: in_tree.is_some(),
-                after: true,
-            });
+            entries.push(Entry::Replace { path, before: in_tree.is_some(), after: true });
         }
     }
     Ok(())

@@ -2,9 +2,7 @@
 //! throw the stage away whole. The record in the state area is written before each phase, so `recover` can finish
 //! or undo the transaction from any instant. Nothing here changes the root except through the backend's commit.
 
-use super::{
-    finish_commit, locate, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused,
-};
+use super::{finish_commit, locate, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
@@ -30,9 +28,7 @@ pub(crate) fn run(
     dry_run: bool,
 ) -> Result<Outcome> {
     if std::env::var_os("SNAPINST").is_some_and(|v| v == "1") {
-        return refuse(
-            "refusing to start a transaction from inside a snapinst step (SNAPINST=1 is set)",
-        );
+        return refuse("refusing to start a transaction from inside a snapinst step (SNAPINST=1 is set)");
     }
     let plan = plan::load(plan_file).map_err(|p| Refused(p.to_string()))?;
     require_root_user()?;
@@ -42,12 +38,10 @@ pub(crate) fn run(
     sandbox::install_signal_handlers()?;
     let prior = loc.state.load().map_err(|e| Refused(format!("{e:#}")))?;
     let kind = choose_backend(&loc.root, backend, prior.as_ref())?;
-    backend::check_usable(kind, &loc.root, &loc.state.dir)
-        .map_err(|e| Refused(format!("{e:#}")))?;
+    backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
     check_plan_fits(&plan, kind, &loc.state.dir, &loc.root)?;
     loc.state.create()?;
-    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root)
-        .map_err(|e| Refused(format!("{e:#}")))?;
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     failpoint::hit("apply-after-lock");
     if let Some(t) = loc.state.unfinished()?.first() {
         return Err(NeedsRecovery(format!(
@@ -70,20 +64,10 @@ pub(crate) fn run(
     state.keep = keep;
     registry::register(&loc.root, &loc.state.dir)?;
     let ctx = Ctx::new(kind, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
-    Transaction {
-        ctx: &ctx,
-        out: &out,
-        plan: &plan,
-        dry_run,
-    }
-    .run(&mut state)
+    Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run }.run(&mut state)
 }
 
-fn choose_backend(
-    root: &Path,
-    asked: Option<BackendKind>,
-    prior: Option<&State>,
-) -> Result<BackendKind> {
+fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>) -> Result<BackendKind> {
     match (asked, prior) {
         (Some(a), Some(p)) if a != p.backend && p.generations.len() > 1 => refuse(format!(
             "{} is managed with the {} backend (it has generations); it cannot switch to {a}",
@@ -99,12 +83,8 @@ fn choose_backend(
 /// Refuse a plan the backend cannot carry out, or that does not fit in the free space.
 fn check_plan_fits(plan: &Plan, kind: BackendKind, state_dir: &Path, root: &Path) -> Result<()> {
     if kind == BackendKind::Journal {
-        let runs: Vec<&str> = plan
-            .steps
-            .iter()
-            .filter(|s| matches!(s.action, Action::Run { .. }))
-            .map(|s| s.id.as_str())
-            .collect();
+        let runs: Vec<&str> =
+            plan.steps.iter().filter(|s| matches!(s.action, Action::Run { .. })).map(|s| s.id.as_str()).collect();
         if !runs.is_empty() {
             return refuse(format!(
                 "the journal backend cannot undo what a run step does; steps {} need the btrfs or overlay backend",
@@ -139,29 +119,9 @@ impl Transaction<'_> {
     }
 
     fn run(&self, state: &mut State) -> Result<Outcome> {
-        let mut rec = TxnRecord {
-            v: 1,
-            txn: crate::state::new_txn_id(),
-            kind: TxnKind::Apply,
-            plan: Some(self.plan.name.clone()),
-            plan_sha256: Some(self.plan.sha256.clone()),
-            backend: self.ctx.kind,
-            root: self.ctx.root.clone(),
-            stage: None,
-            phase: Phase::Preparing,
-            pid: std::process::id(),
-            time: fsutil::now(),
-            from_generation: state.current,
-            to_generation: state.next,
-            root_subvol_before: None,
-            incoming_subvol: None,
-            swaps: Vec::new(),
-            swaps_done: 0,
-            host_undo: Vec::new(),
-            failed_step: None,
-            outcome: None,
-            error: None,
-        };
+        let mut rec = TxnRecord::new(TxnKind::Apply, self.ctx.kind, &self.ctx.root, state.current, state.next);
+        rec.plan = Some(self.plan.name.clone());
+        rec.plan_sha256 = Some(self.plan.sha256.clone());
         self.sd().write_txn(&rec)?;
         failpoint::hit("apply-after-record");
         let total = self.plan.steps.len();
@@ -180,13 +140,7 @@ impl Transaction<'_> {
         let t0 = Instant::now();
         let stage = match backend::prepare(self.ctx, &mut rec) {
             Ok(stage) => stage,
-            Err(e) => {
-                return self.abort(
-                    &mut rec,
-                    &format!("preparing the stage failed: {e:#}"),
-                    [0, 0],
-                )
-            }
+            Err(e) => return self.abort(&mut rec, &format!("preparing the stage failed: {e:#}"), [0, 0]),
         };
         rec.stage = Some(stage.clone());
         set_phase(self.sd(), &mut rec, Phase::Staged)?;
@@ -195,29 +149,17 @@ impl Transaction<'_> {
 
         let t1 = Instant::now();
         if let Err(reason) = self.run_steps(&mut rec, &stage) {
-            return self.abort(
-                &mut rec,
-                &reason,
-                [prepare_ms, t1.elapsed().as_millis() as u64],
-            );
+            return self.abort(&mut rec, &reason, [prepare_ms, t1.elapsed().as_millis() as u64]);
         }
         let steps_ms = t1.elapsed().as_millis() as u64;
         if self.dry_run {
-            return self.abort(
-                &mut rec,
-                "dry run: the steps succeeded; nothing is committed",
-                [prepare_ms, steps_ms],
-            );
+            return self.abort(&mut rec, "dry run: the steps succeeded; nothing is committed", [prepare_ms, steps_ms]);
         }
         failpoint::hit("apply-after-steps");
 
         let t2 = Instant::now();
         if let Err(e) = backend::pre_commit(self.ctx, &rec) {
-            return self.abort(
-                &mut rec,
-                &format!("preparing the commit failed: {e:#}"),
-                [prepare_ms, steps_ms],
-            );
+            return self.abort(&mut rec, &format!("preparing the commit failed: {e:#}"), [prepare_ms, steps_ms]);
         }
         set_phase(self.sd(), &mut rec, Phase::Committing)?;
         failpoint::hit("apply-after-commit-record");
@@ -233,23 +175,12 @@ impl Transaction<'_> {
             ))));
         }
         let commit_ms = t2.elapsed().as_millis() as u64;
-        self.out.event(
-            "committed",
-            json!({"txn": rec.txn, "generation": rec.to_generation}),
-        );
-        self.out.say(format!(
-            "snapinst: committed; generation {} is current",
-            rec.to_generation
-        ));
+        self.out.event("committed", json!({"txn": rec.txn, "generation": rec.to_generation}));
+        self.out.say(format!("snapinst: committed; generation {} is current", rec.to_generation));
         if backend::next_boot_differs(self.ctx.kind, &self.ctx.root, state) {
             self.out.say("snapinst: the root is a mount point: the new generation is what its next mount or boot sees");
         }
-        self.summary(
-            &rec,
-            "committed",
-            Some(rec.to_generation),
-            [prepare_ms, steps_ms, commit_ms],
-        );
+        self.summary(&rec, "committed", Some(rec.to_generation), [prepare_ms, steps_ms, commit_ms]);
         Ok(Outcome::Done)
     }
 
@@ -262,28 +193,14 @@ impl Transaction<'_> {
         for (i, step) in self.plan.steps.iter().enumerate() {
             let n = i + 1;
             if sandbox::interrupted() {
-                return Err(format!(
-                    "interrupted by a signal before step \"{}\"",
-                    step.id
-                ));
+                return Err(format!("interrupted by a signal before step \"{}\"", step.id));
             }
-            self.out.event(
-                "step_started",
-                json!({"txn": txn, "step": step.id, "index": n, "total": total}),
-            );
-            self.out.say(format!(
-                "[{n}/{total}] {} ({})",
-                step.id,
-                step.action.type_name()
-            ));
+            self.out.event("step_started", json!({"txn": txn, "step": step.id, "index": n, "total": total}));
+            self.out.say(format!("[{n}/{total}] {} ({})", step.id, step.action.type_name()));
             let t = Instant::now();
             let mut record_undo = |s: &Step| self.record_host_undo(rec, s);
-            let mut ctx = StepContext {
-                root: &root,
-                txn: &txn,
-                guard: guard.as_mut(),
-                record_host_undo: &mut record_undo,
-            };
+            let mut ctx =
+                StepContext { root: &root, txn: &txn, guard: guard.as_mut(), record_host_undo: &mut record_undo };
             match steps::apply(step, &mut ctx) {
                 Ok(_) => {
                     let ms = t.elapsed().as_millis() as u64;
@@ -291,8 +208,7 @@ impl Transaction<'_> {
                         "step_finished",
                         json!({"txn": txn, "step": step.id, "index": n, "total": total, "elapsed_ms": ms}),
                     );
-                    self.out
-                        .say(format!("[{n}/{total}] {} done in {ms} ms", step.id));
+                    self.out.say(format!("[{n}/{total}] {} done in {ms} ms", step.id));
                     failpoint::hit("apply-mid-step");
                 }
                 Err(StepFailure { message, output }) => {
@@ -300,8 +216,7 @@ impl Transaction<'_> {
                         "step_failed",
                         json!({"txn": txn, "step": step.id, "index": n, "total": total, "error": message, "output": output}),
                     );
-                    self.out
-                        .say(format!("[{n}/{total}] {} FAILED: {message}", step.id));
+                    self.out.say(format!("[{n}/{total}] {} FAILED: {message}", step.id));
                     if !output.is_empty() {
                         self.out.say(output.trim_end());
                     }
@@ -339,21 +254,15 @@ impl Transaction<'_> {
             self.summary(rec, "needs_recovery", None, [timings[0], timings[1], 0]);
             return Err(NeedsRecovery(msg).into());
         }
-        let outcome = if self.dry_run && rec.failed_step.is_none() {
-            "dry_run"
-        } else {
-            "rolled_back"
-        };
+        let outcome = if self.dry_run && rec.failed_step.is_none() { "dry_run" } else { "rolled_back" };
         rec.outcome = Some(outcome.to_string());
         set_phase(self.sd(), rec, Phase::Done)?;
         if outcome == "dry_run" {
-            self.out
-                .say("snapinst: dry run: every step succeeded; the stage was discarded");
+            self.out.say("snapinst: dry run: every step succeeded; the stage was discarded");
             self.summary(rec, outcome, None, [timings[0], timings[1], 0]);
             return Ok(Outcome::Done);
         }
-        self.out
-            .event("rolled_back", json!({"txn": rec.txn, "reason": reason}));
+        self.out.event("rolled_back", json!({"txn": rec.txn, "reason": reason}));
         self.out.say(format!(
             "snapinst: {reason}; the transaction was rolled back, {} is unchanged",
             self.ctx.root.display()

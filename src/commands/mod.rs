@@ -58,12 +58,7 @@ pub(crate) fn error_code(e: &anyhow::Error) -> u8 {
 pub(crate) fn validate(plan: &Path) -> Result<Outcome> {
     match plan::load(plan) {
         Ok(p) => {
-            eprintln!(
-                "{}: plan \"{}\" is valid ({} steps)",
-                plan.display(),
-                p.name,
-                p.steps.len()
-            );
+            eprintln!("{}: plan \"{}\" is valid ({} steps)", plan.display(), p.name, p.steps.len());
             Ok(Outcome::Done)
         }
         Err(problems) => refuse(problems.to_string()),
@@ -78,33 +73,16 @@ pub(crate) struct Located {
 
 pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
     let root = match std::fs::metadata(&args.root) {
-        Err(e) => {
-            return refuse(format!(
-                "the root {} cannot be used: {e}",
-                args.root.display()
-            ))
-        }
-        Ok(m) if !m.is_dir() => {
-            return refuse(format!(
-                "the root {} is not a directory",
-                args.root.display()
-            ))
-        }
-        Ok(_) => args
-            .root
-            .canonicalize()
-            .map_err(|e| Refused(format!("resolving {}: {e}", args.root.display())))?,
+        Err(e) => return refuse(format!("the root {} cannot be used: {e}", args.root.display())),
+        Ok(m) if !m.is_dir() => return refuse(format!("the root {} is not a directory", args.root.display())),
+        Ok(_) => args.root.canonicalize().map_err(|e| Refused(format!("resolving {}: {e}", args.root.display())))?,
     };
     let state_dir = match &args.state_dir {
-        Some(d) => std::path::absolute(d)
-            .map_err(|e| Refused(format!("resolving {}: {e}", d.display())))?,
+        Some(d) => std::path::absolute(d).map_err(|e| Refused(format!("resolving {}: {e}", d.display())))?,
         None => StateDir::default_for(&root).map_err(|e| Refused(format!("{e:#}")))?,
     };
     let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
-    Ok(Located {
-        root,
-        state: StateDir { dir: state_dir },
-    })
+    Ok(Located { root, state: StateDir { dir: state_dir } })
 }
 
 pub(crate) fn require_root_user() -> Result<()> {
@@ -121,12 +99,7 @@ pub(crate) fn set_phase(state: &StateDir, rec: &mut TxnRecord, phase: Phase) -> 
 }
 
 /// The end of a committed apply: keep the previous tree, make the new generation current, prune. Idempotent.
-pub(crate) fn finish_commit(
-    ctx: &Ctx,
-    rec: &mut TxnRecord,
-    state: &mut State,
-    outcome: &str,
-) -> Result<()> {
+pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, outcome: &str) -> Result<()> {
     set_phase(&ctx.state, rec, Phase::Finishing)?;
     backend::finish(ctx, rec, state)?;
     if state.generation(rec.to_generation).is_none() {
@@ -154,19 +127,11 @@ pub(crate) fn prune(ctx: &Ctx, state: &mut State) -> Result<()> {
             break;
         };
         let before = state.clone();
-        let child_of_n: Vec<u64> = state
-            .generations
-            .iter()
-            .filter(|g| g.parent == Some(n))
-            .map(|g| g.generation)
-            .collect();
+        let child_of_n: Vec<u64> =
+            state.generations.iter().filter(|g| g.parent == Some(n)).map(|g| g.generation).collect();
         let n_parent = state.generation(n).and_then(|g| g.parent);
         state.generations.retain(|g| g.generation != n);
-        for g in state
-            .generations
-            .iter_mut()
-            .filter(|g| child_of_n.contains(&g.generation))
-        {
+        for g in state.generations.iter_mut().filter(|g| child_of_n.contains(&g.generation)) {
             g.parent = n_parent;
         }
         ctx.state.save(state)?;

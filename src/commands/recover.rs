@@ -3,10 +3,7 @@
 //! point on it is finished. Running it again changes nothing. A failed recovery leaves a stamp in the state area,
 //! which `status` reports, so a boot never hides it.
 
-use super::{
-    apply, finish_commit, locate, require_root_user, rollback, set_phase, NeedsRecovery, Outcome,
-    Refused,
-};
+use super::{apply, finish_commit, locate, require_root_user, rollback, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
@@ -25,10 +22,7 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
     let out = Reporter::new(args.json);
     mounts::enter_private_namespace()?;
     let targets: Vec<(std::path::PathBuf, StateDir)> = if all {
-        registry::all()?
-            .into_iter()
-            .map(|r| (r.root, StateDir { dir: r.state_dir }))
-            .collect()
+        registry::all()?.into_iter().map(|r| (r.root, StateDir { dir: r.state_dir })).collect()
     } else {
         let loc = locate(args)?;
         vec![(loc.root, loc.state)]
@@ -51,8 +45,7 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
             }
             Err(e) => {
                 let msg = format!("recovering {} failed: {e:#}", root.display());
-                let _ =
-                    fsutil::write_atomic(&sd.dir.join(FAILED_STAMP), format!("{msg}\n").as_bytes());
+                let _ = fsutil::write_atomic(&sd.dir.join(FAILED_STAMP), format!("{msg}\n").as_bytes());
                 out.event("recovery_failed", json!({"root": root, "error": msg}));
                 failed.push(msg);
             }
@@ -68,32 +61,19 @@ fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result<()> {
     let _lock = RootLock::acquire(&sd.lock_path(), root).map_err(|e| Refused(format!("{e:#}")))?;
     let unfinished = sd.unfinished()?;
     if unfinished.is_empty() {
-        out.event(
-            "recovered",
-            json!({"root": root, "txn": null, "action": "nothing"}),
-        );
+        out.event("recovered", json!({"root": root, "txn": null, "action": "nothing"}));
         out.say(format!("snapinst: {}: nothing to recover", root.display()));
     }
     for mut rec in unfinished {
-        let mut state = sd
-            .load()?
-            .unwrap_or_else(|| State::new(root, rec.backend, 5));
+        let mut state = sd.load()?.unwrap_or_else(|| State::new(root, rec.backend, 5));
         let ctx = Ctx::new(rec.backend, root, sd)?;
         let action = match rec.kind {
             TxnKind::Apply => recover_apply(&ctx, &mut rec, &mut state),
             TxnKind::Rollback => rollback::recover(&ctx, &mut rec, &mut state),
         }
         .with_context(|| format!("recovering transaction {}", rec.txn))?;
-        out.event(
-            "recovered",
-            json!({"root": root, "txn": rec.txn, "action": action}),
-        );
-        out.say(format!(
-            "snapinst: {}: transaction {} {}",
-            root.display(),
-            rec.txn,
-            action.replace('_', " ")
-        ));
+        out.event("recovered", json!({"root": root, "txn": rec.txn, "action": action}));
+        out.say(format!("snapinst: {}: transaction {} {}", root.display(), rec.txn, action.replace('_', " ")));
     }
     if let Some(state) = sd.load()? {
         let ctx = Ctx::new(state.backend, root, sd)?;

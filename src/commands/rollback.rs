@@ -8,7 +8,7 @@ use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
 use crate::state::{Phase, State, TxnKind, TxnRecord};
-use crate::{failpoint, fsutil, mounts};
+use crate::{failpoint, mounts};
 use anyhow::Result;
 use serde_json::json;
 
@@ -18,13 +18,9 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
     let out = Reporter::new(args.json);
     mounts::enter_private_namespace()?;
     let Some(_) = loc.state.load()? else {
-        return refuse(format!(
-            "snapinst has no generations for {}: nothing to roll back",
-            loc.root.display()
-        ));
+        return refuse(format!("snapinst has no generations for {}: nothing to roll back", loc.root.display()));
     };
-    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root)
-        .map_err(|e| Refused(format!("{e:#}")))?;
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     if let Some(t) = loc.state.unfinished()?.first() {
         return Err(NeedsRecovery(format!(
             "transaction {} was interrupted; run `snapinst recover --root {}` first",
@@ -39,59 +35,21 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
         None => match state.generation(state.current).and_then(|g| g.parent) {
             Some(p) => p,
             None => {
-                return refuse(format!(
-                    "generation {} is the oldest kept; there is nothing before it",
-                    state.current
-                ))
+                return refuse(format!("generation {} is the oldest kept; there is nothing before it", state.current))
             }
         },
     };
     if state.generation(target).is_none() {
-        let kept: Vec<String> = state
-            .generations
-            .iter()
-            .map(|g| g.generation.to_string())
-            .collect();
-        return refuse(format!(
-            "generation {target} is not kept (kept: {})",
-            kept.join(", ")
-        ));
+        let kept: Vec<String> = state.generations.iter().map(|g| g.generation.to_string()).collect();
+        return refuse(format!("generation {target} is not kept (kept: {})", kept.join(", ")));
     }
     if target == state.current {
-        out.say(format!(
-            "snapinst: generation {target} is already current; nothing to do"
-        ));
-        out.event(
-            "summary",
-            json!({"outcome": "nothing", "generation": target}),
-        );
+        out.say(format!("snapinst: generation {target} is already current; nothing to do"));
+        out.event("summary", json!({"outcome": "nothing", "generation": target}));
         return Ok(Outcome::Done);
     }
-    let ctx =
-        Ctx::new(state.backend, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
-    let mut rec = TxnRecord {
-        v: 1,
-        txn: crate::state::new_txn_id(),
-        kind: TxnKind::Rollback,
-        plan: None,
-        plan_sha256: None,
-        backend: state.backend,
-        root: loc.root.clone(),
-        stage: None,
-        phase: Phase::Preparing,
-        pid: std::process::id(),
-        time: fsutil::now(),
-        from_generation: state.current,
-        to_generation: target,
-        root_subvol_before: None,
-        incoming_subvol: None,
-        swaps: Vec::new(),
-        swaps_done: 0,
-        host_undo: Vec::new(),
-        failed_step: None,
-        outcome: None,
-        error: None,
-    };
+    let ctx = Ctx::new(state.backend, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
+    let mut rec = TxnRecord::new(TxnKind::Rollback, state.backend, &loc.root, state.current, target);
     loc.state.write_txn(&rec)?;
     failpoint::hit("rollback-after-record");
     if let Err(e) = backend::plan_rollback(&ctx, &mut rec, &state) {
@@ -100,11 +58,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
         set_phase(&loc.state, &mut rec, Phase::Done)?;
         return refuse(format!("cannot roll back to generation {target}: {e:#}"));
     }
-    out.say(format!(
-        "snapinst: rolling {} back from generation {} to {target}",
-        loc.root.display(),
-        state.current
-    ));
+    out.say(format!("snapinst: rolling {} back from generation {} to {target}", loc.root.display(), state.current));
     set_phase(&loc.state, &mut rec, Phase::Committing)?;
     failpoint::hit("rollback-after-commit-record");
     let done = carry_out(&ctx, &mut rec, &mut state);
@@ -120,10 +74,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
     if backend::next_boot_differs(state.backend, &loc.root, &state) {
         out.say("snapinst: the root is a mount point: the rolled-back tree is what its next mount or boot sees");
     }
-    out.event(
-        "summary",
-        json!({"txn": rec.txn, "outcome": "committed", "generation": target}),
-    );
+    out.event("summary", json!({"txn": rec.txn, "outcome": "committed", "generation": target}));
     Ok(Outcome::Done)
 }
 

@@ -21,12 +21,8 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
         json!({"txn": t.txn, "kind": t.kind, "state": t.phase, "pid": holder,
                "interrupted": holder.is_none(), "plan": t.plan})
     });
-    let recovery_failed = std::fs::read_to_string(loc.state.dir.join(FAILED_STAMP))
-        .ok()
-        .map(|s| s.trim().to_string());
-    let next_boot_differs = state
-        .as_ref()
-        .is_some_and(|s| backend::next_boot_differs(s.backend, &loc.root, s));
+    let recovery_failed = std::fs::read_to_string(loc.state.dir.join(FAILED_STAMP)).ok().map(|s| s.trim().to_string());
+    let next_boot_differs = state.as_ref().is_some_and(|s| backend::next_boot_differs(s.backend, &loc.root, s));
     let value = json!({
         "v": 1,
         "root": loc.root,
@@ -43,16 +39,8 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
 
 fn human_status(v: &Value, state: Option<&State>) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "root:               {}",
-        v["root"].as_str().unwrap_or("?")
-    );
-    let _ = writeln!(
-        s,
-        "state area:         {}",
-        v["state_dir"].as_str().unwrap_or("?")
-    );
+    let _ = writeln!(s, "root:               {}", v["root"].as_str().unwrap_or("?"));
+    let _ = writeln!(s, "state area:         {}", v["state_dir"].as_str().unwrap_or("?"));
     match state {
         None => {
             let _ = writeln!(s, "managed:            no (no transaction has run yet)");
@@ -76,12 +64,8 @@ fn human_status(v: &Value, state: Option<&State>) -> String {
             );
         }
         t => {
-            let _ = writeln!(
-                s,
-                "in progress:        transaction {} (pid {})",
-                t["txn"].as_str().unwrap_or("?"),
-                t["pid"]
-            );
+            let _ =
+                writeln!(s, "in progress:        transaction {} (pid {})", t["txn"].as_str().unwrap_or("?"), t["pid"]);
         }
     }
     if v["next_boot_differs"] == true {
@@ -119,7 +103,8 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
                         "from_generation": t.from_generation, "to_generation": t.to_generation})
         })
         .collect();
-    let value = json!({"v": 1, "current_generation": current, "generations": generations, "transactions": transactions});
+    let value =
+        json!({"v": 1, "current_generation": current, "generations": generations, "transactions": transactions});
     Reporter::new(args.json).result(&value, || {
         let mut s = String::from("GENERATION  CURRENT  TIME (UTC)           PLAN\n");
         for g in &generations {
@@ -141,9 +126,7 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
                 utc(t["time"].as_u64().unwrap_or(0)),
                 t["kind"].as_str().unwrap_or("?"),
                 t["plan"].as_str().unwrap_or("-"),
-                t["outcome"]
-                    .as_str()
-                    .unwrap_or(t["state"].as_str().unwrap_or("?"))
+                t["outcome"].as_str().unwrap_or(t["state"].as_str().unwrap_or("?"))
             );
         }
         s
@@ -164,12 +147,7 @@ fn utc(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 #[cfg(test)]

@@ -36,15 +36,10 @@ impl RootPath {
         &self.0
     }
     pub fn parent(&self) -> Option<RootPath> {
-        self.0
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(|p| RootPath(p.to_path_buf()))
+        self.0.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| RootPath(p.to_path_buf()))
     }
     pub fn file_name(&self) -> &std::ffi::OsStr {
-        self.0
-            .file_name()
-            .expect("a RootPath always has a last component")
+        self.0.file_name().expect("a RootPath always has a last component")
     }
     pub fn from_rel(rel: &Path) -> RootPath {
         RootPath(rel.to_path_buf())
@@ -81,36 +76,13 @@ pub(crate) struct Command {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Action {
-    Dir {
-        path: RootPath,
-        attrs: Attrs,
-    },
-    File {
-        path: RootPath,
-        content: Content,
-        attrs: Attrs,
-    },
-    Symlink {
-        path: RootPath,
-        target: String,
-    },
-    Remove {
-        path: RootPath,
-        recursive: bool,
-        missing_ok: bool,
-    },
-    Run {
-        command: Command,
-    },
-    Verify {
-        command: Command,
-        expect_exit: i32,
-        expect_stdout: Option<String>,
-    },
-    Host {
-        run: Command,
-        undo: Command,
-    },
+    Dir { path: RootPath, attrs: Attrs },
+    File { path: RootPath, content: Content, attrs: Attrs },
+    Symlink { path: RootPath, target: String },
+    Remove { path: RootPath, recursive: bool, missing_ok: bool },
+    Run { command: Command },
+    Verify { command: Command, expect_exit: i32, expect_stdout: Option<String> },
+    Host { run: Command, undo: Command },
 }
 
 /// A file step's content: inline text, or a source file (already resolved against the plan's directory).
@@ -126,14 +98,8 @@ impl Plan {
         self.steps
             .iter()
             .map(|s| match &s.action {
-                Action::File {
-                    content: Content::Inline(b),
-                    ..
-                } => b.len() as u64,
-                Action::File {
-                    content: Content::Source(p),
-                    ..
-                } => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+                Action::File { content: Content::Inline(b), .. } => b.len() as u64,
+                Action::File { content: Content::Source(p), .. } => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
                 _ => 0,
             })
             .sum()

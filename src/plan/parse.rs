@@ -37,35 +37,17 @@ impl std::error::Error for PlanProblems {}
 
 /// Read and validate the plan at `file`.
 pub(crate) fn load(file: &Path) -> Result<Plan, PlanProblems> {
-    let fail = |p: String| PlanProblems {
-        file: file.to_path_buf(),
-        problems: vec![p],
-    };
+    let fail = |p: String| PlanProblems { file: file.to_path_buf(), problems: vec![p] };
     let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the plan: {e}")))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        fail(format!(
-            "not valid JSON at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| fail(format!("not valid JSON at line {} column {}: {e}", e.line(), e.column())))?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base
-    };
-    let mut checker = Checker {
-        base,
-        problems: Vec::new(),
-    };
+    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let mut checker = Checker { base, problems: Vec::new() };
     let plan = checker.plan(&value, hex::encode(Sha256::digest(&bytes)));
     match plan {
         Some(plan) if checker.problems.is_empty() => Ok(plan),
-        _ => Err(PlanProblems {
-            file: file.to_path_buf(),
-            problems: checker.problems,
-        }),
+        _ => Err(PlanProblems { file: file.to_path_buf(), problems: checker.problems }),
     }
 }
 
@@ -118,12 +100,7 @@ impl Checker {
                 Vec::new()
             }
         };
-        Some(Plan {
-            name: name?,
-            version,
-            steps,
-            sha256,
-        })
+        Some(Plan { name: name?, version, steps, sha256 })
     }
 
     fn steps(&mut self, list: &[Value]) -> Vec<Step> {
@@ -132,39 +109,26 @@ impl Checker {
         for (i, v) in list.iter().enumerate() {
             let n = i + 1;
             let Some(obj) = v.as_object() else {
-                self.problems
-                    .push(format!("step #{n}: must be a JSON object"));
+                self.problems.push(format!("step #{n}: must be a JSON object"));
                 continue;
             };
             let id = match obj.get("id") {
                 Some(Value::String(s)) if !s.is_empty() => s.clone(),
                 Some(_) => {
-                    self.problems.push(format!(
-                        "step #{n} field \"id\": must be a non-empty string"
-                    ));
+                    self.problems.push(format!("step #{n} field \"id\": must be a non-empty string"));
                     format!("#{n}")
                 }
                 None => {
-                    self.problems
-                        .push(format!("step #{n} field \"id\": missing"));
+                    self.problems.push(format!("step #{n} field \"id\": missing"));
                     format!("#{n}")
                 }
             };
-            let at = At {
-                step: Some((&id, n)),
-            };
+            let at = At { step: Some((&id, n)) };
             if !seen.insert(id.clone()) {
-                self.problem(
-                    at,
-                    "id",
-                    format!("duplicate id \"{id}\" (ids must be unique)"),
-                );
+                self.problem(at, "id", format!("duplicate id \"{id}\" (ids must be unique)"));
             }
             if let Some(action) = self.action(at, obj) {
-                steps.push(Step {
-                    id: id.clone(),
-                    action,
-                });
+                steps.push(Step { id: id.clone(), action });
             }
         }
         steps
@@ -178,11 +142,7 @@ impl Checker {
                 return None;
             }
             None => {
-                self.problem(
-                    at,
-                    "type",
-                    "missing (one of dir, file, symlink, remove, run, verify, host)",
-                );
+                self.problem(at, "type", "missing (one of dir, file, symlink, remove, run, verify, host)");
                 return None;
             }
         };
@@ -192,13 +152,7 @@ impl Checker {
             "symlink" => &["path", "target"],
             "remove" => &["path", "recursive", "missing_ok"],
             "run" => &["command", "timeout_s", "env"],
-            "verify" => &[
-                "command",
-                "timeout_s",
-                "env",
-                "expect_exit",
-                "expect_stdout",
-            ],
+            "verify" => &["command", "timeout_s", "env", "expect_exit", "expect_stdout"],
             "host" => &["do", "undo", "timeout_s", "env"],
             other => {
                 self.problem(
@@ -221,11 +175,7 @@ impl Checker {
                 let path = self.root_path(at, obj, "path");
                 let content = self.content(at, obj);
                 let attrs = self.attrs(at, obj);
-                Some(Action::File {
-                    path: path?,
-                    content: content?,
-                    attrs,
-                })
+                Some(Action::File { path: path?, content: content?, attrs })
             }
             "symlink" => {
                 let path = self.root_path(at, obj, "path");
@@ -233,24 +183,15 @@ impl Checker {
                 if target.as_deref() == Some("") {
                     self.problem(at, "target", "must not be empty");
                 }
-                Some(Action::Symlink {
-                    path: path?,
-                    target: target?,
-                })
+                Some(Action::Symlink { path: path?, target: target? })
             }
             "remove" => {
                 let path = self.root_path(at, obj, "path");
                 let recursive = self.optional_bool(at, obj, "recursive");
                 let missing_ok = self.optional_bool(at, obj, "missing_ok");
-                Some(Action::Remove {
-                    path: path?,
-                    recursive,
-                    missing_ok,
-                })
+                Some(Action::Remove { path: path?, recursive, missing_ok })
             }
-            "run" => Some(Action::Run {
-                command: self.command(at, obj, "command")?,
-            }),
+            "run" => Some(Action::Run { command: self.command(at, obj, "command")? }),
             "verify" => {
                 let command = self.command(at, obj, "command");
                 let expect_exit = match obj.get("expect_exit") {
@@ -264,19 +205,12 @@ impl Checker {
                     },
                 };
                 let expect_stdout = self.optional_string(at, obj, "expect_stdout");
-                Some(Action::Verify {
-                    command: command?,
-                    expect_exit: expect_exit?,
-                    expect_stdout,
-                })
+                Some(Action::Verify { command: command?, expect_exit: expect_exit?, expect_stdout })
             }
             "host" => {
                 let run = self.command(at, obj, "do");
                 let undo = self.command(at, obj, "undo");
-                Some(Action::Host {
-                    run: run?,
-                    undo: undo?,
-                })
+                Some(Action::Host { run: run?, undo: undo? })
             }
             _ => unreachable!("step types are matched above"),
         }
@@ -285,11 +219,7 @@ impl Checker {
     fn unknown_fields(&mut self, at: At, obj: &Map<String, Value>, allowed: &[&str]) {
         for key in obj.keys() {
             if !allowed.contains(&key.as_str()) {
-                self.problem(
-                    at,
-                    key,
-                    format!("unknown field (allowed here: {})", allowed.join(", ")),
-                );
+                self.problem(at, key, format!("unknown field (allowed here: {})", allowed.join(", ")));
             }
         }
     }
@@ -336,15 +266,13 @@ impl Checker {
     }
 
     fn attrs(&mut self, at: At, obj: &Map<String, Value>) -> Attrs {
-        let mode = self
-            .optional_string(at, obj, "mode")
-            .and_then(|m| match parse_mode(&m) {
-                Ok(mode) => Some(mode),
-                Err(why) => {
-                    self.problem(at, "mode", format!("\"{m}\" {why}"));
-                    None
-                }
-            });
+        let mode = self.optional_string(at, obj, "mode").and_then(|m| match parse_mode(&m) {
+            Ok(mode) => Some(mode),
+            Err(why) => {
+                self.problem(at, "mode", format!("\"{m}\" {why}"));
+                None
+            }
+        });
         let owner = self.principal(at, obj, "owner");
         let group = self.principal(at, obj, "group");
         Attrs { mode, owner, group }
@@ -377,39 +305,25 @@ impl Checker {
     fn content(&mut self, at: At, obj: &Map<String, Value>) -> Option<Content> {
         match (obj.get("content"), obj.get("source")) {
             (Some(_), Some(_)) => {
-                self.problem(
-                    at,
-                    "source",
-                    "give either \"content\" or \"source\", not both",
-                );
+                self.problem(at, "source", "give either \"content\" or \"source\", not both");
                 None
             }
             (None, None) => {
                 self.problem(at, "content", "missing (give \"content\" or \"source\")");
                 None
             }
-            (Some(_), None) => self
-                .required_string(at, obj, "content")
-                .map(|s| Content::Inline(s.into_bytes())),
+            (Some(_), None) => self.required_string(at, obj, "content").map(|s| Content::Inline(s.into_bytes())),
             (None, Some(_)) => {
                 let rel = self.required_string(at, obj, "source")?;
                 let path = self.base.join(&rel);
                 match std::fs::metadata(&path) {
                     Ok(m) if m.is_file() => Some(Content::Source(path)),
                     Ok(_) => {
-                        self.problem(
-                            at,
-                            "source",
-                            format!("\"{}\" is not a regular file", path.display()),
-                        );
+                        self.problem(at, "source", format!("\"{}\" is not a regular file", path.display()));
                         None
                     }
                     Err(e) => {
-                        self.problem(
-                            at,
-                            "source",
-                            format!("cannot read \"{}\": {e}", path.display()),
-                        );
+                        self.problem(at, "source", format!("cannot read \"{}\": {e}", path.display()));
                         None
                     }
                 }
@@ -420,29 +334,18 @@ impl Checker {
     fn command(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<Command> {
         let argv = match obj.get(field) {
             None => {
-                self.problem(
-                    at,
-                    field,
-                    "missing (a list of strings: program and arguments)",
-                );
+                self.problem(at, field, "missing (a list of strings: program and arguments)");
                 None
             }
             Some(Value::Array(items)) if !items.is_empty() => {
-                let argv: Option<Vec<String>> = items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned))
-                    .collect();
+                let argv: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_owned)).collect();
                 if argv.is_none() {
                     self.problem(at, field, "every element must be a string");
                 }
                 argv
             }
             Some(_) => {
-                self.problem(
-                    at,
-                    field,
-                    "must be a non-empty list of strings (program and arguments)",
-                );
+                self.problem(at, field, "must be a non-empty list of strings (program and arguments)");
                 None
             }
         };
@@ -451,11 +354,7 @@ impl Checker {
             Some(v) => match v.as_u64() {
                 Some(n) if n > 0 => Some(n),
                 _ => {
-                    self.problem(
-                        at,
-                        "timeout_s",
-                        "must be a positive whole number of seconds",
-                    );
+                    self.problem(at, "timeout_s", "must be a positive whole number of seconds");
                     None
                 }
             },
@@ -463,10 +362,8 @@ impl Checker {
         let env = match obj.get("env") {
             None => Some(BTreeMap::new()),
             Some(Value::Object(m)) => {
-                let env: Option<BTreeMap<String, String>> = m
-                    .iter()
-                    .map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                    .collect();
+                let env: Option<BTreeMap<String, String>> =
+                    m.iter().map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect();
                 if env.is_none() {
                     self.problem(at, "env", "every value must be a string");
                 }
@@ -477,11 +374,7 @@ impl Checker {
                 None
             }
         };
-        Some(Command {
-            argv: argv?,
-            timeout: Duration::from_secs(timeout?),
-            env: env?,
-        })
+        Some(Command { argv: argv?, timeout: Duration::from_secs(timeout?), env: env? })
     }
 }
 
@@ -561,27 +454,12 @@ mod tests {
         .unwrap();
         let err = load(&file).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("step \"a\" (#1) field \"path\": \"rel\" is not absolute"),
-            "{text}"
-        );
-        assert!(
-            text.contains("step \"a\" (#1) field \"mode\": \"999\" is not an octal mode"),
-            "{text}"
-        );
-        assert!(
-            text.contains("step \"a\" (#2) field \"id\": duplicate id"),
-            "{text}"
-        );
+        assert!(text.contains("step \"a\" (#1) field \"path\": \"rel\" is not absolute"), "{text}");
+        assert!(text.contains("step \"a\" (#1) field \"mode\": \"999\" is not an octal mode"), "{text}");
+        assert!(text.contains("step \"a\" (#2) field \"id\": duplicate id"), "{text}");
         assert!(text.contains("unknown step type \"bogus\""), "{text}");
-        assert!(
-            text.contains("step \"c\" (#3) field \"extra\": unknown field"),
-            "{text}"
-        );
-        assert!(
-            text.contains("step \"c\" (#3) field \"source\": cannot read"),
-            "{text}"
-        );
+        assert!(text.contains("step \"c\" (#3) field \"extra\": unknown field"), "{text}");
+        assert!(text.contains("step \"c\" (#3) field \"source\": cannot read"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

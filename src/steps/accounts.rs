@@ -17,8 +17,7 @@ fn read_db(root: &Root, file: &str) -> Result<String> {
     // SAFETY: `openat` just returned this descriptor and nothing else owns it.
     let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut s = String::new();
-    f.read_to_string(&mut s)
-        .with_context(|| format!("reading /etc/{file} in the root"))?;
+    f.read_to_string(&mut s).with_context(|| format!("reading /etc/{file} in the root"))?;
     Ok(s)
 }
 

@@ -9,10 +9,7 @@ use anyhow::{bail, Result};
 use std::time::Duration;
 
 fn run(place: Place, txn: &str, cmd: &Command) -> Result<Finished, StepFailure> {
-    sandbox::run(cmd, place, txn).map_err(|e| StepFailure {
-        message: format!("{e:#}"),
-        output: String::new(),
-    })
+    sandbox::run(cmd, place, txn).map_err(|e| StepFailure { message: format!("{e:#}"), output: String::new() })
 }
 
 fn judge(f: Finished, cmd: &Command, expect_exit: i32) -> Result<String, StepFailure> {
@@ -24,10 +21,7 @@ fn judge(f: Finished, cmd: &Command, expect_exit: i32) -> Result<String, StepFai
     } else {
         match f.code {
             Some(c) if c == expect_exit => return Ok(output),
-            Some(c) => format!(
-                "{:?} exited with status {c} (expected {expect_exit})",
-                cmd.argv
-            ),
+            Some(c) => format!("{:?} exited with status {c} (expected {expect_exit})", cmd.argv),
             None => format!("{:?} was killed by a signal", cmd.argv),
         }
     };
@@ -50,10 +44,7 @@ pub(super) fn verify(
     let output = judge(f, cmd, expect_exit)?;
     if let Some(want) = expect_stdout {
         if !stdout.contains(want) {
-            return Err(StepFailure {
-                message: format!("its output does not contain {want:?}"),
-                output,
-            });
+            return Err(StepFailure { message: format!("its output does not contain {want:?}"), output });
         }
     }
     Ok(output)
@@ -65,18 +56,9 @@ pub(super) fn run_on_host(txn: &str, cmd: &Command) -> Result<String, StepFailur
 
 /// Run a recorded host undo; an error names the step.
 pub(crate) fn run_host_undo(txn: &str, undo: &HostUndo) -> Result<()> {
-    let cmd = Command {
-        argv: undo.argv.clone(),
-        timeout: Duration::from_secs(undo.timeout_s),
-        env: undo.env.clone(),
-    };
+    let cmd = Command { argv: undo.argv.clone(), timeout: Duration::from_secs(undo.timeout_s), env: undo.env.clone() };
     match judge(sandbox::run(&cmd, Place::Host, txn)?, &cmd, 0) {
         Ok(_) => Ok(()),
-        Err(f) => bail!(
-            "undo of host step \"{}\" failed: {}\n{}",
-            undo.step,
-            f.message,
-            f.output
-        ),
+        Err(f) => bail!("undo of host step \"{}\" failed: {}\n{}", undo.step, f.message, f.output),
     }
 }

@@ -38,25 +38,12 @@ fn make_parents(root: &Root, guard: &mut dyn ChangeGuard, path: &RootPath) -> Re
 
 /// The uid/gid asked by `attrs` (None where not asked).
 fn owner_ids(root: &Root, attrs: &Attrs) -> Result<(Option<u32>, Option<u32>)> {
-    let uid = attrs
-        .owner
-        .as_ref()
-        .map(|p| accounts::uid(root, p))
-        .transpose()?;
-    let gid = attrs
-        .group
-        .as_ref()
-        .map(|p| accounts::gid(root, p))
-        .transpose()?;
+    let uid = attrs.owner.as_ref().map(|p| accounts::uid(root, p)).transpose()?;
+    let gid = attrs.group.as_ref().map(|p| accounts::gid(root, p)).transpose()?;
     Ok((uid, gid))
 }
 
-pub(super) fn dir(
-    root: &Root,
-    guard: &mut dyn ChangeGuard,
-    path: &RootPath,
-    attrs: &Attrs,
-) -> Result<()> {
+pub(super) fn dir(root: &Root, guard: &mut dyn ChangeGuard, path: &RootPath, attrs: &Attrs) -> Result<()> {
     let (uid, gid) = owner_ids(root, attrs)?;
     let existed = match root.lstat(path)? {
         Some(st) if is_dir(&st) => Some(st),
@@ -69,17 +56,10 @@ pub(super) fn dir(
     if existed.is_none() {
         make_dirs(root, guard, path)?;
     }
-    let st = root
-        .lstat(path)?
-        .context("the directory just made is missing")?;
-    let mode = attrs.mode.unwrap_or(if existed.is_some() {
-        st.st_mode & 0o7777
-    } else {
-        DEFAULT_DIR_MODE
-    });
-    let changes = st.st_mode & 0o7777 != mode
-        || uid.is_some_and(|u| u != st.st_uid)
-        || gid.is_some_and(|g| g != st.st_gid);
+    let st = root.lstat(path)?.context("the directory just made is missing")?;
+    let mode = attrs.mode.unwrap_or(if existed.is_some() { st.st_mode & 0o7777 } else { DEFAULT_DIR_MODE });
+    let changes =
+        st.st_mode & 0o7777 != mode || uid.is_some_and(|u| u != st.st_uid) || gid.is_some_and(|g| g != st.st_gid);
     if !changes {
         return Ok(());
     }
@@ -87,18 +67,11 @@ pub(super) fn dir(
         guard.before_meta(root, path)?;
     }
     let (parent, name) = root.parent_of(path)?;
-    set_owner_mode(&parent, name, uid, gid, mode)
-        .with_context(|| format!("setting mode and owner of {path}"))
+    set_owner_mode(&parent, name, uid, gid, mode).with_context(|| format!("setting mode and owner of {path}"))
 }
 
 /// chown (without following) then chmod (chown clears setuid bits, so the mode comes last).
-fn set_owner_mode(
-    parent: &OwnedFd,
-    name: &OsStr,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    mode: u32,
-) -> Result<()> {
+fn set_owner_mode(parent: &OwnedFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>, mode: u32) -> Result<()> {
     if uid.is_some() || gid.is_some() {
         fchownat(
             Some(parent.as_raw_fd()),
@@ -118,28 +91,17 @@ fn set_owner_mode(
 }
 
 /// Where a new version of `path` is prepared: the guard's scratch directory, or the parent itself.
-fn temp_place(
-    guard: &dyn ChangeGuard,
-    parent: &OwnedFd,
-    path: &RootPath,
-) -> Result<(OwnedFd, OsString)> {
+fn temp_place(guard: &dyn ChangeGuard, parent: &OwnedFd, path: &RootPath) -> Result<(OwnedFd, OsString)> {
     let mut name = OsString::from(format!(".snapinst-{}.", std::process::id()));
     name.push(path.file_name());
     match guard.scratch() {
         Some(dir) => {
-            let fd = nix::fcntl::open(
-                dir,
-                OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .with_context(|| format!("opening {}", dir.display()))?;
+            let fd = nix::fcntl::open(dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+                .with_context(|| format!("opening {}", dir.display()))?;
             // SAFETY: `open` just returned this descriptor and nothing else owns it.
             Ok((unsafe { OwnedFd::from_raw_fd(fd) }, name))
         }
-        None => Ok((
-            nix::unistd::dup(parent.as_raw_fd()).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?,
-            name,
-        )),
+        None => Ok((nix::unistd::dup(parent.as_raw_fd()).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?, name)),
     }
 }
 
@@ -151,6 +113,24 @@ fn refuse_dir(root: &Root, path: &RootPath) -> Result<()> {
     Ok(())
 }
 
+/// Put a new version of `path` in place: made by `create` under a temporary name, then renamed over the path.
+fn replace_with(
+    root: &Root,
+    guard: &mut dyn ChangeGuard,
+    path: &RootPath,
+    create: impl FnOnce(&OwnedFd, &OsStr) -> Result<()>,
+) -> Result<()> {
+    make_parents(root, guard, path)?;
+    refuse_dir(root, path)?;
+    let (parent, name) = root.parent_of(path)?;
+    let (tmp_dir, tmp) = temp_place(guard, &parent, path)?;
+    let _ = unlinkat(Some(tmp_dir.as_raw_fd()), tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    create(&tmp_dir, &tmp)?;
+    guard.before_replace(root, path, false)?;
+    renameat(Some(tmp_dir.as_raw_fd()), tmp.as_os_str(), Some(parent.as_raw_fd()), name)
+        .with_context(|| format!("putting {path} in place"))
+}
+
 pub(super) fn file(
     root: &Root,
     guard: &mut dyn ChangeGuard,
@@ -159,79 +139,33 @@ pub(super) fn file(
     attrs: &Attrs,
 ) -> Result<()> {
     let (uid, gid) = owner_ids(root, attrs)?;
-    make_parents(root, guard, path)?;
-    refuse_dir(root, path)?;
-    let (parent, name) = root.parent_of(path)?;
-    let (tmp_dir, tmp) = temp_place(guard, &parent, path)?;
-    let _ = unlinkat(
-        Some(tmp_dir.as_raw_fd()),
-        tmp.as_os_str(),
-        UnlinkatFlags::NoRemoveDir,
-    );
-    let fd = nix::fcntl::openat(
-        Some(tmp_dir.as_raw_fd()),
-        tmp.as_os_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::from_bits_truncate(0o600),
-    )
-    .with_context(|| format!("creating a temporary file for {path}"))?;
-    // SAFETY: `openat` just returned this descriptor and nothing else owns it.
-    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    match content {
-        Content::Inline(bytes) => f
-            .write_all(bytes)
-            .with_context(|| format!("writing {path}"))?,
-        Content::Source(src) => {
-            let mut s = std::fs::File::open(src)
-                .with_context(|| format!("opening source {}", src.display()))?;
-            std::io::copy(&mut s, &mut f)
-                .with_context(|| format!("copying {} to {path}", src.display()))?;
+    replace_with(root, guard, path, |dir, tmp| {
+        let fd = nix::fcntl::openat(
+            Some(dir.as_raw_fd()),
+            tmp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o600),
+        )
+        .with_context(|| format!("creating a temporary file for {path}"))?;
+        // SAFETY: `openat` just returned this descriptor and nothing else owns it.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        match content {
+            Content::Inline(bytes) => f.write_all(bytes).with_context(|| format!("writing {path}"))?,
+            Content::Source(src) => {
+                let mut s = std::fs::File::open(src).with_context(|| format!("opening source {}", src.display()))?;
+                std::io::copy(&mut s, &mut f).with_context(|| format!("copying {} to {path}", src.display()))?;
+            }
         }
-    }
-    drop(f);
-    set_owner_mode(
-        &tmp_dir,
-        &tmp,
-        uid,
-        gid,
-        attrs.mode.unwrap_or(DEFAULT_FILE_MODE),
-    )
-    .with_context(|| format!("setting mode and owner of {path}"))?;
-    guard.before_replace(root, path, false)?;
-    renameat(
-        Some(tmp_dir.as_raw_fd()),
-        tmp.as_os_str(),
-        Some(parent.as_raw_fd()),
-        name,
-    )
-    .with_context(|| format!("putting {path} in place"))
+        drop(f);
+        set_owner_mode(dir, tmp, uid, gid, attrs.mode.unwrap_or(DEFAULT_FILE_MODE))
+            .with_context(|| format!("setting mode and owner of {path}"))
+    })
 }
 
-pub(super) fn symlink(
-    root: &Root,
-    guard: &mut dyn ChangeGuard,
-    path: &RootPath,
-    target: &str,
-) -> Result<()> {
-    make_parents(root, guard, path)?;
-    refuse_dir(root, path)?;
-    let (parent, name) = root.parent_of(path)?;
-    let (tmp_dir, tmp) = temp_place(guard, &parent, path)?;
-    let _ = unlinkat(
-        Some(tmp_dir.as_raw_fd()),
-        tmp.as_os_str(),
-        UnlinkatFlags::NoRemoveDir,
-    );
-    nix::unistd::symlinkat(target, Some(tmp_dir.as_raw_fd()), tmp.as_os_str())
-        .with_context(|| format!("creating symlink {path}"))?;
-    guard.before_replace(root, path, false)?;
-    renameat(
-        Some(tmp_dir.as_raw_fd()),
-        tmp.as_os_str(),
-        Some(parent.as_raw_fd()),
-        name,
-    )
-    .with_context(|| format!("putting symlink {path} in place"))
+pub(super) fn symlink(root: &Root, guard: &mut dyn ChangeGuard, path: &RootPath, target: &str) -> Result<()> {
+    replace_with(root, guard, path, |dir, tmp| {
+        nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), tmp).with_context(|| format!("creating symlink {path}"))
+    })
 }
 
 pub(super) fn remove(
@@ -266,9 +200,7 @@ pub(super) fn remove(
     guard.before_replace(root, path, true)?;
     match root.lstat(path)? {
         None => Ok(()),
-        Some(st) if is_dir(&st) => {
-            remove_tree(&parent, name).with_context(|| format!("removing {path}"))
-        }
+        Some(st) if is_dir(&st) => remove_tree(&parent, name).with_context(|| format!("removing {path}")),
         Some(_) => unlinkat(Some(parent.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
             .with_context(|| format!("removing {path}")),
     }
@@ -276,9 +208,7 @@ pub(super) fn remove(
 
 /// Remove a directory tree below an open parent, without following symlinks.
 fn remove_tree(parent: &OwnedFd, name: &OsStr) -> Result<()> {
-    let path = std::path::Path::new("/proc/self/fd")
-        .join(parent.as_raw_fd().to_string())
-        .join(name);
+    let path = std::path::Path::new("/proc/self/fd").join(parent.as_raw_fd().to_string()).join(name);
     std::fs::remove_dir_all(&path)?;
     Ok(())
 }

@@ -55,43 +55,24 @@ pub(crate) struct StepContext<'a> {
 
 /// Carry out one step. Ok holds the command output (empty for file steps).
 pub(crate) fn apply(step: &Step, ctx: &mut StepContext) -> Result<String, StepFailure> {
-    let plain = |e: anyhow::Error| StepFailure {
-        message: format!("{e:#}"),
-        output: String::new(),
-    };
+    let plain = |e: anyhow::Error| StepFailure { message: format!("{e:#}"), output: String::new() };
     match &step.action {
-        Action::Dir { path, attrs } => files::dir(ctx.root, ctx.guard, path, attrs)
-            .map_err(plain)
-            .map(|_| String::new()),
-        Action::File {
-            path,
-            content,
-            attrs,
-        } => files::file(ctx.root, ctx.guard, path, content, attrs)
-            .map_err(plain)
-            .map(|_| String::new()),
-        Action::Symlink { path, target } => files::symlink(ctx.root, ctx.guard, path, target)
-            .map_err(plain)
-            .map(|_| String::new()),
-        Action::Remove {
-            path,
-            recursive,
-            missing_ok,
-        } => files::remove(ctx.root, ctx.guard, path, *recursive, *missing_ok)
-            .map_err(plain)
-            .map(|_| String::new()),
+        Action::Dir { path, attrs } => {
+            files::dir(ctx.root, ctx.guard, path, attrs).map_err(plain).map(|_| String::new())
+        }
+        Action::File { path, content, attrs } => {
+            files::file(ctx.root, ctx.guard, path, content, attrs).map_err(plain).map(|_| String::new())
+        }
+        Action::Symlink { path, target } => {
+            files::symlink(ctx.root, ctx.guard, path, target).map_err(plain).map(|_| String::new())
+        }
+        Action::Remove { path, recursive, missing_ok } => {
+            files::remove(ctx.root, ctx.guard, path, *recursive, *missing_ok).map_err(plain).map(|_| String::new())
+        }
         Action::Run { command } => commands::run_in_root(ctx.root, ctx.txn, command),
-        Action::Verify {
-            command,
-            expect_exit,
-            expect_stdout,
-        } => commands::verify(
-            ctx.root,
-            ctx.txn,
-            command,
-            *expect_exit,
-            expect_stdout.as_deref(),
-        ),
+        Action::Verify { command, expect_exit, expect_stdout } => {
+            commands::verify(ctx.root, ctx.txn, command, *expect_exit, expect_stdout.as_deref())
+        }
         Action::Host { run, .. } => {
             (ctx.record_host_undo)(step).map_err(plain)?;
             commands::run_on_host(ctx.txn, run)
