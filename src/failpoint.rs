@@ -1,6 +1,7 @@
 //! Named crash points for the crash-consistency tests. In a build with the `failpoints` feature, reaching the point
-//! named by `SNAPINST_FAILPOINT` kills the process with SIGKILL, with no cleanup at all. In a normal build
-//! [`hit`] compiles to nothing. Every point is listed in [`ALL`], so the test matrix cannot forget one.
+//! named by `SNAPINST_FAILPOINT` kills the process with SIGKILL, with no cleanup at all (or, with
+//! `SNAPINST_FAILPOINT_ACTION=reset` in a test VM, resets the machine without syncing). In a normal build [`hit`]
+//! compiles to nothing. Every point is listed in [`ALL`], so the test matrix cannot forget one.
 
 /// A crash point: its name, the operation that reaches it, and the backends on which it is reached.
 pub(crate) struct Point {
@@ -37,6 +38,11 @@ pub(crate) fn hit(name: &str) {
     debug_assert!(ALL.iter().any(|p| p.name == name), "unknown failpoint {name}");
     #[cfg(feature = "failpoints")]
     if std::env::var("SNAPINST_FAILPOINT").is_ok_and(|v| v == name) {
+        if std::env::var("SNAPINST_FAILPOINT_ACTION").is_ok_and(|v| v == "reset") {
+            // A power cut inside a test VM: reset the machine at once, without syncing anything.
+            eprintln!("snapinst: failpoint {name}: resetting the machine");
+            let _ = std::fs::write("/proc/sysrq-trigger", b"b");
+        }
         eprintln!("snapinst: failpoint {name}: killing the process");
         // SAFETY: raising SIGKILL on ourselves; nothing is borrowed across the call.
         unsafe {

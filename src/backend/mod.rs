@@ -50,7 +50,10 @@ pub(crate) fn detect(root: &Path) -> BackendKind {
 
 /// Refuse clearly when `kind` cannot manage `root` with its state in `state_dir`.
 pub(crate) fn check_usable(kind: BackendKind, root: &Path, state_dir: &Path) -> Result<()> {
-    if state_dir.starts_with(root) {
+    // Inside the root's path is allowed only on another mount (a separate subvolume or filesystem mounted there):
+    // then it is not part of the root's tree.
+    let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(state_dir);
+    if state_dir.starts_with(root) && crate::mounts::mount_id(holder)? == crate::mounts::mount_id(root)? {
         bail!(
             "the state directory {} is inside the root {}; it must be outside it (on the same filesystem)",
             state_dir.display(),
