@@ -123,6 +123,7 @@ pub fn run() -> ExitCode {
             Ok(Outcome::Done)
         }
     };
+    crate::topview::cleanup();
     match result {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {

@@ -17,5 +17,6 @@ mod registry;
 mod sandbox;
 mod state;
 mod steps;
+mod topview;
 
 pub use cli::run;

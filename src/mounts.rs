@@ -7,8 +7,13 @@ use nix::mount::{mount, MsFlags};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// Enter a new, private mount namespace. Must be called before the process starts any thread.
+static ENTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Enter a new, private mount namespace (once per process). Must be called before the process starts any thread.
 pub(crate) fn enter_private_namespace() -> Result<()> {
+    if ENTERED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("creating a private mount namespace")?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("making the mount namespace private")

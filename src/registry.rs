@@ -12,22 +12,26 @@ const REGISTRY_DIR: &str = "/var/lib/snapinst/roots";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Registered {
     pub root: PathBuf,
-    pub state_dir: PathBuf,
+    /// None when the root uses the default state area (found again by the same rule).
+    pub state_dir: Option<PathBuf>,
 }
 
 fn dir() -> PathBuf {
     std::env::var_os("SNAPINST_REGISTRY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(REGISTRY_DIR))
 }
 
-/// Remember that `root` is managed with its state in `state_dir` (idempotent).
-pub(crate) fn register(root: &Path, state_dir: &Path) -> Result<()> {
-    let key = hex::encode(Sha256::digest(state_dir.as_os_str().as_encoded_bytes()));
+/// Remember that `root` is managed, with its state in `state_dir` or the default one (idempotent).
+pub(crate) fn register(root: &Path, state_dir: Option<&Path>) -> Result<()> {
+    let key = hex::encode(Sha256::digest(root.as_os_str().as_encoded_bytes()));
     let path = dir().join(format!("{}.json", &key[..16]));
     if path.exists() {
         return Ok(());
     }
     fsutil::create_dir_durable(&dir())?;
-    fsutil::write_json_atomic(&path, &Registered { root: root.to_path_buf(), state_dir: state_dir.to_path_buf() })
+    fsutil::write_json_atomic(
+        &path,
+        &Registered { root: root.to_path_buf(), state_dir: state_dir.map(Path::to_path_buf) },
+    )
 }
 
 /// Every registered root.

@@ -49,7 +49,6 @@ pub(super) struct Paths {
     host_root: PathBuf,
     stage_dir: PathBuf,
     gens_dir: PathBuf,
-    _top: Option<TopView>,
 }
 
 impl Paths {
@@ -61,17 +60,14 @@ impl Paths {
                 host_root: root.to_path_buf(),
                 stage_dir: state_dir.join("stage"),
                 gens_dir: state_dir.join("gens"),
-                _top: None,
             });
         }
-        let top = TopView::mount(root)?;
-        let state_in_top = top.dir.join(fs_path(state_dir)?);
+        let state_in_top = crate::topview::in_top(state_dir)?;
         Ok(Paths {
-            root: top.dir.join(fs_path(root)?),
+            root: crate::topview::root_in_top(root)?,
             host_root: root.to_path_buf(),
             stage_dir: state_in_top.join("stage"),
             gens_dir: state_in_top.join("gens"),
-            _top: Some(top),
         })
     }
 
@@ -81,46 +77,6 @@ impl Paths {
     fn gen(&self, n: u64) -> PathBuf {
         self.gens_dir.join(n.to_string())
     }
-}
-
-/// A private mount of the filesystem's top-level subvolume, unmounted on drop.
-struct TopView {
-    dir: PathBuf,
-}
-
-impl TopView {
-    fn mount(root: &Path) -> Result<TopView> {
-        let m = mounts::mount_of(root)?;
-        let base = if Path::new("/run").is_dir() { PathBuf::from("/run") } else { std::env::temp_dir() };
-        let dir = base.join(format!("snapinst-top.{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        nix::mount::mount(
-            Some(m.source.as_str()),
-            &dir,
-            Some("btrfs"),
-            nix::mount::MsFlags::empty(),
-            Some("subvolid=5"),
-        )
-        .with_context(|| format!("mounting the top level of {} at {}", m.source, dir.display()))?;
-        Ok(TopView { dir })
-    }
-}
-
-impl Drop for TopView {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// The path of `p` inside its btrfs filesystem, relative to the top level.
-fn fs_path(p: &Path) -> Result<PathBuf> {
-    let p = p.canonicalize().with_context(|| format!("resolving {}", p.display()))?;
-    let subvol_root = p.ancestors().find(|a| is_subvolume(a)).context("finding the subvolume holding a path")?;
-    let rel = p.strip_prefix(subvol_root).expect("an ancestor is a prefix");
-    let sub = libbtrfsutil::subvolume_path(subvol_root)
-        .with_context(|| format!("finding the subvolume path of {}", subvol_root.display()))?;
-    Ok(sub.join(rel))
 }
 
 fn subvol_id(path: &Path) -> Result<u64> {

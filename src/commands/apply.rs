@@ -62,7 +62,7 @@ pub(crate) fn run(
         }
     };
     state.keep = keep;
-    registry::register(&loc.root, &loc.state.dir)?;
+    registry::register(&loc.root, args.state_dir.as_deref().map(|_| loc.state.dir.as_path()))?;
     let ctx = Ctx::new(kind, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
     Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run }.run(&mut state)
 }

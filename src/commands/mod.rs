@@ -79,10 +79,22 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
     };
     let state_dir = match &args.state_dir {
         Some(d) => std::path::absolute(d).map_err(|e| Refused(format!("resolving {}: {e}", d.display())))?,
+        None if mounted_btrfs_subvolume(&root)? => {
+            // Beside the root's subvolume, reached through a private mount of the filesystem's top level.
+            crate::mounts::enter_private_namespace()?;
+            StateDir::default_for(&crate::topview::root_in_top(&root)?)?
+        }
         None => StateDir::default_for(&root).map_err(|e| Refused(format!("{e:#}")))?,
     };
     let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
     Ok(Located { root, state: StateDir { dir: state_dir } })
+}
+
+/// Whether `root` is a btrfs subvolume mounted on its own (like `/`), so its siblings are not visible.
+fn mounted_btrfs_subvolume(root: &Path) -> Result<bool> {
+    Ok(crate::mounts::is_mount_point(root)?
+        && crate::mounts::mount_of(root)?.fstype == "btrfs"
+        && libbtrfsutil::is_subvolume(root).unwrap_or(false))
 }
 
 pub(crate) fn require_root_user() -> Result<()> {

@@ -21,8 +21,17 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
     require_root_user()?;
     let out = Reporter::new(args.json);
     mounts::enter_private_namespace()?;
+    crate::topview::remove_stale();
     let targets: Vec<(std::path::PathBuf, StateDir)> = if all {
-        registry::all()?.into_iter().map(|r| (r.root, StateDir { dir: r.state_dir })).collect()
+        let mut targets = Vec::new();
+        for r in registry::all()? {
+            let args = RootArgs { root: r.root, state_dir: r.state_dir, json: args.json };
+            match locate(&args) {
+                Ok(loc) => targets.push((loc.root, loc.state)),
+                Err(e) => out.say(format!("snapinst: skipping registered root {}: {e:#}", args.root.display())),
+            }
+        }
+        targets
     } else {
         let loc = locate(args)?;
         vec![(loc.root, loc.state)]

@@ -1,0 +1,105 @@
+//! A private mount of a btrfs filesystem's top-level subvolume, made once per process in snapinst's own mount
+//! namespace. Through it snapinst reaches a root subvolume that is mounted elsewhere (even as `/`), the state area
+//! beside it, and can rename the root, which the kernel refuses on a mount point. It must never be mounted in the
+//! host's namespace; `cleanup` removes its directory before the process exits.
+
+use crate::mounts;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Top-level views mounted by this process: (device, directory).
+static VIEWS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+const BASE: &str = "/run/snapinst";
+
+/// The directory where the top level of the btrfs filesystem holding `path` is mounted (mounting it if needed).
+pub(crate) fn of(path: &Path) -> Result<PathBuf> {
+    let source = mounts::mount_of(path)?.source;
+    let mut views = VIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, dir)) = views.iter().find(|(s, _)| *s == source) {
+        return Ok(dir.clone());
+    }
+    let base = if Path::new("/run").is_dir() { PathBuf::from(BASE) } else { std::env::temp_dir().join("snapinst") };
+    let dir = base.join(format!("top.{}.{}", std::process::id(), views.len()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    nix::mount::mount(Some(source.as_str()), &dir, Some("btrfs"), nix::mount::MsFlags::empty(), Some("subvolid=5"))
+        .with_context(|| format!("mounting the top level of {source} at {}", dir.display()))?;
+    views.push((source, dir.clone()));
+    Ok(dir)
+}
+
+/// The path of `p` inside its btrfs filesystem, relative to the top level.
+pub(crate) fn fs_path(p: &Path) -> Result<PathBuf> {
+    let p = p.canonicalize().with_context(|| format!("resolving {}", p.display()))?;
+    let subvol_root = p
+        .ancestors()
+        .find(|a| libbtrfsutil::is_subvolume(a).unwrap_or(false))
+        .with_context(|| format!("finding the btrfs subvolume holding {}", p.display()))?;
+    let rel = p.strip_prefix(subvol_root).expect("an ancestor is a prefix");
+    let sub = libbtrfsutil::subvolume_path(subvol_root)
+        .with_context(|| format!("finding the subvolume path of {}", subvol_root.display()))?;
+    Ok(sub.join(rel))
+}
+
+/// `p` as seen through the top-level view of its filesystem.
+pub(crate) fn in_top(p: &Path) -> Result<PathBuf> {
+    Ok(of(p)?.join(fs_path(p)?))
+}
+
+/// The managed root mounted at `root`, as seen through the top-level view: the subvolume *name* that the next
+/// mount sees. After a commit the live mount still shows the previous tree, which snapinst has moved to
+/// `<parent>/.snapinst-<name>/gens/<n>`; the name it came from is `<parent>/<name>`.
+pub(crate) fn root_in_top(root: &Path) -> Result<PathBuf> {
+    let path = fs_path(root)?;
+    Ok(of(root)?.join(managed_name(&path).unwrap_or(path)))
+}
+
+fn managed_name(fs_path: &Path) -> Option<PathBuf> {
+    let gens = fs_path.parent()?;
+    let state = gens.parent()?;
+    if gens.file_name()? != "gens" {
+        return None;
+    }
+    let name = state.file_name()?.to_str()?.strip_prefix(".snapinst-")?;
+    Some(state.parent()?.join(name))
+}
+
+/// Unmount the views and remove their directories (the namespace would drop the mounts anyway).
+pub(crate) fn cleanup() {
+    let mut views = VIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, dir) in views.drain(..) {
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::managed_name;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn kept_generations_map_back_to_their_root() {
+        assert_eq!(managed_name(Path::new(".snapinst-@/gens/3")), Some(PathBuf::from("@")));
+        assert_eq!(managed_name(Path::new("a/.snapinst-root/gens/0")), Some(PathBuf::from("a/root")));
+        assert_eq!(managed_name(Path::new("root")), None);
+        assert_eq!(managed_name(Path::new("x/gens/1")), None);
+    }
+}
+
+/// Remove view directories left by processes that were killed (empty directories under /run/snapinst).
+pub(crate) fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir(BASE) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("top.").and_then(|r| r.split('.').next()).and_then(|p| p.parse::<i32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() as i32
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+}
