@@ -59,11 +59,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         backend: BackendChoice,
         /// Generations to keep.
-        #[arg(long, default_value_t = 5)]
-        keep: usize,
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        keep: u64,
+        /// Boots a new generation of a running root gets to reach boot-complete.target before the previous
+        /// one is restored.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        boot_tries: u32,
         /// Run the steps in a stage, then discard it.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// At boot, before the root is mounted: finish interrupted transactions, count the boots of a pending
+    /// generation, and restore the previous one when it has used up its tries.
+    Boot {
+        #[command(flatten)]
+        root: RootArgs,
+    },
+    /// Mark the current generation as booted successfully (run after boot-complete.target).
+    Bless {
+        #[command(flatten)]
+        root: RootArgs,
     },
     /// Make an earlier generation current again (the previous one by default).
     Rollback {
@@ -108,9 +123,13 @@ pub fn run() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Apply { plan, root, backend, keep, dry_run } => {
-            commands::apply::run(&plan, &root, backend.fixed(), keep, dry_run)
+        Command::Apply { plan, root, backend, keep, boot_tries, dry_run } => {
+            let opts =
+                commands::apply::ApplyOptions { backend: backend.fixed(), keep: keep as usize, boot_tries, dry_run };
+            commands::apply::run(&plan, &root, &opts)
         }
+        Command::Boot { root } => commands::boot::boot(&root),
+        Command::Bless { root } => commands::boot::bless(&root),
         Command::Rollback { root, to } => commands::rollback::run(&root, to),
         Command::Status { root } => commands::status::status(&root),
         Command::List { root } => commands::status::list(&root),

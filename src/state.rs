@@ -51,6 +51,28 @@ pub(crate) struct State {
     /// btrfs: the id of the subvolume that is current (what the root's name points at).
     #[serde(default)]
     pub current_subvol: Option<u64>,
+    /// A generation committed to a running root that has not yet been seen to boot (see `snapinst boot`).
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// Boots a pending generation gets to reach boot-complete.target before the previous one is restored.
+    #[serde(default = "default_boot_tries")]
+    pub boot_tries: u32,
+    /// What the last boot check did, for `status`.
+    #[serde(default)]
+    pub boot_note: Option<String>,
+}
+
+fn default_boot_tries() -> u32 {
+    3
+}
+
+/// A generation waiting to prove that it boots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Pending {
+    pub generation: u64,
+    /// Where to go back to if it does not boot; None when it is itself a fallback (then nothing further is tried).
+    pub fallback: Option<u64>,
+    pub boots_left: u32,
 }
 
 impl State {
@@ -64,6 +86,9 @@ impl State {
             keep,
             generations: vec![Generation { generation: 0, parent: None, time: fsutil::now(), plan: None, txn: None }],
             current_subvol: None,
+            pending: None,
+            boot_tries: default_boot_tries(),
+            boot_note: None,
         }
     }
 
@@ -152,6 +177,9 @@ pub(crate) struct TxnRecord {
     pub swaps_done: usize,
     #[serde(default)]
     pub host_undo: Vec<HostUndo>,
+    /// The root is running (mounted on its own): the new generation must prove it boots.
+    #[serde(default)]
+    pub boot_pending: bool,
     #[serde(default)]
     pub failed_step: Option<String>,
     #[serde(default)]
@@ -182,6 +210,7 @@ impl TxnRecord {
             swaps: Vec::new(),
             swaps_done: 0,
             host_undo: Vec::new(),
+            boot_pending: false,
             failed_step: None,
             outcome: None,
             error: None,

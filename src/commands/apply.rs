@@ -17,16 +17,18 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
+/// What `apply` was asked besides the plan and the root.
+pub(crate) struct ApplyOptions {
+    pub backend: Option<BackendKind>,
+    pub keep: usize,
+    pub boot_tries: u32,
+    pub dry_run: bool,
+}
+
 /// Room kept free beyond what the plan writes (snapshot metadata, records).
 const SPACE_MARGIN: u64 = 16 << 20;
 
-pub(crate) fn run(
-    plan_file: &Path,
-    args: &RootArgs,
-    backend: Option<BackendKind>,
-    keep: usize,
-    dry_run: bool,
-) -> Result<Outcome> {
+pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Result<Outcome> {
     if std::env::var_os("SNAPINST").is_some_and(|v| v == "1") {
         return refuse("refusing to start a transaction from inside a snapinst step (SNAPINST=1 is set)");
     }
@@ -37,7 +39,7 @@ pub(crate) fn run(
     mounts::enter_private_namespace()?;
     sandbox::install_signal_handlers()?;
     let prior = loc.state.load().map_err(|e| Refused(format!("{e:#}")))?;
-    let kind = choose_backend(&loc.root, backend, prior.as_ref())?;
+    let kind = choose_backend(&loc.root, opts.backend, prior.as_ref())?;
     backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
     check_plan_fits(&plan, kind, &loc.state.dir, &loc.root)?;
     loc.state.create()?;
@@ -56,15 +58,16 @@ pub(crate) fn run(
     let mut state = match loc.state.load()? {
         Some(s) => s,
         None => {
-            let s = State::new(&loc.root, kind, keep);
+            let s = State::new(&loc.root, kind, opts.keep);
             loc.state.save(&s)?;
             s
         }
     };
-    state.keep = keep;
+    state.keep = opts.keep;
+    state.boot_tries = opts.boot_tries;
     registry::register(&loc.root, args.state_dir.as_deref().map(|_| loc.state.dir.as_path()))?;
     let ctx = Ctx::new(kind, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
-    Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run }.run(&mut state)
+    Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run: opts.dry_run }.run(&mut state)
 }
 
 fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>) -> Result<BackendKind> {
@@ -122,6 +125,7 @@ impl Transaction<'_> {
         let mut rec = TxnRecord::new(TxnKind::Apply, self.ctx.kind, &self.ctx.root, state.current, state.next);
         rec.plan = Some(self.plan.name.clone());
         rec.plan_sha256 = Some(self.plan.sha256.clone());
+        rec.boot_pending = self.ctx.kind == BackendKind::Btrfs && mounts::is_mount_point(&self.ctx.root)?;
         self.sd().write_txn(&rec)?;
         failpoint::hit("apply-after-record");
         let total = self.plan.steps.len();
@@ -178,7 +182,10 @@ impl Transaction<'_> {
         self.out.event("committed", json!({"txn": rec.txn, "generation": rec.to_generation}));
         self.out.say(format!("snapinst: committed; generation {} is current", rec.to_generation));
         if backend::next_boot_differs(self.ctx.kind, &self.ctx.root, state) {
-            self.out.say("snapinst: the root is a mount point: the new generation is what its next mount or boot sees");
+            self.out.say(format!(
+                "snapinst: the root is mounted: generation {} is what its next mount or boot sees; it gets {} boots to reach boot-complete.target (`snapinst bless`) before generation {} is restored",
+                rec.to_generation, state.boot_tries, rec.from_generation
+            ));
         }
         self.summary(&rec, "committed", Some(rec.to_generation), [prepare_ms, steps_ms, commit_ms]);
         Ok(Outcome::Done)

@@ -3,13 +3,14 @@
 //! the new generation current and pruning old ones), which `apply`, `rollback` and `recover` all finish with.
 
 pub(crate) mod apply;
+pub(crate) mod boot;
 pub(crate) mod recover;
 pub(crate) mod rollback;
 pub(crate) mod status;
 
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
-use crate::state::{Generation, Phase, State, StateDir, TxnRecord};
+use crate::state::{Generation, Pending, Phase, State, StateDir, TxnRecord};
 use crate::{failpoint, fsutil, plan};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,11 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
     }
     state.current = rec.to_generation;
     state.next = state.next.max(rec.to_generation + 1);
+    state.pending = rec.boot_pending.then_some(Pending {
+        generation: rec.to_generation,
+        fallback: Some(rec.from_generation),
+        boots_left: state.boot_tries,
+    });
     ctx.state.save(state)?;
     failpoint::hit("apply-before-prune");
     prune(ctx, state)?;

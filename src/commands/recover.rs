@@ -66,7 +66,7 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result<()> {
+pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result<()> {
     let _lock = RootLock::acquire(&sd.lock_path(), root).map_err(|e| Refused(format!("{e:#}")))?;
     let unfinished = sd.unfinished()?;
     if unfinished.is_empty() {

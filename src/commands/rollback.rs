@@ -49,33 +49,39 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
         return Ok(Outcome::Done);
     }
     let ctx = Ctx::new(state.backend, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
-    let mut rec = TxnRecord::new(TxnKind::Rollback, state.backend, &loc.root, state.current, target);
-    loc.state.write_txn(&rec)?;
+    let rec = switch(&ctx, &mut state, target, &out)?;
+    out.event("summary", json!({"txn": rec.txn, "outcome": "committed", "generation": target}));
+    Ok(Outcome::Done)
+}
+
+/// Make generation `target` current, as a recorded transaction. The caller holds the lock.
+pub(crate) fn switch(ctx: &Ctx, state: &mut State, target: u64, out: &Reporter) -> Result<TxnRecord> {
+    let root = &ctx.root;
+    let mut rec = TxnRecord::new(TxnKind::Rollback, state.backend, root, state.current, target);
+    ctx.state.write_txn(&rec)?;
     failpoint::hit("rollback-after-record");
-    if let Err(e) = backend::plan_rollback(&ctx, &mut rec, &state) {
+    if let Err(e) = backend::plan_rollback(ctx, &mut rec, state) {
         rec.error = Some(format!("{e:#}"));
         rec.outcome = Some("refused".into());
-        set_phase(&loc.state, &mut rec, Phase::Done)?;
+        set_phase(&ctx.state, &mut rec, Phase::Done)?;
         return refuse(format!("cannot roll back to generation {target}: {e:#}"));
     }
-    out.say(format!("snapinst: rolling {} back from generation {} to {target}", loc.root.display(), state.current));
-    set_phase(&loc.state, &mut rec, Phase::Committing)?;
+    out.say(format!("snapinst: switching {} from generation {} to {target}", root.display(), state.current));
+    set_phase(&ctx.state, &mut rec, Phase::Committing)?;
     failpoint::hit("rollback-after-commit-record");
-    let done = carry_out(&ctx, &mut rec, &mut state);
-    if let Err(e) = done {
+    if let Err(e) = carry_out(ctx, &mut rec, state) {
         return Err(e.context(NeedsRecovery(format!(
             "rollback {} was interrupted by an error; run `snapinst recover --root {}`",
             rec.txn,
-            loc.root.display()
+            root.display()
         ))));
     }
     out.event("committed", json!({"txn": rec.txn, "generation": target}));
     out.say(format!("snapinst: generation {target} is current"));
-    if backend::next_boot_differs(state.backend, &loc.root, &state) {
-        out.say("snapinst: the root is a mount point: the rolled-back tree is what its next mount or boot sees");
+    if backend::next_boot_differs(state.backend, root, state) {
+        out.say("snapinst: the root is mounted: the tree switched to is what its next mount or boot sees");
     }
-    out.event("summary", json!({"txn": rec.txn, "outcome": "committed", "generation": target}));
-    Ok(Outcome::Done)
+    Ok(rec)
 }
 
 /// Carry out (or resume) a recorded rollback and finish it. Idempotent; recovery calls it too.
@@ -89,6 +95,7 @@ fn finish(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<()> {
     set_phase(&ctx.state, rec, Phase::Finishing)?;
     backend::finish_rollback(ctx, rec, state)?;
     state.current = rec.to_generation;
+    state.pending = None;
     ctx.state.save(state)?;
     prune(ctx, state)?;
     rec.outcome = Some("committed".into());

@@ -32,6 +32,8 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
         "in_progress": in_progress,
         "next_boot_differs": next_boot_differs,
         "recovery_failed": recovery_failed,
+        "pending": state.as_ref().and_then(|s| s.pending.clone()),
+        "boot_note": state.as_ref().and_then(|s| s.boot_note.clone()),
     });
     Reporter::new(args.json).result(&value, || human_status(&value, state.as_ref()));
     Ok(Outcome::Done)
@@ -70,6 +72,16 @@ fn human_status(v: &Value, state: Option<&State>) -> String {
     }
     if v["next_boot_differs"] == true {
         let _ = writeln!(s, "reboot needed:      yes (the next mount or boot of the root sees the current generation)");
+    }
+    if let Some(p) = state.and_then(|s| s.pending.as_ref()) {
+        let _ = writeln!(
+            s,
+            "pending:            generation {} must reach boot-complete.target ({} boots left)",
+            p.generation, p.boots_left
+        );
+    }
+    if let Some(note) = v["boot_note"].as_str() {
+        let _ = writeln!(s, "last boot check:    {note}");
     }
     if let Some(msg) = v["recovery_failed"].as_str() {
         let _ = writeln!(s, "RECOVERY FAILED:    {msg}");

@@ -1,0 +1,91 @@
+//! `snapinst boot` and `snapinst bless`: the failed-boot fallback for a generation committed to a running root.
+//! `apply` marks such a generation pending with a number of tries; `boot` (run by the initramfs hook before the root
+//! is mounted) first recovers interrupted transactions, then spends one try, and when none is left makes the
+//! previous generation current again and says why; `bless` (run once boot-complete.target is reached) clears the
+//! mark. A generation restored this way gets tries of its own but no further fallback, so a machine whose
+//! fallback is unhealthy too never loops between generations.
+
+use super::{locate, recover, require_root_user, rollback, Outcome, Refused};
+use crate::backend::Ctx;
+use crate::cli::RootArgs;
+use crate::events::Reporter;
+use crate::lock::RootLock;
+use crate::mounts;
+use crate::state::{Pending, State};
+use anyhow::Result;
+use serde_json::json;
+
+pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
+    require_root_user()?;
+    mounts::enter_private_namespace()?;
+    let loc = locate(args)?;
+    let out = Reporter::new(args.json);
+    if !loc.state.exists() {
+        out.say(format!("snapinst: {} is not managed; nothing to check at boot", loc.root.display()));
+        return Ok(Outcome::Done);
+    }
+    recover::recover_root(&loc.root, &loc.state, &out)?;
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let Some(mut state) = loc.state.load()? else { return Ok(Outcome::Done) };
+    let Some(pending) = state.pending.clone() else { return Ok(Outcome::Done) };
+    let note = if pending.generation != state.current {
+        state.pending = None;
+        format!("generation {} is no longer current; nothing is pending", pending.generation)
+    } else if pending.boots_left > 0 {
+        state.pending = Some(Pending { boots_left: pending.boots_left - 1, ..pending.clone() });
+        format!(
+            "booting generation {} (try {} of {}); `snapinst bless` marks it good",
+            pending.generation,
+            state.boot_tries - pending.boots_left + 1,
+            state.boot_tries
+        )
+    } else {
+        match pending.fallback.filter(|f| state.generation(*f).is_some()) {
+            Some(fallback) => {
+                let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?;
+                rollback::switch(&ctx, &mut state, fallback, &out)?;
+                state.pending = Some(Pending { generation: fallback, fallback: None, boots_left: state.boot_tries });
+                format!(
+                    "generation {} did not reach boot-complete.target in {} boots; generation {fallback} is current again",
+                    pending.generation, state.boot_tries
+                )
+            }
+            None => {
+                state.pending = None;
+                format!(
+                    "generation {} did not reach boot-complete.target in {} boots either, and there is nothing left to fall back to; it stays current",
+                    pending.generation, state.boot_tries
+                )
+            }
+        }
+    };
+    record(&loc.state, &mut state, &out, note)?;
+    Ok(Outcome::Done)
+}
+
+pub(crate) fn bless(args: &RootArgs) -> Result<Outcome> {
+    require_root_user()?;
+    mounts::enter_private_namespace()?;
+    let loc = locate(args)?;
+    let out = Reporter::new(args.json);
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let Some(mut state) = loc.state.load()? else {
+        out.say(format!("snapinst: {} is not managed; nothing to bless", loc.root.display()));
+        return Ok(Outcome::Done);
+    };
+    match state.pending.clone() {
+        Some(p) if p.generation == state.current => {
+            state.pending = None;
+            record(&loc.state, &mut state, &out, format!("generation {} booted successfully", p.generation))?;
+        }
+        _ => out.say(format!("snapinst: generation {} has nothing pending", state.current)),
+    }
+    Ok(Outcome::Done)
+}
+
+fn record(sd: &crate::state::StateDir, state: &mut State, out: &Reporter, note: String) -> Result<()> {
+    out.event("boot", json!({"current_generation": state.current, "note": note, "pending": state.pending}));
+    out.say(format!("snapinst: {note}"));
+    state.boot_note = Some(note);
+    sd.save(state)
+}
