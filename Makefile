@@ -1,0 +1,31 @@
+# Build and install snapinst with its boot hooks.
+#   make                 build the release binary
+#   sudo make install    install the binary, the systemd units, the initramfs-tools hook and the dracut module
+#   sudo make enable     enable the units and rebuild the initramfs
+PREFIX ?= /usr
+DESTDIR ?=
+SBINDIR = $(DESTDIR)$(PREFIX)/sbin
+UNITDIR = $(DESTDIR)/lib/systemd/system
+ITDIR = $(DESTDIR)/usr/share/initramfs-tools
+DRACUTDIR = $(DESTDIR)/usr/lib/dracut/modules.d/90snapinst
+
+.PHONY: all install install-bin install-hooks enable
+all:
+	cargo build --release
+
+install: install-bin install-hooks
+
+install-bin:
+	install -D -m 0755 target/release/snapinst $(SBINDIR)/snapinst
+
+install-hooks:
+	install -D -m 0644 hooks/systemd/snapinst-recover.service $(UNITDIR)/snapinst-recover.service
+	install -D -m 0644 hooks/systemd/snapinst-bless.service $(UNITDIR)/snapinst-bless.service
+	install -D -m 0755 hooks/initramfs-tools/hooks/snapinst $(ITDIR)/hooks/snapinst
+	install -D -m 0755 hooks/initramfs-tools/scripts/local-premount/snapinst $(ITDIR)/scripts/local-premount/snapinst
+	install -D -m 0755 hooks/dracut/90snapinst/module-setup.sh $(DRACUTDIR)/module-setup.sh
+	install -D -m 0755 hooks/dracut/90snapinst/snapinst-boot.sh $(DRACUTDIR)/snapinst-boot.sh
+
+enable:
+	systemctl enable snapinst-recover.service snapinst-bless.service
+	if command -v update-initramfs >/dev/null; then update-initramfs -u; elif command -v dracut >/dev/null; then dracut -f; fi
