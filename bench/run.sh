@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # snapinst benchmark: the fixed cost of a transaction (prepare + commit) as the tree grows, against `cp -a` of the
 # same tree, and snapinst's peak memory. For each backend and tree size it makes a root of N files of 1 KiB in
-# nested directories, syncs, applies a one-file plan with `snapinst apply --json` (REPS times, a different file
-# each time; the median of prepare + commit from the summary event is the overhead), then times `cp -a` of the tree
-# to a sibling directory followed by a sync on the same filesystem.
+# nested directories, syncs, applies a one-file plan with `snapinst apply --json` (once as a warm-up, then REPS
+# times, a different file each time; the median of prepare + commit from the summary event is the overhead), then
+# times `cp -a` of the tree to a sibling directory followed by a sync on the same filesystem.
 #
 #   sudo bash bench/run.sh           # 3 applies per row
 #   sudo bash bench/run.sh --quick   # 1 apply per row (used by scripts/test.sh)
+#   sudo bash bench/run.sh --reps 9  # more applies per row: a steadier median where disk flushes are noisy
 #
 # btrfs: the root is a subvolume of a scratch btrfs image. overlay: the root is a directory on a scratch ext4 image.
 # Targets: overhead at 100k files <= 100 ms and <= 1.5x the 1k value; peak RSS <= 50 MB. The targets are reported
@@ -18,11 +19,18 @@ repo=$PWD
 . scripts/lib.sh
 
 reps=3
-case "${1:-}" in
-  "") ;;
-  --quick) reps=1 ;;
-  *) die "usage: bench/run.sh [--quick]" ;;
-esac
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) reps=1 ;;
+    --reps)
+      if [ $# -lt 2 ] || ! [ "$2" -ge 1 ] 2>/dev/null; then die "--reps needs a positive number"; fi
+      reps=$2
+      shift
+      ;;
+    *) die "usage: bench/run.sh [--quick | --reps N]" ;;
+  esac
+  shift
+done
 sizes=(1000 10000 100000)
 
 need_root "bench/run.sh"
@@ -61,7 +69,9 @@ make_image() {
     btrfs) mkfs.btrfs -q "$img" ;;
     ext4) mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img" ;;
   esac
-  dev=$(losetup --find --show "$img")
+  # direct I/O: the image's writes reach the disk instead of staying dirty in the host's page cache, where a later
+  # flush would land in whichever measurement happens to sync first.
+  dev=$(losetup --find --show --direct-io=on "$img")
   loops+=("$dev")
   mkdir "$scratch/$name"
   mount "$dev" "$scratch/$name"
@@ -83,15 +93,35 @@ for i in range(n):
 PY
 }
 
-# measure_apply PLAN ROOT BACKEND: one `snapinst apply --json` in a fresh python3 process, so that
-# RUSAGE_CHILDREN covers exactly this run. Prints "outcome prepare_ms commit_ms peak_rss_kib wall_ms".
+# Peak RSS: GNU time reports the child's own peak. Without it, RUSAGE_CHILDREN of a fresh python3 process is used;
+# on Linux a child also inherits its parent's peak when it is spawned, so that figure is an upper bound that
+# cannot go below python3's own footprint (about 10-15 MB).
+if [ -x /usr/bin/time ] && /usr/bin/time --version 2>&1 | grep -q GNU; then
+  rss_method=gnu-time
+else
+  rss_method=rusage
+fi
+
+# measure_apply PLAN ROOT BACKEND: one `snapinst apply --json` in a fresh python3 process.
+# Prints "outcome prepare_ms commit_ms peak_rss_kib wall_ms".
 measure_apply() {
-  python3 - "$snapinst" apply "$1" --root "$2" --backend "$3" --json <<'PY'
-import json, resource, subprocess, sys, time
+  python3 - "$rss_method" "$snapinst" apply "$1" --root "$2" --backend "$3" --json <<'PY'
+import json, os, resource, subprocess, sys, tempfile, time
+method, cmd = sys.argv[1], sys.argv[2:]
+if method == "gnu-time":
+    fd, rss_file = tempfile.mkstemp()
+    os.close(fd)
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd
 t0 = time.monotonic()
-p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 wall_ms = (time.monotonic() - t0) * 1000
-rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+if method == "gnu-time":
+    with open(rss_file) as f:
+        lines = f.read().split()
+    os.unlink(rss_file)
+    rss_kib = int(lines[-1])
+else:
+    rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 summary = None
 for line in p.stdout.splitlines():
     try:
@@ -118,17 +148,19 @@ bench_backend() {
     heading "$backend: tree of $n files"
     "$make_root" "$root"
     make_tree "$root" "$n"
-    sync -f "$mnt"
-    for rep in $(seq 1 "$reps"); do
+    sync
+    # Apply #0 is a warm-up, not counted: a root's first transaction also creates its state directory and
+    # records generation 0.
+    for rep in $(seq 0 "$reps"); do
       plan=$scratch/plans/$backend-$n-$rep.json
       printf '{"name": "bench", "version": "%s", "steps": [{"id": "touch", "type": "file", "path": "/bench-%s.txt", "content": "run %s\\n"}]}\n' \
         "$rep" "$rep" "$rep" >"$plan"
       if line=$(measure_apply "$plan" "$root" "$backend"); then :; else die "measuring apply failed"; fi
-      echo "apply #$rep: outcome prepare_ms commit_ms peak_rss_kib wall_ms = $line"
+      echo "apply #$rep$([ "$rep" -eq 0 ] && echo " (warm-up)"): outcome prepare_ms commit_ms peak_rss_kib wall_ms = $line"
       case "$line" in committed\ *) ;; *) apply_failures=$((apply_failures + 1)) ;; esac
-      printf '%s\t%s\tapply\t%s\n' "$backend" "$n" "$line" >>"$results"
+      [ "$rep" -eq 0 ] || printf '%s\t%s\tapply\t%s\n' "$backend" "$n" "$line" >>"$results"
     done
-    sync -f "$mnt"
+    sync
     t0=$(date +%s%N)
     cp -a "$root" "$mnt/copy$n"
     sync -f "$mnt"
@@ -148,7 +180,10 @@ make_image ext4 ext4
 bench_backend btrfs "$scratch/btrfs" make_btrfs_root
 bench_backend overlay "$scratch/ext4" make_dir_root
 
-heading "Results ($reps apply per row; overhead = median of timings_ms.prepare + timings_ms.commit)"
+heading "Results"
+echo "$reps apply per row after a warm-up; overhead = median of timings_ms.prepare + timings_ms.commit;"
+echo "cp -a ms = cp -a of the tree to a sibling directory, then sync; peak RSS: $rss_method"
+[ "$rss_method" = rusage ] && echo "(RUSAGE_CHILDREN of python3: an upper bound; install the 'time' package for exact figures)"
 python3 - "$results" <<'PY'
 import math, statistics, sys
 rows = {}

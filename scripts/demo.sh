@@ -72,6 +72,11 @@ check() {
   if "$@" >/dev/null 2>&1; then pass "$what"; else fail "$what"; fi
 }
 
+# expect_eq DESCRIPTION GOT WANT: passes when GOT equals WANT.
+expect_eq() {
+  if [ "$2" = "$3" ]; then pass "$1"; else fail "$1: got $2, expected $3"; fi
+}
+
 # json_field JSON EXPR: prints a value from a JSON object (EXPR indexes `d`, e.g. d["current_generation"]).
 json_field() {
   python3 -c 'import json, sys; d = json.loads(sys.argv[1]); print(json.dumps(eval(sys.argv[2])))' "$1" "$2"
@@ -79,7 +84,7 @@ json_field() {
 
 # demo_root LABEL ROOT BACKEND
 demo_root() {
-  local label=$1 root=$2 backend=$3 out gen
+  local label=$1 root=$2 backend=$3 out
 
   heading "[$label] apply examples/hello/plan.json: expect a commit"
   expect_exit 0 "$snapinst" apply examples/hello/plan.json --root "$root" --backend "$backend"
@@ -101,12 +106,9 @@ demo_root() {
   out=$("$snapinst" status --root "$root" --json) || true
   echo "\$ snapinst status --json"
   echo "$out"
-  gen=$(json_field "$out" 'd["current_generation"]' 2>/dev/null) || gen=unreadable
-  [ "$gen" = 1 ] && pass "current generation is 1" || fail "current generation is $gen, expected 1"
-  [ "$(json_field "$out" 'd["backend"]' 2>/dev/null)" = "\"$backend\"" ] &&
-    pass "backend is $backend" || fail "status --json does not report backend $backend"
-  [ "$(json_field "$out" 'd["in_progress"]' 2>/dev/null)" = null ] &&
-    pass "no transaction in progress" || fail "status --json reports a transaction in progress"
+  expect_eq "current generation is 1" "$(json_field "$out" 'd["current_generation"]' 2>/dev/null)" 1
+  expect_eq "backend is $backend" "$(json_field "$out" 'd["backend"]' 2>/dev/null)" "\"$backend\""
+  expect_eq "no transaction in progress" "$(json_field "$out" 'd["in_progress"]' 2>/dev/null)" null
 
   heading "[$label] list"
   expect_exit 0 "$snapinst" list --root "$root"
@@ -119,8 +121,7 @@ demo_root() {
   check "/var/lib/hello is gone" test ! -e "$root/var/lib/hello"
   check "the base root is intact (/bin/sh)" test -x "$root/bin/sh"
   out=$("$snapinst" status --root "$root" --json) || true
-  gen=$(json_field "$out" 'd["current_generation"]' 2>/dev/null) || gen=unreadable
-  [ "$gen" = 0 ] && pass "current generation is 0" || fail "current generation is $gen, expected 0"
+  expect_eq "current generation is 0" "$(json_field "$out" 'd["current_generation"]' 2>/dev/null)" 0
   echo "\$ ls $root/etc"
   ls -l "$root/etc"
   echo "\$ snapinst list"

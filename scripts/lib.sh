@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for scripts/demo.sh, scripts/test.sh and bench/run.sh. Source it; it does nothing by itself.
 # It never touches anything outside the scratch directories its callers make, except /var/lib/snapinst/roots/
 # entries that name such a scratch directory (unregister_under).

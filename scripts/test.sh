@@ -12,7 +12,7 @@ bash scripts/deps.sh
 find_cargo
 
 heading "cargo test --features failpoints"
-cargo test --features failpoints
+cargo test --features failpoints --no-fail-fast
 
 heading "demo (smoke test): scripts/demo.sh"
 bash scripts/demo.sh

@@ -64,10 +64,7 @@ fn lock_conflict(backend: Backend) {
     // Kill the holder without cleanup.
     first.child.kill().expect("SIGKILL to the first apply");
     let st = first.child.wait().unwrap();
-    assert!(
-        std::os::unix::process::ExitStatusExt::signal(&st) == Some(libc::SIGKILL),
-        "first apply: {st:?}"
-    );
+    assert!(std::os::unix::process::ExitStatusExt::signal(&st) == Some(libc::SIGKILL), "first apply: {st:?}");
 
     let out = recover(&root);
     assert_code(&out, 0);

@@ -61,7 +61,11 @@ fn privileged_snapinst_env_refuses_nested_apply() {
     let out = apply_env(&pd.path, &root, Backend::Btrfs, &[], &[("SNAPINST", "1")]);
     assert_code(&out, 2);
     let err = stderr(&out).to_lowercase();
-    assert!(err.contains("snapinst=1") || err.contains("nested"), "message should explain the nested refusal:\n{}", show(&out));
+    assert!(
+        err.contains("snapinst=1") || err.contains("nested"),
+        "message should explain the nested refusal:\n{}",
+        show(&out)
+    );
     assert_manifest_eq(&before, &manifest(&root));
     assert!(!img.state_dir().exists() || status_json(&root)["current_generation"] == json!(0));
 }
@@ -92,7 +96,8 @@ fn nested_apply_from_run_step_is_refused(backend: Backend) {
     let img = populated(backend);
     let root = img.root();
     let bin = install_binary_into(&root);
-    let nested_plan = plan("nested", vec![json!({"id": "d", "type": "dir", "path": "/opt/nested-was-here", "mode": "0755"})]);
+    let nested_plan =
+        plan("nested", vec![json!({"id": "d", "type": "dir", "path": "/opt/nested-was-here", "mode": "0755"})]);
     fs::create_dir_all(in_root(&root, "/nested/root")).unwrap();
     fs::write(in_root(&root, "/nested/plan.json"), serde_json::to_vec(&nested_plan).unwrap()).unwrap();
     fix_mtimes(&root);
@@ -120,7 +125,10 @@ fn nested_apply_from_run_step_is_refused(backend: Backend) {
         );
     }
     let err = fs::read_to_string(in_root(&root, "/var/lib/nested.err")).unwrap().to_lowercase();
-    assert!(err.contains("snapinst") && (err.contains("nested") || err.contains("snapinst=1")), "nested refusal message: {err}");
+    assert!(
+        err.contains("snapinst") && (err.contains("nested") || err.contains("snapinst=1")),
+        "nested refusal message: {err}"
+    );
     assert_no_leftovers(&img);
 }
 

@@ -11,7 +11,9 @@ use serde_json::json;
 fn plan_b(backend: Backend, host: &std::path::Path) -> (PlanDir, Hello) {
     let hb = Hello::new(backend, "-b", host);
     let mut steps = hb.steps();
-    steps.push(json!({"id": "reconf", "type": "file", "path": "/etc/hello-a.conf", "content": "greeting=b\n", "mode": "0600"}));
+    steps.push(
+        json!({"id": "reconf", "type": "file", "path": "/etc/hello-a.conf", "content": "greeting=b\n", "mode": "0600"}),
+    );
     steps.push(json!({"id": "unlink", "type": "remove", "path": "/opt/hello-a/current", "recursive": false, "missing_ok": false}));
     steps.push(json!({"id": "chmod-dir", "type": "dir", "path": "/opt/hello-a", "mode": "0700", "owner": "svc", "group": "svc"}));
     let pd = hb.plan_dir(&plan("hello-b", steps));
@@ -59,9 +61,12 @@ fn rollback_generations(backend: Backend) {
     let m2 = manifest(&root);
     let mut want = Expect::new(&m1);
     hb.expect(&mut want);
-    want.file("/etc/hello-a.conf", b"greeting=b\n", 0o600, 0, 0)
-        .remove("/opt/hello-a/current")
-        .dir("/opt/hello-a", 0o700, SVC_UID, SVC_GID);
+    want.file("/etc/hello-a.conf", b"greeting=b\n", 0o600, 0, 0).remove("/opt/hello-a/current").dir(
+        "/opt/hello-a",
+        0o700,
+        SVC_UID,
+        SVC_GID,
+    );
     want.check(&m2);
     assert_current_generation(&root, 2);
 
@@ -86,7 +91,8 @@ fn rollback_generations(backend: Backend) {
     assert_no_leftovers(&img);
 
     let l = list_json(&root);
-    let gens: Vec<u64> = l["generations"].as_array().unwrap().iter().map(|g| g["generation"].as_u64().unwrap()).collect();
+    let gens: Vec<u64> =
+        l["generations"].as_array().unwrap().iter().map(|g| g["generation"].as_u64().unwrap()).collect();
     for g in [0, 1, 2] {
         assert!(gens.contains(&g), "generation {g} missing from list: {l}");
     }
@@ -103,10 +109,8 @@ for_each_backend!(privileged_rollback_generations, rollback_generations);
 fn rollback_to_unknown_generation_is_refused(backend: Backend) {
     let img = populated(backend);
     let root = img.root();
-    let pd = PlanDir::new(
-        &plan("one", vec![json!({"id": "d", "type": "dir", "path": "/opt/one", "mode": "0755"})]),
-        &[],
-    );
+    let pd =
+        PlanDir::new(&plan("one", vec![json!({"id": "d", "type": "dir", "path": "/opt/one", "mode": "0755"})]), &[]);
     assert_code(&apply(&pd.path, &root, backend, &[]), 0);
     let m1 = manifest(&root);
     let out = rollback(&root, &["--to", "7"], &[]);
@@ -124,14 +128,20 @@ fn keep_prunes_old_generations(backend: Backend) {
     let root = img.root();
     for i in 1..=4 {
         let pd = PlanDir::new(
-            &plan(&format!("p{i}"), vec![json!({"id": "f", "type": "file", "path": format!("/etc/gen{i}"), "content": "x\n", "mode": "0644"})]),
+            &plan(
+                &format!("p{i}"),
+                vec![
+                    json!({"id": "f", "type": "file", "path": format!("/etc/gen{i}"), "content": "x\n", "mode": "0644"}),
+                ],
+            ),
             &[],
         );
         assert_code(&apply(&pd.path, &root, backend, &["--keep", "2"]), 0);
     }
     assert_current_generation(&root, 4);
     let l = list_json(&root);
-    let gens: Vec<u64> = l["generations"].as_array().unwrap().iter().map(|g| g["generation"].as_u64().unwrap()).collect();
+    let gens: Vec<u64> =
+        l["generations"].as_array().unwrap().iter().map(|g| g["generation"].as_u64().unwrap()).collect();
     assert!(gens.contains(&4), "current generation pruned: {l}");
     // Five trees exist (0..=4); keeping 2 (plus, at most, the current one) prunes some.
     assert!(gens.len() <= 3, "--keep 2 left {} generations: {l}", gens.len());
@@ -143,7 +153,10 @@ fn keep_prunes_old_generations(backend: Backend) {
     assert_code(&out, 0);
     let m = manifest(&root);
     for i in (older as usize + 1)..=4 {
-        assert!(!m.contains_key(std::path::Path::new(&format!("/etc/gen{i}"))), "/etc/gen{i} after rollback to {older}");
+        assert!(
+            !m.contains_key(std::path::Path::new(&format!("/etc/gen{i}"))),
+            "/etc/gen{i} after rollback to {older}"
+        );
     }
     let out = rollback(&root, &["--to", "4"], &[]);
     assert_code(&out, 0);

@@ -105,7 +105,8 @@ fn success_commits_exactly_the_plan(backend: Backend) {
     assert_eq!(txns[0]["plan"], "hello");
     assert_eq!(txns[0]["outcome"], "committed");
     assert_eq!(txns[0]["txn"], txn);
-    let gens: Vec<u64> = l["generations"].as_array().unwrap().iter().map(|g| g["generation"].as_u64().unwrap()).collect();
+    let gens: Vec<u64> =
+        l["generations"].as_array().unwrap().iter().map(|g| g["generation"].as_u64().unwrap()).collect();
     assert!(gens.contains(&0) && gens.contains(&1), "generations 0 and 1 listed: {l}");
 
     assert_no_leftovers(&img);
@@ -173,7 +174,12 @@ fn failure_at_each_step_changes_nothing(backend: Backend) {
         if k < host_k {
             assert_eq!(log, None, "{ctx}: host step ran although an earlier step failed");
         } else if k == host_k {
-            assert_eq!(log.as_deref(), Some("do-failed\n"), "{ctx}: a failed host step's undo must not run");
+            // The failed command may have done part of its work: its (idempotent) undo may run,
+            // once, as recovery after a crash at that point would have to.
+            assert!(
+                matches!(log.as_deref(), Some("do-failed\n") | Some("do-failed\nundo\n")),
+                "{ctx}: host log {log:?}"
+            );
         } else {
             assert_eq!(log.as_deref(), Some("do\nundo\n"), "{ctx}: host undo did not run exactly once");
         }
@@ -199,9 +205,11 @@ fn dry_run_changes_nothing(backend: Backend) {
     assert_eq!(summary(&lines)["outcome"], "dry_run");
     assert!(events(&lines, "committed").is_empty(), "dry run committed\n{}", show(&out));
     assert_manifest_eq(&before, &manifest(&root));
-    assert_eq!(hello.log_text(), None, "dry run executed a host step");
     assert_no_leftovers(&img);
     assert_current_generation(&root, 0);
+    // A host step acts on the host, outside any stage: a dry run must not run it (running `do`
+    // then `undo` is still a change to the host, and undo is not always exact).
+    assert_eq!(hello.log_text(), None, "dry run executed a host step");
 }
 for_each_backend!(privileged_dry_run_changes_nothing, dry_run_changes_nothing);
 
@@ -239,7 +247,13 @@ fn host_undo_runs_in_reverse_order(backend: Backend) {
     assert_code(&out, 1);
     let lines = json_lines(&out);
     assert_eq!(events(&lines, "step_failed")[0]["step"], "h2");
-    assert_eq!(fs::read_to_string(&log).unwrap(), "do1\ndo2-failed\nundo1\n", "undo of a failed host step ran");
+    // undo2 may run for the failed step (its command may have half-worked); if it does, it runs
+    // before undo1. undo1 must run, once.
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text == "do1\ndo2-failed\nundo1\n" || text == "do1\ndo2-failed\nundo2\nundo1\n",
+        "host step failing itself: log {text:?}"
+    );
     assert_manifest_eq(&before, &manifest(&root));
     assert_no_leftovers(&img);
 
@@ -284,7 +298,10 @@ fn hardlinked_file_is_replaced_not_written_through(backend: Backend) {
     assert_manifest_eq(&before, &manifest(&root));
     assert_no_leftovers(&img);
 }
-for_each_backend!(privileged_hardlinked_file_is_replaced_not_written_through, hardlinked_file_is_replaced_not_written_through);
+for_each_backend!(
+    privileged_hardlinked_file_is_replaced_not_written_through,
+    hardlinked_file_is_replaced_not_written_through
+);
 
 /// A step that sleeps: a `run` step where allowed, else a `verify` step.
 pub fn sleep_step(backend: Backend, id: &str, secs: u32) -> Value {
@@ -324,7 +341,11 @@ fn sigterm_rolls_back(backend: Backend) {
         panic!("snapinst did not stop within 60 s of SIGTERM");
     });
     let err = bg.stderr.join().unwrap_or_default();
-    assert_eq!(st.code(), Some(1), "SIGTERM during a transaction: expected a clean rollback (exit 1), got {st:?}; stderr:\n{err}");
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "SIGTERM during a transaction: expected a clean rollback (exit 1), got {st:?}; stderr:\n{err}"
+    );
     assert_manifest_eq(&before, &manifest(&root));
     assert!(!marker.exists(), "host undo did not run after SIGTERM");
     assert_no_leftovers(&img);
@@ -335,10 +356,8 @@ for_each_backend!(privileged_sigterm_rolls_back, sigterm_rolls_back);
 fn auto_backend(img: LoopImage, expected: &str) {
     let root = img.root();
     populate_tree(&root, 50);
-    let pd = PlanDir::new(
-        &plan("auto", vec![json!({"id": "d", "type": "dir", "path": "/opt/auto", "mode": "0755"})]),
-        &[],
-    );
+    let pd =
+        PlanDir::new(&plan("auto", vec![json!({"id": "d", "type": "dir", "path": "/opt/auto", "mode": "0755"})]), &[]);
     let mut cmd = snapinst_cmd(["apply"]);
     cmd.arg(&pd.path).arg("--root").arg(&root).args(["--backend", "auto", "--json"]);
     let out = run_timeout(&mut cmd, CMD_TIMEOUT);

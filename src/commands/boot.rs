@@ -66,8 +66,14 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
 pub(crate) fn bless(args: &RootArgs) -> Result<Outcome> {
     require_root_user()?;
     mounts::enter_private_namespace()?;
-    let loc = locate(args)?;
     let out = Reporter::new(args.json);
+    let loc = match locate(args) {
+        Ok(loc) if loc.state.exists() => loc,
+        _ => {
+            out.say(format!("snapinst: {} is not managed by snapinst; nothing to bless", args.root.display()));
+            return Ok(Outcome::Done);
+        }
+    };
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     let Some(mut state) = loc.state.load()? else {
         out.say(format!("snapinst: {} is not managed; nothing to bless", loc.root.display()));

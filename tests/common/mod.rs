@@ -45,9 +45,8 @@ pub fn require_root() {
 
 /// Absolute path of a required tool, or a panic naming it.
 pub fn require_tool(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     for extra in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
         dirs.push(PathBuf::from(extra));
     }
@@ -62,9 +61,7 @@ pub fn require_tool(name: &str) -> PathBuf {
 
 /// Runs a helper command (not snapinst) and panics with its output when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed:\n{}", show(&out));
     out
 }
@@ -140,10 +137,7 @@ impl std::ops::Deref for Ext4Image {
 impl LoopImage {
     fn create(kind: FsKind, size_mb: u64) -> LoopImage {
         require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("snapinst-img-")
-            .tempdir()
-            .expect("creating image tempdir");
+        let dir = tempfile::Builder::new().prefix("snapinst-img-").tempdir().expect("creating image tempdir");
         let file = dir.path().join("disk.img");
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).expect("creating mount point");
@@ -165,14 +159,8 @@ impl LoopImage {
             FsKind::Btrfs => "btrfs",
             FsKind::Ext4 => "ext4",
         };
-        nix::mount::mount(
-            Some(&loop_path),
-            &mnt,
-            Some(fstype),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap_or_else(|e| panic!("mounting {} ({fstype}) on {}: {e}", loop_path.display(), mnt.display()));
+        nix::mount::mount(Some(&loop_path), &mnt, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
+            .unwrap_or_else(|e| panic!("mounting {} ({fstype}) on {}: {e}", loop_path.display(), mnt.display()));
         LoopImage { kind, mnt, loopdev: Some(ld), loop_path, dir }
     }
 
@@ -305,6 +293,7 @@ impl Backend {
 /// A test per backend from one function `fn f(backend: Backend)`: the tests are named
 /// `<modname>::btrfs`, `<modname>::overlay`, `<modname>::journal`.
 /// Use with `#[macro_use] mod common;` and `for_each_backend!(privileged_name, function);`.
+#[allow(unused_macros)]
 macro_rules! for_each_backend {
     ($modname:ident, $func:ident) => {
         mod $modname {
@@ -335,8 +324,7 @@ pub const OTHER_GID: u32 = 5678;
 pub const XATTR_NAME: &str = "user.snapinst.test";
 
 const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "true", "false", "sleep", "touch", "mkdir", "rm", "ln", "chmod", "env",
-    "ls", "test", "printf",
+    "sh", "cat", "echo", "true", "false", "sleep", "touch", "mkdir", "rm", "ln", "chmod", "env", "ls", "test", "printf",
 ];
 
 fn chmod(p: &Path, mode: u32) {
@@ -386,8 +374,21 @@ pub fn in_root(root: &Path, p: &str) -> PathBuf {
 /// mtimes.
 pub fn populate_tree(root: &Path, n_files: usize) {
     for d in [
-        "bin", "etc", "usr/local/bin", "usr/share", "opt", "srv/data", "var/lib", "var/log",
-        "home/svc", "proc", "sys", "dev", "tmp", "run", "root",
+        "bin",
+        "etc",
+        "usr/local/bin",
+        "usr/share",
+        "opt",
+        "srv/data",
+        "var/lib",
+        "var/log",
+        "home/svc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "root",
     ] {
         mkdirs(&in_root(root, d));
     }
@@ -402,10 +403,7 @@ pub fn populate_tree(root: &Path, n_files: usize) {
     for applet in BUSYBOX_APPLETS {
         symlink("busybox", in_root(root, &format!("/bin/{applet}"))).expect("busybox applet symlink");
     }
-    write(
-        &in_root(root, "/etc/passwd"),
-        b"root:x:0:0:root:/root:/bin/sh\nsvc:x:990:990:service:/home/svc:/bin/sh\n",
-    );
+    write(&in_root(root, "/etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\nsvc:x:990:990:service:/home/svc:/bin/sh\n");
     write(&in_root(root, "/etc/group"), b"root:x:0:\nsvc:x:990:\n");
     chmod(&in_root(root, "/etc/passwd"), 0o644);
     chmod(&in_root(root, "/etc/group"), 0o644);
@@ -468,12 +466,10 @@ pub fn populate_tree(root: &Path, n_files: usize) {
     // hard links: pairs and one group of three
     mkdirs(&in_root(root, "/usr/share/links"));
     for (n, rel) in files.iter().enumerate().filter(|(n, _)| n % 20 == 0) {
-        fs::hard_link(in_root(root, rel), in_root(root, &format!("/usr/share/links/h{n:04}")))
-            .expect("hard link");
+        fs::hard_link(in_root(root, rel), in_root(root, &format!("/usr/share/links/h{n:04}"))).expect("hard link");
     }
     if files.len() > 20 {
-        fs::hard_link(in_root(root, &files[20]), in_root(root, "/srv/data/h0020-third"))
-            .expect("third hard link");
+        fs::hard_link(in_root(root, &files[20]), in_root(root, "/srv/data/h0020-third")).expect("third hard link");
     }
 
     // symlinks: relative, absolute, dangling, to a directory, chain
@@ -817,10 +813,7 @@ impl Expect {
 
     /// A regular file with this content; metadata not checked.
     pub fn file_content(&mut self, path: &str, content: &[u8]) -> &mut Self {
-        self.spec(
-            path,
-            Spec { kind: Some(Kind::File), content: Some(content.to_vec()), ..Spec::default() },
-        )
+        self.spec(path, Spec { kind: Some(Kind::File), content: Some(content.to_vec()), ..Spec::default() })
     }
 
     /// A directory with this mode and owner; missing ancestors become directories of any mode.
@@ -1016,10 +1009,7 @@ pub fn sh(script: &str) -> Value {
 /// A host directory for `host` steps and escape sentinels. Deliberately not under /tmp: run steps
 /// see a fresh tmpfs there, which would make "where did the write land" ambiguous.
 pub fn host_tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("snapinst-host-")
-        .tempdir_in("/var/tmp")
-        .expect("host tempdir in /var/tmp")
+    tempfile::Builder::new().prefix("snapinst-host-").tempdir_in("/var/tmp").expect("host tempdir in /var/tmp")
 }
 
 pub const HELLO_SH: &[u8] = b"#!/bin/sh\necho hello from snapinst\n";
@@ -1124,9 +1114,7 @@ impl Hello {
                 s["missing_ok"] = json!(false);
             }
             "olddir" => s["path"] = json!(format!("/srv/never-there{t}")),
-            "post" => {
-                s["command"] = sh(&format!("echo partial > /etc/partial{t}; echo boom-run >&2; exit 1"))
-            }
+            "post" => s["command"] = sh(&format!("echo partial > /etc/partial{t}; echo boom-run >&2; exit 1")),
             "check" => s["expect_stdout"] = json!("greeting=bye"),
             other => panic!("no failing variant for step {other}"),
         }
@@ -1222,11 +1210,8 @@ where
 
 /// Runs a command to completion, killing it (and panicking) after `timeout`.
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let t1 = std::thread::spawn(move || {
@@ -1243,10 +1228,7 @@ pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         let _ = child.kill();
         let _ = child.wait();
         let stderr = join_timeout(t2, Duration::from_secs(5));
-        panic!(
-            "{cmd:?} did not finish within {timeout:?} (killed); stderr:\n{}",
-            String::from_utf8_lossy(&stderr)
-        );
+        panic!("{cmd:?} did not finish within {timeout:?} (killed); stderr:\n{}", String::from_utf8_lossy(&stderr));
     };
     // A grandchild that inherited the pipes could keep them open; do not wait forever for it.
     let stdout = join_timeout(t1, Duration::from_secs(30));
@@ -1392,6 +1374,10 @@ pub fn assert_current_generation(root: &Path, g: u64) {
     let l = list_json(root);
     assert_eq!(l["current_generation"], json!(g), "list --json current_generation: {l}");
     let gens = l["generations"].as_array().unwrap_or_else(|| panic!("list --json has no generations array: {l}"));
+    if g == 0 && gens.is_empty() {
+        // Nothing committed yet: generation 0 is the untouched tree, with nothing stored for it.
+        return;
+    }
     let current: Vec<&Value> = gens.iter().filter(|x| x["current"] == json!(true)).collect();
     assert_eq!(current.len(), 1, "exactly one generation must be current: {l}");
     assert_eq!(current[0]["generation"], json!(g), "list --json generation marked current: {l}");
@@ -1424,11 +1410,8 @@ pub struct Background {
 }
 
 pub fn spawn_background(mut cmd: Command) -> Background {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -1522,7 +1505,9 @@ pub fn mounts() -> Vec<MountInfo> {
     let mut v = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
         if fields.len() < sep + 4 || fields.len() < 5 {
             continue;
         }
@@ -1551,8 +1536,8 @@ pub fn leaked_mounts(img: &LoopImage) -> Vec<String> {
         .collect()
 }
 
-/// Paths in the state dir that look like an unfinished transaction: anything named `stage*`,
-/// and non-empty `upper` directories.
+/// Paths in the state dir that look like an unfinished transaction: a non-empty directory (or
+/// a file) named `stage*` or `upper`. An empty one is a place for the next transaction.
 fn stage_leftovers(state: &Path) -> Vec<String> {
     let mut found = Vec::new();
     fn rec(p: &Path, depth: usize, found: &mut Vec<String>) {
@@ -1564,12 +1549,17 @@ fn stage_leftovers(state: &Path) -> Vec<String> {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
             let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if name.starts_with("stage") {
+            let container = name.starts_with("stage") || name == "upper";
+            if container && !is_dir {
                 found.push(path.display().to_string());
-            } else if name == "upper" && is_dir && fs::read_dir(&path).map(|mut r| r.next().is_some()).unwrap_or(false) {
-                found.push(format!("{} (non-empty upper layer)", path.display()));
-            }
-            if is_dir {
+            } else if container {
+                let children: Vec<String> = fs::read_dir(&path)
+                    .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                    .unwrap_or_default();
+                if !children.is_empty() {
+                    found.push(format!("{} contains {children:?}", path.display()));
+                }
+            } else if is_dir {
                 rec(&path, depth + 1, found);
             }
         }
