@@ -147,7 +147,9 @@ pub fn run() -> ExitCode {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
             let code = commands::error_code(&e);
-            eprintln!("snapinst: {e:#}");
+            for line in format!("{e:#}").lines() {
+                eprintln!("snapinst: {line}");
+            }
             ExitCode::from(code)
         }
     }

@@ -52,6 +52,9 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
             Ok(()) => {
                 let _ = fsutil::remove_any(&sd.dir.join(FAILED_STAMP));
             }
+            // Another transaction holds the root: nothing to recover while it runs, and nothing is wrong.
+            Err(e) if e.downcast_ref::<Refused>().is_some() && !all => return Err(e),
+            Err(e) if e.downcast_ref::<Refused>().is_some() => out.say(format!("snapinst: {e:#}")),
             Err(e) => {
                 let msg = format!("recovering {} failed: {e:#}", root.display());
                 let _ = fsutil::write_atomic(&sd.dir.join(FAILED_STAMP), format!("{msg}\n").as_bytes());

@@ -45,12 +45,18 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
     }
     if target == state.current {
         out.say(format!("snapinst: generation {target} is already current; nothing to do"));
-        out.event("summary", json!({"outcome": "nothing", "generation": target}));
+        out.event("summary", json!({"txn": null, "outcome": "nothing", "generation": target}));
         return Ok(Outcome::Done);
     }
     let ctx = Ctx::new(state.backend, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
+    let t0 = std::time::Instant::now();
     let rec = switch(&ctx, &mut state, target, &out)?;
-    out.event("summary", json!({"txn": rec.txn, "outcome": "committed", "generation": target}));
+    let ms = t0.elapsed().as_millis() as u64;
+    out.event(
+        "summary",
+        json!({"txn": rec.txn, "outcome": "committed", "generation": target,
+               "timings_ms": {"prepare": 0, "steps": 0, "commit": ms}}),
+    );
     Ok(Outcome::Done)
 }
 
@@ -59,6 +65,11 @@ pub(crate) fn switch(ctx: &Ctx, state: &mut State, target: u64, out: &Reporter) 
     let root = &ctx.root;
     let mut rec = TxnRecord::new(TxnKind::Rollback, state.backend, root, state.current, target);
     ctx.state.write_txn(&rec)?;
+    out.event(
+        "started",
+        json!({"txn": rec.txn, "kind": "rollback", "backend": state.backend.to_string(), "root": root,
+               "from_generation": state.current, "to_generation": target}),
+    );
     failpoint::hit("rollback-after-record");
     if let Err(e) = backend::plan_rollback(ctx, &mut rec, state) {
         rec.error = Some(format!("{e:#}"));
