@@ -94,8 +94,16 @@ fn is_real_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
-/// Run `cmd`, capturing its output, until it exits, times out or the transaction is interrupted.
-pub(crate) fn run(cmd: &Command, place: Place, txn: &str) -> Result<Finished> {
+/// Whether SIGINT/SIGTERM stops the command: a step's yes, an undo run while rolling back no (it must finish).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnSignal {
+    Stop,
+    Finish,
+}
+
+/// Run `cmd`, capturing its output, until it exits, times out or (with `OnSignal::Stop`) the transaction is
+/// interrupted.
+pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal) -> Result<Finished> {
     let mut proc = std::process::Command::new(&cmd.argv[0]);
     proc.args(&cmd.argv[1..])
         .env_clear()
@@ -131,7 +139,7 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str) -> Result<Finished> {
         if Instant::now() >= deadline {
             timed_out = true;
         }
-        if interrupted() {
+        if on_signal == OnSignal::Stop && interrupted() {
             was_interrupted = true;
         }
         if timed_out || was_interrupted {

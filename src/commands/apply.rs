@@ -204,6 +204,15 @@ impl Transaction<'_> {
             }
             self.out.event("step_started", json!({"txn": txn, "step": step.id, "index": n, "total": total}));
             self.out.say(format!("[{n}/{total}] {} ({})", step.id, step.action.type_name()));
+            if self.dry_run && matches!(step.action, Action::Host { .. }) {
+                // A host step acts outside any stage: a dry run must not touch the host.
+                self.out.event(
+                    "step_finished",
+                    json!({"txn": txn, "step": step.id, "index": n, "total": total, "elapsed_ms": 0, "skipped": true}),
+                );
+                self.out.say(format!("[{n}/{total}] {} skipped: a dry run does not run host steps", step.id));
+                continue;
+            }
             let t = Instant::now();
             let mut record_undo = |s: &Step| self.record_host_undo(rec, s);
             let mut ctx =

@@ -3,13 +3,14 @@
 use super::StepFailure;
 use crate::inroot::Root;
 use crate::plan::Command;
-use crate::sandbox::{self, Finished, Place};
+use crate::sandbox::{self, Finished, OnSignal, Place};
 use crate::state::HostUndo;
 use anyhow::{bail, Result};
 use std::time::Duration;
 
 fn run(place: Place, txn: &str, cmd: &Command) -> Result<Finished, StepFailure> {
-    sandbox::run(cmd, place, txn).map_err(|e| StepFailure { message: format!("{e:#}"), output: String::new() })
+    sandbox::run(cmd, place, txn, OnSignal::Stop)
+        .map_err(|e| StepFailure { message: format!("{e:#}"), output: String::new() })
 }
 
 fn judge(f: Finished, cmd: &Command, expect_exit: i32) -> Result<String, StepFailure> {
@@ -57,8 +58,9 @@ pub(super) fn run_on_host(txn: &str, cmd: &Command) -> Result<String, StepFailur
 /// Run a recorded host undo; an error names the step.
 pub(crate) fn run_host_undo(txn: &str, undo: &HostUndo) -> Result<()> {
     let cmd = Command { argv: undo.argv.clone(), timeout: Duration::from_secs(undo.timeout_s), env: undo.env.clone() };
-    match judge(sandbox::run(&cmd, Place::Host, txn)?, &cmd, 0) {
+    match judge(sandbox::run(&cmd, Place::Host, txn, OnSignal::Finish)?, &cmd, 0) {
         Ok(_) => Ok(()),
-        Err(f) => bail!("undo of host step \"{}\" failed: {}\n{}", undo.step, f.message, f.output),
+        Err(f) if f.output.is_empty() => bail!("undo of host step \"{}\" failed: {}", undo.step, f.message),
+        Err(f) => bail!("undo of host step \"{}\" failed: {}\n{}", undo.step, f.message, f.output.trim_end()),
     }
 }
