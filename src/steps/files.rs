@@ -23,6 +23,9 @@ fn is_dir(st: &nix::sys::stat::FileStat) -> bool {
 /// Create the missing directories on the way to `dir` (itself included), telling the guard first.
 fn make_dirs(root: &Root, guard: &mut dyn ChangeGuard, dir: &RootPath) -> Result<()> {
     for missing in root.missing_dirs(dir)? {
+        if root.lstat(&missing)?.is_some() {
+            bail!("{missing} is a symlink whose target does not exist in the root; no directory is made through it");
+        }
         guard.before_replace(root, &missing, false)?;
         root.mkdir(&missing, DEFAULT_DIR_MODE)?;
     }
