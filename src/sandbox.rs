@@ -117,14 +117,23 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal) -
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Place::Chroot(root) = place {
-        let setup = chroot_setup(root)?;
-        proc.current_dir("/");
-        // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls on data
-        // prepared before the fork (no allocation, no locks).
-        unsafe {
-            proc.pre_exec(move || enter_chroot(&setup));
+    let setup = match place {
+        Place::Chroot(root) => {
+            proc.current_dir("/");
+            Some(chroot_setup(root)?)
         }
+        Place::Host => None,
+    };
+    // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls on data
+    // prepared before the fork (no allocation, no locks).
+    unsafe {
+        proc.pre_exec(move || {
+            contain()?;
+            match &setup {
+                Some(setup) => enter_chroot(setup),
+                None => Ok(()),
+            }
+        });
     }
     let mut child = proc.spawn().with_context(|| format!("starting {:?}", cmd.argv))?;
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -167,6 +176,46 @@ fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<
         }
         String::from_utf8_lossy(&buf).into_owned()
     })
+}
+
+/// In the child, before exec: put the command in a PID namespace of its own, as its first process, so that
+/// everything it starts dies with it, and make it die with snapinst (even when snapinst is killed).
+///
+/// The forked child unshares the PID namespace and forks again: the grandchild, PID 1 of the new namespace, goes
+/// on to exec the command; the child waits for it and exits the same way. Both die when their parent dies.
+fn contain() -> std::io::Result<()> {
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: async-signal-safe system calls only, in a freshly forked child.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+        check(libc::unshare(libc::CLONE_NEWPID))?;
+        let pid = libc::fork();
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            return check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
+        }
+        // The waiting child keeps no descriptor but the output pipes (the spawner waits for the others to close).
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(pid, &mut status, 0);
+            if r == pid {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+        let sig = libc::WTERMSIG(status);
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+        libc::_exit(128 + sig)
+    }
 }
 
 /// In the child: private mount namespace, bind mounts, tmpfs, chroot.
