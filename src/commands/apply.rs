@@ -41,7 +41,7 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     let prior = loc.state.load().map_err(|e| Refused(format!("{e:#}")))?;
     let kind = choose_backend(&loc.root, opts.backend, prior.as_ref())?;
     backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
-    check_plan_fits(&plan, kind, &loc.state.dir, &loc.root)?;
+    check_plan_fits(plan_file, &plan, kind, &loc.state.dir, &loc.root)?;
     loc.state.create()?;
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     failpoint::hit("apply-after-lock");
@@ -84,15 +84,25 @@ fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>
 }
 
 /// Refuse a plan the backend cannot carry out, or that does not fit in the free space.
-fn check_plan_fits(plan: &Plan, kind: BackendKind, state_dir: &Path, root: &Path) -> Result<()> {
+fn check_plan_fits(plan_file: &Path, plan: &Plan, kind: BackendKind, state_dir: &Path, root: &Path) -> Result<()> {
     if kind == BackendKind::Journal {
-        let runs: Vec<&str> =
-            plan.steps.iter().filter(|s| matches!(s.action, Action::Run { .. })).map(|s| s.id.as_str()).collect();
-        if !runs.is_empty() {
-            return refuse(format!(
-                "the journal backend cannot undo what a run step does; steps {} need the btrfs or overlay backend",
-                runs.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
-            ));
+        let problems: Vec<String> = plan
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.action, Action::Run { .. }))
+            .map(|(i, s)| {
+                format!(
+                    "{}: step \"{}\" (#{}) field \"type\": the journal backend cannot undo what a run step does; \
+                     use the btrfs or overlay backend",
+                    plan_file.display(),
+                    s.id,
+                    i + 1
+                )
+            })
+            .collect();
+        if !problems.is_empty() {
+            return refuse(problems.join("\n"));
         }
     }
     let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(root);
