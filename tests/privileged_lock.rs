@@ -61,9 +61,18 @@ fn lock_conflict(backend: Backend) {
     let st = status_json(&root);
     assert_eq!(st["in_progress"]["pid"], json!(holder), "status in_progress during a transaction: {st}");
 
-    // Kill the holder without cleanup.
+    // Kill the holder without cleanup. Its step processes must not outlive it: an orphaned
+    // step would go on running inside a stage that recovery is about to throw away.
+    let steps_pids = descendants(holder);
     first.child.kill().expect("SIGKILL to the first apply");
     let st = first.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let orphans = still_alive(&steps_pids);
+    assert!(
+        orphans.is_empty(),
+        "step processes outlived the killed transaction (pid {holder}):\n  {}",
+        orphans.join("\n  ")
+    );
     assert!(std::os::unix::process::ExitStatusExt::signal(&st) == Some(libc::SIGKILL), "first apply: {st:?}");
 
     let out = recover(&root);

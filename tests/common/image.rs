@@ -1,0 +1,213 @@
+//! Loop-mounted filesystem images made by the tests: a sparse file, formatted, attached to a
+//! loop device and mounted; Drop unmounts (lazily if it must), detaches and removes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::*;
+
+/// Serialises loop device allocation between the test threads of one binary.
+static LOOP_LOCK: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    Btrfs,
+    Ext4,
+}
+
+/// A sparse file, formatted, attached to a loop device and mounted at a temporary mount point.
+/// The managed root is `<mnt>/root`. Drop unmounts (lazily if it must), detaches and removes.
+pub struct LoopImage {
+    kind: FsKind,
+    mnt: PathBuf,
+    loopdev: Option<loopdev::LoopDevice>,
+    loop_path: PathBuf,
+    // Last: the directory holding the backing file and the mount point goes after the unmount.
+    dir: tempfile::TempDir,
+}
+
+/// A btrfs image whose root `<mnt>/root` is a subvolume.
+pub struct BtrfsImage(LoopImage);
+
+/// An ext4 image whose root `<mnt>/root` is a plain directory.
+pub struct Ext4Image(LoopImage);
+
+impl BtrfsImage {
+    pub fn new(size_mb: u64) -> BtrfsImage {
+        assert!(size_mb >= 114, "btrfs needs an image of at least 114 MB");
+        let img = LoopImage::create(FsKind::Btrfs, size_mb);
+        let btrfs = require_tool("btrfs");
+        run_ok(Command::new(btrfs).args(["subvolume", "create"]).arg(img.root()).stdout(Stdio::null()));
+        BtrfsImage(img)
+    }
+    pub fn into_inner(self) -> LoopImage {
+        self.0
+    }
+}
+
+impl Ext4Image {
+    pub fn new(size_mb: u64) -> Ext4Image {
+        let img = LoopImage::create(FsKind::Ext4, size_mb);
+        fs::create_dir(img.root()).expect("creating <mnt>/root on ext4");
+        Ext4Image(img)
+    }
+    pub fn into_inner(self) -> LoopImage {
+        self.0
+    }
+}
+
+impl std::ops::Deref for BtrfsImage {
+    type Target = LoopImage;
+    fn deref(&self) -> &LoopImage {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Ext4Image {
+    type Target = LoopImage;
+    fn deref(&self) -> &LoopImage {
+        &self.0
+    }
+}
+
+impl LoopImage {
+    fn create(kind: FsKind, size_mb: u64) -> LoopImage {
+        require_root();
+        let dir = tempfile::Builder::new().prefix("snapinst-img-").tempdir().expect("creating image tempdir");
+        let file = dir.path().join("disk.img");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).expect("creating mount point");
+        {
+            let f = fs::File::create(&file).expect("creating image file");
+            f.set_len(size_mb * 1024 * 1024).expect("sizing sparse image file");
+        }
+        match kind {
+            FsKind::Btrfs => {
+                run_ok(Command::new(require_tool("mkfs.btrfs")).args(["-q", "-f"]).arg(&file));
+            }
+            FsKind::Ext4 => {
+                run_ok(Command::new(require_tool("mkfs.ext4")).args(["-q", "-F"]).arg(&file));
+            }
+        }
+        let ld = attach_loop(&file);
+        let loop_path = ld.path().expect("loop device has no path");
+        let fstype = match kind {
+            FsKind::Btrfs => "btrfs",
+            FsKind::Ext4 => "ext4",
+        };
+        nix::mount::mount(Some(&loop_path), &mnt, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
+            .unwrap_or_else(|e| panic!("mounting {} ({fstype}) on {}: {e}", loop_path.display(), mnt.display()));
+        LoopImage { kind, mnt, loopdev: Some(ld), loop_path, dir }
+    }
+
+    pub fn kind(&self) -> FsKind {
+        self.kind
+    }
+    /// Where the image is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mnt
+    }
+    /// The managed root, `<mnt>/root`.
+    pub fn root(&self) -> PathBuf {
+        self.mnt.join("root")
+    }
+    /// The default state directory for the root: `<mnt>/.snapinst-root`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.mnt.join(".snapinst-root")
+    }
+    pub fn loop_device(&self) -> &Path {
+        &self.loop_path
+    }
+}
+
+fn attach_loop(file: &Path) -> loopdev::LoopDevice {
+    let _guard = LOOP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut last_err = None;
+    for _ in 0..20 {
+        let lc = loopdev::LoopControl::open().expect("opening /dev/loop-control");
+        let ld = match lc.next_free() {
+            Ok(ld) => ld,
+            Err(e) => {
+                last_err = Some(e);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        match ld.with().autoclear(true).attach(file) {
+            Ok(()) => return ld,
+            Err(e) => {
+                // Another process took the device between next_free and attach.
+                last_err = Some(e);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    panic!("attaching {} to a loop device: {:?}", file.display(), last_err);
+}
+
+/// Where the engine registers managed roots for `recover --all` (see `src/registry.rs`).
+const REGISTRY_DIR: &str = "/var/lib/snapinst/roots";
+
+/// Removes the registrations of roots below `mnt`, so finished tests leave no roots behind for
+/// `recover --all` to trip over.
+fn forget_registrations(mnt: &Path) {
+    let Ok(rd) = fs::read_dir(REGISTRY_DIR) else { return };
+    for e in rd.flatten() {
+        let Ok(text) = fs::read_to_string(e.path()) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        if v["root"].as_str().is_some_and(|r| Path::new(r).starts_with(mnt)) {
+            if let Err(err) = fs::remove_file(e.path()) {
+                eprintln!("cleanup: removing registration {}: {err}", e.path().display());
+            }
+        }
+    }
+}
+
+impl Drop for LoopImage {
+    fn drop(&mut self) {
+        forget_registrations(&self.mnt);
+        // Anything the engine left mounted below the image goes first, deepest first.
+        let mut below: Vec<PathBuf> = mounts()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p != &self.mnt && p.starts_with(&self.mnt))
+            .collect();
+        below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in below {
+            if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cleanup: lazy unmount of leaked mount {}: {e}", p.display());
+            }
+        }
+        let mut unmounted = false;
+        for _ in 0..20 {
+            match nix::mount::umount2(&self.mnt, nix::mount::MntFlags::empty()) {
+                Ok(()) => {
+                    unmounted = true;
+                    break;
+                }
+                Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => {
+                    eprintln!("cleanup: unmounting {}: {e}", self.mnt.display());
+                    break;
+                }
+            }
+        }
+        if !unmounted {
+            if let Err(e) = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cleanup: lazy unmount of {}: {e}", self.mnt.display());
+            }
+        }
+        if let Some(ld) = self.loopdev.take() {
+            if unmounted {
+                if let Err(e) = ld.detach() {
+                    // autoclear detaches it once the last user goes away.
+                    eprintln!("cleanup: detaching {}: {e}", self.loop_path.display());
+                }
+            }
+            drop(ld);
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Crash at every named point (`snapinst failpoints`), for each backend: the process dies by
+//! SIGKILL, `snapinst recover` leaves the tree exactly as before or exactly as after (before
+//! when the commit record cannot have been written, after when it was), a second recover
+//! changes nothing, and no stage, lock or mount remains. Also: crashes while rolling back a
+//! failed transaction, while rolling back a generation, and while recovering.
+#![cfg(feature = "failpoints")]
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Before,
+    After,
+}
+
+const FP: &str = "SNAPINST_FAILPOINT";
+
+/// Keep every generation: the rollback case goes back to the generation that was current
+/// before its apply, which pruning by count could otherwise have removed (it need not be one of
+/// the newest after earlier rollbacks).
+const KEEP: &[&str] = &["--keep", "1000"];
+
+fn failpoint_names() -> Vec<String> {
+    let out = snapinst(["failpoints"]);
+    assert_code(&out, 0);
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // The name is the first field; the engine may add columns after it.
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(!names.is_empty(), "`snapinst failpoints` lists no names in a failpoints build");
+    names
+}
+
+/// What the name says about its side of the commit point, when it says it. From the design
+/// notes (principle 1): on btrfs the commit point is the exchange of the stage and the root, so
+/// a crash after any record but before the exchange is thrown away; on overlay and journal it
+/// is the durable commit record, so everything after it (merge, swap) is rolled forward.
+/// Pruning comes after the commit; locking, staging, steps and discarding come before it.
+fn hint(name: &str, backend: Backend) -> Option<State> {
+    let n = name.to_lowercase().replace('_', "-");
+    let after_any = ["after-exchange", "mid-merge", "prune", "post-commit"];
+    let before_any = ["before-commit", "pre-commit", "after-lock", "after-stage", "mid-step", "after-steps", "discard"];
+    if after_any.iter().any(|k| n.contains(k)) {
+        Some(State::After)
+    } else if before_any.iter().any(|k| n.contains(k)) {
+        Some(State::Before)
+    } else if n.contains("after-commit") || n.contains("mid-swap") {
+        // After the commit record.
+        if backend == Backend::Btrfs {
+            Some(State::Before)
+        } else {
+            Some(State::After)
+        }
+    } else if n.ends_with("after-record") {
+        // The intent record, written before anything is staged.
+        Some(State::Before)
+    } else {
+        None
+    }
+}
+
+/// Which of the two trees the root holds; panics when it is neither.
+fn classify(root: &Path, before: &Expect, after: Option<&Expect>, ctx: &str) -> State {
+    let m = manifest(root);
+    let b = before.diff(&m);
+    let a = after.map(|e| e.diff(&m));
+    match (b, a) {
+        (Ok(()), _) => State::Before,
+        (Err(_), Some(Ok(()))) => State::After,
+        (Err(db), Some(Err(da))) => {
+            panic!(
+                "{ctx}: the tree is neither the one before nor the one after\nversus before: {db}\nversus after: {da}"
+            )
+        }
+        (Err(db), None) => {
+            panic!("{ctx}: the tree is not the one before (and no commit was possible)\n{db}")
+        }
+    }
+}
+
+fn recovered_actions(out: &Output) -> Vec<String> {
+    json_lines(out)
+        .iter()
+        .filter(|l| l["event"] == "recovered")
+        .map(|l| l["action"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// After a crash: recover, classify, check the actions, leftovers, and that recovering again
+/// does nothing.
+fn recover_and_check(
+    img: &LoopImage,
+    crash: &Output,
+    before: &Expect,
+    after: Option<&Expect>,
+    expected: Option<State>,
+    ctx: &str,
+) -> State {
+    let root = img.root();
+    let r = recover(&root);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{ctx}: recover failed\n{}\n--- the crashed run ---\n{}",
+        show(&r),
+        show(crash)
+    );
+    let actions = recovered_actions(&r);
+    let state = classify(&root, before, after, ctx);
+    if let Some(want) = expected {
+        assert_eq!(
+            state,
+            want,
+            "{ctx}: recovered to the wrong side of the commit point\nrecover: {}\ncrashed run: {}",
+            show(&r),
+            show(crash)
+        );
+    }
+    let allowed: &[&str] = match state {
+        State::Before => &["rolled_back", "nothing"],
+        State::After => &["rolled_forward", "nothing"],
+    };
+    for a in &actions {
+        assert!(allowed.contains(&a.as_str()), "{ctx}: recover action {a:?} but the tree is {state:?}\n{}", show(&r));
+    }
+    assert_no_leftovers(img);
+
+    let m = manifest(&root);
+    let again = recover(&root);
+    assert_code(&again, 0);
+    for a in recovered_actions(&again) {
+        assert_eq!(a, "nothing", "{ctx}: a second recover did something\n{}", show(&again));
+    }
+    assert_manifest_eq_ctx(&m, &manifest(&root), &format!("{ctx}: second recover"));
+    assert_no_leftovers(img);
+    state
+}
+
+fn committed_seen(out: &Output) -> bool {
+    json_lines_lenient(out).iter().any(|l: &Value| l["event"] == "committed")
+}
+
+fn crash_at_every_failpoint(backend: Backend) {
+    let names = failpoint_names();
+    let img = populated(backend);
+    let root = img.root();
+    let host = host_tempdir();
+    let mut hit: Vec<(String, &'static str, State)> = Vec::new();
+    let mut pre_commit_point: Option<String> = None;
+    let mut post_commit_point: Option<String> = None;
+
+    for (i, name) in names.iter().enumerate() {
+        let env = [(FP, name.as_str())];
+
+        // A successful plan.
+        let hello = Hello::new(backend, &format!("-s{i}"), host.path());
+        hello.prepare(&root);
+        let m = manifest(&root);
+        let before = Expect::new(&m);
+        let mut after = Expect::new(&m);
+        hello.expect(&mut after);
+        let out = apply_env(&hello.plan_dir(&hello.plan()).path, &root, backend, KEEP, &env);
+        let ctx = format!("{} backend, apply crashed at {name}", backend.name());
+        if killed_by_sigkill(&out) {
+            let expected = if committed_seen(&out) { Some(State::After) } else { hint(name, backend) };
+            let state = recover_and_check(&img, &out, &before, Some(&after), expected, &ctx);
+            match state {
+                State::Before => {
+                    hello.assert_host_rolled_back();
+                    // The latest point before the commit leaves the most to throw away.
+                    pre_commit_point = Some(name.clone());
+                }
+                State::After => {
+                    hello.assert_host_committed();
+                    // The earliest point after the commit leaves the most to roll forward.
+                    post_commit_point.get_or_insert(name.clone());
+                }
+            }
+            hit.push((name.clone(), "apply", state));
+        } else {
+            assert_code(&out, 0);
+            after.check(&manifest(&root));
+            hello.assert_host_committed();
+        }
+
+        // A plan whose last step fails: whatever happens, the tree ends as before.
+        let hello = Hello::new(backend, &format!("-f{i}"), host.path());
+        hello.prepare(&root);
+        let m = manifest(&root);
+        let before = Expect::new(&m);
+        let n = hello.ids().len();
+        let out = apply_env(&hello.plan_dir(&hello.failing_plan(n)).path, &root, backend, KEEP, &env);
+        let ctx = format!("{} backend, failing apply crashed at {name}", backend.name());
+        if killed_by_sigkill(&out) {
+            recover_and_check(&img, &out, &before, None, Some(State::Before), &ctx);
+            hit.push((name.clone(), "failed apply", State::Before));
+        } else {
+            assert_code(&out, 1);
+            assert_manifest_eq_ctx(&m, &manifest(&root), &ctx);
+            assert_no_leftovers(&img);
+        }
+        hello.assert_host_rolled_back();
+
+        // Rolling back a generation.
+        let hello = Hello::new(backend, &format!("-r{i}"), host.path());
+        hello.prepare(&root);
+        let m_pre = manifest(&root);
+        let g_pre = status_json(&root)["current_generation"].as_u64().expect("status current_generation");
+        assert_code(&apply(&hello.plan_dir(&hello.plan()).path, &root, backend, KEEP), 0);
+        let m_post = manifest(&root);
+        let list_before = list_json(&root);
+        // Explicit --to: after earlier rollbacks, "current - 1" need not be the tree before this apply.
+        let out = rollback(&root, &["--to", &g_pre.to_string()], &env);
+        let ctx = format!(
+            "{} backend, rollback --to {g_pre} crashed at {name} (list before the rollback: {list_before})",
+            backend.name()
+        );
+        if killed_by_sigkill(&out) {
+            let expected = if committed_seen(&out) { Some(State::After) } else { hint(name, backend) };
+            let state =
+                recover_and_check(&img, &out, &Expect::new(&m_post), Some(&Expect::new(&m_pre)), expected, &ctx);
+            hit.push((name.clone(), "rollback", state));
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{ctx}\n{}", show(&out));
+            assert_manifest_eq_ctx(&m_pre, &manifest(&root), &ctx);
+            assert_no_leftovers(&img);
+        }
+    }
+
+    // Crashing while recovering: the next recover ends on the same side as an uninterrupted one.
+    for (crash_at, side) in [(&pre_commit_point, State::Before), (&post_commit_point, State::After)] {
+        let Some(crash_at) = crash_at else { continue };
+        for (j, name) in names.iter().enumerate() {
+            let hello = Hello::new(backend, &format!("-c{j}{side:?}"), host.path());
+            hello.prepare(&root);
+            let m = manifest(&root);
+            let before = Expect::new(&m);
+            let mut after = Expect::new(&m);
+            hello.expect(&mut after);
+            let out = apply_env(&hello.plan_dir(&hello.plan()).path, &root, backend, KEEP, &[(FP, crash_at.as_str())]);
+            assert!(killed_by_sigkill(&out), "failpoint {crash_at} killed apply before but not now\n{}", show(&out));
+            let r = recover_env(&root, &[(FP, name.as_str())]);
+            let ctx = format!("{} backend, apply crashed at {crash_at}, recover crashed at {name}", backend.name());
+            if killed_by_sigkill(&r) {
+                hit.push((name.clone(), "recover", side));
+                recover_and_check(&img, &r, &before, Some(&after), Some(side), &ctx);
+            } else {
+                assert_eq!(r.status.code(), Some(0), "{ctx}: recover\n{}", show(&r));
+                let state = classify(&root, &before, Some(&after), &ctx);
+                assert_eq!(state, side, "{ctx}: recovered to the other side than before");
+                assert_no_leftovers(&img);
+            }
+        }
+    }
+
+    eprintln!("{} backend: failpoints reached:", backend.name());
+    for (name, op, state) in &hit {
+        eprintln!("  {name:40} during {op:12} -> {state:?}");
+    }
+    let unreached: Vec<&String> = names.iter().filter(|n| !hit.iter().any(|(h, _, _)| h == *n)).collect();
+    eprintln!("{} backend: failpoints not reached: {unreached:?}", backend.name());
+    assert!(
+        hit.iter().any(|(_, op, _)| *op == "apply"),
+        "{} backend: no failpoint fired during apply (names: {names:?})",
+        backend.name()
+    );
+}
+for_each_backend!(privileged_crash_at_every_failpoint, crash_at_every_failpoint);
