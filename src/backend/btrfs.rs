@@ -217,15 +217,14 @@ pub(super) fn abandon_rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
     Ok(())
 }
 
-/// Every kept generation but the current one, the one `rollback` goes back to, and the mounted one, oldest first.
+/// Every kept generation but the current and the mounted one, oldest first.
 pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
     let mounted = subvol_id(&p.host_root).ok();
-    let previous = state.generation(state.current).and_then(|g| g.parent);
     let mut out: Vec<u64> = state
         .generations
         .iter()
         .map(|g| g.generation)
-        .filter(|&n| n != state.current && Some(n) != previous && subvol_id(&p.gen(n)).ok() != mounted)
+        .filter(|&n| n != state.current && subvol_id(&p.gen(n)).ok() != mounted)
         .collect();
     out.sort();
     out
