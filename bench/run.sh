@@ -33,13 +33,7 @@ while [ $# -gt 0 ]; do
 done
 sizes=(1000 10000 100000)
 
-need_root "bench/run.sh"
-bash scripts/deps.sh
-find_cargo
-heading "Building snapinst (cargo build --release)"
-cargo build --release
-snapinst=$repo/target/release/snapinst
-[ -x "$snapinst" ] || die "cargo build did not produce $snapinst"
+prepare_release_build "bench/run.sh"
 
 scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/snapinst-bench.XXXXXX")
 loops=()

@@ -11,14 +11,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 . scripts/lib.sh
 
-need_root "scripts/demo.sh"
-bash scripts/deps.sh
-find_cargo
-
-heading "Building snapinst (cargo build --release)"
-cargo build --release
-snapinst=$repo/target/release/snapinst
-[ -x "$snapinst" ] || die "cargo build did not produce $snapinst"
+prepare_release_build "scripts/demo.sh"
 
 scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/snapinst-demo.XXXXXX")
 loopdev=""

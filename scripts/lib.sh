@@ -80,3 +80,14 @@ unregister_under() {
     fi
   done
 }
+
+# Set up for a script that runs snapinst: root, packages, cargo, a release build. Sets $snapinst.
+prepare_release_build() {
+  need_root "$1"
+  bash scripts/deps.sh
+  find_cargo
+  heading "Building snapinst (cargo build --release)"
+  cargo build --release
+  snapinst=$repo/target/release/snapinst
+  [ -x "$snapinst" ] || die "cargo build did not produce $snapinst"
+}

@@ -23,6 +23,8 @@ bash bench/run.sh --quick
 if [ -x vm-tests/run.sh ]; then
   heading "VM tests: vm-tests/run.sh"
   vm-tests/run.sh
+elif [ -e vm-tests/run.sh ]; then
+  heading "VM tests: vm-tests/run.sh is not executable, skipped"
 else
   heading "VM tests: vm-tests/run.sh not present, skipped"
 fi
