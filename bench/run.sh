@@ -2,11 +2,12 @@
 # snapinst benchmark: the fixed cost of a transaction (prepare + commit) as the tree grows, against `cp -a` of the
 # same tree, and snapinst's peak memory. For each backend and tree size it makes a root of N files of 1 KiB in
 # nested directories, syncs, applies a one-file plan with `snapinst apply --json` (once as a warm-up, then REPS
-# times, a different file each time; the median of prepare + commit from the summary event is the overhead), then
-# times `cp -a` of the tree to a sibling directory followed by a sync on the same filesystem.
+# times round robin over the sizes, a different file each time; the median of prepare + commit from the summary
+# event is the overhead), then times `cp -a` of the tree to a sibling directory followed by a sync on the same
+# filesystem.
 #
-#   sudo bash bench/run.sh           # 3 applies per row
-#   sudo bash bench/run.sh --quick   # 1 apply per row (used by scripts/test.sh)
+#   sudo bash bench/run.sh           # 7 applies per row
+#   sudo bash bench/run.sh --quick   # 3 applies per row (used by scripts/test.sh)
 #   sudo bash bench/run.sh --reps 9  # more applies per row: a steadier median where disk flushes are noisy
 #
 # btrfs: the root is a subvolume of a scratch btrfs image. overlay: the root is a directory on a scratch ext4 image.
@@ -18,10 +19,10 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 . scripts/lib.sh
 
-reps=3
+reps=7
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) reps=1 ;;
+    --quick) reps=3 ;;
     --reps)
       if [ $# -lt 2 ] || ! [ "$2" -ge 1 ] 2>/dev/null; then die "--reps needs a positive number"; fi
       reps=$2
@@ -134,9 +135,22 @@ print(outcome, t.get("prepare", "nan"), t.get("commit", "nan"), rss_kib, "%.1f" 
 PY
 }
 
-# bench_backend BACKEND MOUNTPOINT MAKE_ROOT: MAKE_ROOT DIR creates the empty root DIR.
+# apply_once BACKEND N REP: one measured (or, for REP 0, warm-up) apply of a one-file plan to root N.
+apply_once() {
+  local backend=$1 n=$2 rep=$3 root=$4 plan line
+  plan=$scratch/plans/$backend-$n-$rep.json
+  printf '{"name": "bench", "version": "%s", "steps": [{"id": "touch", "type": "file", "path": "/bench-%s.txt", "content": "run %s\\n"}]}\n' \
+    "$rep" "$rep" "$rep" >"$plan"
+  if line=$(measure_apply "$plan" "$root" "$backend"); then :; else die "measuring apply failed"; fi
+  echo "$backend $n files, apply #$rep$([ "$rep" -eq 0 ] && echo " (warm-up)"): outcome prepare_ms commit_ms peak_rss_kib wall_ms = $line"
+  case "$line" in committed\ *) ;; *) apply_failures=$((apply_failures + 1)) ;; esac
+  [ "$rep" -eq 0 ] || printf '%s\t%s\tapply\t%s\n' "$backend" "$n" "$line" >>"$results"
+}
+
+# bench_backend BACKEND MOUNTPOINT MAKE_ROOT: MAKE_ROOT DIR creates the empty root DIR. All trees are made first;
+# the measured applies then go round the sizes, so that a change of load on a shared machine hits every size alike.
 bench_backend() {
-  local backend=$1 mnt=$2 make_root=$3 n root rep plan line t0 t1 cp_ms
+  local backend=$1 mnt=$2 make_root=$3 n root rep t0 t1 cp_ms
   for n in "${sizes[@]}"; do
     root=$mnt/root$n
     heading "$backend: tree of $n files"
@@ -145,22 +159,22 @@ bench_backend() {
     sync
     # Apply #0 is a warm-up, not counted: a root's first transaction also creates its state directory and
     # records generation 0.
-    for rep in $(seq 0 "$reps"); do
-      plan=$scratch/plans/$backend-$n-$rep.json
-      printf '{"name": "bench", "version": "%s", "steps": [{"id": "touch", "type": "file", "path": "/bench-%s.txt", "content": "run %s\\n"}]}\n' \
-        "$rep" "$rep" "$rep" >"$plan"
-      if line=$(measure_apply "$plan" "$root" "$backend"); then :; else die "measuring apply failed"; fi
-      echo "apply #$rep$([ "$rep" -eq 0 ] && echo " (warm-up)"): outcome prepare_ms commit_ms peak_rss_kib wall_ms = $line"
-      case "$line" in committed\ *) ;; *) apply_failures=$((apply_failures + 1)) ;; esac
-      [ "$rep" -eq 0 ] || printf '%s\t%s\tapply\t%s\n' "$backend" "$n" "$line" >>"$results"
+    apply_once "$backend" "$n" 0 "$root"
+  done
+  heading "$backend: $reps measured applies per size, round robin"
+  for rep in $(seq 1 "$reps"); do
+    for n in "${sizes[@]}"; do
+      apply_once "$backend" "$n" "$rep" "$mnt/root$n"
     done
+  done
+  for n in "${sizes[@]}"; do
     sync
     t0=$(date +%s%N)
-    cp -a "$root" "$mnt/copy$n"
+    cp -a "$mnt/root$n" "$mnt/copy$n"
     sync -f "$mnt"
     t1=$(date +%s%N)
     cp_ms=$(((t1 - t0) / 1000000))
-    echo "cp -a + sync: $cp_ms ms"
+    echo "$backend $n files: cp -a + sync: $cp_ms ms"
     printf '%s\t%s\tcp\t%s\n' "$backend" "$n" "$cp_ms" >>"$results"
   done
 }
