@@ -74,20 +74,6 @@ pub(crate) fn cleanup() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::managed_name;
-    use std::path::{Path, PathBuf};
-
-    #[test]
-    fn kept_generations_map_back_to_their_root() {
-        assert_eq!(managed_name(Path::new(".snapinst-@/gens/3")), Some(PathBuf::from("@")));
-        assert_eq!(managed_name(Path::new("a/.snapinst-root/gens/0")), Some(PathBuf::from("a/root")));
-        assert_eq!(managed_name(Path::new("root")), None);
-        assert_eq!(managed_name(Path::new("x/gens/1")), None);
-    }
-}
-
 /// Remove view directories left by processes that were killed (empty directories under /run/snapinst).
 pub(crate) fn remove_stale() {
     let Ok(entries) = std::fs::read_dir(BASE) else { return };
@@ -101,5 +87,19 @@ pub(crate) fn remove_stale() {
                 let _ = std::fs::remove_dir(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::managed_name;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn kept_generations_map_back_to_their_root() {
+        assert_eq!(managed_name(Path::new(".snapinst-@/gens/3")), Some(PathBuf::from("@")));
+        assert_eq!(managed_name(Path::new("a/.snapinst-root/gens/0")), Some(PathBuf::from("a/root")));
+        assert_eq!(managed_name(Path::new("root")), None);
+        assert_eq!(managed_name(Path::new("x/gens/1")), None);
     }
 }

@@ -314,8 +314,8 @@ impl Expect {
         let mut anc: Vec<PathBuf> = Path::new(path).ancestors().skip(1).map(Path::to_path_buf).collect();
         anc.reverse();
         for a in anc {
-            if !self.want.contains_key(&a) {
-                self.want.insert(a, Want::Spec(Spec { kind: Some(Kind::Dir), ..Spec::default() }));
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.want.entry(a) {
+                slot.insert(Want::Spec(Spec { kind: Some(Kind::Dir), ..Spec::default() }));
             }
         }
     }
