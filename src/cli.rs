@@ -122,6 +122,14 @@ pub fn run() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if matches!(cli.command, Command::Status { .. } | Command::List { .. } | Command::Failpoints) {
+        // A read-only command ends quietly when the reader of its output goes away (`snapinst list | head`).
+        // A transaction never does: it ignores SIGPIPE (Rust's default) and its events drop write errors.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Apply { plan, root, backend, keep, boot_tries, dry_run } => {
             let opts =

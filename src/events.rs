@@ -27,9 +27,9 @@ impl Reporter {
         let _ = out.flush();
     }
 
-    /// A line of human progress on stderr.
+    /// A line of human progress on stderr (a closed stderr never stops a transaction).
     pub fn say(&self, line: impl AsRef<str>) {
-        eprintln!("{}", line.as_ref());
+        let _ = writeln!(std::io::stderr(), "{}", line.as_ref());
     }
 
     /// Print a whole result object on stdout (status, list).

@@ -138,8 +138,39 @@ fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) 
         std::fs::rename(from, &kept).with_context(|| format!("keeping {} as generation {n}", from.display()))?;
     }
     if is_subvolume(&kept) {
+        // The tree the running system is mounted from (the root is a mount point, such as `/`) stays writable
+        // while it is mounted: the read-only flag would make the running `/` read-only at once. `seal`, run by
+        // `snapinst boot` before the root is mounted, makes it read-only then.
+        if mounts::is_mount_point(&p.host_root).unwrap_or(false)
+            && subvol_id(&kept).ok() == subvol_id(&p.host_root).ok()
+        {
+            return Ok(());
+        }
         libbtrfsutil::set_subvolume_read_only(&kept, true)
             .with_context(|| format!("making {} read-only", kept.display()))?;
+        libbtrfsutil::sync(&p.gens_dir).context("syncing the generations")?;
+    }
+    Ok(())
+}
+
+/// Make every kept generation read-only that is not (any more) the mounted root. Idempotent.
+pub(super) fn seal(p: &Paths, state: &State) -> Result<()> {
+    let mounted =
+        if mounts::is_mount_point(&p.host_root).unwrap_or(false) { subvol_id(&p.host_root).ok() } else { None };
+    let mut changed = false;
+    for g in &state.generations {
+        let path = p.gen(g.generation);
+        if g.generation != state.current
+            && is_subvolume(&path)
+            && subvol_id(&path).ok() != mounted
+            && !libbtrfsutil::subvolume_read_only(&path).unwrap_or(true)
+        {
+            libbtrfsutil::set_subvolume_read_only(&path, true)
+                .with_context(|| format!("making {} read-only", path.display()))?;
+            changed = true;
+        }
+    }
+    if changed {
         libbtrfsutil::sync(&p.gens_dir).context("syncing the generations")?;
     }
     Ok(())

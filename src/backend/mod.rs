@@ -226,6 +226,14 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// btrfs: make the kept generations read-only once they are no longer mounted (see `btrfs::seal`).
+pub(crate) fn seal(ctx: &Ctx, state: &State) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::seal(ctx.btrfs(), state),
+        _ => Ok(()),
+    }
+}
+
 /// Refuse a state area on another mount than the root: moving things between them must be a rename.
 fn require_same_mount(root: &Path, state_dir: &Path, why: &str) -> Result<()> {
     let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(state_dir);

@@ -6,7 +6,7 @@
 //! fallback is unhealthy too never loops between generations.
 
 use super::{locate, recover, require_root_user, rollback, Outcome, Refused};
-use crate::backend::Ctx;
+use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
@@ -27,6 +27,7 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     recover::recover_root(&loc.root, &loc.state, &out)?;
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     let Some(mut state) = loc.state.load()? else { return Ok(Outcome::Done) };
+    backend::seal(&Ctx::new(state.backend, &loc.root, &loc.state)?, &state)?;
     let Some(pending) = state.pending.clone() else { return Ok(Outcome::Done) };
     let note = if pending.generation != state.current {
         state.pending = None;
@@ -82,7 +83,12 @@ pub(crate) fn bless(args: &RootArgs) -> Result<Outcome> {
     match state.pending.clone() {
         Some(p) if p.generation == state.current => {
             state.pending = None;
-            record(&loc.state, &mut state, &out, format!("generation {} booted successfully", p.generation))?;
+            // A generation restored by the fallback keeps the reason in the note, so `status` still says why.
+            let note = match (&p.fallback, &state.boot_note) {
+                (None, Some(prev)) => format!("{prev}; generation {} then booted successfully", p.generation),
+                _ => format!("generation {} booted successfully", p.generation),
+            };
+            record(&loc.state, &mut state, &out, note)?;
         }
         _ => out.say(format!("snapinst: generation {} has nothing pending", state.current)),
     }

@@ -70,6 +70,9 @@ pub(crate) fn validate(plan: &Path) -> Result<Outcome> {
 pub(crate) struct Located {
     pub root: PathBuf,
     pub state: StateDir,
+    /// The state area as a user can find it: its path, or `DEVICE:/PATH` on a filesystem's top level that
+    /// snapinst reaches through a private mount.
+    pub state_shown: String,
 }
 
 pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
@@ -83,12 +86,19 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
         None if mounted_btrfs_subvolume(&root)? => {
             // Beside the root's subvolume, reached through a private mount of the filesystem's top level.
             crate::mounts::enter_private_namespace()?;
-            StateDir::default_for(&crate::topview::root_in_top(&root)?)?
+            let dir = StateDir::default_for(&crate::topview::root_in_top(&root)?)?;
+            let top = crate::topview::of(&root)?;
+            let shown = format!(
+                "{}:/{}",
+                crate::mounts::mount_of(&root)?.source,
+                dir.strip_prefix(&top).unwrap_or(&dir).display()
+            );
+            return Ok(Located { root, state: StateDir { dir }, state_shown: shown });
         }
         None => StateDir::default_for(&root).map_err(|e| Refused(format!("{e:#}")))?,
     };
     let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
-    Ok(Located { root, state: StateDir { dir: state_dir } })
+    Ok(Located { root, state_shown: state_dir.display().to_string(), state: StateDir { dir: state_dir } })
 }
 
 /// Whether `root` is a btrfs subvolume mounted on its own (like `/`), so its siblings are not visible.

@@ -26,7 +26,7 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
     let value = json!({
         "v": 1,
         "root": loc.root,
-        "state_dir": loc.state.dir,
+        "state_dir": loc.state_shown,
         "backend": state.as_ref().map(|s| s.backend.to_string()),
         "current_generation": state.as_ref().map(|s| s.current).unwrap_or(0),
         "in_progress": in_progress,

@@ -6,7 +6,15 @@ type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
 dev="${root#block:}"
 [ -b "$dev" ] || return 0 2>/dev/null || exit 0
 [ "$(blkid -o value -s TYPE "$dev" 2>/dev/null)" = btrfs ] || return 0 2>/dev/null || exit 0
-subvol=$(echo ",${rflags}," | sed -n 's/.*,subvol=\([^,]*\),.*/\1/p')
+subvol=
+oldifs=$IFS
+IFS=,
+for opt in $rflags; do
+    case "$opt" in
+    subvol=*) subvol=${opt#subvol=} ;;
+    esac
+done
+IFS=$oldifs
 subvol=${subvol#/}
 if [ -z "$subvol" ]; then
     warn "snapinst: the root is not mounted by subvolume name (rootflags=subvol=...); skipping"
