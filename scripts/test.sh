@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of snapinst: the Rust unit and integration tests (with the crash points compiled in), the demo
-# as a smoke test, the quick benchmark, and the VM tests when vm-tests/run.sh is present.
+# as a smoke test, the quick benchmark, and the VM tests (power cuts under QEMU, a real Debian boot with the hooks).
 #
 #   sudo bash scripts/test.sh
 set -euo pipefail
@@ -20,13 +20,10 @@ bash scripts/demo.sh
 heading "benchmark: bench/run.sh --quick"
 bash bench/run.sh --quick
 
-if [ -x vm-tests/run.sh ]; then
-  heading "VM tests: vm-tests/run.sh"
-  vm-tests/run.sh
-elif [ -e vm-tests/run.sh ]; then
-  heading "VM tests: vm-tests/run.sh is not executable, skipped"
-else
-  heading "VM tests: vm-tests/run.sh not present, skipped"
-fi
+heading "VM tests: power cuts and crash points under QEMU (vm-tests/run.sh)"
+bash vm-tests/run.sh
+
+heading "VM tests: a real Debian boot with the hooks installed (vm-tests/debian/run.sh)"
+bash vm-tests/debian/run.sh
 
 heading "all tests passed"

@@ -1,0 +1,400 @@
+"""Cached artefacts of the VM tests: the Debian kernel and its modules, the initramfs, the disk images.
+
+Each artefact lives in the cache directory under a name that carries a hash of its inputs (the kernel package and
+version; the snapinst binary, its libraries, busybox, the init script and the module set; the tree generator and
+the filesystem tools), so it is rebuilt exactly when one of them changes and reused otherwise. Artefacts are
+written under a temporary name and renamed into place when complete, so an interrupted build is never reused.
+"""
+
+import glob
+import hashlib
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import zlib
+
+import manifest as manifest_mod
+import tree
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IMAGE_SIZE = 512 << 20
+
+# Modules the VM needs (by name) when they are not built in: the virtio disk, crc32c, btrfs (with the checksum
+# algorithms it asks for), ext4 and overlayfs. Their dependencies and soft dependencies are added from modules.dep,
+# modules.softdep and modules.alias.
+WANTED_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "crc32c_intel", "libcrc32c", "btrfs",
+                  "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "overlay"]
+
+
+def log(msg):
+    print("vm-tests: " + msg, flush=True)
+
+
+def run(cmd, **kw):
+    kw.setdefault("check", True)
+    return subprocess.run(cmd, **kw)
+
+
+def out(cmd):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def key_of(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _prune(pattern, keep):
+    """Remove cached artefacts matching `pattern` except `keep` (older builds of the same artefact)."""
+    for p in glob.glob(pattern):
+        if os.path.abspath(p) != os.path.abspath(keep):
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kernel
+
+
+def resolve_kernel_package():
+    """(package, version) of the linux-image-*-amd64 package that linux-image-amd64 depends on."""
+    for attempt in range(2):
+        r = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+        pkgs = re.findall(r"^\s*Depends:\s*(linux-image-[0-9][^\s]*-amd64)\s*$", r.stdout, re.M)
+        if pkgs:
+            pkg = pkgs[0]
+            pol = out(["apt-cache", "policy", pkg])
+            m = re.search(r"Candidate:\s*(\S+)", pol)
+            if m and m.group(1) != "(none)":
+                return pkg, m.group(1)
+        if attempt == 0:
+            log("apt-cache cannot resolve linux-image-amd64: running apt-get update")
+            run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
+    raise SystemExit("vm-tests: cannot resolve the kernel package linux-image-amd64 depends on (apt-cache)")
+
+
+def _extract_vmlinux(vmlinuz, dest):
+    """Decompress the ELF vmlinux out of a bzImage (booted through PVH it skips the slow in-guest decompression).
+    Returns False when the compression is not one handled here (the bzImage is booted then)."""
+    data = open(vmlinuz, "rb").read()
+    cands = []
+    off = data.find(b"\xfd7zXZ\x00")
+    if off >= 0:
+        cands.append(("xz", off))
+    off = data.find(b"\x1f\x8b\x08")
+    if off >= 0:
+        cands.append(("gzip", off))
+    for kind, off in sorted(cands, key=lambda c: c[1]):
+        try:
+            if kind == "xz":
+                raw = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[off:])
+            else:
+                raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[off:])
+        except (lzma.LZMAError, zlib.error):
+            continue
+        if raw[:4] == b"\x7fELF":
+            with open(dest, "wb") as f:
+                f.write(raw)
+            return True
+    return False
+
+
+def _module_index(moddir):
+    """name -> relative path, deps, softdeps, aliases from depmod's files in `moddir`."""
+    norm = lambda n: n.replace("-", "_")
+    paths, deps = {}, {}
+    with open(os.path.join(moddir, "modules.dep")) as f:
+        for line in f:
+            mod, _, rest = line.partition(":")
+            name = norm(os.path.basename(mod).split(".ko")[0])
+            paths[name] = mod
+            deps[name] = [norm(os.path.basename(d).split(".ko")[0]) for d in rest.split()]
+    aliases = {}
+    p = os.path.join(moddir, "modules.alias")
+    if os.path.exists(p):
+        for line in open(p):
+            w = line.split()
+            if len(w) == 3 and w[0] == "alias":
+                aliases.setdefault(w[1], []).append(norm(w[2]))
+    soft = {}
+    p = os.path.join(moddir, "modules.softdep")
+    if os.path.exists(p):
+        for line in open(p):
+            w = line.split()
+            if len(w) >= 3 and w[0] == "softdep":
+                soft.setdefault(norm(w[1]), []).extend(x for x in w[2:] if not x.endswith(":"))
+    builtin = set()
+    p = os.path.join(moddir, "modules.builtin")
+    if os.path.exists(p):
+        builtin = {norm(os.path.basename(l.strip()).split(".ko")[0]) for l in open(p) if l.strip()}
+    return paths, deps, soft, aliases, builtin
+
+
+def module_closure(moddir, wanted):
+    """Relative paths of the modules in `wanted` and everything they (soft-)depend on, builtins left out."""
+    paths, deps, soft, aliases, builtin = _module_index(moddir)
+
+    def resolve(name):
+        n = name.replace("-", "_")
+        if n in paths or n in builtin:
+            return [n]
+        for a in (name, "crypto-" + name):
+            if a in aliases:
+                return aliases[a]
+        return []
+
+    todo = [n for w in wanted for n in resolve(w)]
+    seen = set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo += deps.get(n, [])
+        for s in soft.get(n, []):
+            todo += resolve(s)
+    missing = [w for w in wanted if not resolve(w)]
+    return sorted(paths[n] for n in seen if n in paths), missing
+
+
+def ensure_kernel(cache):
+    pkg, ver = resolve_kernel_package()
+    kdir = os.path.join(cache, "kernel-%s_%s" % (pkg, ver.replace(":", "_")))
+    stamp = os.path.join(kdir, "kernel.json")
+    if os.path.exists(stamp):
+        info = json.load(open(stamp))
+        info["dir"] = kdir
+        return info
+    log("kernel: fetching %s %s" % (pkg, ver))
+    tmp = tempfile.mkdtemp(prefix="kernel.", dir=cache)
+    try:
+        os.chmod(tmp, 0o755)
+        try:  # apt-get download runs as _apt when it can write the directory (no warning then)
+            shutil.chown(tmp, "_apt")
+        except (LookupError, OSError):
+            pass
+        if subprocess.run(["apt-get", "download", "-q", "%s=%s" % (pkg, ver)], cwd=tmp,
+                          stdout=subprocess.DEVNULL).returncode != 0:
+            # Stale package lists name a version the mirror no longer has: update, resolve again, retry once.
+            run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
+            pkg2, ver2 = resolve_kernel_package()
+            if (pkg2, ver2) != (pkg, ver):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return ensure_kernel(cache)
+            run(["apt-get", "download", "-q", "%s=%s" % (pkg, ver)], cwd=tmp, stdout=subprocess.DEVNULL)
+        debs = glob.glob(os.path.join(tmp, "*.deb"))
+        if len(debs) != 1:
+            raise SystemExit("vm-tests: apt-get download %s gave %r" % (pkg, debs))
+        x = os.path.join(tmp, "x")
+        run(["dpkg-deb", "-x", debs[0], x])
+        kvers = os.listdir(os.path.join(x, "lib/modules"))
+        if len(kvers) != 1:
+            raise SystemExit("vm-tests: %s holds modules for %r" % (pkg, kvers))
+        kver = kvers[0]
+        vmlinuz = os.path.join(x, "boot", "vmlinuz-" + kver)
+        moddir = os.path.join(x, "lib/modules", kver)
+        run(["depmod", "-b", x, kver])
+        mods, missing = module_closure(moddir, WANTED_MODULES)
+        paths, _, _, _, builtin = _module_index(moddir)
+        really_missing = [m for m in missing if m not in builtin]
+        # crc32c_intel only exists on x86 builds with it; the rest must be there (or built in).
+        if [m for m in really_missing if m != "crc32c_intel"]:
+            raise SystemExit("vm-tests: kernel %s lacks modules %r" % (kver, really_missing))
+        stage = tmp + "/out"
+        os.makedirs(os.path.join(stage, "lib/modules", kver))
+        for m in mods:
+            d = os.path.join(stage, "lib/modules", kver, os.path.dirname(m))
+            os.makedirs(d, exist_ok=True)
+            src = os.path.join(moddir, m)
+            if m.endswith(".ko.xz"):
+                with open(os.path.join(d, os.path.basename(m)[:-3]), "wb") as f:
+                    f.write(lzma.decompress(open(src, "rb").read()))
+            else:
+                shutil.copy2(src, d)
+        for f in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+            if os.path.exists(os.path.join(moddir, f)):
+                shutil.copy2(os.path.join(moddir, f), os.path.join(stage, "lib/modules", kver))
+        shutil.copy2(vmlinuz, os.path.join(stage, "vmlinuz"))
+        shutil.copy2(os.path.join(x, "boot", "config-" + kver), os.path.join(stage, "config"))
+        pvh = _extract_vmlinux(vmlinuz, os.path.join(stage, "vmlinux"))
+        info = {"package": pkg, "version": ver, "kver": kver, "modules": [m.replace(".ko.xz", ".ko") for m in mods],
+                "boot": "vmlinux" if pvh else "vmlinuz"}
+        with open(os.path.join(stage, "kernel.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        _prune(os.path.join(cache, "kernel-*"), kdir)
+        os.rename(stage, kdir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["dir"] = kdir
+    log("kernel: %s (%d modules, booting %s)" % (info["kver"], len(info["modules"]), info["boot"]))
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Initramfs
+
+
+def _libs(binary):
+    """Absolute paths of the shared libraries `binary` loads (ldd), the dynamic loader included."""
+    r = subprocess.run(["ldd", binary], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0 and "not a dynamic executable" in r.stdout:
+        return []
+    libs = []
+    for line in r.stdout.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)", line)
+        if m:
+            libs.append(m.group(1))
+        elif "not found" in line:
+            raise SystemExit("vm-tests: ldd %s: %s" % (binary, line.strip()))
+    return sorted(set(libs))
+
+
+def busybox_path():
+    for p in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.path.exists(p):
+            if _libs(p):
+                raise SystemExit("vm-tests: %s is not a static binary (install busybox-static)" % p)
+            return os.path.realpath(p)
+    raise SystemExit("vm-tests: busybox (busybox-static) is not installed")
+
+
+def ensure_initrd(cache, kernel, snapinst):
+    busybox = busybox_path()
+    libs = _libs(snapinst)
+    init = os.path.join(HERE, "init.sh")
+    key = key_of("initrd-v1", kernel["package"], kernel["version"], json.dumps(kernel["modules"]),
+                 sha256_file(init), sha256_file(busybox), sha256_file(snapinst), sha256_file(__file__),
+                 *[l + ":" + sha256_file(l) for l in libs])
+    path = os.path.join(cache, "initrd-%s.cpio.gz" % key)
+    if os.path.exists(path):
+        return path, key
+    log("initramfs: building (%s)" % key)
+    tmp = tempfile.mkdtemp(prefix="initrd.", dir=cache)
+    try:
+        r = os.path.join(tmp, "root")
+        for d in ("bin", "sbin", "proc", "sys", "dev", "mnt", "tmp", "run", "etc", "lib/modules"):
+            os.makedirs(os.path.join(r, d))
+        shutil.copy2(busybox, os.path.join(r, "bin/busybox"))
+        applets = out([busybox, "--list"]).split()
+        for a in applets:
+            if a != "busybox" and not os.path.lexists(os.path.join(r, "bin", a)):
+                os.symlink("busybox", os.path.join(r, "bin", a))
+        for a in ("modprobe", "insmod", "poweroff", "reboot"):
+            os.symlink("../bin/busybox", os.path.join(r, "sbin", a))
+        shutil.copy2(snapinst, os.path.join(r, "bin/snapinst"))
+        for lib in libs:
+            dest = os.path.join(r, lib.lstrip("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copy2(os.path.realpath(lib), dest)
+        kver = kernel["kver"]
+        shutil.copytree(os.path.join(kernel["dir"], "lib/modules", kver), os.path.join(r, "lib/modules", kver))
+        run(["depmod", "-b", r, kver])
+        shutil.copy2(init, os.path.join(r, "init"))
+        os.chmod(os.path.join(r, "init"), 0o755)
+        with open(os.path.join(r, "etc/passwd"), "w") as f:
+            f.write("root:x:0:0:root:/:/bin/sh\n")
+        with open(os.path.join(r, "etc/group"), "w") as f:
+            f.write("root:x:0:\n")
+        files = sorted(os.path.relpath(os.path.join(dp, n), r)
+                       for dp, dns, fns in os.walk(r) for n in dns + fns)
+        with open(tmp + "/initrd", "wb") as f:
+            cp = subprocess.Popen(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], cwd=r,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            gz = subprocess.Popen(["gzip", "-6", "-n"], stdin=cp.stdout, stdout=f)
+            cp.stdout.close()
+            cp.stdin.write(("\n".join(files) + "\n").encode())
+            cp.stdin.close()
+            if cp.wait() != 0 or gz.wait() != 0:
+                raise SystemExit("vm-tests: building the initramfs failed")
+        _prune(os.path.join(cache, "initrd-*.cpio.gz"), path)
+        os.rename(tmp + "/initrd", path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path, key
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Disk images
+
+
+class Mounted:
+    """`with Mounted(image, ro=True) as mnt:` a loop mount of a raw image on a private temporary directory."""
+
+    def __init__(self, image, ro=True):
+        self.image, self.ro = image, ro
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="snapinst-vm-mnt.")
+        opts = "ro,loop" if self.ro else "loop"
+        run(["mount", "-o", opts, self.image, self.dir])
+        return self.dir
+
+    def __exit__(self, *exc):
+        r = subprocess.run(["umount", self.dir])
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", self.dir])
+        os.rmdir(self.dir)
+        # Let btrfs forget the device, so the next image with the same filesystem UUID is scanned afresh.
+        if shutil.which("btrfs"):
+            subprocess.run(["btrfs", "device", "scan", "--forget"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        return False
+
+
+def tool_version(cmd):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
+
+
+def ensure_image(cache, backend):
+    """The pristine image of `backend` ("btrfs": the root is subvolume `root`; "overlay": ext4, directory `root`)
+    and the manifest of its root. Returns (image path, manifest, plan)."""
+    busybox = busybox_path()
+    fs = "btrfs" if backend == "btrfs" else "ext4"
+    mkfs = ["mkfs.btrfs", "-q", "-f"] if fs == "btrfs" else ["mkfs.ext4", "-q", "-F", "-I", "256"]
+    key = key_of("image-v1", backend, IMAGE_SIZE, sha256_file(os.path.join(HERE, "tree.py")),
+                 sha256_file(busybox), tool_version([mkfs[0], "-V"]), " ".join(mkfs))
+    base = os.path.join(cache, "image-%s-%s" % (backend, key))
+    img, man = base + ".img", base + ".before.json"
+    if os.path.exists(img) and os.path.exists(man):
+        return img, manifest_mod.load(man)
+    log("image: building the %s image (%s)" % (backend, key))
+    _prune(os.path.join(cache, "image-%s-*" % backend), "")
+    tmpimg = img + ".tmp"
+    with open(tmpimg, "wb") as f:
+        f.truncate(IMAGE_SIZE)
+    run(mkfs + [tmpimg], stdout=subprocess.DEVNULL)
+    with Mounted(tmpimg, ro=False) as mnt:
+        root = os.path.join(mnt, "root")
+        if fs == "btrfs":
+            run(["btrfs", "-q", "subvolume", "create", root])
+        else:
+            os.mkdir(root)
+        os.chmod(root, 0o755)
+        tree.build_tree(root, busybox)
+        tree.write_plans(root, os.path.join(mnt, "vmtest"))
+        os.makedirs(os.path.join(mnt, "vmtest", "registry"))
+        os.sync()
+    with Mounted(tmpimg, ro=True) as mnt:
+        m = manifest_mod.manifest(os.path.join(mnt, "root"))
+    manifest_mod.save(m, man)
+    os.rename(tmpimg, img)
+    return img, m

@@ -1,0 +1,726 @@
+"""The snapinst VM crash-consistency tests: power cuts at random instants and at every named crash point, with the
+boot-time recovery of a real Debian kernel checked against whole-tree manifests. Run through run.sh.
+
+For each backend (btrfs: the root is a btrfs subvolume; overlay: the root is a directory on ext4):
+  1. reference: boot mode=apply on a copy of the pristine image, no cut. Its duration is T, the tree it leaves is
+     AFTER (BEFORE is the pristine image's tree). The image it leaves is kept for the rollback crash points.
+  2. power cuts: boot mode=apply, SIGKILL QEMU a random delay in [0, T] after the console shows apply-start; boot
+     mode=recover (the init runs `snapinst recover --all` first thing on every boot, then once more); mount the
+     image read-only on the host and check the tree is exactly BEFORE or AFTER, with status, list, the recover
+     actions and the state area agreeing.
+  3. named crash points from `snapinst failpoints`: boot with snapinst.failpoint=NAME (the engine resets the VM at
+     that point), then recover and check the same way.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import artefacts
+import manifest as mf
+
+MARK = "SNAPINST-VM: "
+FS = {"btrfs": "btrfs", "overlay": "ext4"}
+STATE_DIR = ".snapinst-root"  # default state dir of the root /mnt/root: a sibling on the same filesystem
+BOOT_TIMEOUT = 600
+# Kernel messages that make a boot a failure whatever the tree looks like (the kernel logs at level <= 5 on the
+# console: errors and warnings, so a WARN_ON or a filesystem error shows).
+KERNEL_TROUBLE = re.compile(r"Kernel panic|BUG:|Oops|WARNING:|Call Trace|general protection|BTRFS (error|critical)|"
+                            r"EXT4-fs error|EXT4-fs \(vda\): (error|warning)|overlayfs: .*(error|failed)|I/O error|"
+                            r"blk_update_request|Buffer I/O")
+
+
+def log(msg):
+    print("vm-tests: " + msg, flush=True)
+
+
+def fmt_s(s):
+    return "%dm%02ds" % (s // 60, s % 60) if s >= 60 else "%.1fs" % s
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One boot of the VM
+
+
+class Boot:
+    """What one boot printed and how it ended."""
+
+    def __init__(self, name, log_path):
+        self.name, self.log_path = name, log_path
+        self.lines = []  # (host seconds since QEMU start, text)
+        self.end = None  # "poweroff" | "reset" | "cut" | "timeout"
+        self.duration = 0.0
+        self.cut_after = None  # seconds after apply-start at which QEMU was killed
+        self.qemu_rc = None
+
+    def text(self):
+        return "\n".join(l for _, l in self.lines)
+
+    def marker(self, name):
+        """(time, rest of line) of the first marker `name`, or None."""
+        for t, l in self.lines:
+            if l.startswith(MARK + name):
+                return t, l[len(MARK) + len(name):].strip()
+        return None
+
+    def has(self, name):
+        return self.marker(name) is not None
+
+    def rc(self, name):
+        m = self.marker(name)
+        if m and "rc=" in m[1]:
+            return int(m[1].split("rc=")[1].split()[0])
+        return None
+
+    def tagged(self, tag):
+        p = MARK + tag + " "
+        return [l[len(p):] for _, l in self.lines if l.startswith(p)]
+
+    def json_lines(self, tag):
+        out = []
+        for l in self.tagged(tag):
+            l = l.strip()
+            if l.startswith("{"):
+                try:
+                    out.append(json.loads(l))
+                except ValueError:
+                    pass
+        return out
+
+    def json_object(self, tag):
+        """The one JSON object a command printed (on one line or several)."""
+        lines = self.tagged(tag)
+        try:
+            return json.loads("\n".join(lines))
+        except ValueError:
+            objs = [o for o in self.json_lines(tag) if isinstance(o, dict)]
+            return objs[-1] if objs else None
+
+    def kernel_trouble(self):
+        return [l for _, l in self.lines if not l.startswith(MARK) and KERNEL_TROUBLE.search(l)]
+
+    def actions(self, tag):
+        return [j.get("action") for j in self.json_lines(tag) if j.get("event") == "recovered"]
+
+    def events(self, tag):
+        return [j.get("event") for j in self.json_lines(tag)]
+
+
+class VM:
+    def __init__(self, kernel, initrd, accel, logdir):
+        kfile = os.path.join(kernel["dir"], kernel["boot"])
+        self.base = ["qemu-system-x86_64", "-M", "pc", "-smp", "1", "-m", "512", "-nodefaults", "-no-user-config",
+                     "-display", "none", "-no-reboot", "-monitor", "none", "-kernel", kfile, "-initrd", initrd]
+        self.base += accel
+        self.logdir = logdir
+        self.boots = 0
+        self.boot_time = []  # host seconds from QEMU start to the "mounted" marker
+
+    def boot(self, image, backend, mode, name, failpoint=None, cut_delay=None):
+        """Boot the VM on `image`. With `cut_delay`, SIGKILL QEMU that many seconds after apply-start shows."""
+        self.boots += 1
+        log_path = os.path.join(self.logdir, "%s.console.log" % name)
+        b = Boot(name, log_path)
+        append = ["console=ttyS0", "quiet", "loglevel=5", "panic=-1", "snapinst.mode=" + mode, "snapinst.fs=" + FS[backend],
+                  "snapinst.backend=" + backend]
+        if failpoint:
+            append.append("snapinst.failpoint=" + failpoint)
+        # The disk: cache=none opens the image with O_DIRECT, so QEMU keeps no write-back buffer of its own and a
+        # completed guest write is in the host file, while the guest is told it has a volatile write cache and so
+        # issues real flushes (FUA/flush, turned into fdatasync on the host). A SIGKILL of QEMU then loses exactly
+        # what a power cut loses: everything still in the guest's page cache and whatever requests were in flight.
+        # aio=threads: plain pwrite/preadv in QEMU's thread pool (no io_uring/native-AIO requirements).
+        # cache=unsafe would be wrong: it ignores the guest's flushes, so it cannot tell flushed from unflushed
+        # data, and a test of durability must not drop the guest's barriers. (A real disk could also lose or
+        # reorder completed-but-unflushed writes; QEMU does not simulate that, so this is a lower bound.)
+        drive = "file=%s,format=raw,if=virtio,cache=none,aio=threads" % image
+        cmd = self.base + ["-append", " ".join(append), "-drive", drive, "-serial", "file:" + log_path]
+        if os.path.exists(log_path):
+            os.unlink(log_path)
+        errf = open(os.path.join(self.logdir, "%s.qemu.log" % name), "w")
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errf, stderr=subprocess.STDOUT)
+        pos, partial = 0, b""
+        deadline = None
+        t_mounted = None
+
+        def read_console():
+            nonlocal pos, partial, deadline, t_mounted
+            try:
+                with open(log_path, "rb") as f:
+                    f.seek(pos)
+                    d = f.read()
+            except FileNotFoundError:
+                return
+            if not d:
+                return
+            pos += len(d)
+            now = time.monotonic() - t0
+            parts = (partial + d).split(b"\n")
+            partial = parts.pop()
+            for raw in parts:
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                b.lines.append((now, line))
+                if line.startswith(MARK + "mounted") and t_mounted is None:
+                    t_mounted = now
+                if cut_delay is not None and deadline is None and line.startswith(MARK + "apply-start"):
+                    deadline = now + cut_delay
+
+        try:
+            while True:
+                read_console()
+                now = time.monotonic() - t0
+                if deadline is not None and now >= deadline:
+                    p.send_signal(signal.SIGKILL)  # the power cut
+                    p.wait()
+                    b.end = "cut"
+                    b.cut_after = now - (deadline - cut_delay)
+                    break
+                if p.poll() is not None:
+                    break
+                if now > BOOT_TIMEOUT:
+                    p.kill()
+                    p.wait()
+                    b.end = "timeout"
+                    break
+                wait = 0.005
+                if deadline is not None:
+                    wait = max(0.0005, min(wait, deadline - now))
+                time.sleep(wait)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            errf.close()
+        read_console()
+        if partial:
+            b.lines.append((time.monotonic() - t0, partial.decode("utf-8", "replace").rstrip("\r")))
+        b.duration = time.monotonic() - t0
+        b.qemu_rc = p.returncode
+        if b.end is None:
+            b.end = "poweroff" if b.has("poweroff") else "reset"
+        if t_mounted is not None:
+            self.boot_time.append(t_mounted)
+        with open(os.path.join(self.logdir, "%s.timed.log" % name), "w") as f:
+            f.write("# host seconds since QEMU started; ended by %s after %.2fs%s\n"
+                    % (b.end, b.duration, "" if b.cut_after is None else
+                       "; power cut %.3fs after apply-start" % b.cut_after))
+            for t, l in b.lines:
+                f.write("%7.3f %s\n" % (t, l))
+        return b
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checks
+
+
+class Failure(Exception):
+    pass
+
+
+class Result:
+    def __init__(self, state, action, problems, m=None):
+        self.state, self.action, self.problems, self.manifest = state, action, problems, m
+
+
+def inspect_image(image):
+    """(manifest of the root, entries left in the state area's stage/, recovery-failed stamp or None)."""
+    with artefacts.Mounted(image, ro=True) as mnt:
+        m = mf.manifest(os.path.join(mnt, "root"))
+        stage = os.path.join(mnt, STATE_DIR, "stage")
+        left = sorted(os.listdir(stage)) if os.path.isdir(stage) else []
+        stamp = os.path.join(mnt, STATE_DIR, "recovery-failed")
+        failed = open(stamp, errors="replace").read().strip() if os.path.exists(stamp) else None
+    return m, left, failed
+
+
+def check_recovered(boot, image, before, after, gens=(0, 1), names=("BEFORE", "AFTER")):
+    """Check a recover boot and the image it left. `before`/`after`: manifests of the trees before and after the
+    interrupted transaction (for a rollback: the tree with the plan applied, and the original one), with the
+    current generation each must show in `gens`. Result.state is "before" or "after" relative to that transaction
+    ("neither" is a failure). Returns a Result (problems empty when all is well)."""
+    problems = ["kernel: " + l for l in boot.kernel_trouble()[:5]]
+    if boot.end != "poweroff":
+        problems.append("the recover boot ended by %s, not a clean power-off (QEMU rc %s)" % (boot.end, boot.qemu_rc))
+    if boot.has("error"):
+        problems.append("init: %s" % boot.marker("error")[1])
+    if not boot.has("recovered rc=0"):
+        problems.append("boot-time `snapinst recover --all` failed: %s" % (boot.marker("recover-failed") or "no result"))
+    actions = boot.actions("recover-out")
+    bad = [a for a in actions if a not in ("rolled_back", "rolled_forward", "nothing")]
+    if bad:
+        problems.append("recover --json: unknown actions %r" % bad)
+    again = boot.actions("recover2-out")
+    if boot.rc("recover2-done") != 0:
+        problems.append("the second recover exited %s" % boot.rc("recover2-done"))
+    if [a for a in again if a != "nothing"]:
+        problems.append("the second recover did something: %r" % again)
+    status = boot.json_object("status-out")
+    lst = boot.json_object("list-out")
+    if not isinstance(status, dict):
+        problems.append("no status --json output")
+        status = {}
+    if not isinstance(lst, dict):
+        problems.append("no list --json output")
+        lst = {}
+    m, left, stamp = inspect_image(image)
+    if left:
+        problems.append("stage left behind: %s/stage holds %r" % (STATE_DIR, left))
+    if stamp is not None:
+        problems.append("recovery-failed stamp: %s" % stamp)
+    if m == before:
+        state = "before"
+    elif m == after:
+        state = "after"
+    else:
+        state = "neither"
+        problems.append("the tree is neither %s nor %s (%d paths differ from the first, %d from the second)"
+                        % (names[0], names[1], mf.count_diff(before, m), mf.count_diff(after, m)))
+    allowed = {"before": ("rolled_back", "nothing"), "after": ("rolled_forward", "nothing")}.get(state, ())
+    if state != "neither":
+        tree = names[0] if state == "before" else names[1]
+        wrong = [a for a in actions if a not in allowed]
+        if wrong:
+            problems.append("the tree is %s but recover said %r" % (tree, wrong))
+        want = gens[0] if state == "before" else gens[1]
+        if status.get("current_generation") != want:
+            problems.append("status current_generation %r, the tree is %s (generation %d)"
+                            % (status.get("current_generation"), tree, want))
+        if lst.get("current_generation") != want:
+            problems.append("list current_generation %r, the tree is %s (generation %d)"
+                            % (lst.get("current_generation"), tree, want))
+        gl = lst.get("generations", [])
+        cur = [g.get("generation") for g in gl if g.get("current")]
+        # No generation listed at all is what a root shows before its first transaction got as far as writing
+        # state.json (a crash right after taking the lock): acceptable for generation 0 only.
+        if lst and cur != [want] and not (gl == [] and want == 0):
+            problems.append("list marks generations %r current, want [%d]" % (cur, want))
+    if status.get("in_progress", "missing") is not None:
+        problems.append("status in_progress is %r, not null" % (status.get("in_progress", "missing"),))
+    if status.get("recovery_failed") is not None:
+        problems.append("status recovery_failed: %r" % status.get("recovery_failed"))
+    unfinished = [t for t in lst.get("transactions", []) if t.get("state", "done") != "done"]
+    if unfinished:
+        problems.append("list shows unfinished transactions: %r" % unfinished)
+    action = "rolled_forward" if "rolled_forward" in actions else "rolled_back" if "rolled_back" in actions \
+        else "nothing"
+    return Result(state, action, problems, m)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The campaign of one backend
+
+
+class Campaign:
+    def __init__(self, backend, vm, pristine, before, workdir, logdir, rng, failpoints, cuts):
+        self.backend, self.vm, self.pristine, self.before = backend, vm, pristine, before
+        self.work = os.path.join(workdir, "%s.img" % backend)
+        self.after_img = os.path.join(workdir, "%s-after.img" % backend)
+        self.logdir = os.path.join(logdir, backend)
+        os.makedirs(self.logdir, exist_ok=True)
+        vm.logdir = self.logdir
+        self.rng, self.failpoints, self.ncuts = rng, failpoints, cuts
+        self.after = None
+        self.T = None
+        self.commit_s = 0.0
+        self.late = 0.0
+        self.counts = {"before": 0, "rolled_back": 0, "during": 0, "after": 0}
+        self.fp_passed = self.fp_total = 0
+        self.fp_rows = []
+        self.passed = self.failed = 0
+        self.failures = []
+        self.evidence_images = 0
+
+    # -- helpers
+    def reset(self, src=None):
+        subprocess.run(["cp", "--sparse=always", "--reflink=auto", src or self.pristine, self.work], check=True)
+
+    def evidence(self, case, boots, result=None, extra=""):
+        d = os.path.join(self.logdir, "FAILED-" + case)
+        os.makedirs(d, exist_ok=True)
+        for b in boots:
+            if b and os.path.exists(b.log_path):
+                shutil.copy2(b.log_path, d)
+        with open(os.path.join(d, "report.txt"), "w") as f:
+            f.write(extra + "\n")
+            if result is not None:
+                f.write("\n".join(result.problems) + "\n")
+                if result.manifest is not None:
+                    f.write("\n--- differences from BEFORE ---\n")
+                    f.write("\n".join(mf.diff(self.before, result.manifest, limit=400)) + "\n")
+                    if self.after is not None:
+                        f.write("\n--- differences from AFTER ---\n")
+                        f.write("\n".join(mf.diff(self.after, result.manifest, limit=400)) + "\n")
+                    mf.save(result.manifest, os.path.join(d, "manifest.json"))
+        if result is not None and result.state == "neither" and self.evidence_images < 2:
+            self.evidence_images += 1
+            subprocess.run(["cp", "--sparse=always", self.work, os.path.join(d, "image.img")])
+        return d
+
+    def fail(self, case, msg, boots=(), result=None):
+        d = self.evidence(case, boots, result, msg)
+        self.failed += 1
+        self.failures.append("%s %s: %s (evidence: %s)" % (self.backend, case, msg, d))
+        log("FAIL %s %s: %s" % (self.backend, case, msg))
+        if result is not None:
+            for p in result.problems:
+                log("       %s" % p)
+
+    # -- 1. reference run
+    def reference(self):
+        self.reset()
+        b = self.vm.boot(self.work, self.backend, "apply", "reference-apply")
+        t0, t1 = b.marker("apply-start"), b.marker("apply-done")
+        problems = []
+        if b.end != "poweroff":
+            problems.append("ended by %s" % b.end)
+        if t1 is None or b.rc("apply-done") != 0:
+            problems.append("apply did not succeed (rc %s)" % b.rc("apply-done"))
+        if "committed" not in b.events("apply-out"):
+            problems.append("no committed event")
+        problems += ["kernel: " + l for l in b.kernel_trouble()[:5]]
+        if problems:
+            self.fail("reference", "the uncut apply failed: " + "; ".join(problems), [b])
+            raise Failure("%s: the reference apply failed; see %s" % (self.backend, b.log_path))
+        self.T = t1[0] - t0[0]
+        summ = [j for j in b.json_lines("apply-out") if j.get("event") == "summary"]
+        self.commit_s = (summ[-1].get("timings_ms") or {}).get("commit", 0) / 1000.0 if summ else 0.0
+        m, left, stamp = inspect_image(self.work)
+        status = b.json_object("status-out") or {}
+        if left or stamp or status.get("current_generation") != 1 or m == self.before:
+            self.fail("reference", "after the uncut apply: stage %r, stamp %r, status %r, tree changed: %s"
+                      % (left, stamp, status, m != self.before), [b])
+            raise Failure("%s: the reference apply left a bad state" % self.backend)
+        self.after = m
+        mf.save(m, os.path.join(self.logdir, "after.manifest.json"))
+        mf.save(self.before, os.path.join(self.logdir, "before.manifest.json"))
+        subprocess.run(["cp", "--sparse=always", self.work, self.after_img], check=True)
+        self.passed += 1
+        log("%s: reference apply took T=%.2fs (commit phase %.0f ms; boot to apply-start %.2fs); BEFORE %s, "
+            "AFTER %s (%d paths differ)" % (self.backend, self.T, self.commit_s * 1000, t0[0], mf.digest(self.before),
+                                            mf.digest(m), mf.count_diff(self.before, m)))
+
+    # -- 2. power cuts
+    def cuts(self):
+        for i in range(self.ncuts):
+            case = "cut-%03d" % i
+            if self.late and self.rng.random() < self.late:
+                # Aimed at the commit phase (the last part of the apply, as long as the reference's commit timing
+                # plus 0.3 s), where a uniform draw over [0, T] seldom lands.
+                delay = self.rng.uniform(max(0.0, self.T - self.commit_s - 0.3), self.T)
+            else:
+                delay = self.rng.uniform(0, self.T)
+            self.reset()
+            a = r = None
+            try:
+                a = self.vm.boot(self.work, self.backend, "apply", case + "-apply", cut_delay=delay)
+                if a.end == "poweroff" and a.rc("apply-done") == 0:
+                    # This apply ran faster than the reference: it had finished and the VM had powered off before
+                    # the instant of the cut. That is a cut after the end, and is checked like one.
+                    a.cut_after = delay
+                elif a.end != "cut":
+                    self.fail(case, "the apply boot ended by %s before the cut (apply-start seen: %s, apply rc %s)"
+                              % (a.end, a.has("apply-start"), a.rc("apply-done")), [a])
+                    continue
+                finished = a.has("apply-done")
+                committed = "committed" in a.events("apply-out")
+                r = self.vm.boot(self.work, self.backend, "recover", case + "-recover")
+                res = check_recovered(r, self.work, self.before, self.after)
+                if committed and res.state == "before":
+                    res.problems.append("the apply printed `committed` before the cut, yet the tree is BEFORE")
+                res.problems += ["kernel during the apply: " + l for l in a.kernel_trouble()[:5]]
+                if res.problems:
+                    self.fail(case, "cut %.3fs after apply-start" % a.cut_after, [a, r], res)
+                    continue
+                self.passed += 1
+                if res.state == "before":
+                    self.counts["before"] += 1
+                    if res.action == "rolled_back":
+                        self.counts["rolled_back"] += 1
+                elif res.action == "rolled_forward":
+                    self.counts["during"] += 1
+                else:
+                    self.counts["after"] += 1
+                what = res.state.upper() + (" (rolled forward)" if res.action == "rolled_forward" else
+                                            " (rolled back)" if res.action == "rolled_back" else "")
+                log("%s %s: cut %.3fs after apply-start (%s) -> %s"
+                    % (self.backend, case, a.cut_after, "VM already off" if a.end == "poweroff" else
+                       "apply had finished" if finished else
+                       "after the commit event" if committed else "apply running", what))
+            except Exception as e:  # a harness or host problem: record it, go on with the next cut
+                self.fail(case, "exception: %s\n%s" % (e, traceback.format_exc()), [a, r])
+
+    # -- 3. named crash points
+    def crash_point(self, case, *args, **kw):
+        """Boot a mode with a failpoint, then recover and check (see _crash_point). Returns the Result, or None when
+        the case failed (recorded, with its evidence)."""
+        try:
+            return self._crash_point(case, *args, **kw)
+        except Exception as e:  # a harness or host problem: record it, go on with the next point
+            self.fail(case, "exception: %s\n%s" % (e, traceback.format_exc()))
+            return None
+
+    def _crash_point(self, case, name, mode, start_img, before, after, gens, expect=None, pre=None,
+                     names=("BEFORE", "AFTER")):
+        """Boot `mode` with failpoint `name` on `start_img` (after `pre` boots, if any), then recover and check."""
+        self.reset(start_img)
+        boots = []
+        if pre:
+            pb = self.vm.boot(self.work, self.backend, "apply", case + "-pre", failpoint=pre)
+            boots.append(pb)
+            if pb.end != "reset":
+                self.fail(case, "the preparing crash at %s did not happen (boot ended by %s)" % (pre, pb.end), boots)
+                return None
+        a = self.vm.boot(self.work, self.backend, mode, case + "-crash", failpoint=name)
+        boots.append(a)
+        reached = a.end == "reset"
+        if a.end not in ("reset", "poweroff"):
+            self.fail(case, "the crash boot ended by %s" % a.end, boots)
+            return None
+        if not reached and mode != "recover":
+            self.fail(case, "failpoint %s (operation %s) was not reached on %s: the boot powered off normally"
+                      % (name, mode, self.backend), boots)
+            return None
+        committed = "committed" in a.events("apply-out" if mode.startswith("apply") else mode + "-out")
+        r = self.vm.boot(self.work, self.backend, "recover", case + "-recover")
+        boots.append(r)
+        res = check_recovered(r, self.work, before, after, gens, names)
+        if committed and res.state == "before":
+            res.problems.append("`committed` was printed before the crash, yet the tree is the one before")
+        for cb in boots[:-1]:
+            res.problems += ["kernel during %s: %s" % (cb.name, l) for l in cb.kernel_trouble()[:5]]
+        if expect and res.state in ("before", "after") and res.state != expect:
+            res.problems.append("recovered to %s, expected %s" % (res.state.upper(), expect.upper()))
+        if res.problems:
+            self.fail(case, "crash at %s during %s" % (name, mode), boots, res)
+            return None
+        res.reached = reached
+        return res
+
+    def failpoint_matrix(self):
+        mine = [(n, op) for n, op, bks in self.failpoints if self.backend in bks]
+        pre_commit = post_commit = None
+        rows = []
+        for name, op in mine:
+            if op == "recover":
+                continue
+            self.fp_total += 1
+            case = "fp-%s" % name
+            if op == "apply":
+                res = self.crash_point(case, name, "apply", self.pristine, self.before, self.after, (0, 1))
+            elif op == "apply-failing":
+                res = self.crash_point(case, name, "apply-failing", self.pristine, self.before, self.after, (0, 1),
+                                       expect="before")
+            elif op == "rollback":
+                # The image has the plan applied: the rollback goes from AFTER (generation 1) back to BEFORE
+                # (generation 0 made current again), so the rollback's "before" is AFTER and its "after" BEFORE.
+                res = self.crash_point(case, name, "rollback", self.after_img, self.after, self.before, (1, 0),
+                                       names=("AFTER (the rollback's before)", "BEFORE (the rollback's after)"))
+            else:
+                self.fail(case, "unknown failpoint operation %r" % op)
+                continue
+            if res is None:
+                rows.append((name, op, "FAILED", ""))
+                continue
+            self.passed += 1
+            self.fp_passed += 1
+            tree = res.state.upper() if op != "rollback" else \
+                ("AFTER (rollback undone)" if res.state == "before" else "BEFORE (rollback done)")
+            rows.append((name, op, tree, res.action))
+            log("%s failpoint %-30s (%s) -> %s, recover: %s" % (self.backend, name, op, tree, res.action))
+            if op == "apply" and res.state == "before" and res.action == "rolled_back" and pre_commit is None:
+                pre_commit = name
+            if op == "apply" and res.state == "after" and res.action == "rolled_forward" and post_commit is None:
+                post_commit = name
+        # Crash points of the recovery itself: first leave an interrupted transaction (a crash before the commit
+        # point, and one after it), then crash the boot-time recovery at the point, then recover and check that
+        # the tree ends on the same side as the first crash put it.
+        for name, op in mine:
+            if op != "recover":
+                continue
+            for side, pre in (("before", pre_commit), ("after", post_commit)):
+                self.fp_total += 1
+                case = "fp-%s-%s" % (name, side)
+                if pre is None:
+                    self.fail(case, "no apply crash point left work for recovery on the %s side" % side)
+                    rows.append((name, "recover/" + side, "FAILED", ""))
+                    continue
+                res = self.crash_point(case, name, "recover", self.pristine, self.before, self.after, (0, 1),
+                                       expect=side, pre=pre)
+                if res is None:
+                    rows.append((name, "recover/" + side, "FAILED", ""))
+                    continue
+                self.passed += 1
+                self.fp_passed += 1
+                note = "" if res.reached else " (not reached)"
+                rows.append((name, "recover after %s" % pre, res.state.upper() + note, res.action))
+                log("%s failpoint %-30s (recover after a crash at %s) -> %s%s"
+                    % (self.backend, name, pre, res.state.upper(), note))
+        self.fp_rows = rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_failpoints(snapinst):
+    r = subprocess.run([snapinst, "failpoints"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise SystemExit("vm-tests: `snapinst failpoints` failed: %s" % r.stderr.strip())
+    fps = []
+    for line in r.stdout.splitlines():
+        f = line.split("\t")
+        if len(f) < 3:
+            raise SystemExit("vm-tests: `snapinst failpoints` line %r is not NAME<TAB>OPERATION<TAB>BACKENDS" % line)
+        fps.append((f[0].strip(), f[1].strip(), [b.strip() for b in f[2].split(",")]))
+    if not fps:
+        raise SystemExit("vm-tests: `snapinst failpoints` lists nothing: not a --features failpoints build?")
+    return fps
+
+
+def accel_args():
+    if os.environ.get("SNAPINST_VM_KVM") == "1":
+        try:
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            os.close(fd)
+            return ["-accel", "kvm", "-cpu", "host"], "kvm"
+        except OSError as e:
+            log("SNAPINST_VM_KVM=1 but /dev/kvm is not usable (%s): using TCG" % e)
+    return ["-accel", "tcg", "-cpu", "max"], "tcg"
+
+
+def preflight():
+    missing = [t for t in ("qemu-system-x86_64", "mount", "umount", "cp", "cpio", "gzip", "depmod", "dpkg-deb",
+                           "apt-get", "apt-cache", "mkfs.btrfs", "mkfs.ext4", "btrfs", "ldd") if not shutil.which(t)]
+    if missing:
+        raise SystemExit("vm-tests: missing tools: %s" % " ".join(missing))
+    if os.geteuid() != 0:
+        raise SystemExit("vm-tests: must run as root (loop mounts, image building)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cuts", type=int, default=20, help="power cuts per backend (default 20)")
+    ap.add_argument("--soak", type=int, default=None, help="a long run: N power cuts per backend")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the cut delays (default: random, printed)")
+    ap.add_argument("--backend", action="append", choices=["btrfs", "overlay"], help="only this backend")
+    ap.add_argument("--no-failpoints", action="store_true", help="only the power cuts")
+    ap.add_argument("--late", type=float, default=0.0,
+                    help="fraction of the cuts aimed at the commit phase instead of [0, T] (default 0)")
+    ap.add_argument("--snapinst", required=True, help="the failpoints build of snapinst")
+    ap.add_argument("--cache", required=True)
+    args = ap.parse_args()
+    t_start = time.monotonic()
+    preflight()
+    cuts = args.soak if args.soak is not None else args.cuts
+    seed = args.seed if args.seed is not None else int(os.environ.get("SNAPINST_VM_SEED") or
+                                                       random.SystemRandom().randrange(1, 10**9))
+    log("seed %d (rerun the same cut delays with --seed %d or SNAPINST_VM_SEED=%d)" % (seed, seed, seed))
+    rng = random.Random(seed)
+    os.makedirs(args.cache, exist_ok=True)
+    snapinst = os.path.abspath(args.snapinst)
+    failpoints = parse_failpoints(snapinst)
+    log("%d failpoints from `snapinst failpoints`" % len(failpoints))
+    accel, accel_name = accel_args()
+
+    kernel = artefacts.ensure_kernel(args.cache)
+    initrd, ikey = artefacts.ensure_initrd(args.cache, kernel, snapinst)
+    backends = args.backend or ["btrfs", "overlay"]
+    images = {b: artefacts.ensure_image(args.cache, b) for b in backends}
+    log("artefacts ready in %s (kernel %s, initramfs %s, %s)" % (args.cache, kernel["kver"], ikey, accel_name))
+
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    logroot = os.environ.get("SNAPINST_VM_LOGS") or os.path.join(args.cache, "logs")
+    logdir = os.path.join(logroot, run_id)
+    os.makedirs(logdir, exist_ok=True)
+    old = sorted(d for d in os.listdir(logroot) if d != run_id)
+    for d in old[:-9]:
+        shutil.rmtree(os.path.join(logroot, d), ignore_errors=True)
+    workdir = os.path.join(args.cache, "work")
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    log("logs in %s" % logdir)
+
+    vm = VM(kernel, initrd, accel, logdir)
+    results = []
+    for backend in backends:
+        t0 = time.monotonic()
+        img, before = images[backend]
+        c = Campaign(backend, vm, img, before, workdir, logdir, rng, failpoints, cuts)
+        c.late = args.late
+        try:
+            c.reference()
+            c.cuts()
+            if not args.no_failpoints:
+                c.failpoint_matrix()
+        except Failure as e:
+            log(str(e))
+        except Exception as e:
+            c.fail("campaign", "exception: %s\n%s" % (e, traceback.format_exc()))
+        c.elapsed = time.monotonic() - t0
+        results.append(c)
+
+    # The same plan on the same base tree must give the same tree on every backend (BEFORE is the same by
+    # construction): a discrepancy is an engine bug even when each backend is crash-consistent on its own.
+    cross = None
+    done = [c for c in results if c.after is not None]
+    if len(done) > 1:
+        d = mf.diff(done[0].after, done[1].after, limit=20)
+        if d:
+            cross = "AFTER differs between %s and %s:\n    %s" % (done[0].backend, done[1].backend, "\n    ".join(d))
+            done[1].failed += 1
+            done[1].failures.append("cross-backend: " + cross)
+            log("FAIL " + cross)
+        else:
+            done[1].passed += 1
+            log("cross-backend: the %s and %s AFTER trees are identical" % (done[0].backend, done[1].backend))
+
+    # ---- report
+    total = time.monotonic() - t_start
+    print()
+    print("snapinst VM crash tests: seed %d, %s, kernel %s, %d boots, median boot to the mounted disk %.2fs"
+          % (seed, accel_name, kernel["kver"], vm.boots,
+             sorted(vm.boot_time)[len(vm.boot_time) // 2] if vm.boot_time else 0))
+    hdr = "%-8s %5s %7s %8s %13s %19s %6s %11s %7s %8s" % ("backend", "T", "commit", "cuts", "before",
+                                                           "during(rolled fwd)", "after", "failpoints", "failed",
+                                                           "time")
+    print(hdr)
+    print("-" * len(hdr))
+    for c in results:
+        ncut = sum(c.counts[k] for k in ("before", "during", "after"))
+        print("%-8s %5s %7s %8s %13s %19d %6d %11s %7d %8s" % (
+            c.backend, "%.1fs" % c.T if c.T else "-", "%dms" % (c.commit_s * 1000), "%d/%d" % (ncut, c.ncuts),
+            "%d (%d rb)" % (c.counts["before"], c.counts["rolled_back"]), c.counts["during"], c.counts["after"],
+            "%d/%d" % (c.fp_passed, c.fp_total), c.failed, fmt_s(c.elapsed)))
+    print("  (T: the uncut apply, apply-start to apply-done; commit: its commit phase per the summary; cuts at a"
+          " random instant in [0, T]%s.\n   before: the tree is BEFORE, rb = of which recovery rolled back a started"
+          " transaction; during: recovery rolled forward; after: the apply had completed)"
+          % (", %d%% aimed at the commit phase" % (args.late * 100) if args.late else ""))
+    for c in results:
+        if c.fp_rows:
+            print("%s crash points:" % c.backend)
+            for name, op, state, action in c.fp_rows:
+                print("  %-30s %-38s %-24s %s" % (name, op, state, action))
+    passed = sum(c.passed for c in results)
+    failed = sum(c.failed for c in results)
+    if failed:
+        print("failures:")
+        for c in results:
+            for f in c.failures:
+                print("  " + f.splitlines()[0])
+    print("total time %s; logs in %s" % (fmt_s(total), logdir))
+    shutil.rmtree(workdir, ignore_errors=True)
+    print("vm-tests: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed or passed == 0 else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+#!/bin/sh
+# /init of the snapinst VM-test initramfs (busybox sh). Every line meant for the harness starts with "SNAPINST-VM: ".
+#
+# Kernel command line:
+#   snapinst.mode=recover|apply|apply-failing|rollback   what to do after the boot-time recovery
+#   snapinst.fs=btrfs|ext4                              the test disk's filesystem (/dev/vda)
+#   snapinst.backend=btrfs|overlay                      passed to `snapinst apply --backend`
+#   snapinst.failpoint=NAME                             SNAPINST_FAILPOINT for every snapinst run of this boot,
+#                                                       with SNAPINST_FAILPOINT_ACTION=reset (machine reset, no sync)
+#
+# Every boot first runs `snapinst recover --all` (the registry is on the test disk): that boot-time recovery is
+# what the tests check. Then the mode's work, `status --json` and `list --json`, sync, unmount, power off.
+export PATH=/bin:/sbin
+export HOME=/ TERM=dumb
+umask 022
+
+say() { echo "SNAPINST-VM: $*"; }
+die() {
+    say "error $*"
+    sync
+    poweroff -f
+    sleep 10
+}
+
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm /tmp /run /mnt
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+exec </dev/console >/dev/console 2>&1
+
+MODE=recover FS=btrfs BACKEND=btrfs FAILPOINT=
+for w in $(cat /proc/cmdline); do
+    case "$w" in
+        snapinst.mode=*) MODE=${w#snapinst.mode=} ;;
+        snapinst.fs=*) FS=${w#snapinst.fs=} ;;
+        snapinst.backend=*) BACKEND=${w#snapinst.backend=} ;;
+        snapinst.failpoint=*) FAILPOINT=${w#snapinst.failpoint=} ;;
+    esac
+done
+say "boot mode=$MODE fs=$FS backend=$BACKEND failpoint=${FAILPOINT:-none} uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+load() { modprobe "$1" || die "modprobe $1 failed"; }
+load virtio_pci
+load virtio_blk
+modprobe crc32c_intel 2>/dev/null  # faster crc32c when the CPU has SSE4.2; crc32c_generic otherwise
+load crc32c_generic
+case "$FS" in
+    btrfs) for m in xxhash_generic blake2b_generic sha256_generic libcrc32c btrfs; do modprobe "$m" 2>/dev/null; done
+           grep -qw btrfs /proc/filesystems || die "btrfs not available" ;;
+    ext4) load ext4; load overlay ;;
+    *) die "unknown fs $FS" ;;
+esac
+i=0
+while [ ! -b /dev/vda ]; do
+    i=$((i + 1))
+    [ $i -gt 500 ] && die "no /dev/vda"
+    sleep 0.01
+done
+mount -t "$FS" /dev/vda /mnt || die "mount /dev/vda failed"
+say "mounted uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+export SNAPINST_REGISTRY=/mnt/vmtest/registry
+ROOT=/mnt/root
+if [ -n "$FAILPOINT" ]; then
+    export SNAPINST_FAILPOINT="$FAILPOINT" SNAPINST_FAILPOINT_ACTION=reset
+fi
+
+# Run a command with its output (stdout and stderr) on the console, each line tagged "SNAPINST-VM: TAG ".
+# Lines go out as they come, so what a command said before a reset is kept. The status is in $RC.
+tagged() {
+    tag=$1
+    shift
+    rm -f /tmp/fifo
+    mkfifo /tmp/fifo
+    (while IFS= read -r l; do echo "SNAPINST-VM: $tag $l"; done </tmp/fifo) &
+    reader=$!
+    "$@" >/tmp/fifo 2>&1
+    RC=$?
+    wait $reader
+    if [ $RC = 137 ] && [ -n "$FAILPOINT" ]; then
+        # Killed by a failpoint that did not reset the machine itself: reset it now, still without syncing.
+        say "$tag killed by SIGKILL at a failpoint: resetting"
+        echo b >/proc/sysrq-trigger
+    fi
+}
+
+say "recover-start"
+tagged recover-out snapinst recover --all --json
+if [ $RC = 0 ]; then say "recovered rc=0"; else say "recover-failed rc=$RC"; fi
+
+case "$MODE" in
+    recover)
+        # Recovering again must change nothing.
+        tagged recover2-out snapinst recover --all --json
+        say "recover2-done rc=$RC"
+        ;;
+    apply | apply-failing)
+        plan=/mnt/vmtest/plan.json
+        [ "$MODE" = apply-failing ] && plan=/mnt/vmtest/plan-failing.json
+        say "apply-start"
+        tagged apply-out snapinst apply "$plan" --root "$ROOT" --backend "$BACKEND" --json
+        say "apply-done rc=$RC"
+        ;;
+    rollback)
+        say "rollback-start"
+        tagged rollback-out snapinst rollback --root "$ROOT" --json
+        say "rollback-done rc=$RC"
+        ;;
+    *) die "unknown mode $MODE" ;;
+esac
+
+unset SNAPINST_FAILPOINT SNAPINST_FAILPOINT_ACTION
+tagged status-out snapinst status --root "$ROOT" --json
+say "status-done rc=$RC"
+tagged list-out snapinst list --root "$ROOT" --json
+say "list-done rc=$RC"
+sync
+umount /mnt || die "umount /mnt failed"
+say "poweroff uptime=$(cut -d' ' -f1 /proc/uptime)"
+poweroff -f
+sleep 10
