@@ -34,21 +34,7 @@ die() {
     exit 1
 }
 
-# Unmount everything mounted at or below a directory, deepest first (a build killed half-way can leave /proc,
-# /sys or a bind of /dev mounted in a tree): never remove such a tree without this.
-umount_below() {
-    local m
-    awk -v p="$1" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r |
-        while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
-}
-safe_rm() {
-    local d
-    for d in "$@"; do
-        [ -e "$d" ] || continue
-        umount_below "$(realpath -m "$d")"
-        rm -rf --one-file-system "$d"
-    done
-}
+. "$here/lib.sh"
 
 rebuild=0 rebuild_rootfs=0 keep_disk=0
 for a in "$@"; do
@@ -169,7 +155,7 @@ inputs_hash() {
         sha256sum Makefile
         cd "$here"
         find guest -type f -print0 | sort -z | xargs -0 sha256sum
-        sha256sum build-image.sh
+        sha256sum build-image.sh lib.sh
     ) | sha256sum | cut -c1-16
 }
 image_key=$(inputs_hash)
