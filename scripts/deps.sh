@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that building and testing snapinst need, unless they are all present already.
-# Shared by scripts/demo.sh, scripts/test.sh and bench/run.sh. Needs root when something is missing.
+# Installs Debian packages, unless they are all present already: the ones that building and testing snapinst need,
+# plus any named on the command line (`scripts/deps.sh qemu-system-x86 cpio`).
+# Shared by scripts/demo.sh, scripts/test.sh, bench/run.sh and the VM tests. Needs root when something is missing.
 set -euo pipefail
 
-packages=(btrfs-progs libbtrfsutil-dev libclang-dev busybox-static e2fsprogs pkg-config)
+packages=(btrfs-progs libbtrfsutil-dev libclang-dev busybox-static e2fsprogs pkg-config "$@")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,5 +24,5 @@ fi
 
 echo "deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update
-apt-get install -y --no-install-recommends "${packages[@]}"
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null

@@ -91,4 +91,39 @@ impl Root {
         nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode))
             .with_context(|| format!("creating directory {path}"))
     }
+
+    /// The contents of the file at `path` (symlinks followed inside the root); None if it does not exist.
+    pub fn read(&self, path: &RootPath) -> Result<Option<Vec<u8>>> {
+        let fd = match self.resolve(path.rel(), OFlag::O_RDONLY | OFlag::O_NOCTTY) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {path} inside {}", self.path.display())),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)
+            .with_context(|| format!("reading {path} inside {}", self.path.display()))?;
+        Ok(Some(bytes))
+    }
+
+    /// The target of the symlink at `path`; None if there is no symlink there.
+    pub fn readlink(&self, path: &RootPath) -> Result<Option<std::ffi::OsString>> {
+        let (dir, name) = match self.parent_of(path) {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        };
+        match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
+            Ok(target) => Ok(Some(target)),
+            Err(Errno::ENOENT) | Err(Errno::EINVAL) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading symlink {path} inside {}", self.path.display())),
+        }
+    }
+
+    /// Whether `a` and `b` both resolve (following symlinks inside the root) to the same existing file.
+    pub fn same_file(&self, a: &RootPath, b: &RootPath) -> bool {
+        let id = |p: &RootPath| {
+            let fd = self.resolve(p.rel(), OFlag::O_PATH).ok()?;
+            nix::sys::stat::fstat(fd.as_raw_fd()).ok().map(|st| (st.st_dev, st.st_ino))
+        };
+        matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+    }
 }

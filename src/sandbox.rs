@@ -36,8 +36,14 @@ pub(crate) fn interrupted() -> bool {
 pub(crate) enum Place<'a> {
     /// Chrooted into this staged root.
     Chroot(&'a Path),
+    /// Chrooted into this staged root, with a host directory bound read-only at [`SHARE_DIR`] (on the fresh /run,
+    /// so the stage itself is not changed).
+    ChrootSharing(&'a Path, &'a Path),
     Host,
 }
+
+/// Where [`Place::ChrootSharing`] shows the shared host directory inside the root.
+pub(crate) const SHARE_DIR: &str = "/run/snapinst-share";
 
 #[derive(Debug)]
 pub(crate) struct Finished {
@@ -68,9 +74,11 @@ struct ChrootSetup {
     root: CString,
     binds: Vec<(CString, CString)>,
     tmpfs: Vec<CString>,
+    /// A host directory and the directory made for it on the fresh /run, bound read-only there.
+    share: Option<(CString, CString)>,
 }
 
-fn chroot_setup(root: &Path) -> Result<ChrootSetup> {
+fn chroot_setup(root: &Path, share: Option<&Path>) -> Result<ChrootSetup> {
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).context("path contains a NUL byte");
     let mut binds = Vec::new();
     let mut tmpfs = Vec::new();
@@ -87,7 +95,16 @@ fn chroot_setup(root: &Path) -> Result<ChrootSetup> {
             tmpfs.push(c(&target)?);
         }
     }
-    Ok(ChrootSetup { root: c(root)?, binds, tmpfs })
+    let share = match share {
+        None => None,
+        Some(dir) => {
+            if !is_real_dir(&root.join("run")) {
+                anyhow::bail!("the root has no /run directory to show the step's files in");
+            }
+            Some((c(dir)?, c(&root.join(SHARE_DIR.trim_start_matches('/')))?))
+        }
+    };
+    Ok(ChrootSetup { root: c(root)?, binds, tmpfs, share })
 }
 
 fn is_real_dir(p: &Path) -> bool {
@@ -120,7 +137,11 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal) -
     let setup = match place {
         Place::Chroot(root) => {
             proc.current_dir("/");
-            Some(chroot_setup(root)?)
+            Some(chroot_setup(root, None)?)
+        }
+        Place::ChrootSharing(root, share) => {
+            proc.current_dir("/");
+            Some(chroot_setup(root, Some(share))?)
         }
         Place::Host => None,
     };
@@ -253,6 +274,17 @@ fn enter_chroot(s: &ChrootSetup) -> std::io::Result<()> {
                 c"tmpfs".as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV,
                 c"mode=1777".as_ptr().cast(),
+            ))?;
+        }
+        if let Some((src, dst)) = &s.share {
+            check(libc::mkdir(dst.as_ptr(), 0o755))?;
+            check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+            check(libc::mount(
+                std::ptr::null(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
             ))?;
         }
         check(libc::chroot(s.root.as_ptr()))?;

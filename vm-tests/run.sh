@@ -38,18 +38,7 @@ done
 
 # ---- dependencies (Debian 12 package names); apt-get only when something is missing
 deps=(qemu-system-x86 busybox-static btrfs-progs e2fsprogs cpio kmod python3 util-linux coreutils gzip dpkg apt)
-missing=()
-for p in "${deps[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "vm-tests: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null || die "apt-get update failed"
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
-fi
+bash "$repo/scripts/deps.sh" "${deps[@]}" || die "installing the dependencies failed"
 for t in qemu-system-x86_64 busybox mkfs.btrfs mkfs.ext4 btrfs cpio depmod /usr/bin/python3; do
     command -v "$t" >/dev/null || die "required tool $t is missing after installing the dependencies"
 done

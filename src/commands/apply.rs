@@ -90,14 +90,15 @@ fn check_plan_fits(plan_file: &Path, plan: &Plan, kind: BackendKind, state_dir: 
             .steps
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(s.action, Action::Run { .. }))
+            .filter(|(_, s)| s.action.runs_in_root())
             .map(|(i, s)| {
                 format!(
-                    "{}: step \"{}\" (#{}) field \"type\": the journal backend cannot undo what a run step does; \
+                    "{}: step \"{}\" (#{}) field \"type\": the journal backend cannot undo what a {} step does; \
                      use the btrfs or overlay backend",
                     plan_file.display(),
                     s.id,
-                    i + 1
+                    i + 1,
+                    s.action.type_name()
                 )
             })
             .collect();

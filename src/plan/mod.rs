@@ -83,6 +83,56 @@ pub(crate) enum Action {
     Run { command: Command },
     Verify { command: Command, expect_exit: i32, expect_stdout: Option<String> },
     Host { run: Command, undo: Command },
+    Group { group: GroupSpec },
+    User { user: UserSpec },
+    Service { unit: String, change: UnitChange },
+    Package { packages: PackageSpec },
+}
+
+/// A system group to ensure in the root's /etc/group and /etc/gshadow.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupSpec {
+    pub name: String,
+    /// None: allocated from the root's system range.
+    pub gid: Option<u32>,
+}
+
+/// A system user to ensure in the root's /etc/passwd and /etc/shadow (and its groups).
+#[derive(Debug, Clone)]
+pub(crate) struct UserSpec {
+    pub name: String,
+    /// None: allocated from the root's system range.
+    pub uid: Option<u32>,
+    /// The primary group; None: a group named like the user, made when missing.
+    pub group: Option<String>,
+    /// Supplementary groups, which must exist.
+    pub groups: Vec<String>,
+    /// Home, shell and comment: checked against an existing user only when given; defaults for a new user are
+    /// /nonexistent, /usr/sbin/nologin and empty.
+    pub home: Option<RootPath>,
+    pub shell: Option<String>,
+    pub comment: Option<String>,
+    pub create_home: bool,
+}
+
+/// What a service step does to a systemd unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnitChange {
+    Enable,
+    Disable,
+    Mask,
+    Unmask,
+}
+
+/// A package step: removals, then local .deb files, then packages from the root's apt sources.
+#[derive(Debug, Clone)]
+pub(crate) struct PackageSpec {
+    /// .deb files, resolved against the plan's directory.
+    pub debs: Vec<PathBuf>,
+    pub apt: Vec<String>,
+    pub remove: Vec<String>,
+    pub purge: bool,
+    pub timeout: Duration,
 }
 
 /// A file step's content: inline text, or a source file (already resolved against the plan's directory).
@@ -99,14 +149,25 @@ impl Plan {
             .iter()
             .map(|s| match &s.action {
                 Action::File { content: Content::Inline(b), .. } => b.len() as u64,
-                Action::File { content: Content::Source(p), .. } => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+                Action::File { content: Content::Source(p), .. } => file_len(p),
+                // Unpacked packages take several times their archive's size.
+                Action::Package { packages } => packages.debs.iter().map(|p| 3 * file_len(p)).sum(),
                 _ => 0,
             })
             .sum()
     }
 }
 
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
 impl Action {
+    /// Whether the step runs programs inside the root, so it needs a staged root (not the journal backend).
+    pub fn runs_in_root(&self) -> bool {
+        matches!(self, Action::Run { .. } | Action::Package { .. })
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Action::Dir { .. } => "dir",
@@ -116,6 +177,10 @@ impl Action {
             Action::Run { .. } => "run",
             Action::Verify { .. } => "verify",
             Action::Host { .. } => "host",
+            Action::Group { .. } => "group",
+            Action::User { .. } => "user",
+            Action::Service { .. } => "service",
+            Action::Package { .. } => "package",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! root) with the step and field it concerns, so an administrator fixes a plan in one pass. Nothing is changed on
 //! disk here.
 
-use super::{Action, Attrs, Command, Content, Plan, Principal, RootPath, Step};
+use super::{Action, Attrs, Command, Content, GroupSpec, PackageSpec, Plan, Principal, RootPath, Step, UnitChange, UserSpec};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -12,6 +12,8 @@ use std::time::Duration;
 
 const DEFAULT_TIMEOUT_S: u64 = 300;
 const PLAN_FIELDS: &[&str] = &["name", "version", "description", "steps"];
+const STEP_TYPES: &[&str] =
+    &["dir", "file", "symlink", "remove", "run", "verify", "host", "group", "user", "service", "package"];
 const COMMON_FIELDS: &[&str] = &["id", "type", "description"];
 
 /// Every problem found in a plan; its Display prints one per line.
@@ -142,7 +144,7 @@ impl Checker {
                 return None;
             }
             None => {
-                self.problem(at, "type", "missing (one of dir, file, symlink, remove, run, verify, host)");
+                self.problem(at, "type", format!("missing (one of {})", STEP_TYPES.join(", ")));
                 return None;
             }
         };
@@ -154,12 +156,12 @@ impl Checker {
             "run" => &["command", "timeout_s", "env"],
             "verify" => &["command", "timeout_s", "env", "expect_exit", "expect_stdout"],
             "host" => &["do", "undo", "timeout_s", "env"],
+            "group" => &["name", "gid"],
+            "user" => &["name", "uid", "group", "groups", "home", "shell", "comment", "create_home"],
+            "service" => &["unit", "enable", "mask"],
+            "package" => &["debs", "apt", "remove", "purge", "timeout_s"],
             other => {
-                self.problem(
-                    at,
-                    "type",
-                    format!("unknown step type \"{other}\" (expected dir, file, symlink, remove, run, verify or host)"),
-                );
+                self.problem(at, "type", format!("unknown step type \"{other}\" (expected one of {})", STEP_TYPES.join(", ")));
                 return None;
             }
         };
@@ -212,7 +214,175 @@ impl Checker {
                 let undo = self.command(at, obj, "undo");
                 Some(Action::Host { run: run?, undo: undo? })
             }
+            "group" => {
+                let name = self.account_name(at, obj, "name");
+                let gid = self.optional_id(at, obj, "gid");
+                Some(Action::Group { group: GroupSpec { name: name?, gid: gid? } })
+            }
+            "user" => self.user(at, obj),
+            "service" => self.service(at, obj),
+            "package" => self.package(at, obj),
             _ => unreachable!("step types are matched above"),
+        }
+    }
+
+    fn user(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
+        let name = self.account_name(at, obj, "name");
+        let uid = self.optional_id(at, obj, "uid");
+        let group = obj.get("group").is_some().then(|| self.account_name(at, obj, "group"));
+        let groups = self.names(at, obj, "groups", is_account_name, "a group name");
+        let home = obj.get("home").is_some().then(|| self.root_path(at, obj, "home"));
+        let shell = self.optional_string(at, obj, "shell");
+        if shell.as_deref().is_some_and(|s| !s.starts_with('/') || s.contains(':')) {
+            self.problem(at, "shell", "must be an absolute path without \":\"");
+        }
+        let comment = self.optional_string(at, obj, "comment");
+        if comment.as_deref().is_some_and(|c| c.contains([':', '\n'])) {
+            self.problem(at, "comment", "must not contain \":\" or a line break");
+        }
+        let create_home = self.optional_bool(at, obj, "create_home");
+        if create_home && home.is_none() {
+            self.problem(at, "create_home", "needs \"home\"");
+        }
+        Some(Action::User {
+            user: UserSpec {
+                name: name?,
+                uid: uid?,
+                group: group.flatten(),
+                groups: groups?,
+                home: match home {
+                    Some(h) => Some(h?),
+                    None => None,
+                },
+                shell,
+                comment,
+                create_home,
+            },
+        })
+    }
+
+    fn service(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
+        let unit = self.required_string(at, obj, "unit");
+        if let Some(u) = &unit {
+            if !is_unit_name(u) {
+                self.problem(at, "unit", format!("\"{u}\" is not a systemd unit name (like \"hello.service\")"));
+            }
+        }
+        let change = match (obj.get("enable"), obj.get("mask")) {
+            (Some(_), Some(_)) => {
+                self.problem(at, "mask", "give either \"enable\" or \"mask\", not both");
+                None
+            }
+            (None, None) => {
+                self.problem(at, "enable", "missing (\"enable\": true or false, or \"mask\": true or false)");
+                None
+            }
+            (Some(_), None) => Some(if self.optional_bool(at, obj, "enable") {
+                UnitChange::Enable
+            } else {
+                UnitChange::Disable
+            }),
+            (None, Some(_)) => {
+                Some(if self.optional_bool(at, obj, "mask") { UnitChange::Mask } else { UnitChange::Unmask })
+            }
+        };
+        Some(Action::Service { unit: unit?, change: change? })
+    }
+
+    fn package(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
+        let debs = self.names(at, obj, "debs", |d| d.ends_with(".deb"), "a path to a .deb file");
+        let debs: Option<Vec<PathBuf>> = debs.map(|list| {
+            list.iter()
+                .filter_map(|rel| {
+                    let path = self.base.join(rel);
+                    match std::fs::metadata(&path) {
+                        Ok(m) if m.is_file() => Some(path),
+                        Ok(_) => {
+                            self.problem(at, "debs", format!("\"{}\" is not a regular file", path.display()));
+                            None
+                        }
+                        Err(e) => {
+                            self.problem(at, "debs", format!("cannot read \"{}\": {e}", path.display()));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        });
+        let apt = self.names(at, obj, "apt", is_package_name, "a package name");
+        let remove = self.names(at, obj, "remove", is_package_name, "a package name");
+        let purge = self.optional_bool(at, obj, "purge");
+        let timeout = self.timeout(at, obj);
+        let spec = PackageSpec { debs: debs?, apt: apt?, remove: remove?, purge, timeout: timeout? };
+        if spec.debs.is_empty() && spec.apt.is_empty() && spec.remove.is_empty() {
+            self.problem(at, "debs", "the step has nothing to do (give \"debs\", \"apt\" or \"remove\")");
+        }
+        if purge && spec.remove.is_empty() {
+            self.problem(at, "purge", "only applies to \"remove\"");
+        }
+        Some(Action::Package { packages: spec })
+    }
+
+    /// An optional list of strings, each passing `ok`; missing is an empty list.
+    fn names(
+        &mut self,
+        at: At,
+        obj: &Map<String, Value>,
+        field: &str,
+        ok: fn(&str) -> bool,
+        what: &str,
+    ) -> Option<Vec<String>> {
+        let Some(v) = obj.get(field) else { return Some(Vec::new()) };
+        let Some(items) = v.as_array().and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
+        else {
+            self.problem(at, field, "must be a list of strings");
+            return None;
+        };
+        let bad: Vec<&String> = items.iter().filter(|s| !ok(s)).collect();
+        if !bad.is_empty() {
+            self.problem(at, field, format!("{bad:?}: each must be {what}"));
+            return None;
+        }
+        Some(items)
+    }
+
+    fn account_name(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<String> {
+        let name = self.required_string(at, obj, field)?;
+        if !is_account_name(&name) {
+            self.problem(
+                at,
+                field,
+                format!("\"{name}\" is not a valid user or group name (lower-case letters, digits, \"_\" and \"-\", not starting with a digit or \"-\", at most 32 characters)"),
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    /// An optional user or group id; the outer None means the field was bad.
+    fn optional_id(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<Option<u32>> {
+        match obj.get(field) {
+            None => Some(None),
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if n < 65534 => Some(Some(n)),
+                _ => {
+                    self.problem(at, field, "must be a number from 0 to 65533");
+                    None
+                }
+            },
+        }
+    }
+
+    fn timeout(&mut self, at: At, obj: &Map<String, Value>) -> Option<Duration> {
+        match obj.get("timeout_s") {
+            None => Some(Duration::from_secs(DEFAULT_TIMEOUT_S)),
+            Some(v) => match v.as_u64() {
+                Some(n) if n > 0 => Some(Duration::from_secs(n)),
+                _ => {
+                    self.problem(at, "timeout_s", "must be a positive whole number of seconds");
+                    None
+                }
+            },
         }
     }
 
@@ -349,16 +519,7 @@ impl Checker {
                 None
             }
         };
-        let timeout = match obj.get("timeout_s") {
-            None => Some(DEFAULT_TIMEOUT_S),
-            Some(v) => match v.as_u64() {
-                Some(n) if n > 0 => Some(n),
-                _ => {
-                    self.problem(at, "timeout_s", "must be a positive whole number of seconds");
-                    None
-                }
-            },
-        };
+        let timeout = self.timeout(at, obj);
         let env = match obj.get("env") {
             None => Some(BTreeMap::new()),
             Some(Value::Object(m)) => {
@@ -374,8 +535,34 @@ impl Checker {
                 None
             }
         };
-        Some(Command { argv: argv?, timeout: Duration::from_secs(timeout?), env: env? })
+        Some(Command { argv: argv?, timeout: timeout?, env: env? })
     }
+}
+
+/// A user or group name as Debian's adduser accepts for system accounts.
+fn is_account_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    first_ok && name.len() <= 32 && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A systemd unit name: `name.suffix` with a known suffix, no `/`.
+fn is_unit_name(unit: &str) -> bool {
+    const SUFFIXES: &[&str] =
+        &["service", "socket", "timer", "path", "target", "mount", "automount", "swap", "slice", "device", "scope"];
+    let Some((stem, suffix)) = unit.rsplit_once('.') else { return false };
+    SUFFIXES.contains(&suffix)
+        && !stem.is_empty()
+        && unit.len() <= 255
+        && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b))
+}
+
+/// A Debian package name, optionally with `:arch` or `=version` (for apt).
+fn is_package_name(name: &str) -> bool {
+    let base = name.split([':', '=']).next().unwrap_or("");
+    base.len() >= 2
+        && base.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.:=~_".contains(&b))
 }
 
 /// Check a plan path: absolute, no `.`/`..` components, not the root itself, no NUL.

@@ -8,12 +8,12 @@ use crate::state::HostUndo;
 use anyhow::{bail, Result};
 use std::time::Duration;
 
-fn run(place: Place, txn: &str, cmd: &Command) -> Result<Finished, StepFailure> {
+pub(super) fn run(place: Place, txn: &str, cmd: &Command) -> Result<Finished, StepFailure> {
     sandbox::run(cmd, place, txn, OnSignal::Stop)
         .map_err(|e| StepFailure { message: format!("{e:#}"), output: String::new() })
 }
 
-fn judge(f: Finished, cmd: &Command, expect_exit: i32) -> Result<String, StepFailure> {
+pub(super) fn judge(f: Finished, cmd: &Command, expect_exit: i32) -> Result<String, StepFailure> {
     let output = f.output();
     let message = if f.interrupted {
         "interrupted by a signal".to_string()

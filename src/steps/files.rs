@@ -4,7 +4,7 @@
 
 use super::{accounts, ChangeGuard};
 use crate::inroot::Root;
-use crate::plan::{Attrs, Content, RootPath};
+use crate::plan::{Attrs, Content, Principal, RootPath};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{renameat, AtFlags, OFlag};
 use nix::sys::stat::{Mode, SFlag};
@@ -163,6 +163,13 @@ pub(super) fn file(
         set_owner_mode(dir, tmp, uid, gid, attrs.mode.unwrap_or(DEFAULT_FILE_MODE))
             .with_context(|| format!("setting mode and owner of {path}"))
     })
+}
+
+/// Replace the contents of the existing file `path`, keeping its mode and owner (account databases).
+pub(super) fn rewrite(root: &Root, guard: &mut dyn ChangeGuard, path: &RootPath, bytes: &[u8]) -> Result<()> {
+    let st = root.lstat(path)?.with_context(|| format!("{path} disappeared while it was being edited"))?;
+    let attrs = Attrs { mode: Some(st.st_mode & 0o7777), owner: Some(Principal::Id(st.st_uid)), group: Some(Principal::Id(st.st_gid)) };
+    file(root, guard, path, &Content::Inline(bytes.to_vec()), &attrs)
 }
 
 pub(super) fn symlink(root: &Root, guard: &mut dyn ChangeGuard, path: &RootPath, target: &str) -> Result<()> {

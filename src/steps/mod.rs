@@ -1,10 +1,14 @@
 //! Carrying out one plan step against a target root. File steps (`files`) resolve every path inside the root and
 //! tell a [`ChangeGuard`] before each change, so the journal backend can save the original first; command steps
-//! (`commands`) run in the sandbox. Nothing here knows which backend it runs under.
+//! (`commands`, `packages`) run in the sandbox; account and unit steps (`users`, `units`) edit files the same way
+//! file steps do. Nothing here knows which backend it runs under.
 
 mod accounts;
 mod commands;
 mod files;
+mod packages;
+mod units;
+mod users;
 
 use crate::inroot::Root;
 use crate::plan::{Action, RootPath, Step};
@@ -73,6 +77,12 @@ pub(crate) fn apply(step: &Step, ctx: &mut StepContext) -> Result<String, StepFa
         Action::Verify { command, expect_exit, expect_stdout } => {
             commands::verify(ctx.root, ctx.txn, command, *expect_exit, expect_stdout.as_deref())
         }
+        Action::Group { group } => users::group(ctx.root, ctx.guard, group).map_err(plain).map(|_| String::new()),
+        Action::User { user } => users::user(ctx.root, ctx.guard, user).map_err(plain).map(|_| String::new()),
+        Action::Service { unit, change } => {
+            units::change(ctx.root, ctx.guard, unit, *change).map_err(plain).map(|_| String::new())
+        }
+        Action::Package { packages } => packages::apply(ctx.root, ctx.txn, packages),
         Action::Host { run, .. } => {
             (ctx.record_host_undo)(step).map_err(plain)?;
             commands::run_on_host(ctx.txn, run)

@@ -54,16 +54,7 @@ done
 # ---- dependencies (Debian 12 package names); apt-get only when something is missing
 deps=(debootstrap qemu-system-x86 btrfs-progs libbtrfsutil-dev libclang-dev pkg-config gcc libc6-dev make
     util-linux mount coreutils python3 debian-archive-keyring ca-certificates)
-missing=()
-for p in "${deps[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "debian-boot: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null || die "apt-get update failed"
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
-fi
+bash "$repo/scripts/deps.sh" "${deps[@]}" || die "installing the dependencies failed"
 for t in debootstrap qemu-system-x86_64 mkfs.btrfs btrfs losetup chroot make /usr/bin/python3; do
     command -v "$t" >/dev/null || die "required tool $t is missing after installing the dependencies"
 done

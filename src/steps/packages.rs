@@ -1,0 +1,110 @@
+//! The `package` step: Debian packages installed and removed with the staged root's own dpkg and apt, run in the
+//! sandbox like a `run` step. Removals go first, then the plan's local .deb files (copied to a private host
+//! directory that the sandbox shows read-only inside the root, so the stage never holds them), then packages from
+//! the root's apt sources. A failing command (a maintainer script, a missing dependency) fails the step, and the
+//! staged root, dpkg database included, is discarded with the transaction.
+
+use super::commands::{judge, run};
+use super::StepFailure;
+use crate::inroot::Root;
+use crate::plan::{Command, PackageSpec, RootPath};
+use crate::sandbox::{Place, SHARE_DIR};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub(super) fn apply(root: &Root, txn: &str, spec: &PackageSpec) -> Result<String, StepFailure> {
+    let plain = |e: anyhow::Error| StepFailure { message: format!("{e:#}"), output: String::new() };
+    let mut output = String::new();
+    let mut step = |argv: Vec<String>, share: Option<&Path>| -> Result<(), StepFailure> {
+        let cmd = Command { argv, timeout: spec.timeout, env: environment() };
+        let place = match share {
+            Some(dir) => Place::ChrootSharing(&root.path, dir),
+            None => Place::Chroot(&root.path),
+        };
+        let out = judge(run(place, txn, &cmd)?, &cmd, 0)?;
+        output.push_str(&out);
+        Ok(())
+    };
+    if !spec.remove.is_empty() {
+        let action = if spec.purge { "--purge" } else { "--remove" };
+        step(args(&["dpkg", action], &spec.remove), None)?;
+    }
+    if !spec.debs.is_empty() {
+        let inbox = Inbox::fill(txn, &spec.debs).map_err(plain)?;
+        let names: Vec<String> = inbox.names.iter().map(|n| format!("{SHARE_DIR}/{n}")).collect();
+        step(args(&["dpkg", "--force-confdef", "--force-confold", "--install"], &names), Some(&inbox.dir))?;
+    }
+    if !spec.apt.is_empty() {
+        if !has_apt_sources(root).map_err(plain)? {
+            return Err(plain(anyhow::anyhow!(
+                "the root has no apt sources (/etc/apt/sources.list or /etc/apt/sources.list.d/), so \"apt\" \
+                 packages cannot be fetched; give them as \"debs\" instead"
+            )));
+        }
+        step(args(&["apt-get", "-q", "update"], &[]), None)?;
+        let install = ["apt-get", "-q", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold", "install"];
+        step(args(&install, &spec.apt), None)?;
+    }
+    Ok(output)
+}
+
+fn args(head: &[&str], rest: &[String]) -> Vec<String> {
+    head.iter().map(|s| s.to_string()).chain(rest.iter().cloned()).collect()
+}
+
+/// Debian's tools must never ask a question: there is nobody to answer.
+fn environment() -> BTreeMap<String, String> {
+    [("DEBIAN_FRONTEND", "noninteractive"), ("DEBCONF_NONINTERACTIVE_SEEN", "true")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn has_apt_sources(root: &Root) -> Result<bool> {
+    let list = root.read(&RootPath::from_rel(Path::new("etc/apt/sources.list")))?;
+    if list.is_some_and(|b| String::from_utf8_lossy(&b).lines().any(|l| l.trim_start().starts_with("deb"))) {
+        return Ok(true);
+    }
+    let dir = root.path.join("etc/apt/sources.list.d");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(false) };
+    Ok(entries.filter_map(|e| e.ok()).any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.ends_with(".list") || name.ends_with(".sources")
+    }))
+}
+
+/// A private host directory holding copies of the step's .deb files; removed when dropped.
+struct Inbox {
+    dir: PathBuf,
+    names: Vec<String>,
+}
+
+impl Inbox {
+    fn fill(txn: &str, debs: &[PathBuf]) -> Result<Inbox> {
+        let base = if Path::new("/run").is_dir() { PathBuf::from("/run/snapinst") } else { std::env::temp_dir() };
+        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+        let dir = base.join(format!("debs-{txn}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing the leftover {}", dir.display()))?;
+        }
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let mut inbox = Inbox { dir, names: Vec::new() };
+        for (i, deb) in debs.iter().enumerate() {
+            let file = deb.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = format!("{i:03}-{file}");
+            std::fs::copy(deb, inbox.dir.join(&name)).with_context(|| format!("copying {}", deb.display()))?;
+            inbox.names.push(name);
+        }
+        Ok(inbox)
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
