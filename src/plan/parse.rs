@@ -313,13 +313,14 @@ impl Checker {
         let remove = self.names(at, obj, "remove", is_package_name, "a package name");
         let purge = self.optional_bool(at, obj, "purge");
         let timeout = self.timeout(at, obj);
-        let spec = PackageSpec { debs: debs?, apt: apt?, remove: remove?, purge, timeout: timeout? };
-        if spec.debs.is_empty() && spec.apt.is_empty() && spec.remove.is_empty() {
+        let listed = |f: &str| obj.get(f).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        if !listed("debs") && !listed("apt") && !listed("remove") {
             self.problem(at, "debs", "the step has nothing to do (give \"debs\", \"apt\" or \"remove\")");
         }
-        if purge && spec.remove.is_empty() {
+        if purge && !listed("remove") {
             self.problem(at, "purge", "only applies to \"remove\"");
         }
+        let spec = PackageSpec { debs: debs?, apt: apt?, remove: remove?, purge, timeout: timeout? };
         Some(Action::Package { packages: spec })
     }
 

@@ -61,22 +61,7 @@ done
 grep -qw btrfs /proc/filesystems || modprobe btrfs 2>/dev/null || true
 grep -qw btrfs /proc/filesystems || die "the host kernel cannot mount btrfs (needed to build and inspect the disk)"
 
-# ---- the Debian mirror this machine's apt sources name
-mirror_from_sources() {
-    local f
-    # deb822 .sources: a stanza with Types: deb and a Suites: line naming bookworm
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        awk 'BEGIN{RS=""}
-             /(^|\n)Types:[^\n]*deb([ \t]|\n|$)/ && /(^|\n)Suites:[^\n]*bookworm([ \t]|\n|$)/ {
-                 if (match($0, /(^|\n)URIs:[ \t]*[^ \t\n]+/)) { s = substr($0, RSTART, RLENGTH); sub(/.*URIs:[ \t]*/, "", s); print s } }' "$f"
-    done
-    # one-line style: deb [options] URI bookworm main ...
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        sed -n 's/^[ \t]*deb[ \t]\+\(\[[^]]*\][ \t]\+\)\{0,1\}\([^ \t]\+\)[ \t]\+bookworm[ \t].*/\2/p' "$f"
-    done
-}
+# ---- the Debian mirror this machine's apt sources name (mirror_from_sources: lib.sh)
 mirror="${SNAPINST_VM_MIRROR:-}"
 if [ -z "$mirror" ]; then
     mirror=$(mirror_from_sources | grep -v -e security -e '^cdrom:' | head -n 1 || true)
