@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod debian;
 mod image;
 mod leftovers;
 mod manifest;
@@ -17,6 +18,7 @@ mod plan;
 mod run;
 mod tree;
 
+pub use debian::*;
 pub use image::*;
 pub use leftovers::*;
 pub use manifest::*;

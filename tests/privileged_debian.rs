@@ -1,0 +1,186 @@
+//! The example plans on a real, debootstrapped Debian root: a service with its own system user, a config file and
+//! its unit enabled; GNU hello installed from its real .deb; a package whose postinst fails. What snapinst did is
+//! checked with the root's own tools (dpkg, pwck, grpck, systemctl) and with whole-tree manifests.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::fs;
+use std::path::Path;
+
+fn read(root: &Path, rel: &str) -> String {
+    fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("reading /{rel}: {e}"))
+}
+
+/// The one `name:` line of an account file, split into fields.
+fn entry(root: &Path, file: &str, name: &str) -> Vec<String> {
+    let text = read(root, &format!("etc/{file}"));
+    let lines: Vec<&str> = text.lines().filter(|l| l.split(':').next() == Some(name)).collect();
+    assert_eq!(lines.len(), 1, "/etc/{file} has {} entries for {name}:\n{text}", lines.len());
+    lines[0].split(':').map(str::to_owned).collect()
+}
+
+#[track_caller]
+fn assert_tool_ok(root: &Path, argv: &[&str]) -> String {
+    let out = chroot_run(root, argv);
+    assert!(out.status.success(), "{argv:?} in the root failed:\n{}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn service_example(backend: Backend) {
+    let img = debian_image(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let (_dir, plan) = example_plan_dir("service");
+
+    let out = apply(&plan, &root, backend, &[]);
+    assert_code(&out, 0);
+    let after = manifest(&root);
+
+    // The accounts, as the root's own tools see them.
+    let user = entry(&root, "passwd", "hello");
+    let group = entry(&root, "group", "hello");
+    let (uid, gid): (u32, u32) = (user[2].parse().unwrap(), group[2].parse().unwrap());
+    assert!((100..1000).contains(&uid) && (100..1000).contains(&gid), "not system ids: uid {uid} gid {gid}");
+    assert_eq!(user[3], gid.to_string(), "primary group of hello");
+    assert_eq!(&user[4..], ["hello service", "/var/lib/hello", "/usr/sbin/nologin"]);
+    assert_eq!(entry(&root, "shadow", "hello")[1], "!", "the new user has a locked password");
+    assert_eq!(entry(&root, "gshadow", "hello")[1], "!");
+    assert_tool_ok(&root, &["pwck", "-r", "-q"]);
+    assert_tool_ok(&root, &["grpck", "-r"]);
+    assert_eq!(assert_tool_ok(&root, &["id", "-gn", "hello"]).trim(), "hello");
+    assert_eq!(assert_tool_ok(&root, &["systemctl", "is-enabled", "hello.service"]).trim(), "enabled");
+
+    // The whole tree: the plan's paths, the four account files each with exactly one line more, nothing else.
+    let mut want = Expect::new(&before);
+    for file in ["passwd", "group", "shadow", "gshadow"] {
+        let rel = format!("/etc/{file}");
+        let old = &before[Path::new(&rel)];
+        let old_text = fs::read_to_string(debian_fixture().root.join(&rel[1..])).unwrap();
+        assert_eq!(old.sha256.as_deref(), Some(sha256_bytes(old_text.as_bytes()).as_str()), "{rel} of the fixture");
+        let new_text = read(&root, &rel[1..]);
+        let added = new_text.strip_prefix(old_text.as_str()).unwrap_or_else(|| panic!("{rel} lost or changed lines:\n{new_text}"));
+        assert!(added.starts_with("hello:") && added.lines().count() == 1, "{rel} gained more than the hello line: {added:?}");
+        want.spec(
+            &rel,
+            Spec { kind: Some(Kind::File), mode: Some(old.mode), uid: Some(old.uid), gid: Some(old.gid), ..Spec::default() },
+        );
+    }
+    let program = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/files/hello-service")).unwrap();
+    let unit = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/files/hello.service")).unwrap();
+    want.file("/usr/local/bin/hello-service", &program, 0o755, 0, 0)
+        .dir("/etc/hello", 0o755, 0, 0)
+        .file("/etc/hello/hello.conf", b"greeting=hi\n", 0o640, 0, gid)
+        .file("/etc/systemd/system/hello.service", &unit, 0o644, 0, 0)
+        .symlink("/etc/systemd/system/multi-user.target.wants/hello.service", "/etc/systemd/system/hello.service")
+        .dir("/var/lib/hello", 0o755, uid, gid);
+    want.check(&after);
+
+    // Again: the accounts and the link exist with the same settings, so they are left exactly as they are.
+    let out = apply(&plan, &root, backend, &[]);
+    assert_code(&out, 0);
+    let again = manifest(&root);
+    for rel in ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/systemd/system/multi-user.target.wants/hello.service"] {
+        assert_eq!(again[Path::new(rel)], after[Path::new(rel)], "{rel} was rewritten by an apply that had nothing to change");
+    }
+
+    // A plan asking for other settings for the same user: a clear error, nothing changed.
+    let pd = PlanDir::new(
+        &common::plan("conflict", vec![json!({"id": "user", "type": "user", "name": "hello", "home": "/srv/hello"})]),
+        &[],
+    );
+    let out = apply(&pd.path, &root, backend, &[]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains(r#"user "hello" already exists with home "/var/lib/hello" (the plan asks for "/srv/hello")"#),
+        "{err}"
+    );
+    assert_manifest_eq(&again, &manifest(&root));
+}
+
+for_each_backend!(service_example_on_debian, service_example);
+
+fn packages_example(backend: Backend) {
+    let img = debian_image(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    assert_eq!(dpkg_status(&root, "hello"), None, "the fixture root already has hello");
+    let (_dir, plan) = example_plan_dir("packages");
+
+    let out = apply(&plan, &root, backend, &[]);
+    assert_code(&out, 0);
+    assert_eq!(dpkg_status(&root, "hello").as_deref(), Some("install ok installed"));
+    // dpkg checks every installed file against the package's checksums.
+    assert_eq!(assert_tool_ok(&root, &["dpkg", "--verify", "hello"]), "");
+    assert!(assert_tool_ok(&root, &["hello"]).contains("Hello, world!"));
+    let installed = manifest(&root);
+
+    // Removal through a package step.
+    let pd = PlanDir::new(&common::plan("remove-hello", vec![json!({"id": "rm", "type": "package", "remove": ["hello"], "purge": true})]), &[]);
+    assert_code(&apply(&pd.path, &root, backend, &[]), 0);
+    assert_eq!(dpkg_status(&root, "hello"), None, "hello is still known to dpkg after a purge");
+    assert!(!root.join("usr/bin/hello").exists());
+
+    // Rolling back both transactions gives back the tree as it was, dpkg database included.
+    assert_code(&snapinst(["rollback", "--root", root.to_str().unwrap()]), 0);
+    assert_manifest_eq(&installed, &manifest(&root));
+    assert_code(&snapinst(["rollback", "--root", root.to_str().unwrap()]), 0);
+    assert_manifest_eq(&before, &manifest(&root));
+}
+
+fn broken_package_example(backend: Backend) {
+    let img = debian_image(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let (_dir, plan) = example_plan_dir("broken-package");
+
+    let out = apply(&plan, &root, backend, &[]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("step \"broken\" failed"), "{err}");
+    assert!(err.contains("post-installation script subprocess returned error exit status 1"), "{err}");
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_eq!(dpkg_status(&root, "snapinst-test-broken"), None);
+    assert_eq!(dpkg_status(&root, "hello"), None, "hello, installed by the plan's first step, was not rolled back");
+    assert_tool_ok(&root, &["dpkg", "--audit"]);
+}
+
+mod packages_on_debian {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        packages_example(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        packages_example(Backend::Overlay)
+    }
+}
+
+mod broken_package_on_debian {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        broken_package_example(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        broken_package_example(Backend::Overlay)
+    }
+}
+
+/// The journal backend cannot take back what dpkg does: a package step is refused before anything changes.
+#[test]
+fn package_steps_refused_on_journal() {
+    let img = debian_image(Backend::Journal);
+    let root = img.root();
+    let before = manifest(&root);
+    let (_dir, plan) = example_plan_dir("packages");
+    let out = apply(&plan, &root, Backend::Journal, &[]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("the journal backend cannot undo what a package step does"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+}
