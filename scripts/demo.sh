@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # snapinst demo: installs examples/hello (commits), then examples/broken (fails at a verify step and is rolled
-# back), shows status and list, and rolls back to the tree before hello, once on a btrfs subvolume and once on a
+# back), shows status and list, rolls back to the tree before hello, and installs examples/service (a system user
+# and an enabled unit), once on a btrfs subvolume and once on a
 # plain directory with the overlay backend. Everything happens in scratch filesystems that are removed on exit.
 #
 #   sudo bash scripts/demo.sh
@@ -119,6 +120,15 @@ demo_root() {
   ls -l "$root/etc"
   echo "\$ snapinst list"
   "$snapinst" list --root "$root" || fail "snapinst list after rollback"
+
+  heading "[$label] apply examples/service/plan.json: a system user, a config file, a unit enabled"
+  expect_exit 0 "$snapinst" apply examples/service/plan.json --root "$root" --backend "$backend"
+  check "/etc/passwd has the system user hello" grep -q '^hello:x:[0-9]*:[0-9]*:hello service:/var/lib/hello:' "$root/etc/passwd"
+  check "/etc/group has the group hello" grep -q '^hello:x:' "$root/etc/group"
+  check "hello.service is enabled (multi-user.target.wants)" \
+    test "$(readlink "$root/etc/systemd/system/multi-user.target.wants/hello.service")" = /etc/systemd/system/hello.service
+  check "/var/lib/hello belongs to hello" \
+    test "$(stat -c %u "$root/var/lib/hello")" = "$(awk -F: '$1 == "hello" { print $3 }' "$root/etc/passwd")"
 }
 
 heading "Setting up a scratch btrfs image (root = subvolume 'root')"
