@@ -65,9 +65,15 @@ enum Command {
         /// one is restored.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         boot_tries: u32,
-        /// Run the steps in a stage, then discard it.
+        /// Run the steps in a stage, print what they change, then discard it.
         #[arg(long)]
         dry_run: bool,
+        /// Print what the transaction changes and ask before the commit (needs a terminal, or --yes).
+        #[arg(long, conflicts_with = "dry_run")]
+        confirm: bool,
+        /// With --confirm: print the changes and commit without asking.
+        #[arg(long, requires = "confirm")]
+        yes: bool,
     },
     /// At boot, before the root is mounted: finish interrupted transactions, count the boots of a pending
     /// generation, and restore the previous one when it has used up its tries.
@@ -131,9 +137,19 @@ pub fn run() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Apply { plan, root, backend, keep, boot_tries, dry_run } => {
-            let opts =
-                commands::apply::ApplyOptions { backend: backend.fixed(), keep: keep as usize, boot_tries, dry_run };
+        Command::Apply { plan, root, backend, keep, boot_tries, dry_run, confirm, yes } => {
+            let confirm = match (confirm, yes) {
+                (false, _) => None,
+                (true, false) => Some(commands::apply::Confirm::Ask),
+                (true, true) => Some(commands::apply::Confirm::Yes),
+            };
+            let opts = commands::apply::ApplyOptions {
+                backend: backend.fixed(),
+                keep: keep as usize,
+                boot_tries,
+                dry_run,
+                confirm,
+            };
             commands::apply::run(&plan, &root, &opts)
         }
         Command::Boot { root } => commands::boot::boot(&root),

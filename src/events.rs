@@ -32,6 +32,13 @@ impl Reporter {
         let _ = writeln!(std::io::stderr(), "{}", line.as_ref());
     }
 
+    /// A line of a command's result on stdout, without `--json` (with it, the result goes out as events).
+    pub fn text(&self, line: impl AsRef<str>) {
+        if !self.json {
+            let _ = writeln!(std::io::stdout(), "{}", line.as_ref());
+        }
+    }
+
     /// Print a whole result object on stdout (status, list).
     pub fn result(&self, value: &Value, human: impl FnOnce() -> String) {
         if self.json {

@@ -18,5 +18,6 @@ mod sandbox;
 mod state;
 mod steps;
 mod topview;
+mod treediff;
 
 pub use cli::run;

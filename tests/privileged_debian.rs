@@ -184,3 +184,73 @@ fn package_steps_refused_on_journal() {
     assert!(stderr(&out).contains("the journal backend cannot undo what a package step does"), "{}", show(&out));
     assert_manifest_eq(&before, &manifest(&root));
 }
+
+/// `--dry-run` and `--confirm --yes` print exactly the paths the plan changes; `--confirm` without a terminal
+/// refuses before anything happens.
+fn dry_run_and_confirm_show_the_changes(backend: Backend) {
+    let img = debian_image(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let (_dir, plan) = example_plan_dir("service");
+    let expected: Vec<(String, String)> = [
+        ("modified", "/etc/group"),
+        ("modified", "/etc/gshadow"),
+        ("added", "/etc/hello"),
+        ("added", "/etc/hello/hello.conf"),
+        ("modified", "/etc/passwd"),
+        ("modified", "/etc/shadow"),
+        ("added", "/etc/systemd/system/hello.service"),
+        ("added", "/etc/systemd/system/multi-user.target.wants/hello.service"),
+        ("added", "/usr/local/bin/hello-service"),
+        ("added", "/var/lib/hello"),
+    ]
+    .iter()
+    .map(|(k, p)| (k.to_string(), p.to_string()))
+    .collect();
+    let changes = |out: &std::process::Output| -> Vec<(String, String)> {
+        events(&json_lines(out), "change")
+            .iter()
+            .map(|e| (e["kind"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
+            .collect()
+    };
+
+    let out = apply(&plan, &root, backend, &["--dry-run"]);
+    assert_code(&out, 0);
+    assert_eq!(changes(&out), expected, "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+
+    // Without --json the same list is the standard output.
+    let out = snapinst(["apply", plan.to_str().unwrap(), "--root", root.to_str().unwrap(), "--dry-run"]);
+    assert_code(&out, 0);
+    let text: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (k, p) = l.split_once(char::is_whitespace).unwrap_or_else(|| panic!("not a change line: {l}"));
+            (k.to_string(), p.trim().to_string())
+        })
+        .collect();
+    assert_eq!(text, expected);
+
+    // --confirm needs a terminal (the tests' standard input is not one) unless --yes.
+    let out = apply(&plan, &root, backend, &["--confirm"]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("add --yes"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+
+    let out = apply(&plan, &root, backend, &["--confirm", "--yes"]);
+    assert_code(&out, 0);
+    assert_eq!(changes(&out), expected);
+    assert_eq!(assert_tool_ok(&root, &["systemctl", "is-enabled", "hello.service"]).trim(), "enabled");
+}
+
+mod dry_run_and_confirm_on_debian {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        dry_run_and_confirm_show_the_changes(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        dry_run_and_confirm_show_the_changes(Backend::Overlay)
+    }
+}

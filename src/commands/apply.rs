@@ -11,9 +11,10 @@ use crate::lock::RootLock;
 use crate::plan::{Action, Plan, Step};
 use crate::state::{BackendKind, HostUndo, Phase, State, StateDir, TxnKind, TxnRecord};
 use crate::steps::{self, StepContext, StepFailure};
-use crate::{failpoint, fsutil, mounts, plan, registry, sandbox};
+use crate::{failpoint, fsutil, mounts, plan, registry, sandbox, treediff};
 use anyhow::{Context, Result};
 use serde_json::json;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
@@ -23,6 +24,14 @@ pub(crate) struct ApplyOptions {
     pub keep: usize,
     pub boot_tries: u32,
     pub dry_run: bool,
+    pub confirm: Option<Confirm>,
+}
+
+/// `--confirm`: show the changes, then ask on the terminal, or (`--yes`) commit without asking.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Confirm {
+    Ask,
+    Yes,
 }
 
 /// Room kept free beyond what the plan writes (snapshot metadata, records).
@@ -33,6 +42,9 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
         return refuse("refusing to start a transaction from inside a snapinst step (SNAPINST=1 is set)");
     }
     let plan = plan::load(plan_file).map_err(|p| Refused(p.to_string()))?;
+    if opts.confirm == Some(Confirm::Ask) && !std::io::stdin().is_terminal() {
+        return refuse("--confirm asks on a terminal, and standard input is not one; add --yes to commit without asking");
+    }
     require_root_user()?;
     let loc = locate(args)?;
     let out = Reporter::new(args.json);
@@ -42,6 +54,9 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     let kind = choose_backend(&loc.root, opts.backend, prior.as_ref())?;
     backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
     check_plan_fits(plan_file, &plan, kind, &loc.state.dir, &loc.root)?;
+    if opts.confirm.is_some() && kind == BackendKind::Journal {
+        return refuse("--confirm needs a staged root to compare with the live one; the journal backend changes the root in place");
+    }
     loc.state.create()?;
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     failpoint::hit("apply-after-lock");
@@ -67,7 +82,7 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     state.boot_tries = opts.boot_tries;
     registry::register(&loc.root, args.state_dir.as_deref().map(|_| loc.state.dir.as_path()))?;
     let ctx = Ctx::new(kind, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
-    Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run: opts.dry_run }.run(&mut state)
+    Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run: opts.dry_run, confirm: opts.confirm }.run(&mut state)
 }
 
 fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>) -> Result<BackendKind> {
@@ -125,6 +140,7 @@ struct Transaction<'a> {
     out: &'a Reporter,
     plan: &'a Plan,
     dry_run: bool,
+    confirm: Option<Confirm>,
 }
 
 impl Transaction<'_> {
@@ -167,6 +183,14 @@ impl Transaction<'_> {
             return self.abort(&mut rec, &reason, [prepare_ms, t1.elapsed().as_millis() as u64]);
         }
         let steps_ms = t1.elapsed().as_millis() as u64;
+        if self.dry_run || self.confirm.is_some() {
+            if let Err(e) = self.show_changes(&rec, &stage) {
+                return self.abort(&mut rec, &format!("comparing the stage with the root failed: {e:#}"), [prepare_ms, steps_ms]);
+            }
+        }
+        if self.confirm == Some(Confirm::Ask) && !ask_to_commit(&self.ctx.root) {
+            return self.abort(&mut rec, "the commit was not confirmed", [prepare_ms, steps_ms]);
+        }
         if self.dry_run {
             return self.abort(&mut rec, "dry run: the steps succeeded; nothing is committed", [prepare_ms, steps_ms]);
         }
@@ -200,6 +224,28 @@ impl Transaction<'_> {
         }
         self.summary(&rec, "committed", Some(rec.to_generation), [prepare_ms, steps_ms, commit_ms]);
         Ok(Outcome::Done)
+    }
+
+    /// Print every path the stage changes (JSON: a `change` event each), then a count of each kind.
+    fn show_changes(&self, rec: &TxnRecord, stage: &Path) -> Result<()> {
+        if self.ctx.kind == BackendKind::Journal {
+            self.out.say("snapinst: the journal backend changes the root in place: there is no stage to compare");
+            return Ok(());
+        }
+        let changes = treediff::diff(&self.ctx.root, stage)?;
+        let mut counts = std::collections::BTreeMap::new();
+        for c in &changes {
+            *counts.entry(c.kind.word()).or_insert(0u64) += 1;
+            self.out.event("change", json!({"txn": rec.txn, "kind": c.kind, "path": c.path}));
+            self.out.text(format!("{:<9} {}", c.kind.word(), c.path.display()));
+        }
+        self.out.event("changes", json!({"txn": rec.txn, "counts": counts}));
+        let total: Vec<String> = ["added", "modified", "removed", "metadata"]
+            .iter()
+            .map(|k| format!("{} {k}", counts.get(k).copied().unwrap_or(0)))
+            .collect();
+        self.out.say(format!("snapinst: the transaction changes {} paths: {}", changes.len(), total.join(", ")));
+        Ok(())
     }
 
     /// Run every step in the stage; on failure, the reason (already reported).
@@ -305,6 +351,16 @@ impl Transaction<'_> {
                    "timings_ms": {"prepare": t[0], "steps": t[1], "commit": t[2]}}),
         );
     }
+}
+
+/// Ask on the terminal whether to commit; anything but yes is no.
+fn ask_to_commit(root: &Path) -> bool {
+    eprint!("snapinst: commit these changes to {}? [y/N] ", root.display());
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 /// Discard a transaction's stage and undo its host steps (newest first). Idempotent; used by recovery too.
