@@ -61,11 +61,22 @@ fn service_example(backend: Backend) {
         let old_text = fs::read_to_string(debian_fixture().root.join(&rel[1..])).unwrap();
         assert_eq!(old.sha256.as_deref(), Some(sha256_bytes(old_text.as_bytes()).as_str()), "{rel} of the fixture");
         let new_text = read(&root, &rel[1..]);
-        let added = new_text.strip_prefix(old_text.as_str()).unwrap_or_else(|| panic!("{rel} lost or changed lines:\n{new_text}"));
-        assert!(added.starts_with("hello:") && added.lines().count() == 1, "{rel} gained more than the hello line: {added:?}");
+        let added = new_text
+            .strip_prefix(old_text.as_str())
+            .unwrap_or_else(|| panic!("{rel} lost or changed lines:\n{new_text}"));
+        assert!(
+            added.starts_with("hello:") && added.lines().count() == 1,
+            "{rel} gained more than the hello line: {added:?}"
+        );
         want.spec(
             &rel,
-            Spec { kind: Some(Kind::File), mode: Some(old.mode), uid: Some(old.uid), gid: Some(old.gid), ..Spec::default() },
+            Spec {
+                kind: Some(Kind::File),
+                mode: Some(old.mode),
+                uid: Some(old.uid),
+                gid: Some(old.gid),
+                ..Spec::default()
+            },
         );
     }
     let program = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/service/files/hello-service")).unwrap();
@@ -82,8 +93,18 @@ fn service_example(backend: Backend) {
     let out = apply(&plan, &root, backend, &[]);
     assert_code(&out, 0);
     let again = manifest(&root);
-    for rel in ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/systemd/system/multi-user.target.wants/hello.service"] {
-        assert_eq!(again[Path::new(rel)], after[Path::new(rel)], "{rel} was rewritten by an apply that had nothing to change");
+    for rel in [
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/etc/systemd/system/multi-user.target.wants/hello.service",
+    ] {
+        assert_eq!(
+            again[Path::new(rel)],
+            after[Path::new(rel)],
+            "{rel} was rewritten by an apply that had nothing to change"
+        );
     }
 
     // A plan asking for other settings for the same user: a clear error, nothing changed.
@@ -119,7 +140,10 @@ fn packages_example(backend: Backend) {
     let installed = manifest(&root);
 
     // Removal through a package step.
-    let pd = PlanDir::new(&common::plan("remove-hello", vec![json!({"id": "rm", "type": "package", "remove": ["hello"], "purge": true})]), &[]);
+    let pd = PlanDir::new(
+        &common::plan("remove-hello", vec![json!({"id": "rm", "type": "package", "remove": ["hello"], "purge": true})]),
+        &[],
+    );
     assert_code(&apply(&pd.path, &root, backend, &[]), 0);
     assert_eq!(dpkg_status(&root, "hello"), None, "hello is still known to dpkg after a purge");
     assert!(!root.join("usr/bin/hello").exists());

@@ -43,7 +43,9 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     }
     let plan = plan::load(plan_file).map_err(|p| Refused(p.to_string()))?;
     if opts.confirm == Some(Confirm::Ask) && !std::io::stdin().is_terminal() {
-        return refuse("--confirm asks on a terminal, and standard input is not one; add --yes to commit without asking");
+        return refuse(
+            "--confirm asks on a terminal, and standard input is not one; add --yes to commit without asking",
+        );
     }
     require_root_user()?;
     let loc = locate(args)?;
@@ -55,7 +57,9 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
     check_plan_fits(plan_file, &plan, kind, &loc.state.dir, &loc.root)?;
     if opts.confirm.is_some() && kind == BackendKind::Journal {
-        return refuse("--confirm needs a staged root to compare with the live one; the journal backend changes the root in place");
+        return refuse(
+            "--confirm needs a staged root to compare with the live one; the journal backend changes the root in place",
+        );
     }
     loc.state.create()?;
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
@@ -185,7 +189,11 @@ impl Transaction<'_> {
         let steps_ms = t1.elapsed().as_millis() as u64;
         if self.dry_run || self.confirm.is_some() {
             if let Err(e) = self.show_changes(&rec, &stage) {
-                return self.abort(&mut rec, &format!("comparing the stage with the root failed: {e:#}"), [prepare_ms, steps_ms]);
+                return self.abort(
+                    &mut rec,
+                    &format!("comparing the stage with the root failed: {e:#}"),
+                    [prepare_ms, steps_ms],
+                );
             }
         }
         if self.confirm == Some(Confirm::Ask) && !ask_to_commit(&self.ctx.root) {

@@ -3,7 +3,9 @@
 //! root) with the step and field it concerns, so an administrator fixes a plan in one pass. Nothing is changed on
 //! disk here.
 
-use super::{Action, Attrs, Command, Content, GroupSpec, PackageSpec, Plan, Principal, RootPath, Step, UnitChange, UserSpec};
+use super::{
+    Action, Attrs, Command, Content, GroupSpec, PackageSpec, Plan, Principal, RootPath, Step, UnitChange, UserSpec,
+};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -161,7 +163,11 @@ impl Checker {
             "service" => &["unit", "enable", "mask"],
             "package" => &["debs", "apt", "remove", "purge", "timeout_s"],
             other => {
-                self.problem(at, "type", format!("unknown step type \"{other}\" (expected one of {})", STEP_TYPES.join(", ")));
+                self.problem(
+                    at,
+                    "type",
+                    format!("unknown step type \"{other}\" (expected one of {})", STEP_TYPES.join(", ")),
+                );
                 return None;
             }
         };
@@ -277,11 +283,9 @@ impl Checker {
                 self.problem(at, "enable", "missing (\"enable\": true or false, or \"mask\": true or false)");
                 None
             }
-            (Some(_), None) => Some(if self.optional_bool(at, obj, "enable") {
-                UnitChange::Enable
-            } else {
-                UnitChange::Disable
-            }),
+            (Some(_), None) => {
+                Some(if self.optional_bool(at, obj, "enable") { UnitChange::Enable } else { UnitChange::Disable })
+            }
             (None, Some(_)) => {
                 Some(if self.optional_bool(at, obj, "mask") { UnitChange::Mask } else { UnitChange::Unmask })
             }
@@ -334,7 +338,8 @@ impl Checker {
         what: &str,
     ) -> Option<Vec<String>> {
         let Some(v) = obj.get(field) else { return Some(Vec::new()) };
-        let Some(items) = v.as_array().and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
+        let Some(items) =
+            v.as_array().and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
         else {
             self.problem(at, field, "must be a list of strings");
             return None;
@@ -544,7 +549,9 @@ impl Checker {
 fn is_account_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-    first_ok && name.len() <= 32 && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    first_ok
+        && name.len() <= 32
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// A systemd unit name: `name.suffix` with a known suffix, no `/`.

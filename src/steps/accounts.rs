@@ -96,11 +96,11 @@ pub(super) fn system_range(root: &Root, kind: &str) -> Result<IdRange> {
     let defs = String::from_utf8_lossy(&defs);
     let value = |key: &str, default: u32| {
         defs.lines()
-            .filter_map(|l| {
+            .rev()
+            .find_map(|l| {
                 let mut w = l.split_whitespace();
                 (w.next() == Some(key)).then(|| w.next().and_then(|v| v.parse().ok())).flatten()
             })
-            .last()
             .unwrap_or(default)
     };
     let range = IdRange { min: value(&format!("SYS_{kind}_MIN"), 100), max: value(&format!("SYS_{kind}_MAX"), 999) };

@@ -168,7 +168,11 @@ pub(super) fn file(
 /// Replace the contents of the existing file `path`, keeping its mode and owner (account databases).
 pub(super) fn rewrite(root: &Root, guard: &mut dyn ChangeGuard, path: &RootPath, bytes: &[u8]) -> Result<()> {
     let st = root.lstat(path)?.with_context(|| format!("{path} disappeared while it was being edited"))?;
-    let attrs = Attrs { mode: Some(st.st_mode & 0o7777), owner: Some(Principal::Id(st.st_uid)), group: Some(Principal::Id(st.st_gid)) };
+    let attrs = Attrs {
+        mode: Some(st.st_mode & 0o7777),
+        owner: Some(Principal::Id(st.st_uid)),
+        group: Some(Principal::Id(st.st_gid)),
+    };
     file(root, guard, path, &Content::Inline(bytes.to_vec()), &attrs)
 }
 

@@ -43,7 +43,8 @@ pub(super) fn apply(root: &Root, txn: &str, spec: &PackageSpec) -> Result<String
             )));
         }
         step(args(&["apt-get", "-q", "update"], &[]), None)?;
-        let install = ["apt-get", "-q", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold", "install"];
+        let install =
+            ["apt-get", "-q", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold", "install"];
         step(args(&install, &spec.apt), None)?;
     }
     Ok(output)

@@ -12,7 +12,8 @@ use std::path::Path;
 
 const CONFIG_DIR: &str = "etc/systemd/system";
 /// Where unit files are searched, in systemd's order of precedence (runtime directories are not part of a root).
-const UNIT_DIRS: &[&str] = &["etc/systemd/system", "usr/local/lib/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"];
+const UNIT_DIRS: &[&str] =
+    &["etc/systemd/system", "usr/local/lib/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"];
 
 pub(super) fn change(root: &Root, guard: &mut dyn ChangeGuard, unit: &str, change: UnitChange) -> Result<()> {
     match change {
@@ -72,7 +73,11 @@ fn find_unit_file(root: &Root, name: &UnitName) -> Result<(RootPath, String)> {
             }
         }
     }
-    bail!("unit {} has no unit file in the root ({})", name.full, UNIT_DIRS.iter().map(|d| format!("/{d}")).collect::<Vec<_>>().join(", "))
+    bail!(
+        "unit {} has no unit file in the root ({})",
+        name.full,
+        UNIT_DIRS.iter().map(|d| format!("/{d}")).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// The `[Install]` section's settings, specifiers expanded.
@@ -145,8 +150,11 @@ fn expand(value: &str, name: &UnitName) -> String {
     out
 }
 
-/// The links enabling `unit` makes: (link path, target).
-fn install_links(root: &Root, unit: &str) -> Result<(Vec<(RootPath, String)>, Vec<String>)> {
+/// A symlink an enabled unit needs: its path and its target.
+type Link = (RootPath, String);
+
+/// The links enabling `unit` makes, and the units its `Also=` names.
+fn install_links(root: &Root, unit: &str) -> Result<(Vec<Link>, Vec<String>)> {
     let name = split_name(unit);
     let (file, text) = find_unit_file(root, &name)?;
     let install = parse_install(&text, &name);
@@ -154,7 +162,11 @@ fn install_links(root: &Root, unit: &str) -> Result<(Vec<(RootPath, String)>, Ve
     if name.template.is_some() && name.instance.is_none() {
         match &install.default_instance {
             Some(i) => instance_name = name.full.replacen("@.", &format!("@{i}."), 1),
-            None => bail!("{unit} is a template without DefaultInstance=; name an instance (like {}@NAME.{})", name.prefix, unit.rsplit('.').next().unwrap_or("service")),
+            None => bail!(
+                "{unit} is a template without DefaultInstance=; name an instance (like {}@NAME.{})",
+                name.prefix,
+                unit.rsplit('.').next().unwrap_or("service")
+            ),
         }
     }
     let target = format!("/{}", file.rel().display());
@@ -168,9 +180,7 @@ fn install_links(root: &Root, unit: &str) -> Result<(Vec<(RootPath, String)>, Ve
         links.push((config_path(alias), target.clone()));
     }
     if links.is_empty() && install.also.is_empty() {
-        bail!(
-            "{unit} has no [Install] section ({target}): it cannot be enabled, it starts when another unit needs it"
-        );
+        bail!("{unit} has no [Install] section ({target}): it cannot be enabled, it starts when another unit needs it");
     }
     Ok((links, install.also))
 }

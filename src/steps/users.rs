@@ -99,7 +99,8 @@ pub(super) fn user(root: &Root, guard: &mut dyn ChangeGuard, spec: &UserSpec) ->
     if spec.create_home {
         if let Some(home) = &spec.home {
             if root.lstat(home)?.is_none() {
-                let attrs = Attrs { mode: Some(0o755), owner: Some(Principal::Id(uid)), group: Some(Principal::Id(gid)) };
+                let attrs =
+                    Attrs { mode: Some(0o755), owner: Some(Principal::Id(uid)), group: Some(Principal::Id(gid)) };
                 files::dir(root, guard, home, &attrs)?;
             }
         }
@@ -110,8 +111,10 @@ pub(super) fn user(root: &Root, guard: &mut dyn ChangeGuard, spec: &UserSpec) ->
 /// A user that exists must match every setting the plan names; returns its uid and gid.
 fn check_existing(db: &Db, spec: &UserSpec, entry: &[String]) -> Result<(u32, u32)> {
     let field = |i: usize| entry.get(i).map(String::as_str).unwrap_or("");
-    let uid: u32 = field(2).parse().map_err(|_| anyhow::anyhow!("user \"{}\" has a bad uid in /etc/passwd", spec.name))?;
-    let gid: u32 = field(3).parse().map_err(|_| anyhow::anyhow!("user \"{}\" has a bad gid in /etc/passwd", spec.name))?;
+    let uid: u32 =
+        field(2).parse().map_err(|_| anyhow::anyhow!("user \"{}\" has a bad uid in /etc/passwd", spec.name))?;
+    let gid: u32 =
+        field(3).parse().map_err(|_| anyhow::anyhow!("user \"{}\" has a bad gid in /etc/passwd", spec.name))?;
     let mut differences = Vec::new();
     if let Some(want) = spec.uid.filter(|&u| u != uid) {
         differences.push(format!("uid {uid} (the plan asks for {want})"));
@@ -124,7 +127,9 @@ fn check_existing(db: &Db, spec: &UserSpec, entry: &[String]) -> Result<(u32, u3
         }
     }
     let home = spec.home.as_ref().map(ToString::to_string);
-    for (name, i, want) in [("home", 5, home.as_deref()), ("shell", 6, spec.shell.as_deref()), ("comment", 4, spec.comment.as_deref())] {
+    for (name, i, want) in
+        [("home", 5, home.as_deref()), ("shell", 6, spec.shell.as_deref()), ("comment", 4, spec.comment.as_deref())]
+    {
         if let Some(want) = want.filter(|&w| w != field(i)) {
             differences.push(format!("{name} \"{}\" (the plan asks for \"{want}\")", field(i)));
         }
@@ -161,7 +166,8 @@ fn add_user(root: &Root, db: &mut Db, spec: &UserSpec, primary: &str) -> Result<
     let shell = spec.shell.clone().unwrap_or_else(|| DEFAULT_SHELL.into());
     let comment = spec.comment.clone().unwrap_or_default();
     db.passwd.push(vec![spec.name.clone(), "x".into(), uid.to_string(), gid.to_string(), comment, home, shell]);
-    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86400).unwrap_or(0);
+    let days =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86400).unwrap_or(0);
     let mut shadow = vec![spec.name.clone(), "!".into(), days.to_string()];
     shadow.resize(9, String::new());
     db.shadow.push(shadow);

@@ -18,6 +18,7 @@ mod plan;
 mod run;
 mod tree;
 
+#[allow(unused_imports)]
 pub use debian::*;
 pub use image::*;
 pub use leftovers::*;
