@@ -36,6 +36,38 @@ fn loc(id: &str, n: usize, field: &str) -> String {
 fn bad_plans() -> Vec<Bad> {
     vec![
         Bad {
+            name: "bad user and group names and ids",
+            text: with_step(
+                json!({"id": "x", "type": "user", "name": "Bad Name", "uid": -1, "groups": ["ok", "9bad"], "home": "var/x"}),
+            ),
+            problems: vec![
+                (loc("x", 3, "name"), vec!["not a valid user or group name"]),
+                (loc("x", 3, "uid"), vec!["0 to 65533"]),
+                (loc("x", 3, "groups"), vec!["9bad"]),
+                (loc("x", 3, "home"), vec!["not absolute"]),
+            ],
+        },
+        Bad {
+            name: "service: not a unit, both enable and mask",
+            text: with_step(json!({"id": "x", "type": "service", "unit": "hello", "enable": true, "mask": true})),
+            problems: vec![
+                (loc("x", 3, "unit"), vec!["not a systemd unit name"]),
+                (loc("x", 3, "mask"), vec!["not both"]),
+            ],
+        },
+        Bad {
+            name: "package: nothing to do, purge without remove",
+            text: with_step(json!({"id": "x", "type": "package", "debs": [], "purge": true})),
+            problems: vec![(loc("x", 3, "debs"), vec!["nothing to do"]), (loc("x", 3, "purge"), vec!["only applies"])],
+        },
+        Bad {
+            name: "package: missing .deb, bad package name",
+            text: with_step(
+                json!({"id": "x", "type": "package", "debs": ["debs/missing_1.0_all.deb", "notadeb.txt"], "apt": ["-rf"]}),
+            ),
+            problems: vec![(loc("x", 3, "debs"), vec!["notadeb.txt"]), (loc("x", 3, "apt"), vec!["-rf"])],
+        },
+        Bad {
             name: "unknown step type",
             text: with_step(json!({"id": "x", "type": "frobnicate", "path": "/opt/y"})),
             problems: vec![(loc("x", 3, "type"), vec!["frobnicate"])],
@@ -156,6 +188,10 @@ macro_rules! validate_case {
 }
 
 validate_case!(validate_unknown_step_type, "unknown step type");
+validate_case!(validate_bad_accounts, "bad user and group names and ids");
+validate_case!(validate_bad_service, "service: not a unit, both enable and mask");
+validate_case!(validate_package_nothing_to_do, "package: nothing to do, purge without remove");
+validate_case!(validate_package_bad_debs_and_names, "package: missing .deb, bad package name");
 validate_case!(validate_unknown_field, "unknown field");
 validate_case!(validate_missing_field, "missing field");
 validate_case!(validate_duplicate_id, "duplicate id");

@@ -274,45 +274,24 @@ impl Checker {
                 self.problem(at, "unit", format!("\"{u}\" is not a systemd unit name (like \"hello.service\")"));
             }
         }
-        let change = match (obj.get("enable"), obj.get("mask")) {
-            (Some(_), Some(_)) => {
-                self.problem(at, "mask", "give either \"enable\" or \"mask\", not both");
-                None
+        let change = match self.either(at, obj, "enable", "mask")? {
+            "enable" => {
+                if self.optional_bool(at, obj, "enable") {
+                    UnitChange::Enable
+                } else {
+                    UnitChange::Disable
+                }
             }
-            (None, None) => {
-                self.problem(at, "enable", "missing (\"enable\": true or false, or \"mask\": true or false)");
-                None
-            }
-            (Some(_), None) => {
-                Some(if self.optional_bool(at, obj, "enable") { UnitChange::Enable } else { UnitChange::Disable })
-            }
-            (None, Some(_)) => {
-                Some(if self.optional_bool(at, obj, "mask") { UnitChange::Mask } else { UnitChange::Unmask })
-            }
+            _ if self.optional_bool(at, obj, "mask") => UnitChange::Mask,
+            _ => UnitChange::Unmask,
         };
-        Some(Action::Service { unit: unit?, change: change? })
+        Some(Action::Service { unit: unit?, change })
     }
 
     fn package(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
         let debs = self.names(at, obj, "debs", |d| d.ends_with(".deb"), "a path to a .deb file");
-        let debs: Option<Vec<PathBuf>> = debs.map(|list| {
-            list.iter()
-                .filter_map(|rel| {
-                    let path = self.base.join(rel);
-                    match std::fs::metadata(&path) {
-                        Ok(m) if m.is_file() => Some(path),
-                        Ok(_) => {
-                            self.problem(at, "debs", format!("\"{}\" is not a regular file", path.display()));
-                            None
-                        }
-                        Err(e) => {
-                            self.problem(at, "debs", format!("cannot read \"{}\": {e}", path.display()));
-                            None
-                        }
-                    }
-                })
-                .collect()
-        });
+        let debs: Option<Vec<PathBuf>> =
+            debs.map(|list| list.iter().filter_map(|rel| self.host_file(at, "debs", rel)).collect());
         let apt = self.names(at, obj, "apt", is_package_name, "a package name");
         let remove = self.names(at, obj, "remove", is_package_name, "a package name");
         let purge = self.optional_bool(at, obj, "purge");
@@ -479,30 +458,43 @@ impl Checker {
     }
 
     fn content(&mut self, at: At, obj: &Map<String, Value>) -> Option<Content> {
-        match (obj.get("content"), obj.get("source")) {
+        match self.either(at, obj, "content", "source")? {
+            "content" => self.required_string(at, obj, "content").map(|s| Content::Inline(s.into_bytes())),
+            _ => {
+                let rel = self.required_string(at, obj, "source")?;
+                self.host_file(at, "source", &rel).map(Content::Source)
+            }
+        }
+    }
+
+    /// Which one of two exclusive fields the step gives; a problem when it gives both or neither.
+    fn either(&mut self, at: At, obj: &Map<String, Value>, a: &'static str, b: &'static str) -> Option<&'static str> {
+        match (obj.get(a), obj.get(b)) {
             (Some(_), Some(_)) => {
-                self.problem(at, "source", "give either \"content\" or \"source\", not both");
+                self.problem(at, b, format!("give either \"{a}\" or \"{b}\", not both"));
                 None
             }
             (None, None) => {
-                self.problem(at, "content", "missing (give \"content\" or \"source\")");
+                self.problem(at, a, format!("missing (give \"{a}\" or \"{b}\")"));
                 None
             }
-            (Some(_), None) => self.required_string(at, obj, "content").map(|s| Content::Inline(s.into_bytes())),
-            (None, Some(_)) => {
-                let rel = self.required_string(at, obj, "source")?;
-                let path = self.base.join(&rel);
-                match std::fs::metadata(&path) {
-                    Ok(m) if m.is_file() => Some(Content::Source(path)),
-                    Ok(_) => {
-                        self.problem(at, "source", format!("\"{}\" is not a regular file", path.display()));
-                        None
-                    }
-                    Err(e) => {
-                        self.problem(at, "source", format!("cannot read \"{}\": {e}", path.display()));
-                        None
-                    }
-                }
+            (Some(_), None) => Some(a),
+            (None, Some(_)) => Some(b),
+        }
+    }
+
+    /// A regular file on the host named relative to the plan's directory.
+    fn host_file(&mut self, at: At, field: &str, rel: &str) -> Option<PathBuf> {
+        let path = self.base.join(rel);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            Ok(_) => {
+                self.problem(at, field, format!("\"{}\" is not a regular file", path.display()));
+                None
+            }
+            Err(e) => {
+                self.problem(at, field, format!("cannot read \"{}\": {e}", path.display()));
+                None
             }
         }
     }
