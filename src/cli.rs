@@ -74,6 +74,36 @@ enum Command {
         /// With --confirm: print the changes and commit without asking.
         #[arg(long, requires = "confirm")]
         yes: bool,
+        /// When a step fails, keep the stage (checkpointed after every step) for `resume` or `abort`.
+        #[arg(long, conflicts_with = "dry_run")]
+        keep_failed: bool,
+    },
+    /// Continue a transaction kept by `apply --keep-failed`, reading its plan file again.
+    Resume {
+        #[command(flatten)]
+        root: RootArgs,
+        /// Start at this step (its id) instead of the failed one; it must not come after the failed step.
+        #[arg(long, value_name = "STEP")]
+        from: Option<String>,
+        /// Read the plan from this file instead of the one the transaction was started with.
+        #[arg(long, value_name = "PLAN.json")]
+        plan: Option<PathBuf>,
+        /// Print what the transaction changes and ask before the commit (needs a terminal, or --yes).
+        #[arg(long)]
+        confirm: bool,
+        /// With --confirm: print the changes and commit without asking.
+        #[arg(long, requires = "confirm")]
+        yes: bool,
+    },
+    /// Throw away a transaction kept by `apply --keep-failed`.
+    Abort {
+        #[command(flatten)]
+        root: RootArgs,
+    },
+    /// Show what a kept transaction's stage changes, compared with the root.
+    Diff {
+        #[command(flatten)]
+        root: RootArgs,
     },
     /// At boot, before the root is mounted: finish interrupted transactions, count the boots of a pending
     /// generation, and restore the previous one when it has used up its tries.
@@ -128,7 +158,8 @@ pub fn run() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    if matches!(cli.command, Command::Status { .. } | Command::List { .. } | Command::Failpoints) {
+    if matches!(cli.command, Command::Status { .. } | Command::List { .. } | Command::Diff { .. } | Command::Failpoints)
+    {
         // A read-only command ends quietly when the reader of its output goes away (`snapinst list | head`).
         // A transaction never does: it ignores SIGPIPE (Rust's default) and its events drop write errors.
         // SAFETY: setting a signal disposition before any thread exists.
@@ -137,21 +168,23 @@ pub fn run() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Apply { plan, root, backend, keep, boot_tries, dry_run, confirm, yes } => {
-            let confirm = match (confirm, yes) {
-                (false, _) => None,
-                (true, false) => Some(commands::apply::Confirm::Ask),
-                (true, true) => Some(commands::apply::Confirm::Yes),
-            };
+        Command::Apply { plan, root, backend, keep, boot_tries, dry_run, confirm, yes, keep_failed } => {
             let opts = commands::apply::ApplyOptions {
                 backend: backend.fixed(),
                 keep: keep as usize,
                 boot_tries,
                 dry_run,
-                confirm,
+                confirm: commands::apply::Confirm::from_flags(confirm, yes),
+                keep_failed,
             };
             commands::apply::run(&plan, &root, &opts)
         }
+        Command::Resume { root, from, plan, confirm, yes } => {
+            let confirm = commands::apply::Confirm::from_flags(confirm, yes);
+            commands::resume::resume(&root, from.as_deref(), plan.as_deref(), confirm)
+        }
+        Command::Abort { root } => commands::resume::abort(&root),
+        Command::Diff { root } => commands::resume::diff(&root),
         Command::Boot { root } => commands::boot::boot(&root),
         Command::Bless { root } => commands::boot::bless(&root),
         Command::Rollback { root, to } => commands::rollback::run(&root, to),

@@ -128,6 +128,9 @@ pub(crate) enum Phase {
     Finishing,
     /// The stage is being thrown away; recovery finishes that.
     Discarding,
+    /// A step failed under `apply --keep-failed`: the stage and its checkpoints are kept for `resume` or `abort`.
+    /// Not interrupted: recovery leaves it alone.
+    Kept,
     /// Nothing left to do.
     Done,
 }
@@ -182,6 +185,12 @@ pub(crate) struct TxnRecord {
     pub boot_pending: bool,
     #[serde(default)]
     pub failed_step: Option<String>,
+    /// `--keep-failed`: the plan file (absolute), to read again on resume.
+    #[serde(default)]
+    pub plan_file: Option<PathBuf>,
+    /// `--keep-failed`: how many of the plan's steps are done; checkpoints 0..=steps_done exist.
+    #[serde(default)]
+    pub checkpoints: Option<usize>,
     #[serde(default)]
     pub outcome: Option<String>,
     #[serde(default)]
@@ -212,11 +221,16 @@ impl TxnRecord {
             host_undo: Vec::new(),
             boot_pending: false,
             failed_step: None,
+            plan_file: None,
+            checkpoints: None,
             outcome: None,
             error: None,
         }
     }
 }
+
+/// The suffix of a transaction's checkpoint directory beside its stage (`stage/<txn>.checkpoints`).
+pub(crate) const CHECKPOINTS_SUFFIX: &str = ".checkpoints";
 
 /// The state area of one root.
 #[derive(Debug, Clone)]
@@ -257,6 +271,10 @@ impl StateDir {
     /// Where a transaction's stage lives.
     pub fn stage_path(&self, txn: &str) -> PathBuf {
         self.dir.join("stage").join(txn)
+    }
+    /// Where a `--keep-failed` transaction keeps its checkpoints (one per completed step, and 0 for the start).
+    pub fn checkpoints_path(&self, txn: &str) -> PathBuf {
+        self.dir.join("stage").join(format!("{txn}{CHECKPOINTS_SUFFIX}"))
     }
 
     pub fn create(&self) -> Result<()> {
@@ -306,7 +324,12 @@ impl StateDir {
 
     /// The transactions that are not done (normally none, or one that a crash interrupted).
     pub fn unfinished(&self) -> Result<Vec<TxnRecord>> {
-        Ok(self.txns()?.into_iter().filter(|t| t.phase != Phase::Done).collect())
+        Ok(self.txns()?.into_iter().filter(|t| t.phase != Phase::Done && t.phase != Phase::Kept).collect())
+    }
+
+    /// The transaction kept by `apply --keep-failed`, if there is one.
+    pub fn kept(&self) -> Result<Option<TxnRecord>> {
+        Ok(self.txns()?.into_iter().find(|t| t.phase == Phase::Kept))
     }
 }
 

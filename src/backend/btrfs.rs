@@ -285,3 +285,61 @@ pub(super) fn remove_leftover(p: &Paths, dir: &Path, name: &str) -> Result<()> {
     }
     delete_subvolume(&path)
 }
+
+fn checkpoints(p: &Paths, txn: &str) -> PathBuf {
+    p.stage_dir.join(format!("{txn}{}", crate::state::CHECKPOINTS_SUFFIX))
+}
+
+/// Keep the stage as it is now as read-only checkpoint `n` (a snapshot: cheap, whatever the tree's size).
+pub(super) fn take_checkpoint(p: &Paths, rec: &TxnRecord, n: usize) -> Result<()> {
+    let dir = checkpoints(p, &rec.txn);
+    fsutil::create_dir_durable(&dir)?;
+    let target = dir.join(n.to_string());
+    if fsutil::exists(&target) {
+        delete_subvolume(&target)?;
+    }
+    CreateSnapshotOptions::new()
+        .readonly(true)
+        .create(p.stage(rec), &target)
+        .with_context(|| format!("taking checkpoint {}", target.display()))?;
+    Ok(())
+}
+
+/// Make the stage a writable snapshot of checkpoint `n` again (the stage as it was after step `n`).
+pub(super) fn restore_checkpoint(p: &Paths, rec: &mut TxnRecord, n: usize) -> Result<PathBuf> {
+    let source = checkpoints(p, &rec.txn).join(n.to_string());
+    if !fsutil::exists(&source) {
+        bail!("checkpoint {} is missing", source.display());
+    }
+    let stage = p.stage(rec);
+    if fsutil::exists(&stage) {
+        delete_subvolume(&stage)?;
+    }
+    CreateSnapshotOptions::new()
+        .create(&source, &stage)
+        .with_context(|| format!("restoring {} from {}", stage.display(), source.display()))?;
+    rec.incoming_subvol = Some(subvol_id(&stage)?);
+    Ok(stage)
+}
+
+/// Delete the checkpoints after `keep` (all of them when None), and their directory when none is left.
+pub(super) fn drop_checkpoints(p: &Paths, txn: &str, keep: Option<usize>) -> Result<()> {
+    let dir = checkpoints(p, txn);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    for e in entries {
+        let path = e?.path();
+        let n = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<usize>().ok());
+        if keep.is_none() || n.map_or(true, |n| Some(n) > keep) {
+            delete_subvolume(&path)?;
+        }
+    }
+    if keep.is_none() {
+        fsutil::remove_any(&dir)?;
+    }
+    Ok(())
+}
+
+/// The kept stage, to compare with the root.
+pub(super) fn stage_of(p: &Paths, rec: &TxnRecord) -> PathBuf {
+    p.stage(rec)
+}

@@ -111,8 +111,9 @@ pub(crate) fn commit_took_effect(ctx: &Ctx, rec: &TxnRecord) -> Result<bool> {
     }
 }
 
-/// Keep the previous tree as a generation and clean the stage. Idempotent.
+/// Keep the previous tree as a generation and clean the stage and any checkpoints. Idempotent.
 pub(crate) fn finish(ctx: &Ctx, rec: &TxnRecord, state: &mut State) -> Result<()> {
+    drop_checkpoints(ctx, rec, None)?;
     match ctx.kind {
         BackendKind::Btrfs => btrfs::finish(ctx.btrfs(), rec, state),
         BackendKind::Overlay => overlay::finish(ctx, rec),
@@ -120,12 +121,52 @@ pub(crate) fn finish(ctx: &Ctx, rec: &TxnRecord, state: &mut State) -> Result<()
     }
 }
 
-/// Throw the stage away. Idempotent, and never touches a tree that was committed.
+/// Throw the stage (and any checkpoints) away. Idempotent, and never touches a tree that was committed.
 pub(crate) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    drop_checkpoints(ctx, rec, None)?;
     match ctx.kind {
         BackendKind::Btrfs => btrfs::discard(ctx.btrfs(), rec),
         BackendKind::Overlay => overlay::discard(ctx, rec),
         BackendKind::Journal => journal::discard(ctx, rec),
+    }
+}
+
+/// `--keep-failed`: keep the stage as it is after `n` steps (btrfs: a read-only snapshot; overlay: a copy of the
+/// upper layer).
+pub(crate) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::take_checkpoint(ctx.btrfs(), rec, n),
+        BackendKind::Overlay => overlay::take_checkpoint(ctx, rec, n),
+        BackendKind::Journal => bail!("the journal backend has no stage to checkpoint"),
+    }
+}
+
+/// Put the stage back as it was at checkpoint `n`, dropping the later checkpoints; returns where the steps run.
+pub(crate) fn restore_checkpoint(ctx: &Ctx, rec: &mut TxnRecord, n: usize) -> Result<PathBuf> {
+    let stage = match ctx.kind {
+        BackendKind::Btrfs => btrfs::restore_checkpoint(ctx.btrfs(), rec, n)?,
+        BackendKind::Overlay => overlay::restore_checkpoint(ctx, rec, n)?,
+        BackendKind::Journal => bail!("the journal backend has no stage to restore"),
+    };
+    drop_checkpoints(ctx, rec, Some(n))?;
+    Ok(stage)
+}
+
+/// Delete a transaction's checkpoints after `keep`, or all of them. Idempotent.
+pub(crate) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) -> Result<()> {
+    match ctx.kind {
+        BackendKind::Btrfs => btrfs::drop_checkpoints(ctx.btrfs(), &rec.txn, keep),
+        BackendKind::Overlay => overlay::drop_checkpoints(ctx, rec, keep),
+        BackendKind::Journal => Ok(()),
+    }
+}
+
+/// A kept transaction's stage as a tree to compare with the root (overlay: mounted privately).
+pub(crate) fn kept_stage(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
+    match ctx.kind {
+        BackendKind::Btrfs => Ok(btrfs::stage_of(ctx.btrfs(), rec)),
+        BackendKind::Overlay => overlay::stage_view(ctx, rec),
+        BackendKind::Journal => bail!("the journal backend keeps no stage"),
     }
 }
 
@@ -194,10 +235,12 @@ pub(crate) fn next_boot_differs(kind: BackendKind, root: &Path, state: &State) -
     kind == BackendKind::Btrfs && btrfs::next_boot_differs(root, state)
 }
 
-/// Remove what a crash left behind outside any transaction: stages of finished transactions and storage of
-/// generations that state.json no longer keeps. Call only with the lock held and no unfinished transaction.
+/// Remove what a crash left behind outside any transaction: stages (and checkpoints) of finished transactions and
+/// storage of generations that state.json no longer keeps; a kept transaction's stage stays. Call only with the
+/// lock held and no unfinished transaction.
 pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    let kept = ctx.state.kept()?.map(|t| t.txn);
     for dir in [ctx.state.dir.join("stage"), ctx.state.gens_dir()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -205,8 +248,9 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
         for e in entries {
             let path = e?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let txn_of_entry = name.strip_suffix(crate::state::CHECKPOINTS_SUFFIX).unwrap_or(&name);
             let orphan = if dir.ends_with("stage") {
-                true
+                kept.as_deref() != Some(txn_of_entry)
             } else {
                 match name.parse::<u64>().ok().and_then(|n| state.generation(n)) {
                     None => !name.starts_with('.'),
@@ -216,6 +260,9 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
             };
             if orphan {
                 match ctx.kind {
+                    BackendKind::Btrfs if name.ends_with(crate::state::CHECKPOINTS_SUFFIX) => {
+                        btrfs::drop_checkpoints(ctx.btrfs(), txn_of_entry, None)?
+                    }
                     BackendKind::Btrfs => btrfs::remove_leftover(ctx.btrfs(), &dir, &name)?,
                     _ => crate::fsutil::remove_any(&path)?,
                 }

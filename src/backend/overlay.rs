@@ -53,6 +53,10 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     // The upper root takes the root's own metadata, so an unchanged root directory merges as unchanged.
     let root_meta = delta::read_meta(&fs::File::open(&ctx.root).context("opening the root")?)?;
     delta::set_meta(&fs::File::open(&s.upper).context("opening the upper layer")?, &root_meta)?;
+    mount(ctx, &s)
+}
+
+fn mount(ctx: &Ctx, s: &StagePaths) -> Result<PathBuf> {
     let data = format!(
         "lowerdir={},upperdir={},workdir={},{OPTIONS}",
         ctx.root.display(),
@@ -61,7 +65,7 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     );
     nix::mount::mount(Some("snapinst"), &s.merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str()))
         .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
-    Ok(s.merged)
+    Ok(s.merged.clone())
 }
 
 fn unmount(s: &StagePaths) -> Result<()> {
@@ -175,4 +179,76 @@ pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     fsutil::remove_any(&s.dir)?;
     Delta::at(&ctx.state.gen_path(rec.to_generation)).remove()?;
     fsutil::sync_dir(&ctx.state.gens_dir())
+}
+
+fn checkpoints(ctx: &Ctx, rec: &TxnRecord) -> PathBuf {
+    ctx.state.checkpoints_path(&rec.txn)
+}
+
+/// `cp -a`: keeps whiteouts (character devices), `trusted.overlay.*` xattrs, owners, modes and times.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto", "--"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .context("running cp")?;
+    if !out.status.success() {
+        bail!("cp -a {} {} failed: {}", from.display(), to.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Keep a copy of the upper layer as it is now as checkpoint `n` (its cost grows with what the steps changed).
+pub(super) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
+    let s = stage_paths(ctx, rec);
+    let dir = checkpoints(ctx, rec);
+    fsutil::create_dir_durable(&dir)?;
+    let target = dir.join(n.to_string());
+    fsutil::remove_any(&target)?;
+    let tmp = dir.join(format!(".{n}.tmp"));
+    fsutil::remove_any(&tmp)?;
+    copy_tree(&s.upper, &tmp)?;
+    fs::rename(&tmp, &target).with_context(|| format!("putting checkpoint {} in place", target.display()))
+}
+
+/// Make the upper layer a copy of checkpoint `n` again, with a fresh work directory, and mount the stage.
+pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<PathBuf> {
+    let s = stage_paths(ctx, rec);
+    let source = checkpoints(ctx, rec).join(n.to_string());
+    if !source.is_dir() {
+        bail!("checkpoint {} is missing", source.display());
+    }
+    unmount(&s)?;
+    fsutil::remove_any(&s.upper)?;
+    fsutil::remove_any(&s.work)?;
+    copy_tree(&source, &s.upper)?;
+    fsutil::create_dir_durable(&s.work)?;
+    fsutil::create_dir_durable(&s.merged)?;
+    mount(ctx, &s)
+}
+
+/// Delete the checkpoints after `keep` (all of them, and their directory, when None).
+pub(super) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) -> Result<()> {
+    let dir = checkpoints(ctx, rec);
+    let Some(keep) = keep else { return fsutil::remove_any(&dir) };
+    let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
+    for e in entries {
+        let path = e?.path();
+        let n = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<usize>().ok());
+        if n.map_or(true, |n| n > keep) {
+            fsutil::remove_any(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The kept stage as a merged tree (mounted in snapinst's private namespace when it is not already).
+pub(super) fn stage_view(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
+    let s = stage_paths(ctx, rec);
+    if mounts::mounted_below(&s.merged)?.is_empty() {
+        mount(ctx, &s)
+    } else {
+        Ok(s.merged)
+    }
 }

@@ -25,6 +25,8 @@ pub(crate) struct ApplyOptions {
     pub boot_tries: u32,
     pub dry_run: bool,
     pub confirm: Option<Confirm>,
+    /// On a step failure, keep the stage (with a checkpoint after every step) for `resume` or `abort`.
+    pub keep_failed: bool,
 }
 
 /// `--confirm`: show the changes, then ask on the terminal, or (`--yes`) commit without asking.
@@ -32,6 +34,27 @@ pub(crate) struct ApplyOptions {
 pub(crate) enum Confirm {
     Ask,
     Yes,
+}
+
+impl Confirm {
+    /// From the `--confirm` and `--yes` flags.
+    pub fn from_flags(confirm: bool, yes: bool) -> Option<Confirm> {
+        match (confirm, yes) {
+            (false, _) => None,
+            (true, false) => Some(Confirm::Ask),
+            (true, true) => Some(Confirm::Yes),
+        }
+    }
+
+    /// Refuse `--confirm` without a terminal to ask on.
+    pub(crate) fn check_terminal(confirm: Option<Confirm>) -> Result<()> {
+        if confirm == Some(Confirm::Ask) && !std::io::stdin().is_terminal() {
+            return refuse(
+                "--confirm asks on a terminal, and standard input is not one; add --yes to commit without asking",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Room kept free beyond what the plan writes (snapshot metadata, records).
@@ -61,19 +84,13 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
             "--confirm needs a staged root to compare with the live one; the journal backend changes the root in place",
         );
     }
+    if opts.keep_failed {
+        check_keepable(plan_file, &plan, kind)?;
+    }
     loc.state.create()?;
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     failpoint::hit("apply-after-lock");
-    if let Some(t) = loc.state.unfinished()?.first() {
-        return Err(NeedsRecovery(format!(
-            "transaction {} on {} was interrupted ({:?}); run `snapinst recover --root {}` first",
-            t.txn,
-            loc.root.display(),
-            t.phase,
-            loc.root.display()
-        ))
-        .into());
-    }
+    refuse_if_busy(&loc.state, &loc.root)?;
     let mut state = match loc.state.load()? {
         Some(s) => s,
         None => {
@@ -86,7 +103,58 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     state.boot_tries = opts.boot_tries;
     registry::register(&loc.root, args.state_dir.as_deref().map(|_| loc.state.dir.as_path()))?;
     let ctx = Ctx::new(kind, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
-    Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run: opts.dry_run, confirm: opts.confirm }.run(&mut state)
+    let plan_file = std::path::absolute(plan_file).with_context(|| format!("resolving {}", plan_file.display()))?;
+    let txn = Transaction {
+        ctx: &ctx,
+        out: &out,
+        plan: &plan,
+        dry_run: opts.dry_run,
+        confirm: opts.confirm,
+        keep_failed: opts.keep_failed.then_some(plan_file.as_path()),
+    };
+    txn.run(&mut state)
+}
+
+/// Refuse to start while another transaction is unfinished (exit 3: recover it) or kept (exit 2: resume or abort).
+pub(crate) fn refuse_if_busy(sd: &StateDir, root: &Path) -> Result<()> {
+    if let Some(t) = sd.unfinished()?.first() {
+        return Err(NeedsRecovery(format!(
+            "transaction {} on {} was interrupted ({:?}); run `snapinst recover --root {}` first",
+            t.txn,
+            root.display(),
+            t.phase,
+            root.display()
+        ))
+        .into());
+    }
+    if let Some(t) = sd.kept()? {
+        return refuse(format!(
+            "transaction {} (plan \"{}\") on {} is kept after its step \"{}\" failed; finish it with `snapinst resume --root {}` or throw it away with `snapinst abort --root {}`",
+            t.txn,
+            t.plan.as_deref().unwrap_or("?"),
+            root.display(),
+            t.failed_step.as_deref().unwrap_or("?"),
+            root.display(),
+            root.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `--keep-failed` needs a stage to keep, and steps that all act inside it.
+pub(super) fn check_keepable(plan_file: &Path, plan: &Plan, kind: BackendKind) -> Result<()> {
+    if kind == BackendKind::Journal {
+        return refuse("--keep-failed keeps a staged root; the journal backend changes the root in place");
+    }
+    if let Some((i, s)) = plan.steps.iter().enumerate().find(|(_, s)| matches!(s.action, Action::Host { .. })) {
+        return refuse(format!(
+            "{}: step \"{}\" (#{}) field \"type\": a host step acts outside the stage, so no checkpoint can take it back; --keep-failed is not possible with host steps",
+            plan_file.display(),
+            s.id,
+            i + 1
+        ));
+    }
+    Ok(())
 }
 
 fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>) -> Result<BackendKind> {
@@ -139,12 +207,14 @@ fn check_plan_fits(plan_file: &Path, plan: &Plan, kind: BackendKind, state_dir: 
     Ok(())
 }
 
-struct Transaction<'a> {
-    ctx: &'a Ctx,
-    out: &'a Reporter,
-    plan: &'a Plan,
-    dry_run: bool,
-    confirm: Option<Confirm>,
+pub(super) struct Transaction<'a> {
+    pub ctx: &'a Ctx,
+    pub out: &'a Reporter,
+    pub plan: &'a Plan,
+    pub dry_run: bool,
+    pub confirm: Option<Confirm>,
+    /// `--keep-failed` (and every resume): the plan file, recorded for resume.
+    pub keep_failed: Option<&'a Path>,
 }
 
 impl Transaction<'_> {
@@ -178,17 +248,39 @@ impl Transaction<'_> {
             Err(e) => return self.abort(&mut rec, &format!("preparing the stage failed: {e:#}"), [0, 0]),
         };
         rec.stage = Some(stage.clone());
+        if let Some(plan_file) = self.keep_failed {
+            rec.plan_file = Some(plan_file.to_path_buf());
+            if let Err(e) = backend::take_checkpoint(self.ctx, &rec, 0) {
+                return self.abort(&mut rec, &format!("taking the first checkpoint failed: {e:#}"), [0, 0]);
+            }
+            rec.checkpoints = Some(0);
+        }
         set_phase(self.sd(), &mut rec, Phase::Staged)?;
         failpoint::hit("apply-after-stage");
         let prepare_ms = t0.elapsed().as_millis() as u64;
+        self.steps_and_commit(rec, &stage, 0, state, prepare_ms)
+    }
 
+    /// Run the plan's steps from `first` (0-based) in the stage, then commit (or discard, or keep on failure).
+    pub(super) fn steps_and_commit(
+        &self,
+        mut rec: TxnRecord,
+        stage: &Path,
+        first: usize,
+        state: &mut State,
+        prepare_ms: u64,
+    ) -> Result<Outcome> {
         let t1 = Instant::now();
-        if let Err(reason) = self.run_steps(&mut rec, &stage) {
-            return self.abort(&mut rec, &reason, [prepare_ms, t1.elapsed().as_millis() as u64]);
+        if let Err(reason) = self.run_steps(&mut rec, stage, first) {
+            let timings = [prepare_ms, t1.elapsed().as_millis() as u64];
+            if self.keep_failed.is_some() && rec.failed_step.is_some() {
+                return self.keep(&mut rec, &reason, timings);
+            }
+            return self.abort(&mut rec, &reason, timings);
         }
         let steps_ms = t1.elapsed().as_millis() as u64;
         if self.dry_run || self.confirm.is_some() {
-            if let Err(e) = self.show_changes(&rec, &stage) {
+            if let Err(e) = show_changes(self.out, self.ctx, &rec.txn, stage) {
                 return self.abort(
                     &mut rec,
                     &format!("comparing the stage with the root failed: {e:#}"),
@@ -234,37 +326,16 @@ impl Transaction<'_> {
         Ok(Outcome::Done)
     }
 
-    /// Print every path the stage changes (JSON: a `change` event each), then a count of each kind.
-    fn show_changes(&self, rec: &TxnRecord, stage: &Path) -> Result<()> {
-        if self.ctx.kind == BackendKind::Journal {
-            self.out.say("snapinst: the journal backend changes the root in place: there is no stage to compare");
-            return Ok(());
-        }
-        let changes = treediff::diff(&self.ctx.root, stage)?;
-        let mut counts = std::collections::BTreeMap::new();
-        for c in &changes {
-            *counts.entry(c.kind.word()).or_insert(0u64) += 1;
-            self.out.event("change", json!({"txn": rec.txn, "kind": c.kind, "path": c.path}));
-            self.out.text(format!("{:<9} {}", c.kind.word(), c.path.display()));
-        }
-        self.out.event("changes", json!({"txn": rec.txn, "counts": counts}));
-        let total: Vec<String> = ["added", "modified", "removed", "metadata"]
-            .iter()
-            .map(|k| format!("{} {k}", counts.get(k).copied().unwrap_or(0)))
-            .collect();
-        self.out.say(format!("snapinst: the transaction changes {} paths: {}", changes.len(), total.join(", ")));
-        Ok(())
-    }
-
-    /// Run every step in the stage; on failure, the reason (already reported).
-    fn run_steps(&self, rec: &mut TxnRecord, stage: &Path) -> Result<(), String> {
+    /// Run the steps from `first` (0-based) in the stage; on failure, the reason (already reported).
+    fn run_steps(&self, rec: &mut TxnRecord, stage: &Path, first: usize) -> Result<(), String> {
         let root = Root::open(stage).map_err(|e| format!("{e:#}"))?;
         let mut guard = backend::guard(self.ctx, rec).map_err(|e| format!("{e:#}"))?;
         let txn = rec.txn.clone();
         let total = self.plan.steps.len();
-        for (i, step) in self.plan.steps.iter().enumerate() {
+        for (i, step) in self.plan.steps.iter().enumerate().skip(first) {
             let n = i + 1;
             if sandbox::interrupted() {
+                rec.failed_step = Some(step.id.clone());
                 return Err(format!("interrupted by a signal before step \"{}\"", step.id));
             }
             self.out.event("step_started", json!({"txn": txn, "step": step.id, "index": n, "total": total}));
@@ -291,6 +362,14 @@ impl Transaction<'_> {
                     );
                     self.out.say(format!("[{n}/{total}] {} done in {ms} ms", step.id));
                     failpoint::hit("apply-mid-step");
+                    if self.keep_failed.is_some() {
+                        backend::take_checkpoint(self.ctx, rec, n)
+                            .and_then(|()| {
+                                rec.checkpoints = Some(n);
+                                self.sd().write_txn(rec)
+                            })
+                            .map_err(|e| format!("taking the checkpoint after step \"{}\" failed: {e:#}", step.id))?;
+                    }
                 }
                 Err(StepFailure { message, output }) => {
                     self.out.event(
@@ -320,6 +399,25 @@ impl Transaction<'_> {
             self.sd().write_txn(rec)?;
         }
         Ok(())
+    }
+
+    /// Keep the failed transaction: its stage and checkpoints stay for `resume` or `abort`; the root is unchanged.
+    fn keep(&self, rec: &mut TxnRecord, reason: &str, timings: [u64; 2]) -> Result<Outcome> {
+        rec.error = Some(reason.to_string());
+        rec.outcome = Some("kept".to_string());
+        set_phase(self.sd(), rec, Phase::Kept)?;
+        let root = self.ctx.root.display();
+        self.out.event(
+            "kept",
+            json!({"txn": rec.txn, "reason": reason, "failed_step": rec.failed_step, "checkpoints": rec.checkpoints}),
+        );
+        self.out.say(format!(
+            "snapinst: {reason}; {root} is unchanged. The transaction is kept: fix the cause (the plan or the \
+             environment), then `snapinst resume --root {root}` continues at the failed step (`--from STEP` for an \
+             earlier one), `snapinst diff --root {root}` shows the stage, `snapinst abort --root {root}` throws it away"
+        ));
+        self.summary(rec, "kept", None, [timings[0], timings[1], 0]);
+        Ok(Outcome::Kept)
     }
 
     /// Throw the transaction away: discard the stage, run host undos in reverse.
@@ -359,6 +457,28 @@ impl Transaction<'_> {
                    "timings_ms": {"prepare": t[0], "steps": t[1], "commit": t[2]}}),
         );
     }
+}
+
+/// Print every path `stage` changes against the root (JSON: a `change` event each), then a count of each kind.
+pub(super) fn show_changes(out: &Reporter, ctx: &Ctx, txn: &str, stage: &Path) -> Result<()> {
+    if ctx.kind == BackendKind::Journal {
+        out.say("snapinst: the journal backend changes the root in place: there is no stage to compare");
+        return Ok(());
+    }
+    let changes = treediff::diff(&ctx.root, stage)?;
+    let mut counts = std::collections::BTreeMap::new();
+    for c in &changes {
+        *counts.entry(c.kind.word()).or_insert(0u64) += 1;
+        out.event("change", json!({"txn": txn, "kind": c.kind, "path": c.path}));
+        out.text(format!("{:<9} {}", c.kind.word(), c.path.display()));
+    }
+    out.event("changes", json!({"txn": txn, "counts": counts}));
+    let total: Vec<String> = ["added", "modified", "removed", "metadata"]
+        .iter()
+        .map(|k| format!("{} {k}", counts.get(k).copied().unwrap_or(0)))
+        .collect();
+    out.say(format!("snapinst: the transaction changes {} paths: {}", changes.len(), total.join(", ")));
+    Ok(())
 }
 
 /// Ask on the terminal whether to commit; anything but yes is no.

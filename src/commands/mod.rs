@@ -5,6 +5,7 @@
 pub(crate) mod apply;
 pub(crate) mod boot;
 pub(crate) mod recover;
+pub(crate) mod resume;
 pub(crate) mod rollback;
 pub(crate) mod status;
 
@@ -22,13 +23,15 @@ pub(crate) enum Outcome {
     Done,
     /// A step failed and the transaction was rolled back completely.
     RolledBack,
+    /// A step failed; the root is unchanged and the transaction is kept (`apply --keep-failed`).
+    Kept,
 }
 
 impl Outcome {
     pub fn code(self) -> u8 {
         match self {
             Outcome::Done => 0,
-            Outcome::RolledBack => 1,
+            Outcome::RolledBack | Outcome::Kept => 1,
         }
     }
 }

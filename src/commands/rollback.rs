@@ -21,14 +21,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
         return refuse(format!("snapinst has no generations for {}: nothing to roll back", loc.root.display()));
     };
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
-    if let Some(t) = loc.state.unfinished()?.first() {
-        return Err(NeedsRecovery(format!(
-            "transaction {} was interrupted; run `snapinst recover --root {}` first",
-            t.txn,
-            loc.root.display()
-        ))
-        .into());
-    }
+    super::apply::refuse_if_busy(&loc.state, &loc.root)?;
     let mut state = loc.state.load()?.expect("state exists: checked above");
     let target = match to {
         Some(t) => t,

@@ -30,6 +30,7 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
         "backend": state.as_ref().map(|s| s.backend.to_string()),
         "current_generation": state.as_ref().map(|s| s.current).unwrap_or(0),
         "in_progress": in_progress,
+        "kept": super::resume::kept_summary(&loc.state)?,
         "next_boot_differs": next_boot_differs,
         "recovery_failed": recovery_failed,
         "pending": state.as_ref().and_then(|s| s.pending.clone()),
@@ -68,6 +69,18 @@ fn human_status(v: &Value, state: Option<&State>) -> String {
         t => {
             let _ =
                 writeln!(s, "in progress:        transaction {} (pid {})", t["txn"].as_str().unwrap_or("?"), t["pid"]);
+        }
+    }
+    if let Some(k) = v["kept"].as_object() {
+        let _ = writeln!(
+            s,
+            "kept:               transaction {} (plan \"{}\"): step \"{}\" failed; `snapinst resume` or `snapinst abort`",
+            k["txn"].as_str().unwrap_or("?"),
+            k["plan"].as_str().unwrap_or("?"),
+            k["failed_step"].as_str().unwrap_or("?")
+        );
+        if let Some(e) = k["error"].as_str() {
+            let _ = writeln!(s, "kept because:       {e}");
         }
     }
     if v["next_boot_differs"] == true {

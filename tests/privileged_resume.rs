@@ -1,0 +1,220 @@
+//! `apply --keep-failed`, `resume`, `abort` and `diff` on real btrfs and overlay roots: a kept transaction leaves
+//! the root exactly as it was, blocks other transactions, survives `recover`, shows its stage with `diff`, and
+//! either commits exactly the fixed plan's effects when resumed (from the failed step, or exactly from an earlier
+//! one through its checkpoint) or leaves nothing behind when aborted.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::fs;
+use std::path::Path;
+
+/// A plan whose step "c" fails unless `c_ok`; step "b" appends to a log, so a step run twice shows.
+fn app_plan(a_content: &str, c_ok: bool) -> Value {
+    let c = if c_ok { "echo c >> /opt/app/log" } else { "echo 'not ready' >&2; exit 1" };
+    plan(
+        "app",
+        vec![
+            json!({"id": "a", "type": "file", "path": "/opt/app/a.conf", "content": a_content}),
+            json!({"id": "b", "type": "run", "command": sh("echo b >> /opt/app/log")}),
+            json!({"id": "c", "type": "run", "command": sh(c)}),
+            json!({"id": "d", "type": "file", "path": "/opt/app/d.conf", "content": "four\n"}),
+        ],
+    )
+}
+
+fn write_plan(pd: &PlanDir, plan: &Value) {
+    fs::write(&pd.path, serde_json::to_string_pretty(plan).unwrap()).unwrap();
+}
+
+fn root_cmd(cmd: &str, root: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![cmd, "--root", root.to_str().unwrap(), "--json"];
+    args.extend(extra);
+    snapinst(args)
+}
+
+fn status(root: &Path) -> Value {
+    let out = root_cmd("status", root, &[]);
+    assert_code(&out, 0);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The kept transaction's stage entries (stage and checkpoints) in the state area.
+fn stage_entries(img: &LoopImage) -> Vec<String> {
+    let dir = img.state_dir().join("stage");
+    if dir.is_dir() {
+        dir_names(&dir)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Apply the failing plan with --keep-failed: kept, root unchanged.
+fn keep_failing(img: &LoopImage, backend: Backend, pd: &PlanDir, before: &Manifest) {
+    let root = img.root();
+    let out = apply(&pd.path, &root, backend, &["--keep-failed"]);
+    assert_code(&out, 1);
+    let lines = json_lines(&out);
+    assert_eq!(lines.last().unwrap()["outcome"], "kept", "{}", show(&out));
+    assert!(stderr(&out).contains("snapinst resume"), "{}", show(&out));
+    assert_manifest_eq(before, &manifest(&root));
+    let kept = &status(&root)["kept"];
+    assert_eq!(kept["failed_step"], "c", "{kept}");
+    assert_eq!(kept["steps_done"], 2, "{kept}");
+}
+
+fn expect_committed(before: &Manifest, a_content: &str) -> Expect {
+    let mut want = Expect::new(before);
+    want.dir_any("/opt/app")
+        .file_content("/opt/app/a.conf", a_content.as_bytes())
+        .file_content("/opt/app/log", b"b\nc\n")
+        .file_content("/opt/app/d.conf", b"four\n");
+    want
+}
+
+fn keep_then_resume(backend: Backend) {
+    let img = populated(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let pd = PlanDir::new(&app_plan("one\n", false), &[]);
+    keep_failing(&img, backend, &pd, &before);
+
+    // While it is kept: no other transaction, and recovery leaves it alone.
+    let other = PlanDir::new(&plan("other", vec![json!({"id": "x", "type": "dir", "path": "/opt/other"})]), &[]);
+    let out = apply(&other.path, &root, backend, &[]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("is kept after its step \"c\" failed"), "{}", show(&out));
+    assert_code(&root_cmd("rollback", &root, &[]), 2);
+    assert_code(&root_cmd("recover", &root, &[]), 0);
+    assert_eq!(status(&root)["kept"]["failed_step"], "c");
+    assert_manifest_eq(&before, &manifest(&root));
+
+    // diff: what the kept stage holds (steps a and b; the failed step wrote nothing).
+    let out = root_cmd("diff", &root, &[]);
+    assert_code(&out, 0);
+    let changes: Vec<(String, String)> = events(&json_lines(&out), "change")
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
+        .collect();
+    let want: Vec<(String, String)> = [("added", "/opt/app"), ("added", "/opt/app/a.conf"), ("added", "/opt/app/log")]
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(changes, want, "{}", show(&out));
+
+    // A resume cannot start after the failed step.
+    assert_code(&root_cmd("resume", &root, &["--from", "d"]), 2);
+
+    // Fix the plan and resume: it continues at "c" from the checkpoint after "b", so "b" ran once.
+    write_plan(&pd, &app_plan("one\n", true));
+    let out = root_cmd("resume", &root, &[]);
+    assert_code(&out, 0);
+    assert_eq!(json_lines(&out).last().unwrap()["outcome"], "committed", "{}", show(&out));
+    expect_committed(&before, "one\n").check(&manifest(&root));
+    assert_eq!(status(&root)["kept"], Value::Null);
+    assert_eq!(stage_entries(&img), Vec::<String>::new(), "stage or checkpoints left after the commit");
+    assert_no_leftovers(&img);
+
+    // The committed generation rolls back like any other.
+    assert_code(&root_cmd("rollback", &root, &[]), 0);
+    assert_manifest_eq(&before, &manifest(&root));
+}
+
+fn resume_from_an_earlier_step(backend: Backend) {
+    let img = populated(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let pd = PlanDir::new(&app_plan("one\n", false), &[]);
+    keep_failing(&img, backend, &pd, &before);
+
+    // The fix changes step "a" too: resuming from "a" starts from the checkpoint taken before any step.
+    write_plan(&pd, &app_plan("ONE\n", true));
+    let out = root_cmd("resume", &root, &["--from", "a"]);
+    assert_code(&out, 0);
+    expect_committed(&before, "ONE\n").check(&manifest(&root));
+    assert_eq!(stage_entries(&img), Vec::<String>::new());
+    assert_no_leftovers(&img);
+}
+
+fn resume_that_fails_again_stays_kept_then_abort(backend: Backend) {
+    let img = populated(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let pd = PlanDir::new(&app_plan("one\n", false), &[]);
+    keep_failing(&img, backend, &pd, &before);
+
+    // Not fixed: the resume fails at "c" again and the transaction stays kept.
+    let out = root_cmd("resume", &root, &[]);
+    assert_code(&out, 1);
+    assert_eq!(json_lines(&out).last().unwrap()["outcome"], "kept", "{}", show(&out));
+    assert_eq!(status(&root)["kept"]["failed_step"], "c");
+    assert_manifest_eq(&before, &manifest(&root));
+
+    let out = root_cmd("abort", &root, &[]);
+    assert_code(&out, 0);
+    assert_eq!(status(&root)["kept"], Value::Null);
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_eq!(stage_entries(&img), Vec::<String>::new(), "stage or checkpoints left after abort");
+    assert_no_leftovers(&img);
+    // Nothing is kept any more.
+    assert_code(&root_cmd("abort", &root, &[]), 2);
+    assert_code(&root_cmd("resume", &root, &[]), 2);
+}
+
+mod keep_then_resume {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        keep_then_resume(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        keep_then_resume(Backend::Overlay)
+    }
+}
+
+mod resume_from_an_earlier_step {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        resume_from_an_earlier_step(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        resume_from_an_earlier_step(Backend::Overlay)
+    }
+}
+
+mod resume_fails_again_then_abort {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        resume_that_fails_again_stays_kept_then_abort(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        resume_that_fails_again_stays_kept_then_abort(Backend::Overlay)
+    }
+}
+
+/// The journal backend has no stage to keep, and host steps cannot be checkpointed: both refused up front.
+#[test]
+fn keep_failed_refusals() {
+    let img = populated(Backend::Journal);
+    let root = img.root();
+    let before = manifest(&root);
+    let pd = PlanDir::new(&plan("files", vec![json!({"id": "a", "type": "dir", "path": "/opt/x"})]), &[]);
+    let out = apply(&pd.path, &root, Backend::Journal, &["--keep-failed"]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("journal backend"), "{}", show(&out));
+    let host = PlanDir::new(
+        &plan("host", vec![json!({"id": "h", "type": "host", "do": ["/bin/true"], "undo": ["/bin/true"]})]),
+        &[],
+    );
+    let out = apply(&host.path, &root, Backend::Overlay, &["--keep-failed"]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("host step"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+}
