@@ -144,6 +144,8 @@ enum Command {
     },
     /// Check a plan and report every problem; change nothing.
     Validate { plan: PathBuf },
+    /// Print the plan file's JSON Schema (for editors and other tools that check plans).
+    Schema,
     /// List the crash points: name, operation that reaches it, backends (for the crash tests).
     #[command(hide = true)]
     Failpoints,
@@ -158,8 +160,10 @@ pub fn run() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    if matches!(cli.command, Command::Status { .. } | Command::List { .. } | Command::Diff { .. } | Command::Failpoints)
-    {
+    if matches!(
+        cli.command,
+        Command::Status { .. } | Command::List { .. } | Command::Diff { .. } | Command::Schema | Command::Failpoints
+    ) {
         // A read-only command ends quietly when the reader of its output goes away (`snapinst list | head`).
         // A transaction never does: it ignores SIGPIPE (Rust's default) and its events drop write errors.
         // SAFETY: setting a signal disposition before any thread exists.
@@ -192,6 +196,10 @@ pub fn run() -> ExitCode {
         Command::List { root } => commands::status::list(&root),
         Command::Recover { root, all } => commands::recover::run(&root, all),
         Command::Validate { plan } => commands::validate(&plan),
+        Command::Schema => {
+            println!("{:#}", crate::plan::spec::schema());
+            Ok(Outcome::Done)
+        }
         Command::Failpoints => {
             crate::failpoint::ALL
                 .iter()

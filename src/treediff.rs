@@ -1,7 +1,7 @@
 //! What a staged transaction changes: the live root and the stage are walked side by side (never following
 //! symlinks) and every path is classed as added, removed, modified (content, type or symlink target) or
-//! metadata-only (mode, owner or modification time). A regular file whose size, mtime and ctime are unchanged is
-//! taken as unchanged without reading it; otherwise both contents are compared. Used by `apply --dry-run` and
+//! metadata-only (mode, owner or modification time). A regular file whose size, inode number, mtime and ctime are
+//! unchanged (a file a btrfs snapshot shares untouched) is taken as unchanged without reading it; otherwise both contents are compared. Used by `apply --dry-run` and
 //! `apply --confirm`, which are the only callers that pay for a walk of the whole tree.
 
 use anyhow::{Context, Result};
@@ -111,7 +111,8 @@ fn compare(o: &Path, om: &Metadata, n: &Path, nm: &Metadata) -> Result<Option<Ch
         if om.size() != nm.size() {
             return Ok(Some(ChangeKind::Modified));
         }
-        let untouched = times_same && om.ctime() == nm.ctime() && om.ctime_nsec() == nm.ctime_nsec();
+        let untouched =
+            times_same && om.ino() == nm.ino() && om.ctime() == nm.ctime() && om.ctime_nsec() == nm.ctime_nsec();
         if !untouched && !same_content(o, n)? {
             return Ok(Some(ChangeKind::Modified));
         }
@@ -161,6 +162,13 @@ mod tests {
             std::fs::write(root.join("etc/same"), "x").unwrap();
             std::fs::write(root.join("etc/content"), "one").unwrap();
             std::fs::write(root.join("etc/sub/gone"), "g").unwrap();
+        }
+        // Every file starts with the same old mtime on both sides, so only what changes below looks changed.
+        for root in [&old, &new] {
+            for f in ["etc/same", "etc/content", "etc/sub/gone"] {
+                let file = std::fs::File::options().write(true).open(root.join(f)).unwrap();
+                file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
+            }
         }
         std::fs::write(new.join("etc/content"), "two").unwrap();
         std::fs::remove_dir_all(new.join("etc/sub")).unwrap();

@@ -3,6 +3,8 @@
 //! plan and its source files.
 
 mod parse;
+mod schema_check;
+pub(crate) mod spec;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,12 @@
-//! Reading a plan file and checking all of it at once. Every problem is collected (unknown type or field, missing
-//! field, wrong JSON type, duplicate id, bad mode, missing source file, a path that is not absolute or leaves the
-//! root) with the step and field it concerns, so an administrator fixes a plan in one pass. Nothing is changed on
-//! disk here.
+//! Reading a plan file and checking all of it at once. The plan is first checked against the schema generated from
+//! [`super::spec`] (unknown fields, missing fields, wrong JSON types), then deserialized into those types and
+//! checked for what a schema cannot say (duplicate ids, paths that are not absolute or leave the root, bad modes,
+//! missing source files, bad names). Every problem is collected with the step and field it concerns, so an
+//! administrator fixes a plan in one pass. Nothing is changed on disk here.
 
-use super::{
-    Action, Attrs, Command, Content, GroupSpec, PackageSpec, Plan, Principal, RootPath, Step, UnitChange, UserSpec,
-};
+use super::schema_check::Schema;
+use super::spec::{self, PrincipalSpec, StepKind};
+use super::{Action, Attrs, Command, Content, Plan, Principal, RootPath, Step, UnitChange};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -13,10 +14,6 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 const DEFAULT_TIMEOUT_S: u64 = 300;
-const PLAN_FIELDS: &[&str] = &["name", "version", "description", "steps"];
-const STEP_TYPES: &[&str] =
-    &["dir", "file", "symlink", "remove", "run", "verify", "host", "group", "user", "service", "package"];
-const COMMON_FIELDS: &[&str] = &["id", "type", "description"];
 
 /// Every problem found in a plan; its Display prints one per line.
 #[derive(Debug)]
@@ -47,7 +44,7 @@ pub(crate) fn load(file: &Path) -> Result<Plan, PlanProblems> {
         .map_err(|e| fail(format!("not valid JSON at line {} column {}: {e}", e.line(), e.column())))?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-    let mut checker = Checker { base, problems: Vec::new() };
+    let mut checker = Checker { base, problems: Vec::new(), schema: Schema::new(spec::schema()) };
     let plan = checker.plan(&value, hex::encode(Sha256::digest(&bytes)));
     match plan {
         Some(plan) if checker.problems.is_empty() => Ok(plan),
@@ -58,6 +55,7 @@ pub(crate) fn load(file: &Path) -> Result<Plan, PlanProblems> {
 struct Checker {
     base: PathBuf,
     problems: Vec<String>,
+    schema: Schema,
 }
 
 /// Where a problem is: the plan itself, or one step (id and 1-based position).
@@ -80,19 +78,28 @@ impl Checker {
         self.problems.push(format!("{}: {why}", at.describe(field)));
     }
 
+    /// Report the schema's problems with `obj`, and return `obj` without the fields that had one, ready to
+    /// deserialize; None when a required field is missing or bad (it cannot be deserialized then).
+    fn structure(&mut self, at: At, obj: &Map<String, Value>, schemas: &[&Value], skip: &[&str]) -> Option<Value> {
+        let found = self.schema.check_object(obj, schemas, skip);
+        let mut rest = obj.clone();
+        let mut usable = true;
+        for (field, why) in found {
+            usable &= !self.schema.is_required(schemas, &field);
+            rest.remove(&field);
+            self.problem(at, &field, why);
+        }
+        usable.then_some(Value::Object(rest))
+    }
+
     fn plan(&mut self, value: &Value, sha256: String) -> Option<Plan> {
         let top = At { step: None };
         let Some(obj) = value.as_object() else {
             self.problem(top, "(plan)", "the plan must be a JSON object");
             return None;
         };
-        self.unknown_fields(top, obj, PLAN_FIELDS);
-        let name = self.required_string(top, obj, "name");
-        if name.as_deref() == Some("") {
-            self.problem(top, "name", "must not be empty");
-        }
-        let version = self.optional_string(top, obj, "version");
-        self.optional_string(top, obj, "description");
+        let plan_schema = self.schema.plan().clone();
+        let head = self.structure(top, obj, &[&plan_schema], &["steps"]);
         let steps = match obj.get("steps") {
             None => {
                 self.problem(top, "steps", "missing (a list of steps)");
@@ -104,7 +111,20 @@ impl Checker {
                 Vec::new()
             }
         };
-        Some(Plan { name: name?, version, steps, sha256 })
+        // The steps were read one by one above; the rest of the plan is read here.
+        let mut head = head?;
+        head["steps"] = Value::Array(Vec::new());
+        let spec = match serde_json::from_value::<spec::PlanSpec>(head) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.problem(top, "(plan)", e);
+                return None;
+            }
+        };
+        if spec.name.is_empty() {
+            self.problem(top, "name", "must not be empty");
+        }
+        Some(Plan { name: spec.name, version: spec.version, steps, sha256 })
     }
 
     fn steps(&mut self, list: &[Value]) -> Vec<Step> {
@@ -131,198 +151,163 @@ impl Checker {
             if !seen.insert(id.clone()) {
                 self.problem(at, "id", format!("duplicate id \"{id}\" (ids must be unique)"));
             }
-            if let Some(action) = self.action(at, obj) {
+            if let Some(action) = self.step(at, obj) {
                 steps.push(Step { id: id.clone(), action });
             }
         }
         steps
     }
 
-    fn action(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
+    /// One step: its type, the schema's checks for that type, then the checks a schema cannot make.
+    fn step(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
+        let types = self.schema.step_types().join(", ");
         let kind = match obj.get("type") {
             Some(Value::String(s)) => s.as_str(),
             Some(_) => {
-                self.problem(at, "type", "must be a string");
+                self.problem(at, "type", format!("must be a string (one of {types})"));
                 return None;
             }
             None => {
-                self.problem(at, "type", format!("missing (one of {})", STEP_TYPES.join(", ")));
+                self.problem(at, "type", format!("missing (one of {types})"));
                 return None;
             }
         };
-        let fields: &[&str] = match kind {
-            "dir" => &["path", "mode", "owner", "group"],
-            "file" => &["path", "content", "source", "mode", "owner", "group"],
-            "symlink" => &["path", "target"],
-            "remove" => &["path", "recursive", "missing_ok"],
-            "run" => &["command", "timeout_s", "env"],
-            "verify" => &["command", "timeout_s", "env", "expect_exit", "expect_stdout"],
-            "host" => &["do", "undo", "timeout_s", "env"],
-            "group" => &["name", "gid"],
-            "user" => &["name", "uid", "group", "groups", "home", "shell", "comment", "create_home"],
-            "service" => &["unit", "enable", "mask"],
-            "package" => &["debs", "apt", "remove", "purge", "timeout_s"],
-            other => {
-                self.problem(
-                    at,
-                    "type",
-                    format!("unknown step type \"{other}\" (expected one of {})", STEP_TYPES.join(", ")),
-                );
-                return None;
-            }
+        let Some(own) = self.schema.step_type(kind).cloned() else {
+            self.problem(at, "type", format!("unknown step type \"{kind}\" (expected one of {types})"));
+            return None;
         };
-        let allowed: Vec<&str> = COMMON_FIELDS.iter().chain(fields).copied().collect();
-        self.unknown_fields(at, obj, &allowed);
-        match kind {
-            "dir" => {
-                let path = self.root_path(at, obj, "path");
-                let attrs = self.attrs(at, obj);
-                Some(Action::Dir { path: path?, attrs })
+        let common = self.schema.def("StepSpec").clone();
+        let usable = self.structure(at, obj, &[&common, &own], &["id", "type"])?;
+        match serde_json::from_value::<spec::StepSpec>(usable) {
+            Ok(step) => self.action(at, step.kind),
+            Err(e) => {
+                self.problem(at, "(step)", e);
+                None
             }
-            "file" => {
-                let path = self.root_path(at, obj, "path");
-                let content = self.content(at, obj);
-                let attrs = self.attrs(at, obj);
-                Some(Action::File { path: path?, content: content?, attrs })
-            }
-            "symlink" => {
-                let path = self.root_path(at, obj, "path");
-                let target = self.required_string(at, obj, "target");
-                if target.as_deref() == Some("") {
-                    self.problem(at, "target", "must not be empty");
-                }
-                Some(Action::Symlink { path: path?, target: target? })
-            }
-            "remove" => {
-                let path = self.root_path(at, obj, "path");
-                let recursive = self.optional_bool(at, obj, "recursive");
-                let missing_ok = self.optional_bool(at, obj, "missing_ok");
-                Some(Action::Remove { path: path?, recursive, missing_ok })
-            }
-            "run" => Some(Action::Run { command: self.command(at, obj, "command")? }),
-            "verify" => {
-                let command = self.command(at, obj, "command");
-                let expect_exit = match obj.get("expect_exit") {
-                    None => Some(0),
-                    Some(v) => match v.as_i64().and_then(|n| i32::try_from(n).ok()) {
-                        Some(n) if (0..=255).contains(&n) => Some(n),
-                        _ => {
-                            self.problem(at, "expect_exit", "must be an exit code from 0 to 255");
-                            None
-                        }
-                    },
-                };
-                let expect_stdout = self.optional_string(at, obj, "expect_stdout");
-                Some(Action::Verify { command: command?, expect_exit: expect_exit?, expect_stdout })
-            }
-            "host" => {
-                let run = self.command(at, obj, "do");
-                let undo = self.command(at, obj, "undo");
-                Some(Action::Host { run: run?, undo: undo? })
-            }
-            "group" => {
-                let name = self.account_name(at, obj, "name");
-                let gid = self.optional_id(at, obj, "gid");
-                Some(Action::Group { group: GroupSpec { name: name?, gid: gid? } })
-            }
-            "user" => self.user(at, obj),
-            "service" => self.service(at, obj),
-            "package" => self.package(at, obj),
-            _ => unreachable!("step types are matched above"),
         }
     }
 
-    fn user(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
-        let name = self.account_name(at, obj, "name");
-        let uid = self.optional_id(at, obj, "uid");
-        let group = obj.get("group").is_some().then(|| self.account_name(at, obj, "group"));
-        let groups = self.names(at, obj, "groups", is_account_name, "a group name");
-        let home = obj.get("home").is_some().then(|| self.root_path(at, obj, "home"));
-        let shell = self.optional_string(at, obj, "shell");
-        if shell.as_deref().is_some_and(|s| !s.starts_with('/') || s.contains(':')) {
+    fn action(&mut self, at: At, kind: StepKind) -> Option<Action> {
+        match kind {
+            StepKind::Dir(d) => {
+                let path = self.root_path(at, "path", &d.path);
+                let attrs = self.attrs(at, d.mode, d.owner, d.group);
+                Some(Action::Dir { path: path?, attrs: attrs? })
+            }
+            StepKind::File(f) => {
+                let path = self.root_path(at, "path", &f.path);
+                let content = match self.either(at, "content", f.content, "source", f.source)? {
+                    Either::First(text) => Some(Content::Inline(text.into_bytes())),
+                    Either::Second(rel) => self.host_file(at, "source", &rel).map(Content::Source),
+                };
+                let attrs = self.attrs(at, f.mode, f.owner, f.group);
+                Some(Action::File { path: path?, content: content?, attrs: attrs? })
+            }
+            StepKind::Symlink(l) => {
+                let path = self.root_path(at, "path", &l.path);
+                if l.target.is_empty() {
+                    self.problem(at, "target", "must not be empty");
+                }
+                Some(Action::Symlink { path: path?, target: l.target })
+            }
+            StepKind::Remove(r) => {
+                let path = self.root_path(at, "path", &r.path)?;
+                Some(Action::Remove {
+                    path,
+                    recursive: r.recursive.unwrap_or(false),
+                    missing_ok: r.missing_ok.unwrap_or(false),
+                })
+            }
+            StepKind::Run(r) => Some(Action::Run { command: command(r.command, r.timeout_s, r.env) }),
+            StepKind::Verify(v) => Some(Action::Verify {
+                command: command(v.command, v.timeout_s, v.env),
+                expect_exit: i32::from(v.expect_exit.unwrap_or(0)),
+                expect_stdout: v.expect_stdout,
+            }),
+            StepKind::Host(h) => Some(Action::Host {
+                run: command(h.run, h.timeout_s, h.env.clone()),
+                undo: command(h.undo, h.timeout_s, h.env),
+            }),
+            StepKind::Group(g) => {
+                let name = self.account_name(at, "name", g.name)?;
+                Some(Action::Group { group: super::GroupSpec { name, gid: g.gid } })
+            }
+            StepKind::User(u) => self.user(at, u),
+            StepKind::Service(s) => self.service(at, s),
+            StepKind::Package(p) => self.package(at, p),
+        }
+    }
+
+    fn user(&mut self, at: At, u: spec::UserSpec) -> Option<Action> {
+        let name = self.account_name(at, "name", u.name);
+        let group = u.group.map(|g| self.account_name(at, "group", g));
+        let groups = self.names(at, "groups", u.groups.unwrap_or_default(), is_account_name, "a group name");
+        let home = u.home.map(|h| self.root_path(at, "home", &h));
+        if u.shell.as_deref().is_some_and(|s| !s.starts_with('/') || s.contains([':', '\n'])) {
             self.problem(at, "shell", "must be an absolute path without \":\"");
         }
-        let comment = self.optional_string(at, obj, "comment");
-        if comment.as_deref().is_some_and(|c| c.contains([':', '\n'])) {
+        if u.comment.as_deref().is_some_and(|c| c.contains([':', '\n'])) {
             self.problem(at, "comment", "must not contain \":\" or a line break");
         }
-        let create_home = self.optional_bool(at, obj, "create_home");
+        let create_home = u.create_home.unwrap_or(false);
         if create_home && home.is_none() {
             self.problem(at, "create_home", "needs \"home\"");
         }
         Some(Action::User {
-            user: UserSpec {
+            user: super::UserSpec {
                 name: name?,
-                uid: uid?,
-                group: group.flatten(),
+                uid: u.uid,
+                group: given_and_valid(group)?,
                 groups: groups?,
-                home: match home {
-                    Some(h) => Some(h?),
-                    None => None,
-                },
-                shell,
-                comment,
+                home: given_and_valid(home)?,
+                shell: u.shell,
+                comment: u.comment,
                 create_home,
             },
         })
     }
 
-    fn service(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
-        let unit = self.required_string(at, obj, "unit");
-        if let Some(u) = &unit {
-            if !is_unit_name(u) {
-                self.problem(at, "unit", format!("\"{u}\" is not a systemd unit name (like \"hello.service\")"));
-            }
+    fn service(&mut self, at: At, s: spec::ServiceSpec) -> Option<Action> {
+        if !is_unit_name(&s.unit) {
+            self.problem(at, "unit", format!("\"{}\" is not a systemd unit name (like \"hello.service\")", s.unit));
         }
-        let change = match self.either(at, obj, "enable", "mask")? {
-            "enable" => {
-                if self.optional_bool(at, obj, "enable") {
-                    UnitChange::Enable
-                } else {
-                    UnitChange::Disable
-                }
-            }
-            _ if self.optional_bool(at, obj, "mask") => UnitChange::Mask,
-            _ => UnitChange::Unmask,
+        let change = match self.either(at, "enable", s.enable, "mask", s.mask)? {
+            Either::First(true) => UnitChange::Enable,
+            Either::First(false) => UnitChange::Disable,
+            Either::Second(true) => UnitChange::Mask,
+            Either::Second(false) => UnitChange::Unmask,
         };
-        Some(Action::Service { unit: unit?, change })
+        Some(Action::Service { unit: s.unit, change })
     }
 
-    fn package(&mut self, at: At, obj: &Map<String, Value>) -> Option<Action> {
-        let debs = self.names(at, obj, "debs", |d| d.ends_with(".deb"), "a path to a .deb file");
+    fn package(&mut self, at: At, p: spec::PackageSpec) -> Option<Action> {
+        let is_deb: fn(&str) -> bool = |d| d.ends_with(".deb");
+        let debs = self.names(at, "debs", p.debs.unwrap_or_default(), is_deb, "a path to a .deb file");
         let debs: Option<Vec<PathBuf>> =
             debs.map(|list| list.iter().filter_map(|rel| self.host_file(at, "debs", rel)).collect());
-        let apt = self.names(at, obj, "apt", is_package_name, "a package name");
-        let remove = self.names(at, obj, "remove", is_package_name, "a package name");
-        let purge = self.optional_bool(at, obj, "purge");
-        let timeout = self.timeout(at, obj);
-        let listed = |f: &str| obj.get(f).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-        if !listed("debs") && !listed("apt") && !listed("remove") {
+        let apt = self.names(at, "apt", p.apt.unwrap_or_default(), is_package_name, "a package name");
+        let remove = self.names(at, "remove", p.remove.unwrap_or_default(), is_package_name, "a package name");
+        let purge = p.purge.unwrap_or(false);
+        let (debs, apt, remove) = (debs?, apt?, remove?);
+        if debs.is_empty() && apt.is_empty() && remove.is_empty() {
             self.problem(at, "debs", "the step has nothing to do (give \"debs\", \"apt\" or \"remove\")");
         }
-        if purge && !listed("remove") {
+        if purge && remove.is_empty() {
             self.problem(at, "purge", "only applies to \"remove\"");
         }
-        let spec = PackageSpec { debs: debs?, apt: apt?, remove: remove?, purge, timeout: timeout? };
-        Some(Action::Package { packages: spec })
+        let timeout = Duration::from_secs(p.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
+        Some(Action::Package { packages: super::PackageSpec { debs, apt, remove, purge, timeout } })
     }
 
-    /// An optional list of strings, each passing `ok`; missing is an empty list.
+    /// A list whose every element passes `ok`.
     fn names(
         &mut self,
         at: At,
-        obj: &Map<String, Value>,
         field: &str,
+        items: Vec<String>,
         ok: fn(&str) -> bool,
         what: &str,
     ) -> Option<Vec<String>> {
-        let Some(v) = obj.get(field) else { return Some(Vec::new()) };
-        let Some(items) =
-            v.as_array().and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
-        else {
-            self.problem(at, field, "must be a list of strings");
-            return None;
-        };
         let bad: Vec<&String> = items.iter().filter(|s| !ok(s)).collect();
         if !bad.is_empty() {
             self.problem(at, field, format!("{bad:?}: each must be {what}"));
@@ -331,8 +316,7 @@ impl Checker {
         Some(items)
     }
 
-    fn account_name(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<String> {
-        let name = self.required_string(at, obj, field)?;
+    fn account_name(&mut self, at: At, field: &str, name: String) -> Option<String> {
         if !is_account_name(&name) {
             self.problem(
                 at,
@@ -344,132 +328,9 @@ impl Checker {
         Some(name)
     }
 
-    /// An optional user or group id; the outer None means the field was bad.
-    fn optional_id(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<Option<u32>> {
-        match obj.get(field) {
-            None => Some(None),
-            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                Some(n) if n < 65534 => Some(Some(n)),
-                _ => {
-                    self.problem(at, field, "must be a number from 0 to 65533");
-                    None
-                }
-            },
-        }
-    }
-
-    fn timeout(&mut self, at: At, obj: &Map<String, Value>) -> Option<Duration> {
-        match obj.get("timeout_s") {
-            None => Some(Duration::from_secs(DEFAULT_TIMEOUT_S)),
-            Some(v) => match v.as_u64() {
-                Some(n) if n > 0 => Some(Duration::from_secs(n)),
-                _ => {
-                    self.problem(at, "timeout_s", "must be a positive whole number of seconds");
-                    None
-                }
-            },
-        }
-    }
-
-    fn unknown_fields(&mut self, at: At, obj: &Map<String, Value>, allowed: &[&str]) {
-        for key in obj.keys() {
-            if !allowed.contains(&key.as_str()) {
-                self.problem(at, key, format!("unknown field (allowed here: {})", allowed.join(", ")));
-            }
-        }
-    }
-
-    fn required_string(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<String> {
-        match obj.get(field) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                self.problem(at, field, "must be a string");
-                None
-            }
-            None => {
-                self.problem(at, field, "missing");
-                None
-            }
-        }
-    }
-
-    fn optional_string(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<String> {
-        obj.get(field)?;
-        self.required_string(at, obj, field)
-    }
-
-    fn optional_bool(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> bool {
-        match obj.get(field) {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                self.problem(at, field, "must be true or false");
-                false
-            }
-        }
-    }
-
-    fn root_path(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<RootPath> {
-        let raw = self.required_string(at, obj, field)?;
-        match parse_root_path(&raw) {
-            Ok(p) => Some(p),
-            Err(why) => {
-                self.problem(at, field, format!("\"{raw}\" {why}"));
-                None
-            }
-        }
-    }
-
-    fn attrs(&mut self, at: At, obj: &Map<String, Value>) -> Attrs {
-        let mode = self.optional_string(at, obj, "mode").and_then(|m| match parse_mode(&m) {
-            Ok(mode) => Some(mode),
-            Err(why) => {
-                self.problem(at, "mode", format!("\"{m}\" {why}"));
-                None
-            }
-        });
-        let owner = self.principal(at, obj, "owner");
-        let group = self.principal(at, obj, "group");
-        Attrs { mode, owner, group }
-    }
-
-    fn principal(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<Principal> {
-        match obj.get(field)? {
-            Value::String(s) if s.is_empty() => {
-                self.problem(at, field, "must not be empty");
-                None
-            }
-            Value::String(s) => Some(match s.parse::<u32>() {
-                Ok(n) => Principal::Id(n),
-                Err(_) => Principal::Name(s.clone()),
-            }),
-            Value::Number(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                Some(n) => Some(Principal::Id(n)),
-                None => {
-                    self.problem(at, field, "must be a name or a non-negative number");
-                    None
-                }
-            },
-            _ => {
-                self.problem(at, field, "must be a name or a number");
-                None
-            }
-        }
-    }
-
-    fn content(&mut self, at: At, obj: &Map<String, Value>) -> Option<Content> {
-        match self.either(at, obj, "content", "source")? {
-            "content" => self.required_string(at, obj, "content").map(|s| Content::Inline(s.into_bytes())),
-            _ => {
-                let rel = self.required_string(at, obj, "source")?;
-                self.host_file(at, "source", &rel).map(Content::Source)
-            }
-        }
-    }
-
-    /// Which one of two exclusive fields the step gives; a problem when it gives both or neither.
-    fn either(&mut self, at: At, obj: &Map<String, Value>, a: &'static str, b: &'static str) -> Option<&'static str> {
-        match (obj.get(a), obj.get(b)) {
+    /// Exactly one of two exclusive fields; a problem when both or neither are given.
+    fn either<A, B>(&mut self, at: At, a: &str, first: Option<A>, b: &str, second: Option<B>) -> Option<Either<A, B>> {
+        match (first, second) {
             (Some(_), Some(_)) => {
                 self.problem(at, b, format!("give either \"{a}\" or \"{b}\", not both"));
                 None
@@ -478,8 +339,8 @@ impl Checker {
                 self.problem(at, a, format!("missing (give \"{a}\" or \"{b}\")"));
                 None
             }
-            (Some(_), None) => Some(a),
-            (None, Some(_)) => Some(b),
+            (Some(x), None) => Some(Either::First(x)),
+            (None, Some(y)) => Some(Either::Second(y)),
         }
     }
 
@@ -499,42 +360,69 @@ impl Checker {
         }
     }
 
-    fn command(&mut self, at: At, obj: &Map<String, Value>, field: &str) -> Option<Command> {
-        let argv = match obj.get(field) {
-            None => {
-                self.problem(at, field, "missing (a list of strings: program and arguments)");
+    fn root_path(&mut self, at: At, field: &str, raw: &str) -> Option<RootPath> {
+        match parse_root_path(raw) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                self.problem(at, field, format!("\"{raw}\" {why}"));
                 None
             }
-            Some(Value::Array(items)) if !items.is_empty() => {
-                let argv: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_owned)).collect();
-                if argv.is_none() {
-                    self.problem(at, field, "every element must be a string");
-                }
-                argv
-            }
-            Some(_) => {
-                self.problem(at, field, "must be a non-empty list of strings (program and arguments)");
-                None
-            }
-        };
-        let timeout = self.timeout(at, obj);
-        let env = match obj.get("env") {
-            None => Some(BTreeMap::new()),
-            Some(Value::Object(m)) => {
-                let env: Option<BTreeMap<String, String>> =
-                    m.iter().map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect();
-                if env.is_none() {
-                    self.problem(at, "env", "every value must be a string");
-                }
-                env
-            }
-            Some(_) => {
-                self.problem(at, "env", "must be an object of strings");
-                None
-            }
-        };
-        Some(Command { argv: argv?, timeout: timeout?, env: env? })
+        }
     }
+
+    fn attrs(
+        &mut self,
+        at: At,
+        mode: Option<String>,
+        owner: Option<PrincipalSpec>,
+        group: Option<PrincipalSpec>,
+    ) -> Option<Attrs> {
+        let mode = match mode.map(|m| (parse_mode(&m), m)) {
+            None => Some(None),
+            Some((Ok(mode), _)) => Some(Some(mode)),
+            Some((Err(why), m)) => {
+                self.problem(at, "mode", format!("\"{m}\" {why}"));
+                None
+            }
+        };
+        let owner = self.principal(at, "owner", owner);
+        let group = self.principal(at, "group", group);
+        Some(Attrs { mode: mode?, owner: owner?, group: group? })
+    }
+
+    /// A name, or a number (also written as a string of digits); the outer None means it was bad.
+    fn principal(&mut self, at: At, field: &str, p: Option<PrincipalSpec>) -> Option<Option<Principal>> {
+        match p {
+            None => Some(None),
+            Some(PrincipalSpec::Id(n)) => Some(Some(Principal::Id(n))),
+            Some(PrincipalSpec::Name(s)) if s.is_empty() => {
+                self.problem(at, field, "must not be empty");
+                None
+            }
+            Some(PrincipalSpec::Name(s)) => Some(Some(match s.parse::<u32>() {
+                Ok(n) => Principal::Id(n),
+                Err(_) => Principal::Name(s),
+            })),
+        }
+    }
+}
+
+/// An optional field that was checked: not given is fine (`Some(None)`), given and bad is not (`None`).
+fn given_and_valid<T>(field: Option<Option<T>>) -> Option<Option<T>> {
+    match field {
+        None => Some(None),
+        Some(checked) => checked.map(Some),
+    }
+}
+
+/// The value of one of two exclusive fields.
+enum Either<A, B> {
+    First(A),
+    Second(B),
+}
+
+fn command(argv: Vec<String>, timeout_s: Option<u64>, env: Option<BTreeMap<String, String>>) -> Command {
+    Command { argv, timeout: Duration::from_secs(timeout_s.unwrap_or(DEFAULT_TIMEOUT_S)), env: env.unwrap_or_default() }
 }
 
 /// A user or group name as Debian's adduser accepts for system accounts.
