@@ -278,3 +278,84 @@ mod dry_run_and_confirm_on_debian {
         dry_run_and_confirm_show_the_changes(Backend::Overlay)
     }
 }
+
+/// The failing package under `--keep-failed`: the root and its dpkg database stay as they were; once the vendor's
+/// fixed package is in the plan, `resume` continues from the checkpoint after hello and commits.
+fn broken_package_kept_then_resumed(backend: Backend) {
+    let img = debian_image(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let (_dir, plan) = example_plan_dir("broken-package");
+
+    let out = apply(&plan, &root, backend, &["--keep-failed"]);
+    assert_code(&out, 1);
+    assert_eq!(json_lines(&out).last().unwrap()["outcome"], "kept", "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+    let status: serde_json::Value =
+        serde_json::from_slice(&snapinst(["status", "--root", root.to_str().unwrap(), "--json"]).stdout).unwrap();
+    assert_eq!(status["kept"]["failed_step"], "broken", "{status}");
+
+    let fixed = fs::read_to_string(&plan)
+        .unwrap()
+        .replace("snapinst-test-broken_1.0_all.deb", "snapinst-test-broken_1.1_all.deb");
+    fs::write(&plan, fixed).unwrap();
+    let out = snapinst(["resume", "--root", root.to_str().unwrap(), "--json"]);
+    assert_code(&out, 0);
+    let lines = json_lines(&out);
+    let ran: Vec<&str> = events(&lines, "step_started").iter().map(|e| e["step"].as_str().unwrap()).collect();
+    assert_eq!(ran, ["broken"], "the resume runs only the failed step (hello comes from the checkpoint)");
+    assert_eq!(dpkg_status(&root, "hello").as_deref(), Some("install ok installed"));
+    assert_eq!(dpkg_status(&root, "snapinst-test-broken").as_deref(), Some("install ok installed"));
+    let version = chroot_run(&root, &["dpkg-query", "-W", "-f=${Version}", "snapinst-test-broken"]);
+    assert_eq!(String::from_utf8_lossy(&version.stdout), "1.1");
+    assert_eq!(assert_tool_ok(&root, &["dpkg", "--audit"]), "");
+}
+
+mod broken_package_kept_then_resumed_on_debian {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        broken_package_kept_then_resumed(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        broken_package_kept_then_resumed(Backend::Overlay)
+    }
+}
+
+/// `apt` installs from the root's own sources (here a local repository inside the root); a root without sources
+/// is a clear error that changes nothing.
+fn apt_from_the_roots_sources(backend: Backend) {
+    let img = debian_image(backend);
+    let root = img.root();
+    let pd = PlanDir::new(&common::plan("apt", vec![json!({"id": "hello", "type": "package", "apt": ["hello"]})]), &[]);
+
+    fs::write(root.join("etc/apt/sources.list"), "").unwrap();
+    for e in fs::read_dir(root.join("etc/apt/sources.list.d")).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let before = manifest(&root);
+    let out = apply(&pd.path, &root, backend, &[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("the root has no apt sources"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+
+    run_ok(std::process::Command::new("cp").arg("-a").arg(&debian_fixture().repo).arg(root.join("srv/repo")));
+    fs::write(root.join("etc/apt/sources.list"), "deb [trusted=yes] file:/srv/repo ./\n").unwrap();
+    let out = apply(&pd.path, &root, backend, &[]);
+    assert_code(&out, 0);
+    assert_eq!(dpkg_status(&root, "hello").as_deref(), Some("install ok installed"));
+    assert_eq!(assert_tool_ok(&root, &["dpkg", "--verify", "hello"]), "");
+}
+
+mod apt_on_debian {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        apt_from_the_roots_sources(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        apt_from_the_roots_sources(Backend::Overlay)
+    }
+}

@@ -12,6 +12,8 @@ use super::*;
 pub struct DebianFixture {
     pub root: PathBuf,
     pub debs: PathBuf,
+    /// A flat apt repository holding hello.
+    pub repo: PathBuf,
 }
 
 /// The fixture, made (or found in the cache) once per test binary.
@@ -27,7 +29,7 @@ pub fn debian_fixture() -> &'static DebianFixture {
                 .find_map(|l| l.strip_prefix(&format!("{key}=")).map(PathBuf::from))
                 .unwrap_or_else(|| panic!("{} printed no {key}= line:\n{}", script.display(), show(&out)))
         };
-        DebianFixture { root: field("root"), debs: field("debs") }
+        DebianFixture { root: field("root"), debs: field("debs"), repo: field("repo") }
     })
 }
 
