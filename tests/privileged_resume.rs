@@ -218,3 +218,76 @@ fn keep_failed_refusals() {
     assert!(stderr(&out).contains("host step"), "{}", show(&out));
     assert_manifest_eq(&before, &manifest(&root));
 }
+
+/// Crashes (SIGKILL at a crash point) while a kept transaction is being resumed: before its commit point recovery
+/// throws the resumed transaction away, root unchanged; after it, recovery finishes the commit. Either way nothing
+/// of the stage or its checkpoints is left.
+#[cfg(feature = "failpoints")]
+fn crash_while_resuming(backend: Backend) {
+    let after_commit = match backend {
+        Backend::Btrfs => "apply-after-exchange",
+        _ => "apply-after-commit-record",
+    };
+    for (point, committed) in [("apply-mid-step", false), ("apply-after-steps", false), (after_commit, true)] {
+        let img = populated(backend);
+        let root = img.root();
+        let before = manifest(&root);
+        let pd = PlanDir::new(&app_plan("one\n", false), &[]);
+        keep_failing(&img, backend, &pd, &before);
+        write_plan(&pd, &app_plan("one\n", true));
+
+        let out =
+            snapinst_env(["resume", "--root", root.to_str().unwrap(), "--json"], &[("SNAPINST_FAILPOINT", point)]);
+        assert!(killed_by_sigkill(&out), "{point}: the resume was not killed\n{}", show(&out));
+        assert_code(&root_cmd("recover", &root, &[]), 0);
+        if committed {
+            expect_committed(&before, "one\n").check(&manifest(&root));
+        } else {
+            assert_manifest_eq_ctx(&before, &manifest(&root), point);
+        }
+        assert_eq!(status(&root)["kept"], Value::Null, "{point}");
+        assert_eq!(stage_entries(&img), Vec::<String>::new(), "{point}: stage or checkpoints left");
+        assert_no_leftovers(&img);
+    }
+}
+
+/// A crash during an `apply --keep-failed` (after some checkpoints were taken) is recovered like any apply.
+#[cfg(feature = "failpoints")]
+fn crash_while_keeping(backend: Backend) {
+    let img = populated(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let pd = PlanDir::new(&app_plan("one\n", true), &[]);
+    let out = apply_env(&pd.path, &root, backend, &["--keep-failed"], &[("SNAPINST_FAILPOINT", "apply-mid-step")]);
+    assert!(killed_by_sigkill(&out), "the apply was not killed\n{}", show(&out));
+    assert_code(&root_cmd("recover", &root, &[]), 0);
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_eq!(stage_entries(&img), Vec::<String>::new(), "stage or checkpoints left");
+    assert_no_leftovers(&img);
+}
+
+#[cfg(feature = "failpoints")]
+mod crash_while_resuming {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        crash_while_resuming(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        crash_while_resuming(Backend::Overlay)
+    }
+}
+
+#[cfg(feature = "failpoints")]
+mod crash_while_keeping {
+    use super::*;
+    #[test]
+    fn btrfs() {
+        crash_while_keeping(Backend::Btrfs)
+    }
+    #[test]
+    fn overlay() {
+        crash_while_keeping(Backend::Overlay)
+    }
+}
