@@ -8,7 +8,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, FileStat, Mode};
 use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 /// An open directory that paths are resolved inside of.
@@ -125,5 +125,15 @@ impl Root {
             nix::sys::stat::fstat(fd.as_raw_fd()).ok().map(|st| (st.st_dev, st.st_ino))
         };
         matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+    }
+
+    /// Whether the directory at `path` (symlinks followed inside the root) has no entries.
+    pub fn is_empty_dir(&self, path: &RootPath) -> Result<bool> {
+        let fd = self
+            .resolve(path.rel(), OFlag::O_DIRECTORY | OFlag::O_RDONLY)
+            .with_context(|| format!("opening directory {path} inside {}", self.path.display()))?;
+        let mut dir = nix::dir::Dir::from_fd(fd.into_raw_fd()).with_context(|| format!("reading {path}"))?;
+        let empty = dir.iter().filter_map(|e| e.ok()).all(|e| [&b"."[..], b".."].contains(&e.file_name().to_bytes()));
+        Ok(empty)
     }
 }

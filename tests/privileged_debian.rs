@@ -359,3 +359,43 @@ mod apt_on_debian {
         apt_from_the_roots_sources(Backend::Overlay)
     }
 }
+
+/// The symlinks under /etc/systemd/system: path and target.
+fn unit_links(root: &Path) -> Vec<(String, String)> {
+    manifest(&root.join("etc/systemd/system"))
+        .into_iter()
+        .map(|(path, e)| (path.display().to_string(), e.target.map(|t| t.display().to_string()).unwrap_or_default()))
+        .collect()
+}
+
+/// Service steps make exactly the links the root's own `systemctl` makes, for a unit with `Alias=` and several
+/// `Also=` (systemd-networkd), a template instance (getty@tty2), masking, and disabling again.
+#[test]
+fn service_steps_match_systemctl() {
+    let img = debian_image(Backend::Btrfs);
+    let root = img.root();
+    let oracle = tempfile::tempdir().unwrap();
+    run_ok(std::process::Command::new("cp").arg("-a").arg(debian_fixture().root.join(".")).arg(oracle.path()));
+    assert_eq!(unit_links(&root), unit_links(oracle.path()), "the two copies differ before any change");
+
+    let cases: [(serde_json::Value, &[&str]); 4] = [
+        (json!({"unit": "systemd-networkd.service", "enable": true}), &["enable", "systemd-networkd.service"]),
+        (json!({"unit": "getty@tty2.service", "enable": true}), &["enable", "getty@tty2.service"]),
+        (
+            json!({"unit": "systemd-networkd-wait-online.service", "mask": true}),
+            &["mask", "systemd-networkd-wait-online.service"],
+        ),
+        (json!({"unit": "systemd-networkd.service", "enable": false}), &["disable", "systemd-networkd.service"]),
+    ];
+    for (i, (fields, systemctl)) in cases.iter().enumerate() {
+        let mut step = json!({"id": format!("s{i}"), "type": "service"});
+        step.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        let pd = PlanDir::new(&common::plan("units", vec![step]), &[]);
+        assert_code(&apply(&pd.path, &root, Backend::Btrfs, &[]), 0);
+        let mut argv = vec!["systemctl"];
+        argv.extend_from_slice(systemctl);
+        let out = chroot_run(oracle.path(), &argv);
+        assert!(out.status.success(), "systemctl {systemctl:?} in the copy failed:\n{}", show(&out));
+        assert_eq!(unit_links(&root), unit_links(oracle.path()), "after {fields} / systemctl {systemctl:?}");
+    }
+}

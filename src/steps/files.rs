@@ -196,20 +196,8 @@ pub(super) fn remove(
         bail!("{path} does not exist (set \"missing_ok\": true to allow that)");
     };
     let (parent, name) = root.parent_of(path)?;
-    if is_dir(&st) && !recursive {
-        let dir = root.open_dir(path.rel())?;
-        let entries = nix::dir::Dir::from_fd(dir.as_raw_fd())
-            .map(|mut d| {
-                d.iter()
-                    .filter_map(|e| e.ok())
-                    .filter(|e| ![&b"."[..], b".."].contains(&e.file_name().to_bytes()))
-                    .count()
-            })
-            .unwrap_or(0);
-        std::mem::forget(dir); // Dir::from_fd took ownership of the descriptor
-        if entries > 0 {
-            bail!("{path} is a directory that is not empty (set \"recursive\": true to remove it with its contents)");
-        }
+    if is_dir(&st) && !recursive && !root.is_empty_dir(path)? {
+        bail!("{path} is a directory that is not empty (set \"recursive\": true to remove it with its contents)");
     }
     guard.before_replace(root, path, true)?;
     match root.lstat(path)? {

@@ -11,9 +11,10 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 const CONFIG_DIR: &str = "etc/systemd/system";
-/// Where unit files are searched, in systemd's order of precedence (runtime directories are not part of a root).
+/// Where unit files are searched, in the order of Debian 12's systemd (runtime directories are not part of a root);
+/// links point at the first place a unit is found, as `systemctl` makes them.
 const UNIT_DIRS: &[&str] =
-    &["etc/systemd/system", "usr/local/lib/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"];
+    &["etc/systemd/system", "usr/local/lib/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"];
 
 pub(super) fn change(root: &Root, guard: &mut dyn ChangeGuard, unit: &str, change: UnitChange) -> Result<()> {
     match change {
@@ -153,7 +154,7 @@ fn expand(value: &str, name: &UnitName) -> String {
 /// A symlink an enabled unit needs: its path and its target.
 type Link = (RootPath, String);
 
-/// The links enabling `unit` makes, and the units its `Also=` names.
+/// The links enabling `unit` makes, and the units its `Also=` names (both empty for a static unit).
 fn install_links(root: &Root, unit: &str) -> Result<(Vec<Link>, Vec<String>)> {
     let name = split_name(unit);
     let (file, text) = find_unit_file(root, &name)?;
@@ -179,9 +180,6 @@ fn install_links(root: &Root, unit: &str) -> Result<(Vec<Link>, Vec<String>)> {
     for alias in &install.alias {
         links.push((config_path(alias), target.clone()));
     }
-    if links.is_empty() && install.also.is_empty() {
-        bail!("{unit} has no [Install] section ({target}): it cannot be enabled, it starts when another unit needs it");
-    }
     Ok((links, install.also))
 }
 
@@ -194,6 +192,9 @@ fn enable(root: &Root, guard: &mut dyn ChangeGuard, unit: &str, done: &mut Vec<S
         bail!("{unit} is masked (/{CONFIG_DIR}/{unit} links to /dev/null); unmask it first");
     }
     let (links, also) = install_links(root, unit)?;
+    if links.is_empty() && also.is_empty() {
+        bail!("{unit} has no [Install] section: it cannot be enabled (it starts when another unit needs it)");
+    }
     for (link, target) in links {
         match root.readlink(&link)? {
             Some(_) if root.same_file(&link, &unit_file(&target)) => {}
@@ -215,10 +216,20 @@ fn disable(root: &Root, guard: &mut dyn ChangeGuard, unit: &str, done: &mut Vec<
         return Ok(());
     }
     done.push(unit.to_string());
+    if is_masked(root, unit)? {
+        // As systemctl: a masked unit's [Install] section is not read, so its links stay.
+        return Ok(());
+    }
     let (links, also) = install_links(root, unit)?;
     for (link, _) in links {
         if root.readlink(&link)?.is_some() {
             files::remove(root, guard, &link, false, true)?;
+            // As systemctl: a .wants/ or .requires/ directory left empty goes too.
+            if let Some(dir) = link.parent().filter(|d| d.rel().parent() == Some(Path::new(CONFIG_DIR))) {
+                if root.is_empty_dir(&dir)? {
+                    files::remove(root, guard, &dir, false, true)?;
+                }
+            }
         }
     }
     for other in also {
