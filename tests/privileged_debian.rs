@@ -399,3 +399,64 @@ fn service_steps_match_systemctl() {
         assert_eq!(unit_links(&root), unit_links(oracle.path()), "after {fields} / systemctl {systemctl:?}");
     }
 }
+
+/// The four account files.
+fn account_files(root: &Path) -> Vec<(String, String)> {
+    ["passwd", "group", "shadow", "gshadow"].iter().map(|f| (f.to_string(), read(root, &format!("etc/{f}")))).collect()
+}
+
+/// User and group steps write exactly what the root's own `groupadd --system` and `useradd --system` write: the
+/// same ids from the system range, the same fields, the same shadow entries, the same group memberships.
+#[test]
+fn account_steps_match_useradd() {
+    let img = debian_image(Backend::Btrfs);
+    let root = img.root();
+    let oracle = tempfile::tempdir().unwrap();
+    run_ok(std::process::Command::new("cp").arg("-a").arg(debian_fixture().root.join(".")).arg(oracle.path()));
+
+    let steps = vec![
+        json!({"id": "g", "type": "group", "name": "svc"}),
+        json!({"id": "u1", "type": "user", "name": "hello", "group": "svc", "home": "/var/lib/hello", "comment": "hello service"}),
+        json!({"id": "u2", "type": "user", "name": "worker", "groups": ["svc", "adm"], "shell": "/bin/sh"}),
+    ];
+    let pd = PlanDir::new(&common::plan("accounts", steps), &[]);
+    assert_code(&apply(&pd.path, &root, Backend::Btrfs, &[]), 0);
+
+    let commands: [&[&str]; 3] = [
+        &["groupadd", "--system", "svc"],
+        &[
+            "useradd",
+            "--system",
+            "--gid",
+            "svc",
+            "--home-dir",
+            "/var/lib/hello",
+            "--no-create-home",
+            "--comment",
+            "hello service",
+            "--shell",
+            "/usr/sbin/nologin",
+            "hello",
+        ],
+        &[
+            "useradd",
+            "--system",
+            "--user-group",
+            "--groups",
+            "svc,adm",
+            "--home-dir",
+            "/nonexistent",
+            "--no-create-home",
+            "--shell",
+            "/bin/sh",
+            "worker",
+        ],
+    ];
+    for argv in commands {
+        let out = chroot_run(oracle.path(), argv);
+        assert!(out.status.success(), "{argv:?} failed:\n{}", show(&out));
+    }
+    for ((file, ours), (_, theirs)) in account_files(&root).iter().zip(account_files(oracle.path())) {
+        assert_eq!(ours, &theirs, "/etc/{file}: snapinst (left) and useradd (right) differ");
+    }
+}

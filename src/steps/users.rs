@@ -1,7 +1,8 @@
 //! The `group` and `user` steps: ensure a system group or user in the staged root, editing /etc/group, /etc/gshadow,
 //! /etc/passwd and /etc/shadow together. An account that already exists with the settings the plan names is left
 //! alone; one that exists with other settings is an error naming the difference. New ids come from the root's
-//! system range, highest free first (as `useradd --system` does).
+//! system range the way shadow allocates them (see [`allocate`]), and a user's own new group takes the user's number
+//! when it is free: the same entries `groupadd --system` and `useradd --system` write.
 
 use super::accounts::{system_range, IdRange, Table};
 use super::{files, ChangeGuard};
@@ -51,7 +52,7 @@ impl Db {
                 }
                 g
             }
-            None => highest_free(&system_range(root, "GID")?, |g| self.group.find_id(g).is_none())
+            None => allocate(&system_range(root, "GID")?, |g| self.group.find_id(g).is_some())
                 .ok_or_else(|| anyhow::anyhow!("no free gid left in the root's system range"))?,
         };
         self.group.push(vec![name.into(), "x".into(), gid.to_string(), String::new()]);
@@ -60,8 +61,12 @@ impl Db {
     }
 }
 
-fn highest_free(range: &IdRange, free: impl Fn(u32) -> bool) -> Option<u32> {
-    (range.min..=range.max).rev().find(|&id| free(id))
+/// A new system id as shadow's `useradd --system` and `groupadd --system` pick it: the highest free id below the
+/// lowest one in use in the range (so system ids grow down in one block), else any free id, highest first.
+fn allocate(range: &IdRange, used: impl Fn(u32) -> bool) -> Option<u32> {
+    let below_lowest_used = (range.min..=range.max).find(|&id| used(id)).map_or(Some(range.max), |l| l.checked_sub(1));
+    let below = below_lowest_used.and_then(|top| (range.min..=top.min(range.max)).rev().find(|&id| !used(id)));
+    below.or_else(|| (range.min..=range.max).rev().find(|&id| !used(id)))
 }
 
 pub(super) fn group(root: &Root, guard: &mut dyn ChangeGuard, spec: &GroupSpec) -> Result<()> {
@@ -149,9 +154,8 @@ fn add_user(root: &Root, db: &mut Db, spec: &UserSpec, primary: &str) -> Result<
             }
             u
         }
-        // Prefer an id free as both uid and gid, so a new own group can share the number.
-        None => highest_free(&range, |u| db.passwd.find_id(u).is_none() && db.group.find_id(u).is_none())
-            .or_else(|| highest_free(&range, |u| db.passwd.find_id(u).is_none()))
+        // A new own group takes the same number when it is free (below).
+        None => allocate(&range, |u| db.passwd.find_id(u).is_some())
             .ok_or_else(|| anyhow::anyhow!("no free uid left in the root's system range"))?,
     };
     let gid = match db.gid_of(primary) {
@@ -172,4 +176,21 @@ fn add_user(root: &Root, db: &mut Db, spec: &UserSpec, primary: &str) -> Result<
     shadow.resize(9, String::new());
     db.shadow.push(shadow);
     Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_grow_down_from_the_lowest_used() {
+        let range = IdRange { min: 100, max: 999 };
+        assert_eq!(allocate(&range, |_| false), Some(999));
+        assert_eq!(allocate(&range, |id| id == 998 || id == 999), Some(997));
+        // A gap above the lowest used id is not taken while there is room below it.
+        assert_eq!(allocate(&range, |id| id == 500 || id == 999), Some(499));
+        // No room below the lowest used id: the highest free id anywhere.
+        assert_eq!(allocate(&range, |id| id <= 101 || id == 999), Some(998));
+        assert_eq!(allocate(&IdRange { min: 100, max: 101 }, |_| true), None);
+    }
 }
