@@ -48,14 +48,4 @@ fn confirm_on_a_terminal(backend: Backend) {
     want.check(&manifest(&root));
 }
 
-mod confirm_on_a_terminal {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        confirm_on_a_terminal(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        confirm_on_a_terminal(Backend::Overlay)
-    }
-}
+for_staged_backends!(confirm_on_a_terminal, confirm_on_a_terminal);

@@ -172,29 +172,9 @@ fn broken_package_example(backend: Backend) {
     assert_tool_ok(&root, &["dpkg", "--audit"]);
 }
 
-mod packages_on_debian {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        packages_example(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        packages_example(Backend::Overlay)
-    }
-}
+for_staged_backends!(packages_on_debian, packages_example);
 
-mod broken_package_on_debian {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        broken_package_example(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        broken_package_example(Backend::Overlay)
-    }
-}
+for_staged_backends!(broken_package_on_debian, broken_package_example);
 
 /// The journal backend cannot take back what dpkg does: a package step is refused before anything changes.
 #[test]
@@ -267,17 +247,7 @@ fn dry_run_and_confirm_show_the_changes(backend: Backend) {
     assert_eq!(assert_tool_ok(&root, &["systemctl", "is-enabled", "hello.service"]).trim(), "enabled");
 }
 
-mod dry_run_and_confirm_on_debian {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        dry_run_and_confirm_show_the_changes(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        dry_run_and_confirm_show_the_changes(Backend::Overlay)
-    }
-}
+for_staged_backends!(dry_run_and_confirm_on_debian, dry_run_and_confirm_show_the_changes);
 
 /// The failing package under `--keep-failed`: the root and its dpkg database stay as they were; once the vendor's
 /// fixed package is in the plan, `resume` continues from the checkpoint after hello and commits.
@@ -311,17 +281,7 @@ fn broken_package_kept_then_resumed(backend: Backend) {
     assert_eq!(assert_tool_ok(&root, &["dpkg", "--audit"]), "");
 }
 
-mod broken_package_kept_then_resumed_on_debian {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        broken_package_kept_then_resumed(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        broken_package_kept_then_resumed(Backend::Overlay)
-    }
-}
+for_staged_backends!(broken_package_kept_then_resumed_on_debian, broken_package_kept_then_resumed);
 
 /// `apt` installs from the root's own sources (here a local repository inside the root); a root without sources
 /// is a clear error that changes nothing.
@@ -348,17 +308,7 @@ fn apt_from_the_roots_sources(backend: Backend) {
     assert_eq!(assert_tool_ok(&root, &["dpkg", "--verify", "hello"]), "");
 }
 
-mod apt_on_debian {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        apt_from_the_roots_sources(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        apt_from_the_roots_sources(Backend::Overlay)
-    }
-}
+for_staged_backends!(apt_on_debian, apt_from_the_roots_sources);
 
 /// The symlinks under /etc/systemd/system: path and target.
 fn unit_links(root: &Path) -> Vec<(String, String)> {

@@ -163,41 +163,11 @@ fn resume_that_fails_again_stays_kept_then_abort(backend: Backend) {
     assert_code(&root_cmd("resume", &root, &[]), 2);
 }
 
-mod keep_then_resume {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        keep_then_resume(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        keep_then_resume(Backend::Overlay)
-    }
-}
+for_staged_backends!(keep_then_resume, keep_then_resume);
 
-mod resume_from_an_earlier_step {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        resume_from_an_earlier_step(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        resume_from_an_earlier_step(Backend::Overlay)
-    }
-}
+for_staged_backends!(resume_from_an_earlier_step, resume_from_an_earlier_step);
 
-mod resume_fails_again_then_abort {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        resume_that_fails_again_stays_kept_then_abort(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        resume_that_fails_again_stays_kept_then_abort(Backend::Overlay)
-    }
-}
+for_staged_backends!(resume_fails_again_then_abort, resume_that_fails_again_stays_kept_then_abort);
 
 /// The journal backend has no stage to keep, and host steps cannot be checkpointed: both refused up front.
 #[test]
@@ -267,27 +237,7 @@ fn crash_while_keeping(backend: Backend) {
 }
 
 #[cfg(feature = "failpoints")]
-mod crash_while_resuming {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        crash_while_resuming(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        crash_while_resuming(Backend::Overlay)
-    }
-}
+for_staged_backends!(crash_while_resuming, crash_while_resuming);
 
 #[cfg(feature = "failpoints")]
-mod crash_while_keeping {
-    use super::*;
-    #[test]
-    fn btrfs() {
-        crash_while_keeping(Backend::Btrfs)
-    }
-    #[test]
-    fn overlay() {
-        crash_while_keeping(Backend::Overlay)
-    }
-}
+for_staged_backends!(crash_while_keeping, crash_while_keeping);

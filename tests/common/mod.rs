@@ -126,3 +126,21 @@ macro_rules! for_each_backend {
         }
     };
 }
+
+/// Like [`for_each_backend!`] for the backends that stage a transaction (btrfs and overlay): the tests are named
+/// `<modname>::btrfs` and `<modname>::overlay`.
+#[allow(unused_macros)]
+macro_rules! for_staged_backends {
+    ($modname:ident, $func:ident) => {
+        mod $modname {
+            #[test]
+            fn btrfs() {
+                super::$func(crate::common::Backend::Btrfs)
+            }
+            #[test]
+            fn overlay() {
+                super::$func(crate::common::Backend::Overlay)
+            }
+        }
+    };
+}
