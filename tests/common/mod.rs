@@ -104,26 +104,28 @@ impl Backend {
     }
 }
 
+/// One test per listed backend from one function `fn f(backend: Backend)`, in a module named `$modname`.
+#[allow(unused_macros)]
+macro_rules! backend_tests {
+    ($modname:ident, $func:ident, $($name:ident => $backend:ident),+) => {
+        mod $modname {
+            $(
+                #[test]
+                fn $name() {
+                    super::$func(crate::common::Backend::$backend)
+                }
+            )+
+        }
+    };
+}
+
 /// A test per backend from one function `fn f(backend: Backend)`: the tests are named
 /// `<modname>::btrfs`, `<modname>::overlay`, `<modname>::journal`.
 /// Use with `#[macro_use] mod common;` and `for_each_backend!(privileged_name, function);`.
 #[allow(unused_macros)]
 macro_rules! for_each_backend {
     ($modname:ident, $func:ident) => {
-        mod $modname {
-            #[test]
-            fn btrfs() {
-                super::$func(crate::common::Backend::Btrfs)
-            }
-            #[test]
-            fn overlay() {
-                super::$func(crate::common::Backend::Overlay)
-            }
-            #[test]
-            fn journal() {
-                super::$func(crate::common::Backend::Journal)
-            }
-        }
+        backend_tests!($modname, $func, btrfs => Btrfs, overlay => Overlay, journal => Journal);
     };
 }
 
@@ -132,15 +134,6 @@ macro_rules! for_each_backend {
 #[allow(unused_macros)]
 macro_rules! for_staged_backends {
     ($modname:ident, $func:ident) => {
-        mod $modname {
-            #[test]
-            fn btrfs() {
-                super::$func(crate::common::Backend::Btrfs)
-            }
-            #[test]
-            fn overlay() {
-                super::$func(crate::common::Backend::Overlay)
-            }
-        }
+        backend_tests!($modname, $func, btrfs => Btrfs, overlay => Overlay);
     };
 }
