@@ -324,8 +324,7 @@ fn unit_links(root: &Path) -> Vec<(String, String)> {
 fn service_steps_match_systemctl() {
     let img = debian_image(Backend::Btrfs);
     let root = img.root();
-    let oracle = tempfile::tempdir().unwrap();
-    run_ok(std::process::Command::new("cp").arg("-a").arg(debian_fixture().root.join(".")).arg(oracle.path()));
+    let oracle = debian_copy();
     assert_eq!(unit_links(&root), unit_links(oracle.path()), "the two copies differ before any change");
 
     let cases: [(serde_json::Value, &[&str]); 4] = [
@@ -361,8 +360,7 @@ fn account_files(root: &Path) -> Vec<(String, String)> {
 fn account_steps_match_useradd() {
     let img = debian_image(Backend::Btrfs);
     let root = img.root();
-    let oracle = tempfile::tempdir().unwrap();
-    run_ok(std::process::Command::new("cp").arg("-a").arg(debian_fixture().root.join(".")).arg(oracle.path()));
+    let oracle = debian_copy();
 
     let steps = vec![
         json!({"id": "g", "type": "group", "name": "svc"}),

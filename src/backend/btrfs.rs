@@ -325,13 +325,8 @@ pub(super) fn restore_checkpoint(p: &Paths, rec: &mut TxnRecord, n: usize) -> Re
 /// Delete the checkpoints after `keep` (all of them when None), and their directory when none is left.
 pub(super) fn drop_checkpoints(p: &Paths, txn: &str, keep: Option<usize>) -> Result<()> {
     let dir = checkpoints(p, txn);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
-    for e in entries {
-        let path = e?.path();
-        let n = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<usize>().ok());
-        if keep.is_none() || n.map_or(true, |n| Some(n) > keep) {
-            delete_subvolume(&path)?;
-        }
+    for path in super::checkpoints_after(&dir, keep)? {
+        delete_subvolume(&path)?;
     }
     if keep.is_none() {
         fsutil::remove_any(&dir)?;

@@ -161,6 +161,20 @@ pub(crate) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) 
     }
 }
 
+/// The entries of a checkpoint directory numbered after `keep` (every entry when None; stray names too).
+fn checkpoints_after(dir: &Path, keep: Option<usize>) -> Result<Vec<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut stale = Vec::new();
+    for e in entries {
+        let path = e?.path();
+        let n = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<usize>().ok());
+        if keep.is_none() || n.map_or(true, |n| Some(n) > keep) {
+            stale.push(path);
+        }
+    }
+    Ok(stale)
+}
+
 /// A kept transaction's stage as a tree to compare with the root (overlay: mounted privately).
 pub(crate) fn kept_stage(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
     match ctx.kind {

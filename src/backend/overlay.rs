@@ -231,14 +231,11 @@ pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result
 /// Delete the checkpoints after `keep` (all of them, and their directory, when None).
 pub(super) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) -> Result<()> {
     let dir = checkpoints(ctx, rec);
-    let Some(keep) = keep else { return fsutil::remove_any(&dir) };
-    let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
-    for e in entries {
-        let path = e?.path();
-        let n = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<usize>().ok());
-        if n.map_or(true, |n| n > keep) {
-            fsutil::remove_any(&path)?;
-        }
+    if keep.is_none() {
+        return fsutil::remove_any(&dir);
+    }
+    for path in super::checkpoints_after(&dir, keep)? {
+        fsutil::remove_any(&path)?;
     }
     Ok(())
 }

@@ -65,11 +65,7 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
         return refuse("refusing to start a transaction from inside a snapinst step (SNAPINST=1 is set)");
     }
     let plan = plan::load(plan_file).map_err(|p| Refused(p.to_string()))?;
-    if opts.confirm == Some(Confirm::Ask) && !std::io::stdin().is_terminal() {
-        return refuse(
-            "--confirm asks on a terminal, and standard input is not one; add --yes to commit without asking",
-        );
-    }
+    Confirm::check_terminal(opts.confirm)?;
     require_root_user()?;
     let loc = locate(args)?;
     let out = Reporter::new(args.json);
@@ -117,16 +113,7 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
 
 /// Refuse to start while another transaction is unfinished (exit 3: recover it) or kept (exit 2: resume or abort).
 pub(crate) fn refuse_if_busy(sd: &StateDir, root: &Path) -> Result<()> {
-    if let Some(t) = sd.unfinished()?.first() {
-        return Err(NeedsRecovery(format!(
-            "transaction {} on {} was interrupted ({:?}); run `snapinst recover --root {}` first",
-            t.txn,
-            root.display(),
-            t.phase,
-            root.display()
-        ))
-        .into());
-    }
+    refuse_if_interrupted(sd, root)?;
     if let Some(t) = sd.kept()? {
         return refuse(format!(
             "transaction {} (plan \"{}\") on {} is kept after its step \"{}\" failed; finish it with `snapinst resume --root {}` or throw it away with `snapinst abort --root {}`",
@@ -137,6 +124,21 @@ pub(crate) fn refuse_if_busy(sd: &StateDir, root: &Path) -> Result<()> {
             root.display(),
             root.display()
         ));
+    }
+    Ok(())
+}
+
+/// Refuse to start while a transaction is unfinished (a crash interrupted it): exit 3, recover it first.
+pub(crate) fn refuse_if_interrupted(sd: &StateDir, root: &Path) -> Result<()> {
+    if let Some(t) = sd.unfinished()?.first() {
+        return Err(NeedsRecovery(format!(
+            "transaction {} on {} was interrupted ({:?}); run `snapinst recover --root {}` first",
+            t.txn,
+            root.display(),
+            t.phase,
+            root.display()
+        ))
+        .into());
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! steps run and commit as in `apply`), `abort` it (the stage and checkpoints are thrown away), or `diff` it (what
 //! its stage changes). The root itself is never touched until a resume commits.
 
-use super::apply::{check_keepable, discard, show_changes, Confirm, Transaction};
+use super::apply::{check_keepable, discard, refuse_if_interrupted, show_changes, Confirm, Transaction};
 use super::{locate, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
@@ -31,15 +31,7 @@ fn open_kept(args: &RootArgs) -> Result<Kept> {
     }
     mounts::enter_private_namespace()?;
     let lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
-    if let Some(t) = loc.state.unfinished()?.first() {
-        return Err(NeedsRecovery(format!(
-            "transaction {} on {} was interrupted; run `snapinst recover --root {}` first",
-            t.txn,
-            loc.root.display(),
-            loc.root.display()
-        ))
-        .into());
-    }
+    refuse_if_interrupted(&loc.state, &loc.root)?;
     let Some(rec) = loc.state.kept()? else {
         return refuse(format!(
             "no transaction is kept on {} (`apply --keep-failed` keeps one when a step fails)",

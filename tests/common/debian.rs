@@ -44,6 +44,14 @@ pub fn debian_image(backend: Backend) -> LoopImage {
     img
 }
 
+/// A plain copy of the debootstrapped tree in a temporary directory, for the root's own tools to change (the
+/// oracle a test compares snapinst's result with).
+pub fn debian_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    run_ok(Command::new("cp").arg("-a").arg(debian_fixture().root.join(".")).arg(dir.path()));
+    dir
+}
+
 /// A copy of `examples/<name>` in a temporary directory, its `debs/` being the fixture's .deb files.
 pub fn example_plan_dir(name: &str) -> (tempfile::TempDir, PathBuf) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
