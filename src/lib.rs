@@ -17,6 +17,7 @@ mod registry;
 mod sandbox;
 mod state;
 mod steps;
+mod submounts;
 mod topview;
 mod treediff;
 

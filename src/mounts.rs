@@ -63,10 +63,29 @@ pub(crate) fn mount_of(path: &Path) -> Result<MountInfo> {
         .with_context(|| format!("finding the mount of {} in /proc/self/mountinfo", path.display()))
 }
 
-/// Whether anything is mounted at or below `dir` in this namespace.
-pub(crate) fn mounted_below(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Every mount of this namespace, in the kernel's order (a mount comes after the one it is mounted on).
+pub(crate) fn all() -> Result<Vec<MountInfo>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(text.lines().filter_map(parse_mountinfo_line).map(|m| m.mount_point).filter(|p| p.starts_with(dir)).collect())
+    Ok(text.lines().filter_map(parse_mountinfo_line).collect())
+}
+
+/// The mount points at or below `dir` in this namespace.
+pub(crate) fn mounted_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(all()?.into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(dir)).collect())
+}
+
+/// Unmount everything mounted at or below `dir`, deepest first.
+pub(crate) fn unmount_below(dir: &Path) -> Result<()> {
+    let mut points = mounted_below(dir)?;
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        // A path mounted over twice shows twice; after the first unmount the second may already be gone.
+        match nix::mount::umount2(&p, nix::mount::MntFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", p.display())),
+        }
+    }
+    Ok(())
 }
 
 fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {

@@ -1,14 +1,16 @@
-//! A private mount of a btrfs filesystem's top-level subvolume, made once per process in snapinst's own mount
-//! namespace. Through it snapinst reaches a root subvolume that is mounted elsewhere (even as `/`), the state area
-//! beside it, and can rename the root, which the kernel refuses on a mount point. It must never be mounted in the
-//! host's namespace; `cleanup` removes its directory before the process exits.
+//! Private views of a filesystem, made once per process in snapinst's own mount namespace. The top-level view is a
+//! mount of a btrfs filesystem's top-level subvolume: through it snapinst reaches a root subvolume that is mounted
+//! elsewhere (even as `/`), the state area beside it, and can rename the root, which the kernel refuses on a mount
+//! point. The bare view is a non-recursive bind of a root: it shows the directories that the filesystems mounted
+//! inside the root hide, which is what a stage shows there. No view is ever mounted in the host's namespace;
+//! `cleanup` removes their directories before the process exits.
 
 use crate::mounts;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Top-level views mounted by this process: (device, directory).
+/// Views mounted by this process: (what is viewed, directory).
 static VIEWS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
 
 const BASE: &str = "/run/snapinst";
@@ -20,12 +22,32 @@ pub(crate) fn of(path: &Path) -> Result<PathBuf> {
     if let Some((_, dir)) = views.iter().find(|(s, _)| *s == source) {
         return Ok(dir.clone());
     }
-    let base = if Path::new("/run").is_dir() { PathBuf::from(BASE) } else { std::env::temp_dir().join("snapinst") };
-    let dir = base.join(format!("top.{}.{}", std::process::id(), views.len()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = view_dir("top", views.len())?;
     nix::mount::mount(Some(source.as_str()), &dir, Some("btrfs"), nix::mount::MsFlags::empty(), Some("subvolid=5"))
         .with_context(|| format!("mounting the top level of {source} at {}", dir.display()))?;
     views.push((source, dir.clone()));
+    Ok(dir)
+}
+
+/// `root` without the filesystems mounted inside it: a non-recursive bind, mounted once per process.
+pub(crate) fn bare(root: &Path) -> Result<PathBuf> {
+    let key = format!("bare:{}", root.display());
+    let mut views = VIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, dir)) = views.iter().find(|(s, _)| *s == key) {
+        return Ok(dir.clone());
+    }
+    let dir = view_dir("bare", views.len())?;
+    nix::mount::mount(Some(root), &dir, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("binding {} (without its mounts) at {}", root.display(), dir.display()))?;
+    views.push((key, dir.clone()));
+    Ok(dir)
+}
+
+/// A fresh directory for view number `n` of this process: `/run/snapinst/<kind>.<pid>.<n>`.
+fn view_dir(kind: &str, n: usize) -> Result<PathBuf> {
+    let base = if Path::new("/run").is_dir() { PathBuf::from(BASE) } else { std::env::temp_dir().join("snapinst") };
+    let dir = base.join(format!("{kind}.{}.{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 
@@ -79,7 +101,7 @@ pub(crate) fn remove_stale() {
     let Ok(entries) = std::fs::read_dir(BASE) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let pid = name.strip_prefix("top.").and_then(|r| r.split('.').next()).and_then(|p| p.parse::<i32>().ok());
+        let pid = name.split('.').nth(1).and_then(|p| p.parse::<i32>().ok());
         if let Some(pid) = pid {
             if pid != std::process::id() as i32
                 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()

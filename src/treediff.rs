@@ -37,10 +37,11 @@ pub(crate) struct Change {
     pub path: PathBuf,
 }
 
-/// Every change from `old` (the live root) to `new` (the stage), sorted by path.
-pub(crate) fn diff(old: &Path, new: &Path) -> Result<Vec<Change>> {
+/// Every change from `old` (the live root) to `new` (the stage), sorted by path, leaving out the paths in `skip`
+/// (relative to the roots: the state area and mount points, whose contents the stage does not carry).
+pub(crate) fn diff(old: &Path, new: &Path, skip: &[PathBuf]) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
-    walk(old, new, Path::new("/"), &mut changes)?;
+    walk(old, new, Path::new("/"), skip, &mut changes)?;
     Ok(changes)
 }
 
@@ -54,7 +55,7 @@ fn names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     Ok(names)
 }
 
-fn walk(old: &Path, new: &Path, at: &Path, changes: &mut Vec<Change>) -> Result<()> {
+fn walk(old: &Path, new: &Path, at: &Path, skip: &[PathBuf], changes: &mut Vec<Change>) -> Result<()> {
     let (old_names, new_names) = (names(old)?, names(new)?);
     let mut all: Vec<&std::ffi::OsString> = old_names.iter().chain(&new_names).collect();
     all.sort();
@@ -62,6 +63,9 @@ fn walk(old: &Path, new: &Path, at: &Path, changes: &mut Vec<Change>) -> Result<
     for name in all {
         let (o, n) = (old.join(name), new.join(name));
         let path = at.join(name);
+        if skip.iter().any(|s| path.strip_prefix("/").is_ok_and(|rel| rel == s)) {
+            continue;
+        }
         let om = std::fs::symlink_metadata(&o).ok();
         let nm = std::fs::symlink_metadata(&n).ok();
         match (om, nm) {
@@ -76,7 +80,7 @@ fn walk(old: &Path, new: &Path, at: &Path, changes: &mut Vec<Change>) -> Result<
                     changes.push(Change { kind, path: path.clone() });
                 }
                 if nm.is_dir() {
-                    walk(&o, &n, &path, changes)?;
+                    walk(&o, &n, &path, skip, changes)?;
                 }
             }
             (None, None) => {}
@@ -173,9 +177,13 @@ mod tests {
         std::fs::write(new.join("etc/content"), "two").unwrap();
         std::fs::remove_dir_all(new.join("etc/sub")).unwrap();
         std::fs::write(new.join("etc/new"), "n").unwrap();
+        std::fs::write(new.join("etc/skipped"), "left out").unwrap();
         std::fs::set_permissions(new.join("etc/same"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let got: Vec<(ChangeKind, String)> =
-            diff(&old, &new).unwrap().into_iter().map(|c| (c.kind, c.path.display().to_string())).collect();
+        let got: Vec<(ChangeKind, String)> = diff(&old, &new, &[PathBuf::from("etc/skipped")])
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.kind, c.path.display().to_string()))
+            .collect();
         std::fs::remove_dir_all(&base).unwrap();
         assert_eq!(
             got,

@@ -8,6 +8,7 @@ mod btrfs;
 mod delta_gens;
 mod journal;
 mod overlay;
+mod scratch;
 
 use crate::state::{BackendKind, State, StateDir, TxnRecord};
 use crate::steps::ChangeGuard;
@@ -19,6 +20,8 @@ pub(crate) struct Ctx {
     pub kind: BackendKind,
     pub root: PathBuf,
     pub state: StateDir,
+    /// The state area relative to the root, when it is inside the root (then a stage must hide it).
+    pub state_area: Option<PathBuf>,
     btrfs: Option<btrfs::Paths>,
 }
 
@@ -29,7 +32,13 @@ impl Ctx {
             BackendKind::Btrfs => Some(btrfs::Paths::new(root, &state.dir)?),
             _ => None,
         };
-        Ok(Ctx { kind, root: root.to_path_buf(), state: state.clone(), btrfs })
+        let state_area = state_area(root, &state.dir);
+        Ok(Ctx { kind, root: root.to_path_buf(), state: state.clone(), state_area, btrfs })
+    }
+
+    /// What is inside the root besides its tree, read from the mount table now.
+    pub fn layout(&self) -> Result<crate::submounts::Layout> {
+        crate::submounts::Layout::read(&self.root, self.state_area.as_deref())
     }
 
     fn btrfs(&self) -> &btrfs::Paths {
@@ -48,17 +57,28 @@ pub(crate) fn detect(root: &Path) -> BackendKind {
     }
 }
 
+/// The state area relative to the root, when it is inside the root's tree.
+pub(crate) fn state_area(root: &Path, state_dir: &Path) -> Option<PathBuf> {
+    state_dir.strip_prefix(root).ok().filter(|r| !r.as_os_str().is_empty()).map(Path::to_path_buf)
+}
+
 /// Refuse clearly when `kind` cannot manage `root` with its state in `state_dir`.
 pub(crate) fn check_usable(kind: BackendKind, root: &Path, state_dir: &Path) -> Result<()> {
-    // Inside the root's path is allowed only on another mount (a separate subvolume or filesystem mounted there):
-    // then it is not part of the root's tree.
+    // A state area inside the root's tree is hidden from the overlay stage and left out of the journal's changes;
+    // a btrfs snapshot would carry it into the stage. (On another mount inside the root it is not in the tree.)
     let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(state_dir);
-    if state_dir.starts_with(root) && crate::mounts::mount_id(holder)? == crate::mounts::mount_id(root)? {
+    if kind == BackendKind::Btrfs
+        && state_area(root, state_dir).is_some()
+        && crate::mounts::mount_id(holder)? == crate::mounts::mount_id(root)?
+    {
         bail!(
-            "the state directory {} is inside the root {}; it must be outside it (on the same filesystem)",
+            "the state directory {} is inside the root {}; for the btrfs backend it must be outside it (on the same filesystem)",
             state_dir.display(),
             root.display()
         );
+    }
+    if root == state_dir {
+        bail!("the state directory cannot be the root itself ({})", root.display());
     }
     match kind {
         BackendKind::Btrfs => btrfs::check_usable(root, state_dir),

@@ -1,10 +1,14 @@
-//! The overlay backend: the stage is an overlayfs mount with the root as its lower layer and the upper and work
-//! directories in the state area (same filesystem, outside the merged view), mounted with
-//! `redirect_dir=off,metacopy=off,index=off,xino=off` in snapinst's private mount namespace. Before the commit
-//! record the mount is taken down and the upper layer is turned into a delta (see `delta`): whiteouts become
-//! deletions, opaque directories replace whole, `trusted.overlay.*` is stripped; the commit moves it in by renames.
+//! The overlay backend: the stage is an overlayfs mount with the root as its lower layer, mounted with
+//! `redirect_dir=off,metacopy=off,index=off,xino=off` in snapinst's private mount namespace. The upper and work
+//! directories are in the state area when it is outside the root (same filesystem, outside the merged view); when
+//! the state area is inside the root (the root is the top of its filesystem, such as an ext4 `/`), they are on a
+//! loop-mounted scratch filesystem (see `scratch`), and the state area is hidden in the stage under an empty
+//! read-only tmpfs. Before the commit record the mount is taken down, a scratch upper layer is copied into the state
+//! area, and the upper layer is turned into a delta (see `delta`): whiteouts become deletions, opaque directories
+//! replace whole, `trusted.overlay.*` is stripped; the commit moves it in by renames on the root's filesystem.
 //! Nothing here may write to the root before the commit record; the merge itself is `delta::swap`.
 
+use super::scratch::Scratch;
 use super::Ctx;
 use crate::delta::{self, Delta, Entry};
 use crate::fsutil;
@@ -38,15 +42,31 @@ struct StagePaths {
     upper: PathBuf,
     work: PathBuf,
     merged: PathBuf,
+    /// Where the upper and work directories live when the state area is inside the root.
+    scratch: Option<Scratch>,
+    /// Where a scratch upper layer is copied, on the root's filesystem, before the delta is made from it.
+    copied: PathBuf,
 }
 
 fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> StagePaths {
     let dir = ctx.state.stage_path(&rec.txn);
-    StagePaths { upper: dir.join("upper"), work: dir.join("work"), merged: dir.join("merged"), dir }
+    let scratch = ctx.state_area.is_some().then(|| Scratch::of(&dir));
+    let layers = scratch.as_ref().map_or(dir.clone(), |s| s.mnt.clone());
+    StagePaths {
+        upper: layers.join("upper"),
+        work: layers.join("work"),
+        merged: dir.join("merged"),
+        copied: dir.join("copied"),
+        scratch,
+        dir,
+    }
 }
 
 pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     let s = stage_paths(ctx, rec);
+    if let Some(scratch) = &s.scratch {
+        scratch.create()?;
+    }
     for d in [&s.upper, &s.work, &s.merged] {
         fsutil::create_dir_durable(d)?;
     }
@@ -65,24 +85,54 @@ fn mount(ctx: &Ctx, s: &StagePaths) -> Result<PathBuf> {
     );
     nix::mount::mount(Some("snapinst"), &s.merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str()))
         .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
+    if let Some(area) = &ctx.state_area {
+        hide(&s.merged.join(area))?;
+    }
     Ok(s.merged.clone())
 }
 
+/// Cover the state area in the stage with an empty read-only tmpfs: steps neither see nor change it.
+fn hide(dir: &Path) -> Result<()> {
+    use nix::mount::MsFlags;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    nix::mount::mount(Some("snapinst-state"), dir, Some("tmpfs"), flags, Some("mode=0700,size=4k"))
+        .with_context(|| format!("hiding the state area in the stage ({})", dir.display()))
+}
+
+/// Take the stage's mounts down (the overlay and what is mounted in it), deepest first.
 fn unmount(s: &StagePaths) -> Result<()> {
-    if mounts::mounted_below(&s.merged)?.is_empty() {
-        return Ok(());
+    mounts::unmount_below(&s.merged).context("unmounting the overlay stage")
+}
+
+/// Unmount everything of the stage, the scratch filesystem included, and remove its directory.
+fn remove_stage(s: &StagePaths) -> Result<()> {
+    unmount(s)?;
+    if let Some(scratch) = &s.scratch {
+        scratch.remove()?;
     }
-    nix::mount::umount2(&s.merged, nix::mount::MntFlags::empty())
-        .with_context(|| format!("unmounting the overlay stage {}", s.merged.display()))
+    fsutil::remove_any(&s.dir)
 }
 
 pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     let s = stage_paths(ctx, rec);
     unmount(&s)?;
     fsutil::syncfs(&s.upper)?;
+    // The delta must be on the root's filesystem, so the commit is renames: copy a scratch upper layer there.
+    let upper = match &s.scratch {
+        None => s.upper.clone(),
+        Some(scratch) => {
+            let tmp = s.dir.join("copied.tmp");
+            fsutil::remove_any(&tmp)?;
+            fsutil::remove_any(&s.copied)?;
+            copy_tree(&s.upper, &tmp).context("copying the upper layer to the root's filesystem")?;
+            fs::rename(&tmp, &s.copied).with_context(|| format!("renaming {} into place", tmp.display()))?;
+            scratch.remove()?;
+            s.copied.clone()
+        }
+    };
     let tree = Root::open(&ctx.root)?;
     let mut entries = Vec::new();
-    index_dir(&s.upper, &tree, Path::new(""), &mut entries)?;
+    index_dir(&upper, &tree, Path::new(""), ctx.state_area.as_deref(), &mut entries)?;
     let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
     d.remove()?;
     d.create()?;
@@ -90,7 +140,7 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     let new = d.side("new");
     for (k, e) in entries.iter().enumerate() {
         if let Entry::Replace { path, after: true, .. } = e {
-            let src = s.upper.join(path);
+            let src = upper.join(path);
             sanitize(&src)?;
             fs::rename(&src, new.join(k.to_string()))
                 .with_context(|| format!("moving {} into the delta", src.display()))?;
@@ -109,8 +159,9 @@ fn xattr_is(path: &Path, name: &str, value: &[u8]) -> bool {
     xattr::get(path, name).ok().flatten().is_some_and(|v| v == value)
 }
 
-/// Turn the upper directory `upper/rel` into delta entries against the tree.
-fn index_dir(upper: &Path, tree: &Root, rel: &Path, entries: &mut Vec<Entry>) -> Result<()> {
+/// Turn the upper directory `upper/rel` into delta entries against the tree. Nothing may replace the state area
+/// (`guarded`) or what holds it.
+fn index_dir(upper: &Path, tree: &Root, rel: &Path, guarded: Option<&Path>, entries: &mut Vec<Entry>) -> Result<()> {
     let dir = upper.join(rel);
     let mut names: Vec<_> = fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -129,12 +180,22 @@ fn index_dir(upper: &Path, tree: &Root, rel: &Path, entries: &mut Vec<Entry>) ->
         let rp = RootPath::from_rel(&path);
         let in_tree = tree.lstat(&rp)?;
         let tree_is_dir = in_tree.as_ref().is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let descend = m.is_dir() && tree_is_dir && !xattr_is(&up, "trusted.overlay.opaque", b"y") && !is_whiteout(&m);
+        if let Some(area) = guarded {
+            if path.starts_with(area) || (area.starts_with(&path) && !descend) {
+                bail!(
+                    "the stage replaces /{}, which is or holds snapinst's state area /{}",
+                    path.display(),
+                    area.display()
+                );
+            }
+        }
         if is_whiteout(&m) {
             if in_tree.is_some() {
                 entries.push(Entry::Replace { path, before: true, after: false });
             }
-        } else if m.is_dir() && tree_is_dir && !xattr_is(&up, "trusted.overlay.opaque", b"y") {
-            index_dir(upper, tree, &path, entries)?;
+        } else if descend {
+            index_dir(upper, tree, &path, guarded, entries)?;
             let before = delta::read_meta(&fs::File::from(tree.open_dir(&path)?))?;
             let after = delta::read_meta(&fs::File::open(&up)?)?;
             if before != after {
@@ -170,13 +231,11 @@ fn sanitize(path: &Path) -> Result<()> {
 }
 
 pub(super) fn finish(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-    fsutil::remove_any(&ctx.state.stage_path(&rec.txn))
+    remove_stage(&stage_paths(ctx, rec))
 }
 
 pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-    let s = stage_paths(ctx, rec);
-    unmount(&s)?;
-    fsutil::remove_any(&s.dir)?;
+    remove_stage(&stage_paths(ctx, rec))?;
     Delta::at(&ctx.state.gen_path(rec.to_generation)).remove()?;
     fsutil::sync_dir(&ctx.state.gens_dir())
 }
@@ -220,8 +279,14 @@ pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result
         bail!("checkpoint {} is missing", source.display());
     }
     unmount(&s)?;
-    fsutil::remove_any(&s.upper)?;
-    fsutil::remove_any(&s.work)?;
+    match &s.scratch {
+        // A new scratch filesystem: the old one may come from a process that died.
+        Some(scratch) => scratch.create()?,
+        None => {
+            fsutil::remove_any(&s.upper)?;
+            fsutil::remove_any(&s.work)?;
+        }
+    }
     copy_tree(&source, &s.upper)?;
     fsutil::create_dir_durable(&s.work)?;
     fsutil::create_dir_durable(&s.merged)?;
@@ -243,6 +308,9 @@ pub(super) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) 
 /// The kept stage as a merged tree (mounted in snapinst's private namespace when it is not already).
 pub(super) fn stage_view(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
     let s = stage_paths(ctx, rec);
+    if let Some(scratch) = &s.scratch {
+        scratch.mount()?;
+    }
     if mounts::mounted_below(&s.merged)?.is_empty() {
         mount(ctx, &s)
     } else {

@@ -11,6 +11,7 @@ use crate::lock::RootLock;
 use crate::plan::{Action, Plan, Step};
 use crate::state::{BackendKind, HostUndo, Phase, State, StateDir, TxnKind, TxnRecord};
 use crate::steps::{self, StepContext, StepFailure};
+use crate::submounts::Layout;
 use crate::{failpoint, fsutil, mounts, plan, registry, sandbox, treediff};
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -74,7 +75,8 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     let prior = loc.state.load().map_err(|e| Refused(format!("{e:#}")))?;
     let kind = choose_backend(&loc.root, opts.backend, prior.as_ref())?;
     backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
-    check_plan_fits(plan_file, &plan, kind, &loc.state.dir, &loc.root)?;
+    let layout = Layout::read(&loc.root, backend::state_area(&loc.root, &loc.state.dir).as_deref())?;
+    check_plan_fits(plan_file, &plan, kind, &loc.state.dir, &loc.root, &layout)?;
     if opts.confirm.is_some() && kind == BackendKind::Journal {
         return refuse(
             "--confirm needs a staged root to compare with the live one; the journal backend changes the root in place",
@@ -107,6 +109,7 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
         dry_run: opts.dry_run,
         confirm: opts.confirm,
         keep_failed: opts.keep_failed.then_some(plan_file.as_path()),
+        layout: &layout,
     };
     txn.run(&mut state)
 }
@@ -172,8 +175,20 @@ fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>
     }
 }
 
-/// Refuse a plan the backend cannot carry out, or that does not fit in the free space.
-fn check_plan_fits(plan_file: &Path, plan: &Plan, kind: BackendKind, state_dir: &Path, root: &Path) -> Result<()> {
+/// Refuse a plan the backend cannot carry out, that names paths on filesystems it does not stage or in the state
+/// area, or that does not fit in the free space.
+fn check_plan_fits(
+    plan_file: &Path,
+    plan: &Plan,
+    kind: BackendKind,
+    state_dir: &Path,
+    root: &Path,
+    layout: &Layout,
+) -> Result<()> {
+    let problems = layout.plan_problems(plan_file, plan);
+    if !problems.is_empty() {
+        return refuse(problems.join("\n"));
+    }
     if kind == BackendKind::Journal {
         let problems: Vec<String> = plan
             .steps
@@ -196,7 +211,10 @@ fn check_plan_fits(plan_file: &Path, plan: &Plan, kind: BackendKind, state_dir: 
         }
     }
     let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(root);
-    let need = plan.bytes_written() + SPACE_MARGIN;
+    // With the state area inside the root, an overlay stage writes what changes twice: on its scratch filesystem,
+    // then in the delta copied from it.
+    let copies = if kind == BackendKind::Overlay && layout.state_area.is_some() { 2 } else { 1 };
+    let need = copies * plan.bytes_written() + SPACE_MARGIN;
     let have = fsutil::free_bytes(holder)?;
     if have < need {
         return refuse(format!(
@@ -217,6 +235,8 @@ pub(super) struct Transaction<'a> {
     pub confirm: Option<Confirm>,
     /// `--keep-failed` (and every resume): the plan file, recorded for resume.
     pub keep_failed: Option<&'a Path>,
+    /// The state area and the mounts inside the root when the transaction started.
+    pub layout: &'a Layout,
 }
 
 impl Transaction<'_> {
@@ -244,6 +264,7 @@ impl Transaction<'_> {
             self.ctx.kind,
             rec.txn
         ));
+        self.announce_unstaged(&rec.txn);
         let t0 = Instant::now();
         let stage = match backend::prepare(self.ctx, &mut rec) {
             Ok(stage) => stage,
@@ -281,6 +302,9 @@ impl Transaction<'_> {
             return self.abort(&mut rec, &reason, timings);
         }
         let steps_ms = t1.elapsed().as_millis() as u64;
+        if let Err(e) = self.check_mounts(stage) {
+            return self.abort(&mut rec, &format!("{e:#}"), [prepare_ms, steps_ms]);
+        }
         if self.dry_run || self.confirm.is_some() {
             if let Err(e) = show_changes(self.out, self.ctx, &rec.txn, stage) {
                 return self.abort(
@@ -390,6 +414,31 @@ impl Transaction<'_> {
         Ok(())
     }
 
+    /// Say which filesystems inside the root the stage does not carry.
+    fn announce_unstaged(&self, txn: &str) {
+        for u in &self.layout.unstaged {
+            self.out.event(
+                "unstaged_mount",
+                json!({"txn": txn, "path": Path::new("/").join(&u.rel), "fstype": u.fstype, "source": u.source}),
+            );
+            self.out.say(format!(
+                "snapinst: {} is left out of the transaction (snapinst does not stage it); a step that writes there fails",
+                u.describe()
+            ));
+        }
+    }
+
+    /// After the steps: the mounts inside the root are still the ones the transaction started with, and the stage
+    /// wrote nothing where one of them is mounted.
+    fn check_mounts(&self, stage: &Path) -> Result<()> {
+        let now = self.ctx.layout()?;
+        self.layout.same_mounts(&now)?;
+        if self.ctx.kind == BackendKind::Journal {
+            return Ok(()); // the steps wrote into the root itself; the plan check kept them off other filesystems
+        }
+        now.check_stage(&self.ctx.root, stage)
+    }
+
     fn record_host_undo(&self, rec: &mut TxnRecord, step: &Step) -> Result<()> {
         if let Action::Host { undo, .. } = &step.action {
             rec.host_undo.push(HostUndo {
@@ -467,7 +516,7 @@ pub(super) fn show_changes(out: &Reporter, ctx: &Ctx, txn: &str, stage: &Path) -
         out.say("snapinst: the journal backend changes the root in place: there is no stage to compare");
         return Ok(());
     }
-    let changes = treediff::diff(&ctx.root, stage)?;
+    let changes = treediff::diff(&ctx.root, stage, &ctx.layout()?.not_compared())?;
     let mut counts = std::collections::BTreeMap::new();
     for c in &changes {
         *counts.entry(c.kind.word()).or_insert(0u64) += 1;

@@ -98,10 +98,21 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
             );
             return Ok(Located { root, state: StateDir { dir }, state_shown: shown });
         }
+        // The top of a filesystem: nothing beside it is on its filesystem, so the state area goes inside it.
+        None if crate::mounts::is_mount_point(&root)? => default_state_inside(&root)?,
         None => StateDir::default_for(&root).map_err(|e| Refused(format!("{e:#}")))?,
     };
     let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
     Ok(Located { root, state_shown: state_dir.display().to_string(), state: StateDir { dir: state_dir } })
+}
+
+/// The state area of a root that is the top of its filesystem: `<root>/var/lib/snapinst/state` where `<root>/var/lib`
+/// is on the root's own filesystem (a Debian root), else `<root>/.snapinst`.
+fn default_state_inside(root: &Path) -> Result<PathBuf> {
+    let var_lib = root.join("var/lib");
+    let own = std::fs::symlink_metadata(&var_lib).is_ok_and(|m| m.is_dir())
+        && crate::mounts::mount_id(&var_lib)? == crate::mounts::mount_id(root)?;
+    Ok(if own { var_lib.join("snapinst/state") } else { root.join(".snapinst") })
 }
 
 /// Whether `root` is a btrfs subvolume mounted on its own (like `/`), so its siblings are not visible.

@@ -83,6 +83,11 @@ pub(crate) fn resume(
     };
     let plan = plan::load(&plan_file).map_err(|p| Refused(p.to_string()))?;
     check_keepable(&plan_file, &plan, ctx.kind)?;
+    let layout = ctx.layout()?;
+    let problems = layout.plan_problems(&plan_file, &plan);
+    if !problems.is_empty() {
+        return refuse(problems.join("\n"));
+    }
     let start = start_index(&plan_file, &plan, &rec, from)?;
     let mut state = ctx.state.load()?.context("the state area has no state.json")?;
     if state.current != rec.from_generation {
@@ -115,7 +120,15 @@ pub(crate) fn resume(
     rec.pid = std::process::id();
     (rec.failed_step, rec.error, rec.outcome) = (None, None, None);
     set_phase(&ctx.state, &mut rec, Phase::Staged)?;
-    let txn = Transaction { ctx: &ctx, out: &out, plan: &plan, dry_run: false, confirm, keep_failed: Some(&plan_file) };
+    let txn = Transaction {
+        ctx: &ctx,
+        out: &out,
+        plan: &plan,
+        dry_run: false,
+        confirm,
+        keep_failed: Some(&plan_file),
+        layout: &layout,
+    };
     txn.steps_and_commit(rec, &stage, start, &mut state, 0)
 }
 
