@@ -4,7 +4,7 @@
 # Shared by scripts/demo.sh, scripts/test.sh, bench/run.sh and the VM tests. Needs root when something is missing.
 set -euo pipefail
 
-packages=(btrfs-progs libbtrfsutil-dev libclang-dev busybox-static e2fsprogs pkg-config "$@")
+packages=(btrfs-progs libbtrfsutil-dev libclang-dev busybox-static e2fsprogs xfsprogs pkg-config "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -149,8 +149,12 @@ fn committed_seen(out: &Output) -> bool {
 }
 
 fn crash_at_every_failpoint(backend: Backend) {
+    crash_at_every_failpoint_in(backend, Layout::Plain)
+}
+
+fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
     let names = failpoint_names();
-    let img = populated(backend);
+    let img = populated_in(backend, layout);
     let root = img.root();
     let host = host_tempdir();
     let mut hit: Vec<(String, &'static str, State)> = Vec::new();
@@ -274,3 +278,19 @@ fn crash_at_every_failpoint(backend: Backend) {
     );
 }
 for_each_backend!(privileged_crash_at_every_failpoint, crash_at_every_failpoint);
+
+/// The root is the top of an ext4 filesystem (as an ext4 `/` is), with its state area inside it.
+fn crash_at_every_failpoint_on_a_filesystem_top(backend: Backend) {
+    crash_at_every_failpoint_in(backend, Layout::Top)
+}
+backend_tests!(
+    privileged_crash_at_every_failpoint_on_a_filesystem_top,
+    crash_at_every_failpoint_on_a_filesystem_top,
+    overlay => Overlay, journal => Journal
+);
+
+/// The root has an ext4 `/boot` and an xfs `/srv/data` mounted inside it; the manifests take them in.
+fn crash_at_every_failpoint_with_mounts_inside(backend: Backend) {
+    crash_at_every_failpoint_in(backend, Layout::WithMounts)
+}
+for_staged_backends!(privileged_crash_at_every_failpoint_with_mounts_inside, crash_at_every_failpoint_with_mounts_inside);

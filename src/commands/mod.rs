@@ -108,11 +108,18 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
 
 /// The state area of a root that is the top of its filesystem: `<root>/var/lib/snapinst/state` where `<root>/var/lib`
 /// is on the root's own filesystem (a Debian root), else `<root>/.snapinst`.
+/// One that exists already is kept, wherever `var/lib` is now.
 fn default_state_inside(root: &Path) -> Result<PathBuf> {
+    let (debian, plain) = (root.join("var/lib/snapinst/state"), root.join(".snapinst"));
+    for existing in [&debian, &plain] {
+        if existing.join("txns").is_dir() {
+            return Ok(existing.clone());
+        }
+    }
     let var_lib = root.join("var/lib");
     let own = std::fs::symlink_metadata(&var_lib).is_ok_and(|m| m.is_dir())
         && crate::mounts::mount_id(&var_lib)? == crate::mounts::mount_id(root)?;
-    Ok(if own { var_lib.join("snapinst/state") } else { root.join(".snapinst") })
+    Ok(if own { debian } else { plain })
 }
 
 /// Whether `root` is a btrfs subvolume mounted on its own (like `/`), so its siblings are not visible.

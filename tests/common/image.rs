@@ -16,13 +16,29 @@ static LOOP_LOCK: Mutex<()> = Mutex::new(());
 pub enum FsKind {
     Btrfs,
     Ext4,
+    Xfs,
+}
+
+impl FsKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Btrfs => "btrfs",
+            FsKind::Ext4 => "ext4",
+            FsKind::Xfs => "xfs",
+        }
+    }
 }
 
 /// A sparse file, formatted, attached to a loop device and mounted at a temporary mount point.
-/// The managed root is `<mnt>/root`. Drop unmounts (lazily if it must), detaches and removes.
+/// The managed root is `<mnt>/root` (or `<mnt>` itself, see [`LoopImage::top`]). Drop unmounts
+/// (lazily if it must), detaches and removes.
 pub struct LoopImage {
+    /// Filesystems mounted inside the root ([`LoopImage::with_mounts`]): dropped first.
+    subs: Vec<LoopImage>,
     kind: FsKind,
     mnt: PathBuf,
+    root: PathBuf,
+    state: PathBuf,
     loopdev: Option<loopdev::LoopDevice>,
     loop_path: PathBuf,
     // Last: the directory holding the backing file and the mount point goes after the unmount.
@@ -75,11 +91,41 @@ impl std::ops::Deref for Ext4Image {
 
 impl LoopImage {
     fn create(kind: FsKind, size_mb: u64) -> LoopImage {
-        require_root();
         let dir = tempfile::Builder::new().prefix("snapinst-img-").tempdir().expect("creating image tempdir");
-        let file = dir.path().join("disk.img");
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).expect("creating mount point");
+        Self::create_at(kind, size_mb, dir, mnt)
+    }
+
+    /// An image whose filesystem's top is the managed root, as an ext4 `/` is. It has a `/var/lib`
+    /// of its own, so the default state area is `/var/lib/snapinst/state` inside the root.
+    pub fn top(kind: FsKind, size_mb: u64) -> LoopImage {
+        let mut img = Self::create(kind, size_mb);
+        img.root = img.mnt.clone();
+        img.state = img.mnt.join("var/lib/snapinst/state");
+        fs::create_dir_all(img.mnt.join("var/lib/snapinst")).expect("creating /var/lib/snapinst in the root");
+        img
+    }
+
+    /// Mounts an ext4 filesystem at `/boot` and an xfs one at `/srv/data` inside the root, each
+    /// with a few files, as a real machine has them.
+    pub fn with_mounts(mut self) -> LoopImage {
+        for (at, kind, size) in [("boot", FsKind::Ext4, 64), ("srv/data", FsKind::Xfs, 320)] {
+            let point = self.root.join(at);
+            fs::create_dir_all(&point).unwrap_or_else(|e| panic!("creating {}: {e}", point.display()));
+            let dir = tempfile::Builder::new().prefix("snapinst-sub-").tempdir().expect("creating image tempdir");
+            let sub = Self::create_at(kind, size, dir, point.clone());
+            write_file(&point.join("vmlinuz-1"), format!("{at} on {}\n", kind.name()).as_bytes());
+            write_file(&point.join("grub/grub.cfg"), b"menuentry one\n");
+            self.subs.push(sub);
+        }
+        fix_mtimes(&self.root);
+        self
+    }
+
+    fn create_at(kind: FsKind, size_mb: u64, dir: tempfile::TempDir, mnt: PathBuf) -> LoopImage {
+        require_root();
+        let file = dir.path().join("disk.img");
         {
             let f = fs::File::create(&file).expect("creating image file");
             f.set_len(size_mb * 1024 * 1024).expect("sizing sparse image file");
@@ -91,16 +137,17 @@ impl LoopImage {
             FsKind::Ext4 => {
                 run_ok(Command::new(require_tool("mkfs.ext4")).args(["-q", "-F"]).arg(&file));
             }
+            FsKind::Xfs => {
+                run_ok(Command::new(require_tool("mkfs.xfs")).args(["-q", "-f"]).arg(&file));
+            }
         }
         let ld = attach_loop(&file);
         let loop_path = ld.path().expect("loop device has no path");
-        let fstype = match kind {
-            FsKind::Btrfs => "btrfs",
-            FsKind::Ext4 => "ext4",
-        };
+        let fstype = kind.name();
         nix::mount::mount(Some(&loop_path), &mnt, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
             .unwrap_or_else(|e| panic!("mounting {} ({fstype}) on {}: {e}", loop_path.display(), mnt.display()));
-        LoopImage { kind, mnt, loopdev: Some(ld), loop_path, dir }
+        let (root, state) = (mnt.join("root"), mnt.join(".snapinst-root"));
+        LoopImage { subs: Vec::new(), kind, mnt, root, state, loopdev: Some(ld), loop_path, dir }
     }
 
     pub fn kind(&self) -> FsKind {
@@ -110,13 +157,17 @@ impl LoopImage {
     pub fn mountpoint(&self) -> &Path {
         &self.mnt
     }
-    /// The managed root, `<mnt>/root`.
+    /// The managed root, `<mnt>/root` (or `<mnt>` for [`LoopImage::top`]).
     pub fn root(&self) -> PathBuf {
-        self.mnt.join("root")
+        self.root.clone()
     }
-    /// The default state directory for the root: `<mnt>/.snapinst-root`.
+    /// The default state directory for the root: `<mnt>/.snapinst-root`, or inside a top root.
     pub fn state_dir(&self) -> PathBuf {
-        self.mnt.join(".snapinst-root")
+        self.state.clone()
+    }
+    /// The filesystems mounted inside the root.
+    pub fn mounted_inside(&self) -> &[LoopImage] {
+        &self.subs
     }
     pub fn loop_device(&self) -> &Path {
         &self.loop_path
@@ -168,6 +219,7 @@ fn forget_registrations(mnt: &Path) {
 
 impl Drop for LoopImage {
     fn drop(&mut self) {
+        self.subs.clear();
         forget_registrations(&self.mnt);
         // Anything the engine left mounted below the image goes first, deepest first.
         let mut below: Vec<PathBuf> = mounts()

@@ -55,18 +55,28 @@ pub fn mounts() -> Vec<MountInfo> {
     v
 }
 
-/// Mounts below the image other than the image itself, and overlay mounts that use its paths.
+/// Mounts below the image other than the image itself and the filesystems the test mounted inside
+/// the root, overlay mounts that use its paths, and loop devices whose backing file is on it (a
+/// scratch layer left attached).
 pub fn leaked_mounts(img: &LoopImage) -> Vec<String> {
     let mnt = img.mountpoint();
     let mnt_s = mnt.to_string_lossy().into_owned();
-    mounts()
+    let ours: Vec<&Path> = img.mounted_inside().iter().map(|s| s.mountpoint()).collect();
+    let mut leaks: Vec<String> = mounts()
         .into_iter()
         .filter(|m| {
-            (m.mount_point != mnt && m.mount_point.starts_with(mnt))
+            (m.mount_point != mnt && m.mount_point.starts_with(mnt) && !ours.contains(&m.mount_point.as_path()))
                 || (m.fstype == "overlay" && m.super_opts.contains(&mnt_s))
         })
         .map(|m| m.line)
-        .collect()
+        .collect();
+    for e in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else { continue };
+        if Path::new(backing.trim()).starts_with(mnt) {
+            leaks.push(format!("loop device {} still backed by {}", e.file_name().to_string_lossy(), backing.trim()));
+        }
+    }
+    leaks
 }
 
 /// Paths in the state dir that look like an unfinished transaction: a non-empty directory (or
@@ -194,7 +204,12 @@ pub fn dir_names(p: &Path) -> Vec<String> {
 
 /// A fresh image for the backend with the standard tree in its root.
 pub fn populated(backend: Backend) -> LoopImage {
-    let img = backend.image();
+    populated_in(backend, Layout::Plain)
+}
+
+/// A fresh image laid out as `layout` with the standard tree in its root.
+pub fn populated_in(backend: Backend, layout: Layout) -> LoopImage {
+    let img = backend.image_in(layout);
     populate_tree(&img.root(), TREE_FILES);
     img
 }

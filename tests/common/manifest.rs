@@ -68,8 +68,24 @@ fn key(root: &Path, p: &Path) -> PathBuf {
     Path::new("/").join(rel)
 }
 
-/// The whole-tree manifest of every path below (and including) `root`.
+/// Where snapinst keeps the state area of a root that is the top of its filesystem: inside it,
+/// and never part of the root's tree as far as a transaction is concerned.
+const STATE_AREAS_INSIDE: [&str; 2] = ["/var/lib/snapinst/state", "/.snapinst"];
+
+/// The whole-tree manifest of every path below (and including) `root`, filesystems mounted inside
+/// it included, snapinst's own state area (when it is inside the root) left out.
 pub fn manifest(root: &Path) -> Manifest {
+    let mut m = manifest_all(root);
+    for area in STATE_AREAS_INSIDE {
+        if root.join(&area[1..]).join("txns").is_dir() {
+            m.retain(|k, _| !k.starts_with(area));
+        }
+    }
+    m
+}
+
+/// The manifest of every path below (and including) `root`, state area included.
+pub fn manifest_all(root: &Path) -> Manifest {
     let mut m = Manifest::new();
     let mut inodes: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
     walk(root, &mut |p, md| {

@@ -104,6 +104,31 @@ impl Backend {
     }
 }
 
+/// How a test root is laid out on its filesystems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `<mnt>/root`: a directory or subvolume with its state area beside it.
+    Plain,
+    /// The top of an ext4 filesystem, like an ext4 `/`, with its state area inside it (overlay and
+    /// journal; for btrfs, `Plain`).
+    Top,
+    /// `Plain` for btrfs, `Top` for the others, with an ext4 `/boot` and an xfs `/srv/data`
+    /// mounted inside.
+    WithMounts,
+}
+
+impl Backend {
+    /// A fresh image laid out as `layout`.
+    pub fn image_in(self, layout: Layout) -> LoopImage {
+        match (layout, self) {
+            (Layout::Plain, _) => self.image(),
+            (Layout::Top, Backend::Btrfs) => self.image(),
+            (Layout::Top, _) => LoopImage::top(FsKind::Ext4, 256),
+            (Layout::WithMounts, _) => self.image_in(Layout::Top).with_mounts(),
+        }
+    }
+}
+
 /// One test per listed backend from one function `fn f(backend: Backend)`, in a module named `$modname`.
 #[allow(unused_macros)]
 macro_rules! backend_tests {
