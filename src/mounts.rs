@@ -9,11 +9,17 @@ use std::path::{Path, PathBuf};
 
 static ENTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The mount table of the namespace snapinst was started in, opened before it entered its own: reading it again
+/// shows that namespace as it is now (what the machine has mounted), without snapinst's own mounts.
+static HOST_MOUNTINFO: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
 /// Enter a new, private mount namespace (once per process). Must be called before the process starts any thread.
 pub(crate) fn enter_private_namespace() -> Result<()> {
     if ENTERED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
+    let host = std::fs::File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?;
+    let _ = HOST_MOUNTINFO.set(host);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("creating a private mount namespace")?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("making the mount namespace private")
@@ -66,6 +72,16 @@ pub(crate) fn mount_of(path: &Path) -> Result<MountInfo> {
 /// Every mount of this namespace, in the kernel's order (a mount comes after the one it is mounted on).
 pub(crate) fn all() -> Result<Vec<MountInfo>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(text.lines().filter_map(parse_mountinfo_line).collect())
+}
+
+/// Every mount of the machine (the namespace snapinst was started in), as it is now.
+pub(crate) fn host_all() -> Result<Vec<MountInfo>> {
+    let Some(file) = HOST_MOUNTINFO.get() else { return all() };
+    let mut text = String::new();
+    let mut reader = file;
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0)).context("rewinding the host's mountinfo")?;
+    std::io::Read::read_to_string(&mut reader, &mut text).context("reading the host's mountinfo")?;
     Ok(text.lines().filter_map(parse_mountinfo_line).collect())
 }
 

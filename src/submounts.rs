@@ -43,12 +43,13 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    /// Read the mount table for `root`, whose state area is at `state_area` (relative to it) when inside it.
+    /// Read the machine's mount table for `root` (snapinst's own mounts are not in it), whose state area is at
+    /// `state_area` (relative to it) when inside it.
     pub fn read(root: &Path, state_area: Option<&Path>) -> Result<Layout> {
         let state_area = state_area.map(Path::to_path_buf);
         let mut mount_points = Vec::new();
         let mut unstaged: Vec<Unstaged> = Vec::new();
-        for m in mounts::all()? {
+        for m in mounts::host_all()? {
             let Ok(rel) = m.mount_point.strip_prefix(root) else { continue };
             if rel.as_os_str().is_empty() || state_area.as_ref().is_some_and(|s| rel.starts_with(s)) {
                 continue;

@@ -76,6 +76,7 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     let kind = choose_backend(&loc.root, opts.backend, prior.as_ref())?;
     backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
     let layout = Layout::read(&loc.root, backend::state_area(&loc.root, &loc.state.dir).as_deref())?;
+    refuse_exchange_under_mounts(kind, &loc.root, &layout)?;
     check_plan_fits(plan_file, &plan, kind, &loc.state.dir, &loc.root, &layout)?;
     if opts.confirm.is_some() && kind == BackendKind::Journal {
         return refuse(
@@ -173,6 +174,20 @@ fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>
         (None, Some(p)) => Ok(p.backend),
         (None, None) => Ok(backend::detect(root)),
     }
+}
+
+/// The btrfs backend commits by renaming a directory root's subvolume: filesystems mounted inside it would stay
+/// with the replaced tree, out of sight. (A root mounted on its own is exchanged for its next mount instead.)
+fn refuse_exchange_under_mounts(kind: BackendKind, root: &Path, layout: &Layout) -> Result<()> {
+    if kind != BackendKind::Btrfs || layout.mount_points.is_empty() || mounts::is_mount_point(root)? {
+        return Ok(());
+    }
+    let list: Vec<String> = layout.mount_points.iter().map(|p| format!("/{}", p.display())).collect();
+    refuse(format!(
+        "filesystems are mounted inside {} ({}); the btrfs backend commits by renaming the root's subvolume, and          they would stay with the replaced tree: unmount them first, or manage a subvolume mounted on its own",
+        root.display(),
+        list.join(", ")
+    ))
 }
 
 /// Refuse a plan the backend cannot carry out, that names paths on filesystems it does not stage or in the state

@@ -107,10 +107,10 @@ impl LoopImage {
         img
     }
 
-    /// Mounts an ext4 filesystem at `/boot` and an xfs one at `/srv/data` inside the root, each
+    /// Mounts an ext4 filesystem at `/boot` and an xfs one at `/srv/www` inside the root, each
     /// with a few files, as a real machine has them.
     pub fn with_mounts(mut self) -> LoopImage {
-        for (at, kind, size) in [("boot", FsKind::Ext4, 64), ("srv/data", FsKind::Xfs, 320)] {
+        for (at, kind, size) in [("boot", FsKind::Ext4, 64), ("srv/www", FsKind::Xfs, 320)] {
             let point = self.root.join(at);
             fs::create_dir_all(&point).unwrap_or_else(|e| panic!("creating {}: {e}", point.display()));
             let dir = tempfile::Builder::new().prefix("snapinst-sub-").tempdir().expect("creating image tempdir");

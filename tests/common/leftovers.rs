@@ -207,11 +207,17 @@ pub fn populated(backend: Backend) -> LoopImage {
     populated_in(backend, Layout::Plain)
 }
 
-/// A fresh image laid out as `layout` with the standard tree in its root.
+/// A fresh image laid out as `layout` with the standard tree in its root (the filesystems mounted
+/// inside come after the tree, which has hard links across the root's directories).
 pub fn populated_in(backend: Backend, layout: Layout) -> LoopImage {
-    let img = backend.image_in(layout);
+    let base = if layout == Layout::WithMounts { Layout::Top } else { layout };
+    let img = backend.image_in(base);
     populate_tree(&img.root(), TREE_FILES);
-    img
+    if layout == Layout::WithMounts {
+        img.with_mounts()
+    } else {
+        img
+    }
 }
 
 /// Canonical string form of a path, for comparing with paths the binary prints.

@@ -112,7 +112,7 @@ pub enum Layout {
     /// The top of an ext4 filesystem, like an ext4 `/`, with its state area inside it (overlay and
     /// journal; for btrfs, `Plain`).
     Top,
-    /// `Plain` for btrfs, `Top` for the others, with an ext4 `/boot` and an xfs `/srv/data`
+    /// `Plain` for btrfs, `Top` for the others, with an ext4 `/boot` and an xfs `/srv/www`
     /// mounted inside.
     WithMounts,
 }

@@ -1,0 +1,255 @@
+//! Roots laid out as real machines have them: the top of an ext4 or xfs filesystem (as an ext4 `/`
+//! is), whose state area must be inside it, and roots with other filesystems mounted inside them
+//! (an ext4 `/boot`, an xfs `/srv/www`). Whole-tree manifests take the mounted filesystems in and
+//! leave snapinst's own state area out.
+
+#[macro_use]
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A plan, a full commit, a rollback to the start: the tree is the expected one, then the first.
+fn commit_and_roll_back(img: &LoopImage, backend: Backend) {
+    let root = img.root();
+    let host = host_tempdir();
+    let hello = Hello::new(backend, "", host.path());
+    hello.prepare(&root);
+    let before = manifest(&root);
+    let mut after = Expect::new(&before);
+    hello.expect(&mut after);
+    let out = apply(&hello.plan_dir(&hello.plan()).path, &root, backend, &[]);
+    assert_code(&out, 0);
+    after.check(&manifest(&root));
+    assert_no_leftovers(img);
+    let st = status_json(&root);
+    assert_eq!(
+        st["state_dir"].as_str().map(Path::new),
+        Some(img.state_dir().as_path()),
+        "the default state area of a filesystem top is inside it: {st}"
+    );
+
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    assert_manifest_eq_ctx(&before, &manifest(&root), "after rolling back to generation 0");
+    assert_no_leftovers(img);
+}
+
+fn filesystem_top_commits_and_rolls_back(backend: Backend) {
+    let img = populated_in(backend, Layout::Top);
+    commit_and_roll_back(&img, backend);
+}
+backend_tests!(
+    privileged_filesystem_top_commits_and_rolls_back,
+    filesystem_top_commits_and_rolls_back,
+    overlay => Overlay, journal => Journal
+);
+
+#[test]
+fn privileged_xfs_filesystem_top_commits_and_rolls_back() {
+    let img = LoopImage::top(FsKind::Xfs, 320);
+    populate_tree(&img.root(), TREE_FILES);
+    commit_and_roll_back(&img, Backend::Overlay);
+}
+
+#[test]
+fn privileged_overlay_stage_hides_the_state_area_inside_the_root() {
+    let img = populated_in(Backend::Overlay, Layout::Top);
+    let root = img.root();
+    let before = manifest(&root);
+    let pd = PlanDir::new(
+        &plan(
+            "peek",
+            vec![json!({"id": "peek", "type": "run", "command":
+                sh("test -z \"$(ls -A /var/lib/snapinst/state)\" || { echo state visible >&2; exit 1; }; \
+                    touch /var/lib/snapinst/state/planted")})],
+        ),
+        &[],
+    );
+    let out = apply(&pd.path, &root, Backend::Overlay, &[]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "writing into the hidden state area must fail:\n{}",
+        show(&out)
+    );
+    assert!(!img.state_dir().join("planted").exists());
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_no_leftovers(&img);
+
+    let pd = PlanDir::new(
+        &plan(
+            "into-state",
+            vec![json!({"id": "f", "type": "file", "path": "/var/lib/snapinst/state/x", "content": "x"})],
+        ),
+        &[],
+    );
+    let out = apply(&pd.path, &root, Backend::Overlay, &[]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("is inside snapinst's state area /var/lib/snapinst/state"), "{}", show(&out));
+    let pd = PlanDir::new(
+        &plan("remove-var", vec![json!({"id": "rm", "type": "remove", "path": "/var/lib", "recursive": true})]),
+        &[],
+    );
+    let out = apply(&pd.path, &root, Backend::Overlay, &[]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("/var/lib holds snapinst's state area"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+}
+
+#[test]
+fn privileged_btrfs_refuses_a_state_area_inside_its_subvolume() {
+    let img = populated(Backend::Btrfs);
+    let root = img.root();
+    let before = manifest(&root);
+    let pd = PlanDir::new(&plan("p", vec![json!({"id": "d", "type": "dir", "path": "/opt/p"})]), &[]);
+    let state = root.join("var/snapinst");
+    let out = apply(&pd.path, &root, Backend::Btrfs, &["--state-dir", state.to_str().unwrap()]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("for the btrfs backend it must be outside it"), "{}", show(&out));
+    assert!(!state.exists(), "the refused state area was created");
+    assert_manifest_eq(&before, &manifest(&root));
+}
+
+fn run_plan(name: &str, script: &str) -> PlanDir {
+    PlanDir::new(&plan(name, vec![json!({"id": "script", "type": "run", "command": sh(script)})]), &[])
+}
+
+/// Every way a plan could write to a filesystem the stage does not carry fails out loud, names
+/// the path and the mount, and changes nothing; writes elsewhere commit and leave them alone.
+fn mounts_inside_are_never_written_silently(backend: Backend) {
+    let img = populated_in(backend, Layout::WithMounts);
+    let root = img.root();
+    let before = manifest(&root);
+
+    let refusals = [
+        (
+            json!({"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"}),
+            "field \"path\": /boot/vmlinuz-2 is on ext4 mounted at /boot",
+        ),
+        (
+            json!({"id": "wipe", "type": "remove", "path": "/srv", "recursive": true}),
+            "/srv holds the mount point of xfs mounted at /srv/www",
+        ),
+        (json!({"id": "dir", "type": "dir", "path": "/srv/www/new"}), "/srv/www/new is on xfs mounted at /srv/www"),
+    ];
+    for (step, want) in refusals {
+        let pd = PlanDir::new(&plan("refused", vec![step]), &[]);
+        let out = apply(&pd.path, &root, backend, &[]);
+        assert_code(&out, 2);
+        assert!(stderr(&out).contains(want), "{} backend: expected {want:?}\n{}", backend.name(), show(&out));
+        assert_manifest_eq(&before, &manifest(&root));
+    }
+
+    // The stage shows the (empty) directories underneath the mounts, so a script can write there.
+    let writes = [
+        (
+            "mkdir -p /boot/grub && echo set default=1 > /boot/grub/grub.cfg; echo x > /etc/also",
+            "a step added /boot/grub, which is on ext4 mounted at /boot",
+        ),
+        ("echo k2 > /boot/vmlinuz-2", "a step added /boot/vmlinuz-2, which is on ext4 mounted at /boot"),
+        ("echo row > /srv/www/orders.db", "a step added /srv/www/orders.db, which is on xfs mounted at /srv/www"),
+    ];
+    for (script, want) in writes {
+        let out = apply(&run_plan("hidden-write", script).path, &root, backend, &[]);
+        assert_code(&out, 1);
+        assert!(stderr(&out).contains(want), "{} backend: expected {want:?}\n{}", backend.name(), show(&out));
+        let lines = json_lines(&out);
+        assert_eq!(summary(&lines)["outcome"], "rolled_back");
+        let unstaged: Vec<String> =
+            events(&lines, "unstaged_mount").iter().map(|e| e["path"].as_str().unwrap_or("?").to_string()).collect();
+        assert_eq!(unstaged, ["/boot", "/srv/www"], "each unstaged mount is announced");
+        assert_manifest_eq(&before, &manifest(&root));
+        assert_no_leftovers(&img);
+    }
+
+    // A dry run compares the stage with the root without the mounted filesystems' contents.
+    let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, backend, &["--dry-run"]);
+    assert_code(&out, 0);
+    let changed: Vec<String> =
+        events(&json_lines(&out), "change").iter().map(|e| e["path"].as_str().unwrap_or("?").to_string()).collect();
+    assert_eq!(changed, ["/etc/ok"], "{} backend: the dry run's changes", backend.name());
+
+    let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, backend, &[]);
+    assert_code(&out, 0);
+    let mut e = Expect::new(&before);
+    e.file("/etc/ok", b"ok\n", 0o644, 0, 0);
+    e.check(&manifest(&root));
+    assert_no_leftovers(&img);
+}
+backend_tests!(
+    privileged_mounts_inside_are_never_written_silently,
+    mounts_inside_are_never_written_silently,
+    overlay => Overlay
+);
+
+/// A btrfs root that is a plain directory commits by renaming its subvolume: the filesystems
+/// mounted inside it would stay with the old tree, so it is refused before anything happens.
+#[test]
+fn privileged_btrfs_directory_root_with_mounts_inside_is_refused() {
+    let img = populated_in(Backend::Btrfs, Layout::WithMounts);
+    let root = img.root();
+    let before = manifest(&root);
+    let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, Backend::Btrfs, &[]);
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("(/boot, /srv/www); the btrfs backend commits by renaming the root's subvolume"),
+        "{}",
+        show(&out)
+    );
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_no_leftovers(&img);
+}
+
+/// The journal backend writes into the root itself: its plan check keeps file steps off the
+/// mounted filesystems.
+#[test]
+fn privileged_journal_refuses_paths_on_mounts_inside() {
+    let img = populated_in(Backend::Journal, Layout::WithMounts);
+    let root = img.root();
+    let before = manifest(&root);
+    let pd = PlanDir::new(
+        &plan("k", vec![json!({"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"})]),
+        &[],
+    );
+    let out = apply(&pd.path, &root, Backend::Journal, &[]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("/boot/vmlinuz-2 is on ext4 mounted at /boot"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+}
+
+/// A filesystem mounted inside the root while the steps run: the stage no longer matches the
+/// machine, so the transaction fails and says which mount appeared.
+fn a_mount_appearing_during_the_transaction_fails_it(backend: Backend) {
+    let img = populated_in(backend, Layout::Top);
+    let root = img.root();
+    fs::create_dir_all(root.join("mnt/usb")).unwrap();
+    let before = manifest(&root);
+    let pd = run_plan("slow", "sleep 3; echo done > /etc/slow");
+    let mut cmd = snapinst_cmd(["apply", pd.path.to_str().unwrap(), "--root", root.to_str().unwrap(), "--json"]);
+    cmd.args(["--backend", backend.name()]);
+    let mut bg = spawn_background(cmd);
+    bg.wait_for(Duration::from_secs(60), "the step to start", |v: &Value| v["event"] == "step_started");
+    let usb = root.join("mnt/usb");
+    nix::mount::mount(Some("usb"), &usb, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    let status = wait_timeout(&mut bg.child, CMD_TIMEOUT).expect("apply did not finish");
+    let err = bg.stderr.join().unwrap();
+    nix::mount::umount2(&usb, nix::mount::MntFlags::empty()).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("changed while the transaction ran (mounted: tmpfs mounted at /mnt/usb (usb))"),
+        "{} backend: {err}",
+        backend.name()
+    );
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_no_leftovers(&img);
+}
+backend_tests!(
+    privileged_a_mount_appearing_during_the_transaction_fails_it,
+    a_mount_appearing_during_the_transaction_fails_it,
+    overlay => Overlay
+);
