@@ -11,6 +11,8 @@
 #   sudo bash bench/run.sh --reps 9  # more applies per row: a steadier median where disk flushes are noisy
 #
 # btrfs: the root is a subvolume of a scratch btrfs image. overlay: the root is a directory on a scratch ext4 image.
+# overlay-top: the root is the top of a scratch ext4 image of its own, as an ext4 `/` is, with /var/lib on it, so its
+# state area is inside it and the overlay's upper layer is on a loop-mounted scratch filesystem.
 # Targets: overhead at 100k files <= 100 ms and <= 1.5x the 1k value; peak RSS <= 50 MB. The targets are reported
 # as PASS/FAIL and do not change the exit code; the script fails only when it cannot run or an apply does not
 # commit.
@@ -135,58 +137,65 @@ print(outcome, t.get("prepare", "nan"), t.get("commit", "nan"), rss_kib, "%.1f" 
 PY
 }
 
-# apply_once BACKEND N REP: one measured (or, for REP 0, warm-up) apply of a one-file plan to root N.
+# apply_once LABEL BACKEND N REP ROOT: one measured (or, for REP 0, warm-up) apply of a one-file plan to root N.
 apply_once() {
-  local backend=$1 n=$2 rep=$3 root=$4 plan line
-  plan=$scratch/plans/$backend-$n-$rep.json
+  local label=$1 backend=$2 n=$3 rep=$4 root=$5 plan line
+  plan=$scratch/plans/$label-$n-$rep.json
   printf '{"name": "bench", "version": "%s", "steps": [{"id": "touch", "type": "file", "path": "/bench-%s.txt", "content": "run %s\\n"}]}\n' \
     "$rep" "$rep" "$rep" >"$plan"
   if line=$(measure_apply "$plan" "$root" "$backend"); then :; else die "measuring apply failed"; fi
-  echo "$backend $n files, apply #$rep$([ "$rep" -eq 0 ] && echo " (warm-up)"): outcome prepare_ms commit_ms peak_rss_kib wall_ms = $line"
+  echo "$label $n files, apply #$rep$([ "$rep" -eq 0 ] && echo " (warm-up)"): outcome prepare_ms commit_ms peak_rss_kib wall_ms = $line"
   case "$line" in committed\ *) ;; *) apply_failures=$((apply_failures + 1)) ;; esac
-  [ "$rep" -eq 0 ] || printf '%s\t%s\tapply\t%s\n' "$backend" "$n" "$line" >>"$results"
+  [ "$rep" -eq 0 ] || printf '%s\t%s\tapply\t%s\n' "$label" "$n" "$line" >>"$results"
 }
 
-# bench_backend BACKEND MOUNTPOINT MAKE_ROOT: MAKE_ROOT DIR creates the empty root DIR. All trees are made first;
-# the measured applies then go round the sizes, so that a change of load on a shared machine hits every size alike.
+# bench_backend LABEL BACKEND MAKE_ROOT: `MAKE_ROOT N` creates the empty root for the tree of N files and prints its
+# path. All trees are made first; the measured applies then go round the sizes, so that a change of load on a shared
+# machine hits every size alike. The peer, cp -a of the tree followed by a sync, copies on the root's filesystem.
 bench_backend() {
-  local backend=$1 mnt=$2 make_root=$3 n root rep t0 t1 cp_ms
+  local label=$1 backend=$2 make_root=$3 n root rep t0 t1 cp_ms
+  local -A roots=()
   for n in "${sizes[@]}"; do
-    root=$mnt/root$n
-    heading "$backend: tree of $n files"
-    "$make_root" "$root"
+    heading "$label: tree of $n files"
+    root=$("$make_root" "$n")
+    roots[$n]=$root
     make_tree "$root" "$n"
     sync
     # Apply #0 is a warm-up, not counted: a root's first transaction also creates its state directory and
     # records generation 0.
-    apply_once "$backend" "$n" 0 "$root"
+    apply_once "$label" "$backend" "$n" 0 "$root"
   done
-  heading "$backend: $reps measured applies per size, round robin"
+  heading "$label: $reps measured applies per size, round robin"
   for rep in $(seq 1 "$reps"); do
     for n in "${sizes[@]}"; do
-      apply_once "$backend" "$n" "$rep" "$mnt/root$n"
+      apply_once "$label" "$backend" "$n" "$rep" "${roots[$n]}"
     done
   done
   for n in "${sizes[@]}"; do
+    root=${roots[$n]}
     sync
     t0=$(date +%s%N)
-    cp -a "$mnt/root$n" "$mnt/copy$n"
-    sync -f "$mnt"
+    cp -a "$root/data" "$root/copy-of-data"
+    sync -f "$root"
     t1=$(date +%s%N)
     cp_ms=$(((t1 - t0) / 1000000))
-    echo "$backend $n files: cp -a + sync: $cp_ms ms"
-    printf '%s\t%s\tcp\t%s\n' "$backend" "$n" "$cp_ms" >>"$results"
+    echo "$label $n files: cp -a + sync: $cp_ms ms"
+    printf '%s\t%s\tcp\t%s\n' "$label" "$n" "$cp_ms" >>"$results"
   done
 }
 
-make_btrfs_root() { btrfs -q subvolume create "$1"; }
-make_dir_root() { mkdir "$1"; }
+make_btrfs_root() { btrfs -q subvolume create "$scratch/btrfs/root$1" && echo "$scratch/btrfs/root$1"; }
+make_dir_root() { mkdir "$scratch/ext4/root$1" && echo "$scratch/ext4/root$1"; }
+# A filesystem of its own per tree, whose top is the root (with a /var/lib, as a Debian root has).
+make_top_root() { mkdir -p "$scratch/top$1/var/lib" && echo "$scratch/top$1"; }
 
 heading "Scratch images in $scratch"
 make_image btrfs btrfs
 make_image ext4 ext4
-bench_backend btrfs "$scratch/btrfs" make_btrfs_root
-bench_backend overlay "$scratch/ext4" make_dir_root
+for n in "${sizes[@]}"; do make_image "top$n" ext4; done
+bench_backend btrfs btrfs make_btrfs_root
+bench_backend overlay overlay make_dir_root
+bench_backend overlay-top overlay make_top_root
 
 heading "Results"
 echo "$reps apply per row after a warm-up; overhead = median of timings_ms.prepare + timings_ms.commit;"
@@ -212,7 +221,7 @@ def fmt(x, nd=1):
 
 header = ("backend", "files", "overhead ms", "ratio to 1k", "cp -a ms", "peak RSS MB")
 table, checks = [], []
-for backend in ("btrfs", "overlay"):
+for backend in ("btrfs", "overlay", "overlay-top"):
     base = None
     for (b, n), r in sorted(rows.items()):
         if b != backend:

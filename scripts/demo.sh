@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # snapinst demo: installs examples/hello (commits), then examples/broken (fails at a verify step and is rolled
 # back), shows status and list, rolls back to the tree before hello, and installs examples/service (a system user
-# and an enabled unit), once on a btrfs subvolume and once on a
-# plain directory with the overlay backend. Everything happens in scratch filesystems that are removed on exit.
+# and an enabled unit), on a btrfs subvolume, on a plain directory with the overlay backend, and on the top of an
+# ext4 filesystem (its state area inside it); then, with an ext4 /boot and an xfs /srv mounted inside that root,
+# shows that a plan writing into them is refused or fails out loud while one writing elsewhere commits.
+# Everything happens in scratch filesystems that are removed on exit.
 #
 #   sudo bash scripts/demo.sh
 #
@@ -156,8 +158,41 @@ fi
 make_base_root "$scratch/host/root"
 echo "overlay root: $scratch/host/root on $(findmnt -no FSTYPE -T "$scratch/host") (state dir: $scratch/host/.snapinst-root)"
 
+heading "Setting up a scratch ext4 filesystem whose top is the root (as an ext4 / is)"
+truncate -s 512M "$scratch/top.img"
+mkfs.ext4 -q -F "$scratch/top.img"
+mkdir "$scratch/top"
+mount -o loop "$scratch/top.img" "$scratch/top"
+make_base_root "$scratch/top"
+mkdir -p "$scratch/top/var/lib"
+echo "ext4 root: $scratch/top (state dir inside it: $scratch/top/var/lib/snapinst/state)"
+
 demo_root btrfs "$scratch/btrfs/root" btrfs
 demo_root overlay "$scratch/host/root" overlay
+demo_root "ext4 top" "$scratch/top" overlay
+check "[ext4 top] the state area is inside the root" test -f "$scratch/top/var/lib/snapinst/state/state.json"
+
+heading "[ext4 top] an ext4 /boot and an xfs /srv mounted inside the root"
+for part in boot:ext4 srv:xfs; do
+  name=${part%%:*} fstype=${part##*:}
+  truncate -s 320M "$scratch/$name.img"
+  "mkfs.$fstype" -q "$scratch/$name.img" 2>/dev/null || "mkfs.$fstype" -q -f "$scratch/$name.img"
+  mkdir -p "$scratch/top/$name"
+  mount -o loop "$scratch/$name.img" "$scratch/top/$name"
+  echo "$name on $fstype" >"$scratch/top/$name/README"
+done
+printf '{"name": "kernel", "steps": [{"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"}]}\n' \
+  >"$scratch/kernel.json"
+expect_exit 2 "$snapinst" apply "$scratch/kernel.json" --root "$scratch/top"
+printf '{"name": "grub", "steps": [{"id": "grub", "type": "run", "command": ["/bin/sh", "-c", "echo cfg > /boot/grub.cfg"]}]}\n' \
+  >"$scratch/grub.json"
+expect_exit 1 "$snapinst" apply "$scratch/grub.json" --root "$scratch/top"
+check "/boot is untouched" test "$(ls "$scratch/top/boot" | tr '\n' ' ')" = "README lost+found "
+printf '{"name": "motd", "steps": [{"id": "motd", "type": "run", "command": ["/bin/sh", "-c", "echo hi > /etc/motd"]}]}\n' \
+  >"$scratch/motd.json"
+expect_exit 0 "$snapinst" apply "$scratch/motd.json" --root "$scratch/top"
+check "/etc/motd was committed" grep -qx hi "$scratch/top/etc/motd"
+check "/srv still shows the xfs filesystem" grep -qx "srv on xfs" "$scratch/top/srv/README"
 
 heading "Result"
 if [ "$failures" -eq 0 ]; then
