@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 const SANDBOX_DIRS: [&str; 5] = ["proc", "sys", "dev", "tmp", "run"];
 
 /// A filesystem mounted inside the root that the stage does not carry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Unstaged {
     /// Where it is mounted, relative to the root (`boot/efi`).
     pub rel: PathBuf,
@@ -124,37 +124,23 @@ impl Layout {
         None
     }
 
-    /// Fail when the filesystems mounted inside the root are not the ones of `earlier` (one was mounted or
-    /// unmounted while the transaction ran): what the stage carries would no longer match the machine.
+    /// Fail when the filesystems mounted inside the root are not the ones of `self`, read earlier (one was mounted
+    /// or unmounted while the transaction ran): what the stage carries would no longer match the machine.
     pub fn same_mounts(&self, now: &Layout) -> Result<()> {
-        let key = |l: &Layout| -> Vec<(PathBuf, String, String)> {
-            let mut k: Vec<_> =
-                l.unstaged.iter().map(|u| (u.rel.clone(), u.fstype.clone(), u.source.clone())).collect();
-            k.sort();
-            k
+        // The mounts of `a` that `b` does not have, described.
+        let missing = |a: &Layout, b: &Layout| -> Vec<String> {
+            a.unstaged.iter().filter(|u| !b.unstaged.contains(u)).map(Unstaged::describe).collect()
         };
-        let (was, is) = (key(self), key(now));
-        if was == is {
-            return Ok(());
-        }
-        let gone: Vec<String> = self
-            .unstaged
-            .iter()
-            .filter(|u| !is.contains(&(u.rel.clone(), u.fstype.clone(), u.source.clone())))
-            .map(Unstaged::describe)
-            .collect();
-        let new: Vec<String> = now
-            .unstaged
-            .iter()
-            .filter(|u| !was.contains(&(u.rel.clone(), u.fstype.clone(), u.source.clone())))
-            .map(Unstaged::describe)
-            .collect();
+        let (gone, new) = (missing(self, now), missing(now, self));
         let mut what = Vec::new();
         if !gone.is_empty() {
             what.push(format!("unmounted: {}", gone.join(", ")));
         }
         if !new.is_empty() {
             what.push(format!("mounted: {}", new.join(", ")));
+        }
+        if what.is_empty() {
+            return Ok(());
         }
         anyhow::bail!("the filesystems mounted inside the root changed while the transaction ran ({})", what.join("; "))
     }
