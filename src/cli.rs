@@ -77,6 +77,10 @@ enum Command {
         /// When a step fails, keep the stage (checkpointed after every step) for `resume` or `abort`.
         #[arg(long, conflicts_with = "dry_run")]
         keep_failed: bool,
+        /// Leave the filesystem mounted at PATH (inside the root, e.g. /srv) out of the transaction instead of
+        /// staging it; a step that writes there fails. Repeatable.
+        #[arg(long = "exclude-mount", value_name = "PATH")]
+        exclude_mount: Vec<PathBuf>,
     },
     /// Continue a transaction kept by `apply --keep-failed`, reading its plan file again.
     Resume {
@@ -172,7 +176,7 @@ pub fn run() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Apply { plan, root, backend, keep, boot_tries, dry_run, confirm, yes, keep_failed } => {
+        Command::Apply { plan, root, backend, keep, boot_tries, dry_run, confirm, yes, keep_failed, exclude_mount } => {
             let opts = commands::apply::ApplyOptions {
                 backend: backend.fixed(),
                 keep: keep as usize,
@@ -180,6 +184,7 @@ pub fn run() -> ExitCode {
                 dry_run,
                 confirm: commands::apply::Confirm::from_flags(confirm, yes),
                 keep_failed,
+                exclude_mounts: exclude_mount,
             };
             commands::apply::run(&plan, &root, &opts)
         }

@@ -57,6 +57,8 @@ pub(crate) struct MountInfo {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// Mounted read-only (the per-mount `ro` flag).
+    pub read_only: bool,
 }
 
 /// The mountinfo entry of the mount that holds `path`.
@@ -111,11 +113,12 @@ fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     let _devno = fields.next()?;
     let _fs_root = fields.next()?;
     let mount_point = unescape(fields.next()?);
+    let read_only = fields.next()?.split(',').any(|o| o == "ro");
     let rest: Vec<&str> = fields.collect();
     let sep = rest.iter().position(|f| *f == "-")?;
     let fstype = rest.get(sep + 1)?.to_string();
     let source = unescape(rest.get(sep + 2)?).to_string_lossy().into_owned();
-    Some(MountInfo { id, mount_point, fstype, source: source.to_string() })
+    Some(MountInfo { id, mount_point, fstype, source: source.to_string(), read_only })
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space).
@@ -150,5 +153,6 @@ mod tests {
         assert_eq!(m.mount_point, PathBuf::from("/mnt/my root"));
         assert_eq!(m.fstype, "btrfs");
         assert_eq!(m.source, "/dev/loop0");
+        assert!(!m.read_only);
     }
 }

@@ -36,6 +36,9 @@ pub(crate) struct Generation {
     pub time: u64,
     pub plan: Option<String>,
     pub txn: Option<String>,
+    /// The filesystems inside the root (relative to it) that this generation's transaction staged as parts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PathBuf>,
 }
 
 /// `state.json`: the generations of a root and which one is current.
@@ -84,7 +87,14 @@ impl State {
             current: 0,
             next: 1,
             keep,
-            generations: vec![Generation { generation: 0, parent: None, time: fsutil::now(), plan: None, txn: None }],
+            generations: vec![Generation {
+                generation: 0,
+                parent: None,
+                time: fsutil::now(),
+                plan: None,
+                txn: None,
+                parts: Vec::new(),
+            }],
             current_subvol: None,
             pending: None,
             boot_tries: default_boot_tries(),
@@ -94,6 +104,14 @@ impl State {
 
     pub fn generation(&self, n: u64) -> Option<&Generation> {
         self.generations.iter().find(|g| g.generation == n)
+    }
+
+    /// Every filesystem (relative to the root) that a kept generation staged as a part, outermost first.
+    pub fn parts(&self) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = self.generations.iter().flat_map(|g| g.parts.iter().cloned()).collect();
+        all.sort_by_key(|p| (p.components().count(), p.clone()));
+        all.dedup();
+        all
     }
 
     /// The chain of generations from `n` up to the oldest kept ancestor, `n` first.
@@ -178,6 +196,12 @@ pub(crate) struct TxnRecord {
     pub swaps: Vec<PlannedSwap>,
     #[serde(default)]
     pub swaps_done: usize,
+    /// The rollback's progress in each part (by its path relative to the root), as `swaps_done` is the root's.
+    #[serde(default)]
+    pub part_swaps_done: std::collections::BTreeMap<String, usize>,
+    /// The filesystems inside the root (relative to it) staged as parts of this transaction, outermost first.
+    #[serde(default)]
+    pub parts: Vec<PathBuf>,
     #[serde(default)]
     pub host_undo: Vec<HostUndo>,
     /// The root is running (mounted on its own): the new generation must prove it boots.
@@ -218,6 +242,8 @@ impl TxnRecord {
             incoming_subvol: None,
             swaps: Vec::new(),
             swaps_done: 0,
+            part_swaps_done: Default::default(),
+            parts: Vec::new(),
             host_undo: Vec::new(),
             boot_pending: false,
             failed_step: None,

@@ -34,27 +34,34 @@ pub(super) fn plan_rollback(rec: &mut TxnRecord, state: &State) -> Result<()> {
     Ok(())
 }
 
+/// Carry out `swaps` from `*done` on, recording progress with `on_progress(done)` after each delta. With
+/// `optional`, a generation without a delta here (a part that was not staged then) has nothing to swap.
 pub(super) fn rollback(
     ctx: &Ctx,
-    rec: &mut TxnRecord,
-    on_progress: &mut dyn FnMut(&TxnRecord) -> Result<()>,
+    swaps: &[PlannedSwap],
+    done: &mut usize,
+    optional: bool,
+    on_progress: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<()> {
     let tree = Root::open(&ctx.root)?;
-    while rec.swaps_done < rec.swaps.len() {
-        let s = rec.swaps[rec.swaps_done].clone();
+    while *done < swaps.len() {
+        let s = &swaps[*done];
         let direction = if s.forward { Direction::Forward } else { Direction::Backward };
-        let mut first = true;
-        Delta::at(&ctx.state.gen_path(s.generation))
-            .swap(&tree, direction, || {
-                if std::mem::take(&mut first) {
-                    crate::failpoint::hit("rollback-mid-swap");
-                }
-            })
-            .with_context(|| {
-                format!("swapping generation {}'s changes {}", s.generation, if s.forward { "in" } else { "out" })
-            })?;
-        rec.swaps_done += 1;
-        on_progress(rec)?;
+        let delta = Delta::at(&ctx.state.gen_path(s.generation));
+        if !(optional && !delta.dir.exists()) {
+            let mut first = true;
+            delta
+                .swap(&tree, direction, || {
+                    if std::mem::take(&mut first) {
+                        crate::failpoint::hit("rollback-mid-swap");
+                    }
+                })
+                .with_context(|| {
+                    format!("swapping generation {}'s changes {}", s.generation, if s.forward { "in" } else { "out" })
+                })?;
+        }
+        *done += 1;
+        on_progress(*done)?;
     }
     Ok(())
 }

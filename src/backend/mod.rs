@@ -3,6 +3,12 @@
 //! (idempotent roll-forward), finish (keep the previous tree as a generation), discard (idempotent), roll back to a
 //! generation, and prune one. Every operation is re-runnable after a crash at any instant; that is what lets
 //! `recover` finish or undo any interrupted transaction from its record alone.
+//!
+//! A transaction is a list of parts: the root, and every filesystem mounted inside it that is staged on its own
+//! (see `submounts`). A part is managed as a root of its own by the overlay backend, with its state area at the top
+//! of its filesystem; its stage is mounted at its path inside the root's stage, so a step sees the tree the machine
+//! sees. Each operation here does its work on every part, so the commands never ask how many there are: all parts
+//! are prepared and made durable before the one commit record, and all are rolled forward after it.
 
 mod btrfs;
 mod delta_gens;
@@ -12,7 +18,8 @@ mod scratch;
 
 use crate::state::{BackendKind, State, StateDir, TxnRecord};
 use crate::steps::ChangeGuard;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use nix::mount::MsFlags;
 use std::path::{Path, PathBuf};
 
 /// What the operations of a backend need to know about a root.
@@ -22,7 +29,16 @@ pub(crate) struct Ctx {
     pub state: StateDir,
     /// The state area relative to the root, when it is inside the root (then a stage must hide it).
     pub state_area: Option<PathBuf>,
+    /// The filesystems inside the root staged on their own, outermost first.
+    pub parts: Vec<Part>,
     btrfs: Option<btrfs::Paths>,
+}
+
+/// A filesystem mounted inside the root and staged on its own: `rel` is where (relative to the root), and `ctx`
+/// manages it as a root of its own (overlay backend, state area at the top of its filesystem, no parts).
+pub(crate) struct Part {
+    pub rel: PathBuf,
+    pub ctx: Ctx,
 }
 
 impl Ctx {
@@ -33,12 +49,41 @@ impl Ctx {
             _ => None,
         };
         let state_area = state_area(root, &state.dir);
-        Ok(Ctx { kind, root: root.to_path_buf(), state: state.clone(), state_area, btrfs })
+        Ok(Ctx { kind, root: root.to_path_buf(), state: state.clone(), state_area, parts: Vec::new(), btrfs })
     }
 
-    /// What is inside the root besides its tree, read from the mount table now.
+    /// The same root with the filesystems mounted at `rels` (relative to it, outermost first) as its parts.
+    pub fn with_parts(mut self, rels: &[PathBuf]) -> Result<Ctx> {
+        self.parts = rels
+            .iter()
+            .map(|rel| {
+                let root = self.root.join(rel);
+                let state = StateDir { dir: root.join(crate::submounts::PART_STATE_DIR) };
+                Ok(Part { rel: rel.clone(), ctx: Ctx::new(BackendKind::Overlay, &root, &state)? })
+            })
+            .collect::<Result<_>>()?;
+        Ok(self)
+    }
+
+    /// Where the parts are, relative to the root.
+    pub fn part_rels(&self) -> Vec<PathBuf> {
+        self.parts.iter().map(|p| p.rel.clone()).collect()
+    }
+
+    /// The root's own part, then every other one.
+    fn all(&self) -> impl Iterator<Item = &Ctx> {
+        std::iter::once(self).chain(self.parts.iter().map(|p| &p.ctx))
+    }
+
+    /// What is inside the root besides its tree, read from the mount table now; the parts are this context's.
     pub fn layout(&self) -> Result<crate::submounts::Layout> {
-        crate::submounts::Layout::read(&self.root, self.state_area.as_deref())
+        let rels = self.part_rels();
+        crate::submounts::Layout::read(
+            &self.root,
+            self.state_area.as_deref(),
+            self.kind,
+            crate::submounts::Selection::Exactly(&rels),
+        )
     }
 
     fn btrfs(&self) -> &btrfs::Paths {
@@ -87,13 +132,41 @@ pub(crate) fn check_usable(kind: BackendKind, root: &Path, state_dir: &Path) -> 
     }
 }
 
-/// Make the stage for `rec` and return the directory the steps run in.
+/// Make the stage for `rec`, every part's mounted at its path in the root's, and return the directory the steps
+/// run in.
 pub(crate) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
+    let stage = prepare_one(ctx, rec)?;
+    for p in &ctx.parts {
+        p.ctx.state.create()?;
+        let part_stage = prepare_one(&p.ctx, rec).with_context(|| format!("staging /{}", p.rel.display()))?;
+        bind_part(&part_stage, &stage, p)?;
+    }
+    Ok(stage)
+}
+
+fn prepare_one(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     match ctx.kind {
         BackendKind::Btrfs => btrfs::prepare(ctx.btrfs(), rec),
         BackendKind::Overlay => overlay::prepare(ctx, rec),
         BackendKind::Journal => journal::prepare(ctx, rec),
     }
+}
+
+/// Mount a part's stage at its path inside the root's stage (in snapinst's private namespace), with what is
+/// mounted in it (the tmpfs hiding its state area).
+fn bind_part(part_stage: &Path, stage: &Path, p: &Part) -> Result<()> {
+    let at = stage.join(&p.rel);
+    nix::mount::mount(Some(part_stage), &at, None::<&str>, nix::mount::MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .with_context(|| format!("mounting the stage of /{} at {}", p.rel.display(), at.display()))
+}
+
+/// Take the parts' stages off the root's stage, deepest first (idempotent: nothing is mounted after a crash).
+fn unbind_parts(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    let Some(stage) = &rec.stage else { return Ok(()) };
+    for p in ctx.parts.iter().rev() {
+        crate::mounts::unmount_below(&stage.join(&p.rel))?;
+    }
+    Ok(())
 }
 
 /// The guard file steps report to.
@@ -104,8 +177,16 @@ pub(crate) fn guard(ctx: &Ctx, rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> 
     }
 }
 
-/// Everything that must be durable before the commit record is written.
+/// Everything that must be durable before the commit record is written, for every part.
 pub(crate) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    unbind_parts(ctx, rec)?;
+    for c in ctx.all() {
+        pre_commit_one(c, rec).with_context(|| format!("preparing the commit of {}", c.root.display()))?;
+    }
+    Ok(())
+}
+
+fn pre_commit_one(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     match ctx.kind {
         BackendKind::Btrfs => btrfs::pre_commit(ctx.btrfs(), rec),
         BackendKind::Overlay => overlay::pre_commit(ctx, rec),
@@ -113,8 +194,15 @@ pub(crate) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     }
 }
 
-/// Put the staged tree in place. Idempotent: recovery calls it again after a crash.
+/// Put the staged tree of every part in place. Idempotent: recovery calls it again after a crash.
 pub(crate) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    for c in ctx.all() {
+        commit_one(c, rec).with_context(|| format!("committing {}", c.root.display()))?;
+    }
+    Ok(())
+}
+
+fn commit_one(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     match ctx.kind {
         BackendKind::Btrfs => btrfs::commit(ctx.btrfs(), rec),
         BackendKind::Overlay => delta_gens::commit(ctx, rec),
@@ -131,54 +219,76 @@ pub(crate) fn commit_took_effect(ctx: &Ctx, rec: &TxnRecord) -> Result<bool> {
     }
 }
 
-/// Keep the previous tree as a generation and clean the stage and any checkpoints. Idempotent.
+/// Keep the previous tree as a generation and clean the stages and any checkpoints, of every part. Idempotent.
 pub(crate) fn finish(ctx: &Ctx, rec: &TxnRecord, state: &mut State) -> Result<()> {
     drop_checkpoints(ctx, rec, None)?;
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::finish(ctx.btrfs(), rec, state),
-        BackendKind::Overlay => overlay::finish(ctx, rec),
-        BackendKind::Journal => journal::finish(ctx, rec),
+    for c in ctx.all() {
+        match c.kind {
+            BackendKind::Btrfs => btrfs::finish(c.btrfs(), rec, state),
+            BackendKind::Overlay => overlay::finish(c, rec),
+            BackendKind::Journal => journal::finish(c, rec),
+        }?;
     }
+    Ok(())
 }
 
-/// Throw the stage (and any checkpoints) away. Idempotent, and never touches a tree that was committed.
+/// Throw the stages (and any checkpoints) of every part away. Idempotent, and never touches a tree that was
+/// committed.
 pub(crate) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    unbind_parts(ctx, rec)?;
     drop_checkpoints(ctx, rec, None)?;
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::discard(ctx.btrfs(), rec),
-        BackendKind::Overlay => overlay::discard(ctx, rec),
-        BackendKind::Journal => journal::discard(ctx, rec),
+    for c in ctx.all() {
+        match c.kind {
+            BackendKind::Btrfs => btrfs::discard(c.btrfs(), rec),
+            BackendKind::Overlay => overlay::discard(c, rec),
+            BackendKind::Journal => journal::discard(c, rec),
+        }?;
     }
+    Ok(())
 }
 
 /// `--keep-failed`: keep the stage as it is after `n` steps (btrfs: a read-only snapshot; overlay: a copy of the
 /// upper layer).
 pub(crate) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::take_checkpoint(ctx.btrfs(), rec, n),
-        BackendKind::Overlay => overlay::take_checkpoint(ctx, rec, n),
-        BackendKind::Journal => bail!("the journal backend has no stage to checkpoint"),
+    for c in ctx.all() {
+        match c.kind {
+            BackendKind::Btrfs => btrfs::take_checkpoint(c.btrfs(), rec, n),
+            BackendKind::Overlay => overlay::take_checkpoint(c, rec, n),
+            BackendKind::Journal => bail!("the journal backend has no stage to checkpoint"),
+        }?;
     }
+    Ok(())
 }
 
-/// Put the stage back as it was at checkpoint `n`, dropping the later checkpoints; returns where the steps run.
+/// Put every part's stage back as it was at checkpoint `n`, dropping the later checkpoints; returns where the
+/// steps run.
 pub(crate) fn restore_checkpoint(ctx: &Ctx, rec: &mut TxnRecord, n: usize) -> Result<PathBuf> {
-    let stage = match ctx.kind {
-        BackendKind::Btrfs => btrfs::restore_checkpoint(ctx.btrfs(), rec, n)?,
-        BackendKind::Overlay => overlay::restore_checkpoint(ctx, rec, n)?,
-        BackendKind::Journal => bail!("the journal backend has no stage to restore"),
-    };
+    unbind_parts(ctx, rec)?;
+    let mut stages = Vec::new();
+    for c in ctx.all() {
+        stages.push(match c.kind {
+            BackendKind::Btrfs => btrfs::restore_checkpoint(c.btrfs(), rec, n)?,
+            BackendKind::Overlay => overlay::restore_checkpoint(c, rec, n)?,
+            BackendKind::Journal => bail!("the journal backend has no stage to restore"),
+        });
+    }
+    for (p, part_stage) in ctx.parts.iter().zip(&stages[1..]) {
+        bind_part(part_stage, &stages[0], p)?;
+    }
     drop_checkpoints(ctx, rec, Some(n))?;
-    Ok(stage)
+    Ok(stages.swap_remove(0))
 }
 
-/// Delete a transaction's checkpoints after `keep`, or all of them. Idempotent.
+/// Delete a transaction's checkpoints after `keep`, or all of them, in every part. Idempotent.
 pub(crate) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::drop_checkpoints(ctx.btrfs(), &rec.txn, keep),
-        BackendKind::Overlay => overlay::drop_checkpoints(ctx, rec, keep),
-        BackendKind::Journal => Ok(()),
+    for c in ctx.all() {
+        match c.kind {
+            BackendKind::Btrfs => btrfs::drop_checkpoints(c.btrfs(), &rec.txn, keep),
+            BackendKind::Overlay => overlay::drop_checkpoints(c, rec, keep),
+            BackendKind::Journal => Ok(()),
+        }?;
     }
+    Ok(())
 }
 
 /// The entries of a checkpoint directory numbered after `keep` (every entry when None; stray names too).
@@ -195,33 +305,61 @@ fn checkpoints_after(dir: &Path, keep: Option<usize>) -> Result<Vec<PathBuf>> {
     Ok(stale)
 }
 
-/// A kept transaction's stage as a tree to compare with the root (overlay: mounted privately).
+/// A kept transaction's stage, its parts' mounted in it, as a tree to compare with the root (overlay: mounted
+/// privately).
 pub(crate) fn kept_stage(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
-    match ctx.kind {
-        BackendKind::Btrfs => Ok(btrfs::stage_of(ctx.btrfs(), rec)),
-        BackendKind::Overlay => overlay::stage_view(ctx, rec),
+    let view = |c: &Ctx| match c.kind {
+        BackendKind::Btrfs => Ok(btrfs::stage_of(c.btrfs(), rec)),
+        BackendKind::Overlay => overlay::stage_view(c, rec),
         BackendKind::Journal => bail!("the journal backend keeps no stage"),
+    };
+    let stage = view(ctx)?;
+    for p in &ctx.parts {
+        if !crate::mounts::is_mount_point(&stage.join(&p.rel))? {
+            bind_part(&view(&p.ctx)?, &stage, p)?;
+        }
     }
+    Ok(stage)
 }
 
 /// Plan a rollback from the current generation to `rec.to_generation` (fills the record; changes nothing).
 pub(crate) fn plan_rollback(ctx: &Ctx, rec: &mut TxnRecord, state: &State) -> Result<()> {
     match ctx.kind {
-        BackendKind::Btrfs => btrfs::plan_rollback(ctx.btrfs(), rec),
+        BackendKind::Btrfs if ctx.parts.is_empty() => btrfs::plan_rollback(ctx.btrfs(), rec),
+        BackendKind::Btrfs => bail!("a btrfs root with parts cannot be rolled back"),
         _ => delta_gens::plan_rollback(rec, state),
     }
 }
 
-/// Carry out a planned rollback. Idempotent; `on_progress` persists the record after each part.
+/// Carry out a planned rollback, on every part. Idempotent; `on_progress` persists the record after each delta.
 pub(crate) fn rollback(
     ctx: &Ctx,
     rec: &mut TxnRecord,
     on_progress: &mut dyn FnMut(&TxnRecord) -> Result<()>,
 ) -> Result<()> {
     match ctx.kind {
-        BackendKind::Btrfs => btrfs::rollback(ctx.btrfs(), rec),
-        _ => delta_gens::rollback(ctx, rec, on_progress),
+        BackendKind::Btrfs => btrfs::rollback(ctx.btrfs(), rec)?,
+        _ => {
+            let swaps = rec.swaps.clone();
+            let mut done = rec.swaps_done;
+            delta_gens::rollback(ctx, &swaps, &mut done, false, &mut |d| {
+                rec.swaps_done = d;
+                on_progress(rec)
+            })?;
+        }
     }
+    for p in &ctx.parts {
+        let key = p.rel.to_string_lossy().into_owned();
+        let swaps = rec.swaps.clone();
+        let mut done = rec.part_swaps_done.get(&key).copied().unwrap_or(0);
+        // A generation that was committed before this filesystem was a part has no delta on it.
+        delta_gens::rollback(&p.ctx, &swaps, &mut done, true, &mut |d| {
+            rec.part_swaps_done.insert(key.clone(), d);
+            on_progress(rec)
+        })
+        .with_context(|| format!("rolling back /{}", p.rel.display()))?;
+    }
+    Ok(())
 }
 
 /// Whether a planned rollback has taken effect (for btrfs: the exchange happened).
@@ -256,12 +394,15 @@ pub(crate) fn prunable(ctx: &Ctx, state: &State) -> Vec<u64> {
     }
 }
 
-/// Drop generation `n`'s storage (its record was already removed from state.json). Idempotent.
+/// Drop generation `n`'s storage in every part (its record was already removed from state.json). Idempotent.
 pub(crate) fn drop_generation(ctx: &Ctx, n: u64, state: &State) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::drop_generation(ctx.btrfs(), n),
-        _ => delta_gens::drop_generation(ctx, n, state),
+    for c in ctx.all() {
+        match c.kind {
+            BackendKind::Btrfs => btrfs::drop_generation(c.btrfs(), n),
+            _ => delta_gens::drop_generation(c, n, state),
+        }?;
     }
+    Ok(())
 }
 
 /// Whether the next mount or boot of the root will see another tree than the one mounted now (btrfs mount points).
@@ -273,6 +414,14 @@ pub(crate) fn next_boot_differs(kind: BackendKind, root: &Path, state: &State) -
 /// storage of generations that state.json no longer keeps; a kept transaction's stage stays. Call only with the
 /// lock held and no unfinished transaction.
 pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
+    let mut removed = sweep_one(ctx, state)?;
+    for p in &ctx.parts {
+        removed.extend(sweep_one(&p.ctx, state)?);
+    }
+    Ok(removed)
+}
+
+fn sweep_one(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let kept = ctx.state.kept()?.map(|t| t.txn);
     for dir in [ctx.state.dir.join("stage"), ctx.state.gens_dir()] {

@@ -11,7 +11,7 @@ use crate::lock::RootLock;
 use crate::plan::{Action, Plan, Step};
 use crate::state::{BackendKind, HostUndo, Phase, State, StateDir, TxnKind, TxnRecord};
 use crate::steps::{self, StepContext, StepFailure};
-use crate::submounts::Layout;
+use crate::submounts::{Layout, Selection};
 use crate::{failpoint, fsutil, mounts, plan, registry, sandbox, treediff};
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -28,6 +28,8 @@ pub(crate) struct ApplyOptions {
     pub confirm: Option<Confirm>,
     /// On a step failure, keep the stage (with a checkpoint after every step) for `resume` or `abort`.
     pub keep_failed: bool,
+    /// `--exclude-mount`: filesystems inside the root (as paths inside it) not to stage.
+    pub exclude_mounts: Vec<std::path::PathBuf>,
 }
 
 /// `--confirm`: show the changes, then ask on the terminal, or (`--yes`) commit without asking.
@@ -75,7 +77,9 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     let prior = loc.state.load().map_err(|e| Refused(format!("{e:#}")))?;
     let kind = choose_backend(&loc.root, opts.backend, prior.as_ref())?;
     backend::check_usable(kind, &loc.root, &loc.state.dir).map_err(|e| Refused(format!("{e:#}")))?;
-    let layout = Layout::read(&loc.root, backend::state_area(&loc.root, &loc.state.dir).as_deref())?;
+    let excluded = excluded_mounts(&loc.root, &opts.exclude_mounts)?;
+    let state_area = backend::state_area(&loc.root, &loc.state.dir);
+    let layout = Layout::read(&loc.root, state_area.as_deref(), kind, Selection::AllBut(&excluded))?;
     refuse_exchange_under_mounts(kind, &loc.root, &layout)?;
     check_plan_fits(plan_file, &plan, kind, &loc.state.dir, &loc.root, &layout)?;
     if opts.confirm.is_some() && kind == BackendKind::Journal {
@@ -101,7 +105,9 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     state.keep = opts.keep;
     state.boot_tries = opts.boot_tries;
     registry::register(&loc.root, args.state_dir.as_deref().map(|_| loc.state.dir.as_path()))?;
-    let ctx = Ctx::new(kind, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
+    let ctx = Ctx::new(kind, &loc.root, &loc.state)
+        .and_then(|c| c.with_parts(&layout.part_rels()))
+        .map_err(|e| Refused(format!("{e:#}")))?;
     let plan_file = std::path::absolute(plan_file).with_context(|| format!("resolving {}", plan_file.display()))?;
     let txn = Transaction {
         ctx: &ctx,
@@ -176,13 +182,33 @@ fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>
     }
 }
 
+/// `--exclude-mount` paths, relative to the root; each must be a filesystem mounted inside it.
+fn excluded_mounts(root: &Path, given: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>> {
+    let mut rels = Vec::new();
+    for p in given {
+        let rel = p.strip_prefix("/").unwrap_or(p).to_path_buf();
+        let at = root.join(&rel);
+        if rel.as_os_str().is_empty() || !at.is_dir() || !mounts::is_mount_point(&at)? {
+            return refuse(format!(
+                "--exclude-mount {}: no filesystem is mounted at {} (give the mount point as a path inside the root)",
+                p.display(),
+                at.display()
+            ));
+        }
+        rels.push(rel);
+    }
+    Ok(rels)
+}
+
 /// The btrfs backend commits by renaming a directory root's subvolume: filesystems mounted inside it would stay
 /// with the replaced tree, out of sight. (A root mounted on its own is exchanged for its next mount instead.)
 fn refuse_exchange_under_mounts(kind: BackendKind, root: &Path, layout: &Layout) -> Result<()> {
-    if kind != BackendKind::Btrfs || layout.mount_points.is_empty() || mounts::is_mount_point(root)? {
+    let points: Vec<&std::path::PathBuf> =
+        layout.hidden_mounts.iter().chain(layout.parts.iter().map(|p| &p.rel)).collect();
+    if kind != BackendKind::Btrfs || points.is_empty() || mounts::is_mount_point(root)? {
         return Ok(());
     }
-    let list: Vec<String> = layout.mount_points.iter().map(|p| format!("/{}", p.display())).collect();
+    let list: Vec<String> = points.iter().map(|p| format!("/{}", p.display())).collect();
     refuse(format!(
         "filesystems are mounted inside {} ({}); the btrfs backend commits by renaming the root's subvolume, and          they would stay with the replaced tree: unmount them first, or manage a subvolume mounted on its own",
         root.display(),
@@ -228,8 +254,24 @@ fn check_plan_fits(
     let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(root);
     // With the state area inside the root, an overlay stage writes what changes twice: on its scratch filesystem,
     // then in the delta copied from it.
-    let copies = if kind == BackendKind::Overlay && layout.state_area.is_some() { 2 } else { 1 };
+    let state_inside = backend::state_area(root, state_dir).is_some();
+    let copies = if kind == BackendKind::Overlay && state_inside { 2 } else { 1 };
     let need = copies * plan.bytes_written() + SPACE_MARGIN;
+    for p in &layout.parts {
+        // A part's writes are not known in advance: ask for the margin, on its own filesystem.
+        let part_root = root.join(&p.rel);
+        backend::check_usable(BackendKind::Overlay, &part_root, &part_root.join(crate::submounts::PART_STATE_DIR))
+            .map_err(|e| Refused(format!("{} cannot be staged: {e:#}", p.describe())))?;
+        let free = fsutil::free_bytes(&part_root)?;
+        if free < SPACE_MARGIN {
+            return refuse(format!(
+                "not enough free space on {}: staging it needs {} MiB, {} MiB are free",
+                p.describe(),
+                SPACE_MARGIN >> 20,
+                free >> 20
+            ));
+        }
+    }
     let have = fsutil::free_bytes(holder)?;
     if have < need {
         return refuse(format!(
@@ -264,6 +306,7 @@ impl Transaction<'_> {
         rec.plan = Some(self.plan.name.clone());
         rec.plan_sha256 = Some(self.plan.sha256.clone());
         rec.boot_pending = self.ctx.kind == BackendKind::Btrfs && mounts::is_mount_point(&self.ctx.root)?;
+        rec.parts = self.ctx.part_rels();
         self.sd().write_txn(&rec)?;
         failpoint::hit("apply-after-record");
         let total = self.plan.steps.len();
@@ -429,15 +472,24 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Say which filesystems inside the root the stage does not carry.
+    /// Say which filesystems inside the root are staged with it, and which are left out.
     fn announce_unstaged(&self, txn: &str) {
+        for p in &self.layout.parts {
+            self.out.event(
+                "part",
+                json!({"txn": txn, "path": Path::new("/").join(&p.rel), "fstype": p.fstype, "source": p.source}),
+            );
+            self.out.say(format!("snapinst: {} is staged with the root", p.describe()));
+        }
         for u in &self.layout.unstaged {
+            let why = u.unstaged_because.as_deref().unwrap_or("?");
             self.out.event(
                 "unstaged_mount",
-                json!({"txn": txn, "path": Path::new("/").join(&u.rel), "fstype": u.fstype, "source": u.source}),
+                json!({"txn": txn, "path": Path::new("/").join(&u.rel), "fstype": u.fstype, "source": u.source,
+                       "reason": why}),
             );
             self.out.say(format!(
-                "snapinst: {} is left out of the transaction (snapinst does not stage it); a step that writes there fails",
+                "snapinst: {} is left out of the transaction ({why}); a step that writes there fails",
                 u.describe()
             ));
         }

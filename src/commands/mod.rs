@@ -153,6 +153,7 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
             time: fsutil::now(),
             plan: rec.plan.clone(),
             txn: Some(rec.txn.clone()),
+            parts: rec.parts.clone(),
         });
     }
     state.current = rec.to_generation;

@@ -78,7 +78,7 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result
     }
     for mut rec in unfinished {
         let mut state = sd.load()?.unwrap_or_else(|| State::new(root, rec.backend, 5));
-        let ctx = Ctx::new(rec.backend, root, sd)?;
+        let ctx = Ctx::new(rec.backend, root, sd)?.with_parts(&rec.parts)?;
         let action = match rec.kind {
             TxnKind::Apply => recover_apply(&ctx, &mut rec, &mut state),
             TxnKind::Rollback => rollback::recover(&ctx, &mut rec, &mut state),
@@ -88,7 +88,7 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result
         out.say(format!("snapinst: {}: transaction {} {}", root.display(), rec.txn, action.replace('_', " ")));
     }
     if let Some(state) = sd.load()? {
-        let ctx = Ctx::new(state.backend, root, sd)?;
+        let ctx = Ctx::new(state.backend, root, sd)?.with_parts(&state.parts())?;
         for path in backend::sweep(&ctx, &state)? {
             out.say(format!("snapinst: removed leftover {}", path.display()));
         }

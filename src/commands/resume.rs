@@ -38,7 +38,9 @@ fn open_kept(args: &RootArgs) -> Result<Kept> {
             loc.root.display()
         ));
     };
-    let ctx = Ctx::new(rec.backend, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
+    let ctx = Ctx::new(rec.backend, &loc.root, &loc.state)
+        .and_then(|c| c.with_parts(&rec.parts))
+        .map_err(|e| Refused(format!("{e:#}")))?;
     Ok(Kept { ctx, rec, _lock: lock })
 }
 

@@ -41,7 +41,22 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
         out.event("summary", json!({"txn": null, "outcome": "nothing", "generation": target}));
         return Ok(Outcome::Done);
     }
-    let ctx = Ctx::new(state.backend, &loc.root, &loc.state).map_err(|e| Refused(format!("{e:#}")))?;
+    let parts = state.parts();
+    for rel in &parts {
+        let at = loc.root.join(rel);
+        if !mounts::is_mount_point(&at).unwrap_or(false) {
+            return refuse(format!(
+                "generations of {} hold changes to the filesystem mounted at /{}, and nothing is mounted at {} now; \
+                 mount it first",
+                loc.root.display(),
+                rel.display(),
+                at.display()
+            ));
+        }
+    }
+    let ctx = Ctx::new(state.backend, &loc.root, &loc.state)
+        .and_then(|c| c.with_parts(&parts))
+        .map_err(|e| Refused(format!("{e:#}")))?;
     let t0 = std::time::Instant::now();
     let rec = switch(&ctx, &mut state, target, &out)?;
     let ms = t0.elapsed().as_millis() as u64;
@@ -57,6 +72,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
 pub(crate) fn switch(ctx: &Ctx, state: &mut State, target: u64, out: &Reporter) -> Result<TxnRecord> {
     let root = &ctx.root;
     let mut rec = TxnRecord::new(TxnKind::Rollback, state.backend, root, state.current, target);
+    rec.parts = ctx.part_rels();
     ctx.state.write_txn(&rec)?;
     out.event(
         "started",
