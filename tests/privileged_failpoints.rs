@@ -157,6 +157,15 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
     let img = populated_in(backend, layout);
     let root = img.root();
     let host = host_tempdir();
+    // With filesystems mounted inside, the plan writes into each of them too.
+    let hello_for = |tag: String| {
+        let h = Hello::new(backend, &tag, host.path());
+        if layout == Layout::WithMounts {
+            h.writing_into(&["/boot", "/srv/www"])
+        } else {
+            h
+        }
+    };
     let mut hit: Vec<(String, &'static str, State)> = Vec::new();
     let mut pre_commit_point: Option<String> = None;
     let mut post_commit_point: Option<String> = None;
@@ -165,7 +174,7 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
         let env = [(FP, name.as_str())];
 
         // A successful plan.
-        let hello = Hello::new(backend, &format!("-s{i}"), host.path());
+        let hello = hello_for(format!("-s{i}"));
         hello.prepare(&root);
         let m = manifest(&root);
         let before = Expect::new(&m);
@@ -196,7 +205,7 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
         }
 
         // A plan whose last step fails: whatever happens, the tree ends as before.
-        let hello = Hello::new(backend, &format!("-f{i}"), host.path());
+        let hello = hello_for(format!("-f{i}"));
         hello.prepare(&root);
         let m = manifest(&root);
         let before = Expect::new(&m);
@@ -214,7 +223,7 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
         hello.assert_host_rolled_back();
 
         // Rolling back a generation.
-        let hello = Hello::new(backend, &format!("-r{i}"), host.path());
+        let hello = hello_for(format!("-r{i}"));
         hello.prepare(&root);
         let m_pre = manifest(&root);
         let g_pre = status_json(&root)["current_generation"].as_u64().expect("status current_generation");
@@ -243,7 +252,7 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
     for (crash_at, side) in [(&pre_commit_point, State::Before), (&post_commit_point, State::After)] {
         let Some(crash_at) = crash_at else { continue };
         for (j, name) in names.iter().enumerate() {
-            let hello = Hello::new(backend, &format!("-c{j}{side:?}"), host.path());
+            let hello = hello_for(format!("-c{j}{side:?}"));
             hello.prepare(&root);
             let m = manifest(&root);
             let before = Expect::new(&m);
@@ -289,7 +298,8 @@ backend_tests!(
     overlay => Overlay, journal => Journal
 );
 
-/// The root has an ext4 `/boot` and an xfs `/srv/www` mounted inside it; the manifests take them in.
+/// The root has an ext4 `/boot` and an xfs `/srv/www` mounted inside it, staged as parts of every
+/// transaction; the plan writes into both, and the manifests take them in.
 fn crash_at_every_failpoint_with_mounts_inside(backend: Backend) {
     crash_at_every_failpoint_in(backend, Layout::WithMounts)
 }

@@ -119,30 +119,107 @@ fn run_plan(name: &str, script: &str) -> PlanDir {
     PlanDir::new(&plan(name, vec![json!({"id": "script", "type": "run", "command": sh(script)})]), &[])
 }
 
-/// Every way a plan could write to a filesystem the stage does not carry fails out loud, names
-/// the path and the mount, and changes nothing; writes elsewhere commit and leave them alone.
-fn mounts_inside_are_never_written_silently(backend: Backend) {
+/// The ext4 `/boot` and xfs `/srv/www` mounted inside the root are parts of the transaction: the
+/// steps see them as the machine does, a commit changes them with the root, a rollback takes them
+/// back, and a failure leaves all three filesystems as they were.
+#[test]
+fn privileged_mounts_inside_are_staged_with_the_root() {
+    let backend = Backend::Overlay;
     let img = populated_in(backend, Layout::WithMounts);
     let root = img.root();
+    let host = host_tempdir();
+    let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/srv/www"]);
+    hello.prepare(&root);
+    let before = manifest(&root);
+
+    // The steps see what the machine sees there, and a failure changes no filesystem.
+    let seen = run_plan(
+        "look",
+        "test -f /boot/vmlinuz-1 && grep -q 'on xfs' /srv/www/vmlinuz-1 && echo x > /boot/x && exit 1",
+    );
+    let out = apply(&seen.path, &root, backend, &[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("exited with status 1"), "the script must reach its exit 1:\n{}", show(&out));
+    let lines = json_lines(&out);
+    let parts: Vec<&str> = events(&lines, "part").iter().map(|e| e["path"].as_str().unwrap_or("?")).collect();
+    assert_eq!(parts, ["/boot", "/srv/www"], "each staged filesystem is announced");
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_no_leftovers(&img);
+
+    // A dry run lists the changes on every filesystem.
+    let out = apply(&hello.plan_dir(&hello.plan()).path, &root, backend, &["--dry-run"]);
+    assert_code(&out, 0);
+    let changed: Vec<String> =
+        events(&json_lines(&out), "change").iter().map(|e| e["path"].as_str().unwrap_or("?").to_string()).collect();
+    for want in ["/boot/hello.img", "/boot/grub/grub.cfg", "/srv/www/hello.img", "/etc/hello.conf"] {
+        assert!(changed.iter().any(|c| c == want), "the dry run should list {want}: {changed:?}");
+    }
+    assert!(!changed.iter().any(|c| c.contains(".snapinst")), "state areas are never listed: {changed:?}");
+    assert_manifest_eq(&before, &manifest(&root));
+
+    let out = apply(&hello.plan_dir(&hello.plan()).path, &root, backend, &[]);
+    assert_code(&out, 0);
+    let mut after = Expect::new(&before);
+    hello.expect(&mut after);
+    after.check(&manifest(&root));
+    assert_no_leftovers(&img);
+    let list = list_json(&root);
+    assert_eq!(list["generations"][1]["parts"], json!(["boot", "srv/www"]), "list shows the parts: {list}");
+    assert_eq!(status_json(&root)["parts"], json!(["boot", "srv/www"]));
+
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    assert_manifest_eq_ctx(&before, &manifest(&root), "after the rollback");
+    assert_no_leftovers(&img);
+}
+
+/// Filesystems that are not staged (left out with --exclude-mount, mounted read-only, or under a
+/// backend that stages no other filesystem) are never written silently: a plan path on one is
+/// refused, a script's write there fails the transaction, both naming the path and the mount.
+fn unstaged_mounts_are_never_written_silently(backend: Backend) {
+    let img = populated_in(backend, Layout::WithMounts);
+    let root = img.root();
+    let www = root.join("srv/www");
+    if backend == Backend::Overlay {
+        nix::mount::mount(
+            None::<&str>,
+            &www,
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .expect("remounting /srv/www read-only");
+    }
+    let exclude: &[&str] = if backend == Backend::Overlay { &["--exclude-mount", "/boot"] } else { &[] };
+    let boot_why = if backend == Backend::Overlay {
+        "left out with --exclude-mount"
+    } else {
+        "the journal backend stages no other filesystem yet"
+    };
+    let www_why = if backend == Backend::Overlay {
+        "it is mounted read-only"
+    } else {
+        "the journal backend stages no other filesystem yet"
+    };
     let before = manifest(&root);
 
     let refusals = [
-        (
-            json!({"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"}),
-            "field \"path\": /boot/vmlinuz-2 is on ext4 mounted at /boot",
-        ),
-        (
-            json!({"id": "wipe", "type": "remove", "path": "/srv", "recursive": true}),
-            "/srv holds the mount point of xfs mounted at /srv/www",
-        ),
-        (json!({"id": "dir", "type": "dir", "path": "/srv/www/new"}), "/srv/www/new is on xfs mounted at /srv/www"),
+        (json!({"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"}),
+         format!("field \"path\": /boot/vmlinuz-2 is on ext4 mounted at /boot ({}), which snapinst does not stage ({boot_why})",
+                 img.mounted_inside()[0].loop_device().display())),
+        (json!({"id": "wipe", "type": "remove", "path": "/srv", "recursive": true}),
+         "/srv holds the mount point of xfs mounted at /srv/www".to_string()),
+        (json!({"id": "dir", "type": "dir", "path": "/srv/www/new"}), format!("/srv/www/new is on xfs mounted at /srv/www ({}), which snapinst does not stage ({www_why})", img.mounted_inside()[1].loop_device().display())),
     ];
     for (step, want) in refusals {
         let pd = PlanDir::new(&plan("refused", vec![step]), &[]);
-        let out = apply(&pd.path, &root, backend, &[]);
+        let out = apply(&pd.path, &root, backend, exclude);
         assert_code(&out, 2);
-        assert!(stderr(&out).contains(want), "{} backend: expected {want:?}\n{}", backend.name(), show(&out));
+        assert!(stderr(&out).contains(&want), "{} backend: expected {want:?}\n{}", backend.name(), show(&out));
         assert_manifest_eq(&before, &manifest(&root));
+    }
+    if backend == Backend::Journal {
+        return; // no run steps: the plan check is all there is
     }
 
     // The stage shows the (empty) directories underneath the mounts, so a script can write there.
@@ -155,7 +232,7 @@ fn mounts_inside_are_never_written_silently(backend: Backend) {
         ("echo row > /srv/www/orders.db", "a step added /srv/www/orders.db, which is on xfs mounted at /srv/www"),
     ];
     for (script, want) in writes {
-        let out = apply(&run_plan("hidden-write", script).path, &root, backend, &[]);
+        let out = apply(&run_plan("hidden-write", script).path, &root, backend, exclude);
         assert_code(&out, 1);
         assert!(stderr(&out).contains(want), "{} backend: expected {want:?}\n{}", backend.name(), show(&out));
         let lines = json_lines(&out);
@@ -167,14 +244,14 @@ fn mounts_inside_are_never_written_silently(backend: Backend) {
         assert_no_leftovers(&img);
     }
 
-    // A dry run compares the stage with the root without the mounted filesystems' contents.
-    let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, backend, &["--dry-run"]);
+    // Writes elsewhere commit, and a dry run leaves the unstaged filesystems' contents out.
+    let out =
+        apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, backend, &[&["--dry-run"], exclude].concat());
     assert_code(&out, 0);
     let changed: Vec<String> =
         events(&json_lines(&out), "change").iter().map(|e| e["path"].as_str().unwrap_or("?").to_string()).collect();
     assert_eq!(changed, ["/etc/ok"], "{} backend: the dry run's changes", backend.name());
-
-    let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, backend, &[]);
+    let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, backend, exclude);
     assert_code(&out, 0);
     let mut e = Expect::new(&before);
     e.file("/etc/ok", b"ok\n", 0o644, 0, 0);
@@ -182,10 +259,19 @@ fn mounts_inside_are_never_written_silently(backend: Backend) {
     assert_no_leftovers(&img);
 }
 backend_tests!(
-    privileged_mounts_inside_are_never_written_silently,
-    mounts_inside_are_never_written_silently,
-    overlay => Overlay
+    privileged_unstaged_mounts_are_never_written_silently,
+    unstaged_mounts_are_never_written_silently,
+    overlay => Overlay, journal => Journal
 );
+
+#[test]
+fn privileged_exclude_mount_must_name_a_mount_inside_the_root() {
+    let img = populated_in(Backend::Overlay, Layout::Top);
+    let root = img.root();
+    let out = apply(&run_plan("p", "true").path, &root, Backend::Overlay, &["--exclude-mount", "/etc"]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("--exclude-mount /etc: no filesystem is mounted at"), "{}", show(&out));
+}
 
 /// A btrfs root that is a plain directory commits by renaming its subvolume: the filesystems
 /// mounted inside it would stay with the old tree, so it is refused before anything happens.
@@ -203,23 +289,6 @@ fn privileged_btrfs_directory_root_with_mounts_inside_is_refused() {
     );
     assert_manifest_eq(&before, &manifest(&root));
     assert_no_leftovers(&img);
-}
-
-/// The journal backend writes into the root itself: its plan check keeps file steps off the
-/// mounted filesystems.
-#[test]
-fn privileged_journal_refuses_paths_on_mounts_inside() {
-    let img = populated_in(Backend::Journal, Layout::WithMounts);
-    let root = img.root();
-    let before = manifest(&root);
-    let pd = PlanDir::new(
-        &plan("k", vec![json!({"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"})]),
-        &[],
-    );
-    let out = apply(&pd.path, &root, Backend::Journal, &[]);
-    assert_code(&out, 2);
-    assert!(stderr(&out).contains("/boot/vmlinuz-2 is on ext4 mounted at /boot"), "{}", show(&out));
-    assert_manifest_eq(&before, &manifest(&root));
 }
 
 /// A filesystem mounted inside the root while the steps run: the stage no longer matches the

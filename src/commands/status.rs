@@ -19,7 +19,7 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
     let unfinished = loc.state.unfinished()?;
     let in_progress = unfinished.first().map(|t| {
         json!({"txn": t.txn, "kind": t.kind, "state": t.phase, "pid": holder,
-               "interrupted": holder.is_none(), "plan": t.plan})
+               "interrupted": holder.is_none(), "plan": t.plan, "parts": t.parts})
     });
     let recovery_failed = std::fs::read_to_string(loc.state.dir.join(FAILED_STAMP)).ok().map(|s| s.trim().to_string());
     let next_boot_differs = state.as_ref().is_some_and(|s| backend::next_boot_differs(s.backend, &loc.root, s));
@@ -28,6 +28,8 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
         "root": loc.root,
         "state_dir": loc.state_shown,
         "backend": state.as_ref().map(|s| s.backend.to_string()),
+        // The filesystems inside the root that kept generations staged as parts (relative to the root).
+        "parts": state.as_ref().map(|s| s.parts()).unwrap_or_default(),
         "current_generation": state.as_ref().map(|s| s.current).unwrap_or(0),
         "in_progress": in_progress,
         "kept": super::resume::kept_summary(&loc.state)?,
@@ -51,6 +53,10 @@ fn human_status(v: &Value, state: Option<&State>) -> String {
         Some(st) => {
             let _ = writeln!(s, "backend:            {}", st.backend);
             let _ = writeln!(s, "current generation: {}", st.current);
+            let parts: Vec<String> = st.parts().iter().map(|p| format!("/{}", p.display())).collect();
+            if !parts.is_empty() {
+                let _ = writeln!(s, "parts:              {} (staged with the root)", parts.join(", "));
+            }
         }
     }
     match &v["in_progress"] {
@@ -113,7 +119,7 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
                 .iter()
                 .map(|g| {
                     json!({"generation": g.generation, "time": g.time, "plan": g.plan,
-                                "parent": g.parent, "current": g.generation == current})
+                                "parent": g.parent, "current": g.generation == current, "parts": g.parts})
                 })
                 .collect()
         })
@@ -125,7 +131,8 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
         .map(|t| {
             json!({"txn": t.txn, "kind": t.kind, "time": t.time, "plan": t.plan, "state": t.phase,
                         "outcome": t.outcome, "failed_step": t.failed_step,
-                        "from_generation": t.from_generation, "to_generation": t.to_generation})
+                        "from_generation": t.from_generation, "to_generation": t.to_generation,
+                        "parts": t.parts})
         })
         .collect();
     let value =

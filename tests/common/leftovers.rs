@@ -150,6 +150,11 @@ pub fn assert_no_leftovers(img: &LoopImage) {
     for s in stage_leftovers(&state) {
         problems.push(format!("stage left: {s}"));
     }
+    for sub in img.mounted_inside() {
+        for s in stage_leftovers(&sub.mountpoint().join(".snapinst")) {
+            problems.push(format!("stage of a part left: {s}"));
+        }
+    }
     let mut lockish = vec![state.clone(), img.root()];
     fn collect_locks(p: &Path, depth: usize, out: &mut Vec<PathBuf>) {
         if depth > 2 {

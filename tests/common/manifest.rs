@@ -68,19 +68,19 @@ fn key(root: &Path, p: &Path) -> PathBuf {
     Path::new("/").join(rel)
 }
 
-/// Where snapinst keeps the state area of a root that is the top of its filesystem: inside it,
-/// and never part of the root's tree as far as a transaction is concerned.
-const STATE_AREAS_INSIDE: [&str; 2] = ["/var/lib/snapinst/state", "/.snapinst"];
-
 /// The whole-tree manifest of every path below (and including) `root`, filesystems mounted inside
-/// it included, snapinst's own state area (when it is inside the root) left out.
+/// it included, snapinst's own state areas left out: the root's when it is inside the root
+/// (`/var/lib/snapinst/state` or `/.snapinst`), and each part's (`<mount point>/.snapinst`). They
+/// are never part of the tree as far as a transaction is concerned.
 pub fn manifest(root: &Path) -> Manifest {
     let mut m = manifest_all(root);
-    for area in STATE_AREAS_INSIDE {
-        if root.join(&area[1..]).join("txns").is_dir() {
-            m.retain(|k, _| !k.starts_with(area));
-        }
-    }
+    let areas: Vec<PathBuf> = m
+        .keys()
+        .filter(|k| k.ends_with(".snapinst") || k.as_path() == Path::new("/var/lib/snapinst/state"))
+        .filter(|k| root.join(k.strip_prefix("/").unwrap()).join("txns").is_dir())
+        .cloned()
+        .collect();
+    m.retain(|k, _| !areas.iter().any(|a| k.starts_with(a)));
     m
 }
 

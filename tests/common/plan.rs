@@ -54,11 +54,20 @@ pub struct Hello {
     pub backend: Backend,
     pub tag: String,
     pub host: PathBuf,
+    /// Directories on other filesystems mounted inside the root that the plan also writes into.
+    pub parts: Vec<String>,
 }
 
 impl Hello {
     pub fn new(backend: Backend, tag: &str, host: &Path) -> Hello {
-        Hello { backend, tag: tag.to_string(), host: host.to_path_buf() }
+        Hello { backend, tag: tag.to_string(), host: host.to_path_buf(), parts: Vec::new() }
+    }
+
+    /// The same plan, also writing a file into each of `dirs` (a file step, and a run step where the
+    /// backend has them) and replacing the `grub/grub.cfg` there.
+    pub fn writing_into(mut self, dirs: &[&str]) -> Hello {
+        self.parts = dirs.iter().map(|d| d.to_string()).collect();
+        self
     }
 
     pub fn marker(&self) -> PathBuf {
@@ -116,6 +125,14 @@ impl Hello {
             v.push(json!({"id": "post", "type": "run", "timeout_s": 60, "command":
                 sh(&format!("echo installed > /var/lib/hello{t}/state && chmod 0640 /var/lib/hello{t}/state"))}));
         }
+        for (k, d) in self.parts.iter().enumerate() {
+            v.push(json!({"id": format!("part{k}"), "type": "file", "path": format!("{d}/hello{t}.img"),
+                          "content": format!("image {t} on {d}\n"), "mode": "0644"}));
+            if self.backend.allows_run() {
+                v.push(json!({"id": format!("part{k}-script"), "type": "run", "command":
+                    sh(&format!("echo 'menuentry hello{t}' > {d}/grub/grub.cfg.new && mv {d}/grub/grub.cfg.new {d}/grub/grub.cfg"))}));
+            }
+        }
         v.push(json!({"id": "check", "type": "verify", "command": sh(&format!("cat /etc/hello{t}.conf")),
                       "expect_exit": 0, "expect_stdout": "greeting=hi"}));
         v
@@ -150,6 +167,11 @@ impl Hello {
             "olddir" => s["path"] = json!(format!("/srv/never-there{t}")),
             "post" => s["command"] = sh(&format!("echo partial > /etc/partial{t}; echo boom-run >&2; exit 1")),
             "check" => s["expect_stdout"] = json!("greeting=bye"),
+            part if part.starts_with("part") && part.ends_with("-script") => {
+                let d = &self.parts[part[4..part.len() - 7].parse::<usize>().unwrap()];
+                s["command"] = sh(&format!("echo partial > {d}/partial{t}; exit 1"))
+            }
+            part if part.starts_with("part") => s["path"] = json!(format!("/etc/passwd/{id}")),
             other => panic!("no failing variant for step {other}"),
         }
         s
@@ -185,6 +207,12 @@ impl Hello {
             .dir(&format!("/opt/deep{t}/a/b"), 0o700, 0, 0);
         if self.backend.allows_run() {
             e.file(&format!("/var/lib/hello{t}/state"), b"installed\n", 0o640, 0, 0);
+        }
+        for d in &self.parts {
+            e.file(&format!("{d}/hello{t}.img"), format!("image {t} on {d}\n").as_bytes(), 0o644, 0, 0);
+            if self.backend.allows_run() {
+                e.file_content(&format!("{d}/grub/grub.cfg"), format!("menuentry hello{t}\n").as_bytes());
+            }
         }
     }
 
