@@ -3,7 +3,7 @@
 # back), shows status and list, rolls back to the tree before hello, and installs examples/service (a system user
 # and an enabled unit), on a btrfs subvolume, on a plain directory with the overlay backend, and on the top of an
 # ext4 filesystem (its state area inside it); then, with an ext4 /boot and an xfs /srv mounted inside that root,
-# shows that a plan writing into them is refused or fails out loud while one writing elsewhere commits.
+# commits and rolls back a plan that writes into all three, and shows a write to a left-out mount refused.
 # Everything happens in scratch filesystems that are removed on exit.
 #
 #   sudo bash scripts/demo.sh
@@ -181,12 +181,20 @@ for part in boot:ext4 srv:xfs; do
   mount -o loop "$scratch/$name.img" "$scratch/top/$name"
   echo "$name on $fstype" >"$scratch/top/$name/README"
 done
-printf '{"name": "kernel", "steps": [{"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"}]}\n' \
+printf '{"name": "kernel", "steps": [{"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"}, {"id": "grub", "type": "run", "command": ["/bin/sh", "-c", "ls /boot > /etc/boot-seen && echo cfg > /boot/grub.cfg && echo site > /srv/index.html"]}]}\n' \
   >"$scratch/kernel.json"
-expect_exit 2 "$snapinst" apply "$scratch/kernel.json" --root "$scratch/top"
-printf '{"name": "grub", "steps": [{"id": "grub", "type": "run", "command": ["/bin/sh", "-c", "echo cfg > /boot/grub.cfg"]}]}\n' \
-  >"$scratch/grub.json"
-expect_exit 1 "$snapinst" apply "$scratch/grub.json" --root "$scratch/top"
+echo "the plan writes into /boot (ext4) and /srv (xfs): both are staged with the root"
+expect_exit 0 "$snapinst" apply "$scratch/kernel.json" --root "$scratch/top"
+check "/boot/vmlinuz-2 is on the ext4 /boot" test -f "$scratch/top/boot/vmlinuz-2"
+check "/boot/grub.cfg is on the ext4 /boot" grep -qx cfg "$scratch/top/boot/grub.cfg"
+check "/srv/index.html is on the xfs /srv" grep -qx site "$scratch/top/srv/index.html"
+check "the step saw /boot as the machine does" grep -qx README "$scratch/top/etc/boot-seen"
+expect_exit 0 "$snapinst" status --root "$scratch/top"
+expect_exit 0 "$snapinst" rollback --root "$scratch/top"
+check "the rollback took /boot/vmlinuz-2 away" test ! -e "$scratch/top/boot/vmlinuz-2"
+check "the rollback took /srv/index.html away" test ! -e "$scratch/top/srv/index.html"
+echo "with --exclude-mount /boot, a plan that writes there is refused"
+expect_exit 2 "$snapinst" apply "$scratch/kernel.json" --root "$scratch/top" --exclude-mount /boot
 check "/boot is untouched" test "$(ls "$scratch/top/boot" | tr '\n' ' ')" = "README lost+found "
 printf '{"name": "motd", "steps": [{"id": "motd", "type": "run", "command": ["/bin/sh", "-c", "echo hi > /etc/motd"]}]}\n' \
   >"$scratch/motd.json"
