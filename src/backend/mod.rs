@@ -58,6 +58,13 @@ impl Ctx {
             .iter()
             .map(|rel| {
                 let root = self.root.join(rel);
+                if !crate::mounts::is_mount_point(&root).unwrap_or(false) {
+                    bail!(
+                        "nothing is mounted at {}, where the transaction's part /{} is: mount that filesystem first",
+                        root.display(),
+                        rel.display()
+                    );
+                }
                 let state = StateDir { dir: root.join(crate::submounts::PART_STATE_DIR) };
                 Ok(Part { rel: rel.clone(), ctx: Ctx::new(BackendKind::Overlay, &root, &state)? })
             })

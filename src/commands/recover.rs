@@ -88,7 +88,10 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result
         out.say(format!("snapinst: {}: transaction {} {}", root.display(), rec.txn, action.replace('_', " ")));
     }
     if let Some(state) = sd.load()? {
-        let ctx = Ctx::new(state.backend, root, sd)?.with_parts(&state.parts())?;
+        // Leftovers of parts that are not mounted now wait for the next sweep with them mounted.
+        let mounted: Vec<_> =
+            state.parts().into_iter().filter(|p| mounts::is_mount_point(&root.join(p)).unwrap_or(false)).collect();
+        let ctx = Ctx::new(state.backend, root, sd)?.with_parts(&mounted)?;
         for path in backend::sweep(&ctx, &state)? {
             out.say(format!("snapinst: removed leftover {}", path.display()));
         }
