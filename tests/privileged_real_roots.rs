@@ -322,3 +322,56 @@ backend_tests!(
     a_mount_appearing_during_the_transaction_fails_it,
     overlay => Overlay
 );
+
+/// A part whose filesystem is nearly full is refused before anything is staged, naming it.
+#[test]
+fn privileged_a_full_part_is_refused() {
+    let img = populated_in(Backend::Overlay, Layout::WithMounts);
+    let root = img.root();
+    let boot = root.join("boot");
+    let free =
+        nix::sys::statvfs::statvfs(&boot).map(|s| s.blocks_available() as u64 * s.fragment_size() as u64).unwrap();
+    let filler = boot.join("filler");
+    let f = fs::File::create(&filler).unwrap();
+    nix::fcntl::fallocate(
+        std::os::fd::AsRawFd::as_raw_fd(&f),
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        (free - (4 << 20)) as i64,
+    )
+    .expect("filling /boot");
+    drop(f);
+    let before = manifest(&root);
+    let out = apply(&run_plan("p", "echo x > /etc/x").path, &root, Backend::Overlay, &[]);
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("not enough free space on ext4 mounted at /boot")
+            && stderr(&out).contains("needs 16 MiB"),
+        "{}",
+        show(&out)
+    );
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_no_leftovers(&img);
+}
+
+/// A root whose filesystem is mounted read-only cannot hold its state area: a clear error naming
+/// it, and nothing changed.
+#[test]
+fn privileged_a_state_area_that_cannot_be_created_is_a_clear_error() {
+    let img = populated_in(Backend::Overlay, Layout::Top);
+    let root = img.root();
+    let before = manifest(&root);
+    let flags = nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY;
+    nix::mount::mount(None::<&str>, &root, None::<&str>, flags, None::<&str>).expect("remounting the root read-only");
+    let out = apply(&run_plan("p", "echo x > /etc/x").path, &root, Backend::Overlay, &[]);
+    nix::mount::mount(None::<&str>, &root, None::<&str>, nix::mount::MsFlags::MS_REMOUNT, None::<&str>).unwrap();
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&*img.state_dir().to_string_lossy()) && err.contains("Read-only file system"),
+        "the error must name the state area and why:\n{}",
+        show(&out)
+    );
+    assert_manifest_eq(&before, &manifest(&root));
+    assert!(!img.state_dir().exists());
+}
