@@ -195,7 +195,7 @@ impl Layout {
     pub fn check_stage(&self, root: &Path, stage: &Path) -> Result<()> {
         for u in &self.unstaged {
             // The filesystem the mount point is on: the deepest part holding it, or the root's own.
-            let parent = self.parts.iter().filter(|p| u.rel.starts_with(&p.rel)).next_back();
+            let parent = self.parts.iter().rfind(|p| u.rel.starts_with(&p.rel));
             let (base, inside) = match parent {
                 Some(p) => (root.join(&p.rel), u.rel.strip_prefix(&p.rel).unwrap_or(&u.rel)),
                 None => (root.to_path_buf(), u.rel.as_path()),

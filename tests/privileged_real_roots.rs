@@ -329,8 +329,7 @@ fn privileged_a_full_part_is_refused() {
     let img = populated_in(Backend::Overlay, Layout::WithMounts);
     let root = img.root();
     let boot = root.join("boot");
-    let free =
-        nix::sys::statvfs::statvfs(&boot).map(|s| s.blocks_available() as u64 * s.fragment_size() as u64).unwrap();
+    let free = nix::sys::statvfs::statvfs(&boot).map(|s| s.blocks_available() * s.fragment_size()).unwrap();
     let filler = boot.join("filler");
     let f = fs::File::create(&filler).unwrap();
     nix::fcntl::fallocate(

@@ -48,7 +48,7 @@ pub(super) fn rollback(
         let s = &swaps[*done];
         let direction = if s.forward { Direction::Forward } else { Direction::Backward };
         let delta = Delta::at(&ctx.state.gen_path(s.generation));
-        if !(optional && !delta.dir.exists()) {
+        if !optional || delta.dir.exists() {
             let mut first = true;
             delta
                 .swap(&tree, direction, || {

@@ -15,6 +15,7 @@ mod delta_gens;
 mod journal;
 mod overlay;
 mod scratch;
+mod stager;
 
 use crate::state::{BackendKind, State, StateDir, TxnRecord};
 use crate::steps::ChangeGuard;
@@ -77,6 +78,10 @@ impl Ctx {
         self.parts.iter().map(|p| p.rel.clone()).collect()
     }
 
+    fn stager(&self) -> &'static dyn stager::Stager {
+        stager::of(self.kind)
+    }
+
     /// The root's own part, then every other one.
     fn all(&self) -> impl Iterator<Item = &Ctx> {
         std::iter::once(self).chain(self.parts.iter().map(|p| &p.ctx))
@@ -132,38 +137,27 @@ pub(crate) fn check_usable(kind: BackendKind, root: &Path, state_dir: &Path) -> 
     if root == state_dir {
         bail!("the state directory cannot be the root itself ({})", root.display());
     }
-    match kind {
-        BackendKind::Btrfs => btrfs::check_usable(root, state_dir),
-        BackendKind::Overlay => overlay::check_usable(root, state_dir),
-        BackendKind::Journal => journal::check_usable(root, state_dir),
-    }
+    stager::of(kind).check_usable(root, state_dir)
 }
 
 /// Make the stage for `rec`, every part's mounted at its path in the root's, and return the directory the steps
 /// run in.
 pub(crate) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
-    let stage = prepare_one(ctx, rec)?;
+    let stage = ctx.stager().prepare(ctx, rec)?;
     for p in &ctx.parts {
         p.ctx.state.create()?;
-        let part_stage = prepare_one(&p.ctx, rec).with_context(|| format!("staging /{}", p.rel.display()))?;
+        let part_stage =
+            p.ctx.stager().prepare(&p.ctx, rec).with_context(|| format!("staging /{}", p.rel.display()))?;
         bind_part(&part_stage, &stage, p)?;
     }
     Ok(stage)
-}
-
-fn prepare_one(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::prepare(ctx.btrfs(), rec),
-        BackendKind::Overlay => overlay::prepare(ctx, rec),
-        BackendKind::Journal => journal::prepare(ctx, rec),
-    }
 }
 
 /// Mount a part's stage at its path inside the root's stage (in snapinst's private namespace), with what is
 /// mounted in it (the tmpfs hiding its state area).
 fn bind_part(part_stage: &Path, stage: &Path, p: &Part) -> Result<()> {
     let at = stage.join(&p.rel);
-    nix::mount::mount(Some(part_stage), &at, None::<&str>, nix::mount::MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+    nix::mount::mount(Some(part_stage), &at, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .with_context(|| format!("mounting the stage of /{} at {}", p.rel.display(), at.display()))
 }
 
@@ -176,65 +170,39 @@ fn unbind_parts(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     Ok(())
 }
 
-/// The guard file steps report to.
+/// The guard file steps report to (the root's: a part is never journaled).
 pub(crate) fn guard(ctx: &Ctx, rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> {
-    match ctx.kind {
-        BackendKind::Journal => journal::guard(ctx, rec),
-        _ => Ok(Box::new(crate::steps::NoGuard)),
-    }
+    ctx.stager().guard(ctx, rec)
 }
 
 /// Everything that must be durable before the commit record is written, for every part.
 pub(crate) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     unbind_parts(ctx, rec)?;
     for c in ctx.all() {
-        pre_commit_one(c, rec).with_context(|| format!("preparing the commit of {}", c.root.display()))?;
+        c.stager().pre_commit(c, rec).with_context(|| format!("preparing the commit of {}", c.root.display()))?;
     }
     Ok(())
-}
-
-fn pre_commit_one(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::pre_commit(ctx.btrfs(), rec),
-        BackendKind::Overlay => overlay::pre_commit(ctx, rec),
-        BackendKind::Journal => journal::pre_commit(ctx, rec),
-    }
 }
 
 /// Put the staged tree of every part in place. Idempotent: recovery calls it again after a crash.
 pub(crate) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     for c in ctx.all() {
-        commit_one(c, rec).with_context(|| format!("committing {}", c.root.display()))?;
+        c.stager().commit(c, rec).with_context(|| format!("committing {}", c.root.display()))?;
     }
     Ok(())
 }
 
-fn commit_one(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::commit(ctx.btrfs(), rec),
-        BackendKind::Overlay => delta_gens::commit(ctx, rec),
-        BackendKind::Journal => Ok(()),
-    }
-}
-
-/// Whether the commit of `rec` has already taken effect (decides roll forward or back in recovery).
+/// Whether the commit of `rec` has already taken effect (decides roll forward or back in recovery): the root's
+/// commit decides, since every part commits after the commit record, which is the root's or before it.
 pub(crate) fn commit_took_effect(ctx: &Ctx, rec: &TxnRecord) -> Result<bool> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::exchanged(ctx.btrfs(), rec),
-        // For the others the commit record itself is the commit point.
-        _ => Ok(true),
-    }
+    ctx.stager().commit_took_effect(ctx, rec)
 }
 
 /// Keep the previous tree as a generation and clean the stages and any checkpoints, of every part. Idempotent.
 pub(crate) fn finish(ctx: &Ctx, rec: &TxnRecord, state: &mut State) -> Result<()> {
     drop_checkpoints(ctx, rec, None)?;
     for c in ctx.all() {
-        match c.kind {
-            BackendKind::Btrfs => btrfs::finish(c.btrfs(), rec, state),
-            BackendKind::Overlay => overlay::finish(c, rec),
-            BackendKind::Journal => journal::finish(c, rec),
-        }?;
+        c.stager().finish(c, rec, state)?;
     }
     Ok(())
 }
@@ -245,24 +213,16 @@ pub(crate) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     unbind_parts(ctx, rec)?;
     drop_checkpoints(ctx, rec, None)?;
     for c in ctx.all() {
-        match c.kind {
-            BackendKind::Btrfs => btrfs::discard(c.btrfs(), rec),
-            BackendKind::Overlay => overlay::discard(c, rec),
-            BackendKind::Journal => journal::discard(c, rec),
-        }?;
+        c.stager().discard(c, rec)?;
     }
     Ok(())
 }
 
-/// `--keep-failed`: keep the stage as it is after `n` steps (btrfs: a read-only snapshot; overlay: a copy of the
-/// upper layer).
+/// `--keep-failed`: keep every part's stage as it is after `n` steps (btrfs: a read-only snapshot; overlay: a copy
+/// of the upper layer).
 pub(crate) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
     for c in ctx.all() {
-        match c.kind {
-            BackendKind::Btrfs => btrfs::take_checkpoint(c.btrfs(), rec, n),
-            BackendKind::Overlay => overlay::take_checkpoint(c, rec, n),
-            BackendKind::Journal => bail!("the journal backend has no stage to checkpoint"),
-        }?;
+        c.stager().take_checkpoint(c, rec, n)?;
     }
     Ok(())
 }
@@ -271,29 +231,19 @@ pub(crate) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()
 /// steps run.
 pub(crate) fn restore_checkpoint(ctx: &Ctx, rec: &mut TxnRecord, n: usize) -> Result<PathBuf> {
     unbind_parts(ctx, rec)?;
-    let mut stages = Vec::new();
-    for c in ctx.all() {
-        stages.push(match c.kind {
-            BackendKind::Btrfs => btrfs::restore_checkpoint(c.btrfs(), rec, n)?,
-            BackendKind::Overlay => overlay::restore_checkpoint(c, rec, n)?,
-            BackendKind::Journal => bail!("the journal backend has no stage to restore"),
-        });
-    }
-    for (p, part_stage) in ctx.parts.iter().zip(&stages[1..]) {
-        bind_part(part_stage, &stages[0], p)?;
+    let stage = ctx.stager().restore_checkpoint(ctx, rec, n)?;
+    for p in &ctx.parts {
+        let part_stage = p.ctx.stager().restore_checkpoint(&p.ctx, rec, n)?;
+        bind_part(&part_stage, &stage, p)?;
     }
     drop_checkpoints(ctx, rec, Some(n))?;
-    Ok(stages.swap_remove(0))
+    Ok(stage)
 }
 
 /// Delete a transaction's checkpoints after `keep`, or all of them, in every part. Idempotent.
 pub(crate) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) -> Result<()> {
     for c in ctx.all() {
-        match c.kind {
-            BackendKind::Btrfs => btrfs::drop_checkpoints(c.btrfs(), &rec.txn, keep),
-            BackendKind::Overlay => overlay::drop_checkpoints(c, rec, keep),
-            BackendKind::Journal => Ok(()),
-        }?;
+        c.stager().drop_checkpoints(c, &rec.txn, keep)?;
     }
     Ok(())
 }
@@ -315,27 +265,22 @@ fn checkpoints_after(dir: &Path, keep: Option<usize>) -> Result<Vec<PathBuf>> {
 /// A kept transaction's stage, its parts' mounted in it, as a tree to compare with the root (overlay: mounted
 /// privately).
 pub(crate) fn kept_stage(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
-    let view = |c: &Ctx| match c.kind {
-        BackendKind::Btrfs => Ok(btrfs::stage_of(c.btrfs(), rec)),
-        BackendKind::Overlay => overlay::stage_view(c, rec),
-        BackendKind::Journal => bail!("the journal backend keeps no stage"),
-    };
-    let stage = view(ctx)?;
+    let stage = ctx.stager().stage_view(ctx, rec)?;
     for p in &ctx.parts {
         if !crate::mounts::is_mount_point(&stage.join(&p.rel))? {
-            bind_part(&view(&p.ctx)?, &stage, p)?;
+            bind_part(&p.ctx.stager().stage_view(&p.ctx, rec)?, &stage, p)?;
         }
     }
     Ok(stage)
 }
 
-/// Plan a rollback from the current generation to `rec.to_generation` (fills the record; changes nothing).
+/// Plan a rollback from the current generation to `rec.to_generation` (fills the record; changes nothing). Every
+/// part follows the plan of the root's stager.
 pub(crate) fn plan_rollback(ctx: &Ctx, rec: &mut TxnRecord, state: &State) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs if ctx.parts.is_empty() => btrfs::plan_rollback(ctx.btrfs(), rec),
-        BackendKind::Btrfs => bail!("a btrfs root with parts cannot be rolled back"),
-        _ => delta_gens::plan_rollback(rec, state),
+    if ctx.kind == BackendKind::Btrfs && !ctx.parts.is_empty() {
+        bail!("a btrfs root with parts cannot be rolled back");
     }
+    ctx.stager().plan_rollback(ctx, rec, state)
 }
 
 /// Carry out a planned rollback, on every part. Idempotent; `on_progress` persists the record after each delta.
@@ -344,70 +289,51 @@ pub(crate) fn rollback(
     rec: &mut TxnRecord,
     on_progress: &mut dyn FnMut(&TxnRecord) -> Result<()>,
 ) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::rollback(ctx.btrfs(), rec)?,
-        _ => {
-            let swaps = rec.swaps.clone();
-            let mut done = rec.swaps_done;
-            delta_gens::rollback(ctx, &swaps, &mut done, false, &mut |d| {
-                rec.swaps_done = d;
-                on_progress(rec)
-            })?;
-        }
-    }
+    let mut done = rec.swaps_done;
+    let plan = rec.clone();
+    ctx.stager().rollback(ctx, &plan, &mut done, false, &mut |d| {
+        rec.swaps_done = d;
+        on_progress(rec)
+    })?;
     for p in &ctx.parts {
         let key = p.rel.to_string_lossy().into_owned();
-        let swaps = rec.swaps.clone();
         let mut done = rec.part_swaps_done.get(&key).copied().unwrap_or(0);
         // A generation that was committed before this filesystem was a part has no delta on it.
-        delta_gens::rollback(&p.ctx, &swaps, &mut done, true, &mut |d| {
-            rec.part_swaps_done.insert(key.clone(), d);
-            on_progress(rec)
-        })
-        .with_context(|| format!("rolling back /{}", p.rel.display()))?;
+        p.ctx
+            .stager()
+            .rollback(&p.ctx, &plan, &mut done, true, &mut |d| {
+                rec.part_swaps_done.insert(key.clone(), d);
+                on_progress(rec)
+            })
+            .with_context(|| format!("rolling back /{}", p.rel.display()))?;
     }
     Ok(())
 }
 
 /// Whether a planned rollback has taken effect (for btrfs: the exchange happened).
 pub(crate) fn rollback_took_effect(ctx: &Ctx, rec: &TxnRecord) -> Result<bool> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::exchanged(ctx.btrfs(), rec),
-        _ => Ok(true),
-    }
+    ctx.stager().rollback_took_effect(ctx, rec)
 }
 
 /// Keep the tree the rollback replaced, under its generation number. Idempotent.
 pub(crate) fn finish_rollback(ctx: &Ctx, rec: &TxnRecord, state: &mut State) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::finish_rollback(ctx.btrfs(), rec, state),
-        _ => Ok(()),
-    }
+    ctx.stager().finish_rollback(ctx, rec, state)
 }
 
 /// Undo the preparation of a rollback whose exchange never happened.
 pub(crate) fn abandon_rollback(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::abandon_rollback(ctx.btrfs(), rec),
-        _ => Ok(()),
-    }
+    ctx.stager().abandon_rollback(ctx, rec)
 }
 
 /// Generations that can be dropped now to keep at most `state.keep`, oldest first.
 pub(crate) fn prunable(ctx: &Ctx, state: &State) -> Vec<u64> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::prunable(ctx.btrfs(), state),
-        _ => delta_gens::prunable(state),
-    }
+    ctx.stager().prunable(ctx, state)
 }
 
 /// Drop generation `n`'s storage in every part (its record was already removed from state.json). Idempotent.
 pub(crate) fn drop_generation(ctx: &Ctx, n: u64, state: &State) -> Result<()> {
     for c in ctx.all() {
-        match c.kind {
-            BackendKind::Btrfs => btrfs::drop_generation(c.btrfs(), n),
-            _ => delta_gens::drop_generation(c, n, state),
-        }?;
+        c.stager().drop_generation(c, n, state)?;
     }
     Ok(())
 }
@@ -417,46 +343,34 @@ pub(crate) fn next_boot_differs(kind: BackendKind, root: &Path, state: &State) -
     kind == BackendKind::Btrfs && btrfs::next_boot_differs(root, state)
 }
 
-/// Remove what a crash left behind outside any transaction: stages (and checkpoints) of finished transactions and
-/// storage of generations that state.json no longer keeps; a kept transaction's stage stays. Call only with the
-/// lock held and no unfinished transaction.
+/// Remove what a crash left behind outside any transaction, in every part: stages (and checkpoints) of finished
+/// transactions and storage of generations that state.json no longer keeps; a kept transaction's stage stays.
+/// Call only with the lock held and no unfinished transaction.
 pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
-    let mut removed = sweep_one(ctx, state)?;
-    for p in &ctx.parts {
-        removed.extend(sweep_one(&p.ctx, state)?);
-    }
-    Ok(removed)
-}
-
-fn sweep_one(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
     let kept = ctx.state.kept()?.map(|t| t.txn);
-    for dir in [ctx.state.dir.join("stage"), ctx.state.gens_dir()] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let path = e?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let txn_of_entry = name.strip_suffix(crate::state::CHECKPOINTS_SUFFIX).unwrap_or(&name);
-            let orphan = if dir.ends_with("stage") {
-                kept.as_deref() != Some(txn_of_entry)
-            } else {
-                match name.parse::<u64>().ok().and_then(|n| state.generation(n)) {
-                    None => !name.starts_with('.'),
-                    // A delta is needed only for a generation that has a parent.
-                    Some(g) => ctx.kind != BackendKind::Btrfs && g.parent.is_none(),
-                }
+    let mut removed = Vec::new();
+    for c in ctx.all() {
+        for dir in [c.state.dir.join("stage"), c.state.gens_dir()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
             };
-            if orphan {
-                match ctx.kind {
-                    BackendKind::Btrfs if name.ends_with(crate::state::CHECKPOINTS_SUFFIX) => {
-                        btrfs::drop_checkpoints(ctx.btrfs(), txn_of_entry, None)?
+            for e in entries {
+                let path = e?.path();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let txn_of_entry = name.strip_suffix(crate::state::CHECKPOINTS_SUFFIX).unwrap_or(&name);
+                let orphan = if dir.ends_with("stage") {
+                    kept.as_deref() != Some(txn_of_entry)
+                } else {
+                    match name.parse::<u64>().ok().and_then(|n| state.generation(n)) {
+                        None => !name.starts_with('.'),
+                        // A delta is needed only for a generation that has a parent.
+                        Some(g) => !c.stager().keeps_parentless_generation() && g.parent.is_none(),
                     }
-                    BackendKind::Btrfs => btrfs::remove_leftover(ctx.btrfs(), &dir, &name)?,
-                    _ => crate::fsutil::remove_any(&path)?,
+                };
+                if orphan {
+                    c.stager().remove_leftover(c, &dir, &name)?;
+                    removed.push(path);
                 }
-                removed.push(path);
             }
         }
     }
@@ -465,10 +379,7 @@ fn sweep_one(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
 
 /// btrfs: make the kept generations read-only once they are no longer mounted (see `btrfs::seal`).
 pub(crate) fn seal(ctx: &Ctx, state: &State) -> Result<()> {
-    match ctx.kind {
-        BackendKind::Btrfs => btrfs::seal(ctx.btrfs(), state),
-        _ => Ok(()),
-    }
+    ctx.stager().seal(ctx, state)
 }
 
 /// Refuse a state area on another mount than the root: moving things between them must be a rename.

@@ -294,8 +294,8 @@ pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result
 }
 
 /// Delete the checkpoints after `keep` (all of them, and their directory, when None).
-pub(super) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) -> Result<()> {
-    let dir = checkpoints(ctx, rec);
+pub(super) fn drop_checkpoints(ctx: &Ctx, txn: &str, keep: Option<usize>) -> Result<()> {
+    let dir = ctx.state.checkpoints_path(txn);
     if keep.is_none() {
         return fsutil::remove_any(&dir);
     }
