@@ -140,6 +140,16 @@ impl Layout {
     /// Why a step may not act on `path` (`replaces`: it may replace or remove what is there, not only add).
     fn why_not(&self, path: &RootPath, replaces: bool) -> Option<String> {
         let p = path.rel();
+        for m in self.unstaged.iter().chain(self.parts.iter().filter(|_| replaces)) {
+            if let Some(why) = &m.unstaged_because {
+                if p.starts_with(&m.rel) {
+                    return Some(format!("{path} is on {}, which snapinst does not stage ({why})", m.describe()));
+                }
+            }
+            if replaces && m.rel.starts_with(p) {
+                return Some(format!("{path} holds the mount point of {}; a step cannot replace it", m.describe()));
+            }
+        }
         for area in &self.state_areas {
             if p.starts_with(area) {
                 return Some(format!("{path} is inside snapinst's state area /{}", area.display()));
@@ -149,16 +159,6 @@ impl Layout {
                     "{path} holds snapinst's state area /{}; a step cannot replace it",
                     area.display()
                 ));
-            }
-        }
-        for m in self.unstaged.iter().chain(self.parts.iter().filter(|_| replaces)) {
-            if let Some(why) = &m.unstaged_because {
-                if p.starts_with(&m.rel) {
-                    return Some(format!("{path} is on {}, which snapinst does not stage ({why})", m.describe()));
-                }
-            }
-            if replaces && m.rel.starts_with(p) {
-                return Some(format!("{path} holds the mount point of {}; a step cannot replace it", m.describe()));
             }
         }
         None
