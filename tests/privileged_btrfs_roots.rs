@@ -70,6 +70,7 @@ impl LiveMount {
 
 impl Drop for LiveMount {
     fn drop(&mut self) {
+        forget_registrations(self.dir.path());
         let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
