@@ -159,6 +159,7 @@ fn privileged_mounts_inside_are_staged_with_the_root() {
 
     let out = apply(&hello.plan_dir(&hello.plan()).path, &root, backend, &[]);
     assert_code(&out, 0);
+    assert_eq!(summary(&json_lines(&out))["parts"], json!(["boot", "srv/www"]), "the summary names the parts");
     let mut after = Expect::new(&before);
     hello.expect(&mut after);
     after.check(&manifest(&root));

@@ -571,7 +571,7 @@ impl Transaction<'_> {
     fn summary(&self, rec: &TxnRecord, outcome: &str, generation: Option<u64>, t: [u64; 3]) {
         self.out.event(
             "summary",
-            json!({"txn": rec.txn, "outcome": outcome, "generation": generation,
+            json!({"txn": rec.txn, "outcome": outcome, "generation": generation, "parts": rec.parts,
                    "timings_ms": {"prepare": t[0], "steps": t[1], "commit": t[2]}}),
         );
     }

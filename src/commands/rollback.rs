@@ -62,7 +62,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
     let ms = t0.elapsed().as_millis() as u64;
     out.event(
         "summary",
-        json!({"txn": rec.txn, "outcome": "committed", "generation": target,
+        json!({"txn": rec.txn, "outcome": "committed", "generation": target, "parts": rec.parts,
                "timings_ms": {"prepare": 0, "steps": 0, "commit": ms}}),
     );
     Ok(Outcome::Done)
