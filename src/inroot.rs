@@ -11,6 +11,9 @@ use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
+/// How often a resolution that raced with a rename or mount elsewhere is tried again.
+const RESOLVE_RETRIES: u32 = 1000;
+
 /// An open directory that paths are resolved inside of.
 pub(crate) struct Root {
     pub path: std::path::PathBuf,
@@ -30,8 +33,16 @@ impl Root {
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        // SAFETY: `openat2` returned a fresh descriptor that nothing else owns.
-        openat2(self.fd.as_raw_fd(), rel, how).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        // The kernel answers EAGAIN when a rename or a mount anywhere on the machine raced with a `..` in the
+        // resolution (it cannot then prove the path stayed inside the root): try again, a bounded number of times.
+        let mut tries = 0;
+        loop {
+            match openat2(self.fd.as_raw_fd(), rel, how) {
+                Err(Errno::EAGAIN) if tries < RESOLVE_RETRIES => tries += 1,
+                // SAFETY: `openat2` returned a fresh descriptor that nothing else owns.
+                r => return r.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            }
+        }
     }
 
     /// Open the directory at `rel` (symlinks followed, inside the root).
