@@ -200,6 +200,16 @@ fn excluded_mounts(root: &Path, given: &[std::path::PathBuf]) -> Result<Vec<std:
     Ok(rels)
 }
 
+/// Refuse (every problem at once) a plan whose steps name paths on unstaged filesystems or in a state area.
+pub(super) fn refuse_plan_on_unstaged(plan_file: &Path, plan: &Plan, layout: &Layout) -> Result<()> {
+    let problems = layout.plan_problems(plan_file, plan);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        refuse(problems.join("\n"))
+    }
+}
+
 /// The btrfs backend commits by renaming a directory root's subvolume: filesystems mounted inside it would stay
 /// with the replaced tree, out of sight. (A root mounted on its own is exchanged for its next mount instead.)
 fn refuse_exchange_under_mounts(kind: BackendKind, root: &Path, layout: &Layout) -> Result<()> {
@@ -226,10 +236,7 @@ fn check_plan_fits(
     root: &Path,
     layout: &Layout,
 ) -> Result<()> {
-    let problems = layout.plan_problems(plan_file, plan);
-    if !problems.is_empty() {
-        return refuse(problems.join("\n"));
-    }
+    refuse_plan_on_unstaged(plan_file, plan, layout)?;
     if kind == BackendKind::Journal {
         let problems: Vec<String> = plan
             .steps

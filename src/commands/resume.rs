@@ -86,10 +86,7 @@ pub(crate) fn resume(
     let plan = plan::load(&plan_file).map_err(|p| Refused(p.to_string()))?;
     check_keepable(&plan_file, &plan, ctx.kind)?;
     let layout = ctx.layout()?;
-    let problems = layout.plan_problems(&plan_file, &plan);
-    if !problems.is_empty() {
-        return refuse(problems.join("\n"));
-    }
+    super::apply::refuse_plan_on_unstaged(&plan_file, &plan, &layout)?;
     let start = start_index(&plan_file, &plan, &rec, from)?;
     let mut state = ctx.state.load()?.context("the state area has no state.json")?;
     if state.current != rec.from_generation {
