@@ -236,8 +236,8 @@ fn unstaged_because(m: &mounts::MountInfo, rel: &Path, kind: BackendKind, select
             Selection::Exactly(_) => "the transaction was staged without it".to_string(),
         });
     }
-    if kind != BackendKind::Overlay {
-        return Some(format!("the {kind} backend stages no other filesystem yet"));
+    if kind == BackendKind::Journal {
+        return Some(format!("the {kind} backend stages no other filesystem"));
     }
     if !STAGEABLE.contains(&m.fstype.as_str()) {
         return Some(format!("{} cannot be staged yet", m.fstype));

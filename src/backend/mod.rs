@@ -274,13 +274,15 @@ pub(crate) fn kept_stage(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
     Ok(stage)
 }
 
-/// Plan a rollback from the current generation to `rec.to_generation` (fills the record; changes nothing). Every
-/// part follows the plan of the root's stager.
+/// Plan a rollback from the current generation to `rec.to_generation` (fills the record; changes nothing), for
+/// every part: a btrfs root names the subvolumes to exchange, and the delta swaps are planned for the parts even
+/// when some of them are not in `ctx` now (the failed-boot fallback carries those out once they are mounted).
 pub(crate) fn plan_rollback(ctx: &Ctx, rec: &mut TxnRecord, state: &State) -> Result<()> {
-    if ctx.kind == BackendKind::Btrfs && !ctx.parts.is_empty() {
-        bail!("a btrfs root with parts cannot be rolled back");
+    ctx.stager().plan_rollback(ctx, rec, state)?;
+    if ctx.kind == BackendKind::Btrfs && !rec.parts.is_empty() {
+        delta_gens::plan_rollback(rec, state)?;
     }
-    ctx.stager().plan_rollback(ctx, rec, state)
+    Ok(())
 }
 
 /// Carry out a planned rollback, on every part. Idempotent; `on_progress` persists the record after each delta.
@@ -325,9 +327,15 @@ pub(crate) fn abandon_rollback(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     ctx.stager().abandon_rollback(ctx, rec)
 }
 
-/// Generations that can be dropped now to keep at most `state.keep`, oldest first.
+/// Generations that can be dropped now to keep at most `state.keep`, oldest first. Once any generation has parts,
+/// the parts' deltas must stay a chain, so only what the delta order lets go can go (whichever parts are mounted).
 pub(crate) fn prunable(ctx: &Ctx, state: &State) -> Vec<u64> {
-    ctx.stager().prunable(ctx, state)
+    let mut out = ctx.stager().prunable(ctx, state);
+    if !state.parts().is_empty() {
+        let chain = delta_gens::prunable(state);
+        out.retain(|n| chain.contains(n));
+    }
+    out
 }
 
 /// Drop generation `n`'s storage in every part (its record was already removed from state.json). Idempotent.

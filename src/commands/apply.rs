@@ -220,7 +220,8 @@ fn refuse_exchange_under_mounts(kind: BackendKind, root: &Path, layout: &Layout)
     }
     let list: Vec<String> = points.iter().map(|p| format!("/{}", p.display())).collect();
     refuse(format!(
-        "filesystems are mounted inside {} ({}); the btrfs backend commits by renaming the root's subvolume, and          they would stay with the replaced tree: unmount them first, or manage a subvolume mounted on its own",
+        "filesystems are mounted inside {} ({}); the btrfs backend commits by renaming the root's subvolume, and \
+         they would stay with the replaced tree: unmount them first, or manage a subvolume mounted on its own",
         root.display(),
         list.join(", ")
     ))

@@ -24,7 +24,10 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
         out.say(format!("snapinst: {} is not managed; nothing to check at boot", loc.root.display()));
         return Ok(Outcome::Done);
     }
-    recover::recover_root(&loc.root, &loc.state, &out)?;
+    if recover::recover_root(&loc.root, &loc.state, &out, recover::PartsMayWait::Yes)? > 0 {
+        out.say("snapinst: a transaction is unfinished until its filesystems are mounted; no boot is counted now");
+        return Ok(Outcome::Done);
+    }
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     let Some(mut state) = loc.state.load()? else { return Ok(Outcome::Done) };
     backend::seal(&Ctx::new(state.backend, &loc.root, &loc.state)?, &state)?;
@@ -43,8 +46,16 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     } else {
         match pending.fallback.filter(|f| state.generation(*f).is_some()) {
             Some(fallback) => {
-                let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?;
-                rollback::switch(&ctx, &mut state, fallback, &out)?;
+                // Before the root is mounted nothing is mounted inside it: the parts' half of the fallback is
+                // carried out by `snapinst recover` once they are (the record says which).
+                let parts = state.parts();
+                let mounted: Vec<_> = parts
+                    .iter()
+                    .filter(|p| mounts::is_mount_point(&loc.root.join(p)).unwrap_or(false))
+                    .cloned()
+                    .collect();
+                let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?.with_parts(&mounted)?;
+                rollback::switch(&ctx, &mut state, fallback, &parts, &out)?;
                 state.pending = Some(Pending { generation: fallback, fallback: None, boots_left: state.boot_tries });
                 format!(
                     "generation {} did not reach boot-complete.target in {} boots; generation {fallback} is current again",

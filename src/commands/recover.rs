@@ -48,8 +48,8 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
             }
             continue;
         }
-        match recover_root(&root, &sd, &out) {
-            Ok(()) => {
+        match recover_root(&root, &sd, &out, PartsMayWait::No) {
+            Ok(_) => {
                 let _ = fsutil::remove_any(&sd.dir.join(FAILED_STAMP));
             }
             // Another transaction holds the root: nothing to recover while it runs, and nothing is wrong.
@@ -69,14 +69,41 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result<()> {
+/// Whether a transaction whose parts are not all mounted may wait for them (at boot, before the root is mounted:
+/// `snapinst recover`, run once the local filesystems are, finishes it) or is an error naming them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PartsMayWait {
+    Yes,
+    No,
+}
+
+/// Finish or undo every interrupted transaction of `root`; returns how many were left to wait for their parts.
+pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait: PartsMayWait) -> Result<usize> {
     let _lock = RootLock::acquire(&sd.lock_path(), root).map_err(|e| Refused(format!("{e:#}")))?;
     let unfinished = sd.unfinished()?;
     if unfinished.is_empty() {
         out.event("recovered", json!({"root": root, "txn": null, "action": "nothing"}));
         out.say(format!("snapinst: {}: nothing to recover", root.display()));
     }
+    let mut waiting = 0;
     for mut rec in unfinished {
+        let unmounted: Vec<String> = rec
+            .parts
+            .iter()
+            .filter(|p| !mounts::is_mount_point(&root.join(p)).unwrap_or(false))
+            .map(|p| format!("/{}", p.display()))
+            .collect();
+        if may_wait == PartsMayWait::Yes && !unmounted.is_empty() {
+            waiting += 1;
+            out.event("recovered", json!({"root": root, "txn": rec.txn, "action": "waiting", "parts": unmounted}));
+            out.say(format!(
+                "snapinst: {}: transaction {} waits for {} to be mounted; `snapinst recover` finishes it then",
+                root.display(),
+                rec.txn,
+                unmounted.join(", ")
+            ));
+            continue;
+        }
         let mut state = sd.load()?.unwrap_or_else(|| State::new(root, rec.backend, 5));
         let ctx = Ctx::new(rec.backend, root, sd)?.with_parts(&rec.parts)?;
         let action = match rec.kind {
@@ -92,11 +119,13 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter) -> Result
         let mounted: Vec<_> =
             state.parts().into_iter().filter(|p| mounts::is_mount_point(&root.join(p)).unwrap_or(false)).collect();
         let ctx = Ctx::new(state.backend, root, sd)?.with_parts(&mounted)?;
-        for path in backend::sweep(&ctx, &state)? {
-            out.say(format!("snapinst: removed leftover {}", path.display()));
+        if waiting == 0 {
+            for path in backend::sweep(&ctx, &state)? {
+                out.say(format!("snapinst: removed leftover {}", path.display()));
+            }
         }
     }
-    Ok(())
+    Ok(waiting)
 }
 
 fn recover_apply(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<&'static str> {

@@ -11,6 +11,7 @@ use crate::state::{Phase, State, TxnKind, TxnRecord};
 use crate::{failpoint, mounts};
 use anyhow::Result;
 use serde_json::json;
+use std::path::PathBuf;
 
 pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
     require_root_user()?;
@@ -58,7 +59,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
         .and_then(|c| c.with_parts(&parts))
         .map_err(|e| Refused(format!("{e:#}")))?;
     let t0 = std::time::Instant::now();
-    let rec = switch(&ctx, &mut state, target, &out)?;
+    let rec = switch(&ctx, &mut state, target, &parts, &out)?;
     let ms = t0.elapsed().as_millis() as u64;
     out.event(
         "summary",
@@ -68,11 +69,19 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Make generation `target` current, as a recorded transaction. The caller holds the lock.
-pub(crate) fn switch(ctx: &Ctx, state: &mut State, target: u64, out: &Reporter) -> Result<TxnRecord> {
+/// Make generation `target` current, as a recorded transaction over the root and `parts`. The caller holds the
+/// lock. A part that is not in `ctx` (not mounted yet: the failed-boot fallback runs before the root is mounted)
+/// is left for `snapinst recover` to carry out once it is: the record stays unfinished until then.
+pub(crate) fn switch(
+    ctx: &Ctx,
+    state: &mut State,
+    target: u64,
+    parts: &[PathBuf],
+    out: &Reporter,
+) -> Result<TxnRecord> {
     let root = &ctx.root;
     let mut rec = TxnRecord::new(TxnKind::Rollback, state.backend, root, state.current, target);
-    rec.parts = ctx.part_rels();
+    rec.parts = parts.to_vec();
     ctx.state.write_txn(&rec)?;
     out.event(
         "started",
@@ -89,12 +98,23 @@ pub(crate) fn switch(ctx: &Ctx, state: &mut State, target: u64, out: &Reporter) 
     out.say(format!("snapinst: switching {} from generation {} to {target}", root.display(), state.current));
     set_phase(&ctx.state, &mut rec, Phase::Committing)?;
     failpoint::hit("rollback-after-commit-record");
-    if let Err(e) = carry_out(ctx, &mut rec, state) {
-        return Err(e.context(NeedsRecovery(format!(
-            "rollback {} was interrupted by an error; run `snapinst recover --root {}`",
-            rec.txn,
-            root.display()
-        ))));
+    let finished = match carry_out(ctx, &mut rec, state) {
+        Ok(finished) => finished,
+        Err(e) => {
+            return Err(e.context(NeedsRecovery(format!(
+                "rollback {} was interrupted by an error; run `snapinst recover --root {}`",
+                rec.txn,
+                root.display()
+            ))))
+        }
+    };
+    if !finished {
+        let waiting: Vec<String> = unmounted_parts(ctx, &rec).iter().map(|p| format!("/{}", p.display())).collect();
+        out.say(format!(
+            "snapinst: the root is switched to generation {target}; {} follow once mounted (snapinst recover)",
+            waiting.join(", ")
+        ));
+        return Ok(rec);
     }
     out.event("committed", json!({"txn": rec.txn, "generation": target}));
     out.say(format!("snapinst: generation {target} is current"));
@@ -104,11 +124,22 @@ pub(crate) fn switch(ctx: &Ctx, state: &mut State, target: u64, out: &Reporter) 
     Ok(rec)
 }
 
-/// Carry out (or resume) a recorded rollback and finish it. Idempotent; recovery calls it too.
-pub(crate) fn carry_out(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<()> {
+/// Carry out (or resume) a recorded rollback and finish it; returns false, leaving it unfinished, when some of its
+/// parts are not in `ctx`. Idempotent; recovery calls it too.
+pub(crate) fn carry_out(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<bool> {
     let sd = ctx.state.clone();
     backend::rollback(ctx, rec, &mut |r| sd.write_txn(r))?;
-    finish(ctx, rec, state)
+    if !unmounted_parts(ctx, rec).is_empty() {
+        return Ok(false);
+    }
+    finish(ctx, rec, state)?;
+    Ok(true)
+}
+
+/// The parts of `rec` that `ctx` does not carry.
+pub(crate) fn unmounted_parts(ctx: &Ctx, rec: &TxnRecord) -> Vec<PathBuf> {
+    let here = ctx.part_rels();
+    rec.parts.iter().filter(|p| !here.contains(p)).cloned().collect()
 }
 
 fn finish(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<()> {
