@@ -71,7 +71,8 @@ pub(crate) fn in_top(p: &Path) -> Result<PathBuf> {
 
 /// The managed root mounted at `root`, as seen through the top-level view: the subvolume *name* that the next
 /// mount sees. After a commit the live mount still shows the previous tree, which snapinst has moved to
-/// `<parent>/.snapinst-<name>/gens/<n>`; the name it came from is `<parent>/<name>`.
+/// `<parent>/.snapinst-<name>/gens/<n>` (or, until the commit is finished, to the transaction's stage directory
+/// `<parent>/.snapinst-<name>/stage/<txn>`); the name it came from is `<parent>/<name>`.
 pub(crate) fn root_in_top(root: &Path) -> Result<PathBuf> {
     let path = fs_path(root)?;
     Ok(of(root)?.join(managed_name(&path).unwrap_or(path)))
@@ -80,7 +81,7 @@ pub(crate) fn root_in_top(root: &Path) -> Result<PathBuf> {
 fn managed_name(fs_path: &Path) -> Option<PathBuf> {
     let gens = fs_path.parent()?;
     let state = gens.parent()?;
-    if gens.file_name()? != "gens" {
+    if gens.file_name()? != "gens" && gens.file_name()? != "stage" {
         return None;
     }
     let name = state.file_name()?.to_str()?.strip_prefix(".snapinst-")?;
@@ -123,5 +124,11 @@ mod tests {
         assert_eq!(managed_name(Path::new("a/.snapinst-root/gens/0")), Some(PathBuf::from("a/root")));
         assert_eq!(managed_name(Path::new("root")), None);
         assert_eq!(managed_name(Path::new("x/gens/1")), None);
+    }
+
+    #[test]
+    fn a_tree_replaced_by_an_unfinished_commit_maps_back_to_its_root() {
+        assert_eq!(managed_name(Path::new(".snapinst-@/stage/1796-12")), Some(PathBuf::from("@")));
+        assert_eq!(managed_name(Path::new(".snapinst-@/other/1796-12")), None);
     }
 }

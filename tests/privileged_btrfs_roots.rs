@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[test]
 fn privileged_nested_subvolume_is_refused() {
@@ -148,4 +148,53 @@ fn privileged_unhealthy_fallback_stops_falling_back() {
     assert_eq!(st["current_generation"], json!(0), "{st}");
     assert_eq!(st["pending"], json!(null), "{st}");
     assert!(st["boot_note"].as_str().unwrap().contains("nothing left to fall back to"), "{st}");
+}
+
+/// A subvolume mounted on its own with an ext4 `/boot` and an xfs `/srv/www` inside it. The
+/// failed-boot fallback runs before the root is mounted, when nothing is mounted inside it: it
+/// switches the root's subvolume and leaves the parts' half to `snapinst recover`, run once the
+/// local filesystems are; until then no boot is counted. After that every filesystem is as it was.
+#[test]
+fn privileged_fallback_takes_the_filesystems_inside_along_once_mounted() {
+    let img = populated_in(Backend::Btrfs, Layout::WithMounts);
+    let root = img.root();
+    let name = img.subvolume_name().expect("a subvolume mounted on its own").to_path_buf();
+    let host = host_tempdir();
+    let hello = Hello::new(Backend::Btrfs, "", host.path()).writing_into(&["/boot", "/srv/www"]);
+    hello.prepare(&root);
+    let before = img.booted_manifest();
+    let mut after = Expect::new(&before);
+    hello.expect(&mut after);
+    assert_code(&apply(&hello.plan_dir(&hello.plan()).path, &root, Backend::Btrfs, &[]), 0);
+    after.check(&img.booted_manifest());
+
+    // The boot hook sees the root by name on the top level, with nothing mounted inside it.
+    for left in [2, 1, 0] {
+        assert_code(&boot(&name), 0);
+        assert_eq!(status_json(&name)["pending"]["boots_left"], json!(left));
+    }
+    let out = boot(&name);
+    assert_code(&out, 0);
+    let note = json_lines(&out).into_iter().find(|v| v["event"] == "boot").expect("a boot event");
+    let note = note["note"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains("generation 0 is current again (its root now; /boot, /srv/www once mounted"), "{note}");
+
+    // Until the parts are mounted the rollback waits, and a boot counts no try.
+    let out = boot(&name);
+    assert_code(&out, 0);
+    let waiting: Vec<Value> = json_lines(&out).into_iter().filter(|v| v["action"] == "waiting").collect();
+    assert_eq!(waiting.len(), 1, "the unfinished rollback waits for its parts\n{}", show(&out));
+    assert_eq!(waiting[0]["parts"], json!(["/boot", "/srv/www"]));
+
+    // The machine mounts its filesystems; the recovery unit finishes the rollback.
+    img.boot_again();
+    let out = recover(&root);
+    assert_code(&out, 0);
+    assert_eq!(recovered_actions(&out), ["rolled_forward"], "{}", show(&out));
+    assert_manifest_eq_ctx(&before, &img.booted_manifest(), "every filesystem after the fallback");
+    let st = status_json(&root);
+    assert_eq!(st["current_generation"], json!(0), "{st}");
+    assert_eq!(st["pending"]["generation"], json!(0), "the restored generation keeps its own tries: {st}");
+    assert_eq!(st["pending"]["fallback"], json!(null), "{st}");
+    assert_no_leftovers(&img);
 }

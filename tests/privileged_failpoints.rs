@@ -8,7 +8,6 @@
 #[macro_use]
 mod common;
 
-use std::path::Path;
 use std::process::Output;
 
 use common::*;
@@ -44,7 +43,7 @@ fn failpoint_names() -> Vec<String> {
 /// a crash after any record but before the exchange is thrown away; on overlay and journal it
 /// is the durable commit record, so everything after it (merge, swap) is rolled forward.
 /// Pruning comes after the commit; locking, staging, steps and discarding come before it.
-fn hint(name: &str, backend: Backend) -> Option<State> {
+fn hint(name: &str, backend: Backend, layout: Layout) -> Option<State> {
     let n = name.to_lowercase().replace('_', "-");
     let after_any = ["after-exchange", "mid-merge", "prune", "post-commit"];
     let before_any = ["before-commit", "pre-commit", "after-lock", "after-stage", "mid-step", "after-steps", "discard"];
@@ -53,8 +52,10 @@ fn hint(name: &str, backend: Backend) -> Option<State> {
     } else if before_any.iter().any(|k| n.contains(k)) {
         Some(State::Before)
     } else if n.contains("after-commit") || n.contains("mid-swap") {
-        // After the commit record.
-        if backend == Backend::Btrfs {
+        // After the commit record. A btrfs root commits with its exchange, which comes before any
+        // part's delta swaps.
+        let after_exchange = n.contains("mid-swap") && layout == Layout::WithMounts;
+        if backend == Backend::Btrfs && !after_exchange {
             Some(State::Before)
         } else {
             Some(State::After)
@@ -68,8 +69,8 @@ fn hint(name: &str, backend: Backend) -> Option<State> {
 }
 
 /// Which of the two trees the root holds; panics when it is neither.
-fn classify(root: &Path, before: &Expect, after: Option<&Expect>, ctx: &str) -> State {
-    let m = manifest(root);
+fn classify(img: &LoopImage, before: &Expect, after: Option<&Expect>, ctx: &str) -> State {
+    let m = img.booted_manifest();
     let b = before.diff(&m);
     let a = after.map(|e| e.diff(&m));
     match (b, a) {
@@ -86,13 +87,6 @@ fn classify(root: &Path, before: &Expect, after: Option<&Expect>, ctx: &str) -> 
     }
 }
 
-fn recovered_actions(out: &Output) -> Vec<String> {
-    json_lines(out)
-        .iter()
-        .filter(|l| l["event"] == "recovered")
-        .map(|l| l["action"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
 
 /// After a crash: recover, classify, check the actions, leftovers, and that recovering again
 /// does nothing.
@@ -114,7 +108,7 @@ fn recover_and_check(
         show(crash)
     );
     let actions = recovered_actions(&r);
-    let state = classify(&root, before, after, ctx);
+    let state = classify(img, before, after, ctx);
     if let Some(want) = expected {
         assert_eq!(
             state,
@@ -133,13 +127,13 @@ fn recover_and_check(
     }
     assert_no_leftovers(img);
 
-    let m = manifest(&root);
+    let m = img.booted_manifest();
     let again = recover(&root);
     assert_code(&again, 0);
     for a in recovered_actions(&again) {
         assert_eq!(a, "nothing", "{ctx}: a second recover did something\n{}", show(&again));
     }
-    assert_manifest_eq_ctx(&m, &manifest(&root), &format!("{ctx}: second recover"));
+    assert_manifest_eq_ctx(&m, &img.booted_manifest(), &format!("{ctx}: second recover"));
     assert_no_leftovers(img);
     state
 }
@@ -176,14 +170,14 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
         // A successful plan.
         let hello = hello_for(format!("-s{i}"));
         hello.prepare(&root);
-        let m = manifest(&root);
+        let m = img.booted_manifest();
         let before = Expect::new(&m);
         let mut after = Expect::new(&m);
         hello.expect(&mut after);
         let out = apply_env(&hello.plan_dir(&hello.plan()).path, &root, backend, KEEP, &env);
         let ctx = format!("{} backend, apply crashed at {name}", backend.name());
         if killed_by_sigkill(&out) {
-            let expected = if committed_seen(&out) { Some(State::After) } else { hint(name, backend) };
+            let expected = if committed_seen(&out) { Some(State::After) } else { hint(name, backend, layout) };
             let state = recover_and_check(&img, &out, &before, Some(&after), expected, &ctx);
             match state {
                 State::Before => {
@@ -200,14 +194,14 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
             hit.push((name.clone(), "apply", state));
         } else {
             assert_code(&out, 0);
-            after.check(&manifest(&root));
+            after.check(&img.booted_manifest());
             hello.assert_host_committed();
         }
 
         // A plan whose last step fails: whatever happens, the tree ends as before.
         let hello = hello_for(format!("-f{i}"));
         hello.prepare(&root);
-        let m = manifest(&root);
+        let m = img.booted_manifest();
         let before = Expect::new(&m);
         let n = hello.ids().len();
         let out = apply_env(&hello.plan_dir(&hello.failing_plan(n)).path, &root, backend, KEEP, &env);
@@ -217,7 +211,7 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
             hit.push((name.clone(), "failed apply", State::Before));
         } else {
             assert_code(&out, 1);
-            assert_manifest_eq_ctx(&m, &manifest(&root), &ctx);
+            assert_manifest_eq_ctx(&m, &img.booted_manifest(), &ctx);
             assert_no_leftovers(&img);
         }
         hello.assert_host_rolled_back();
@@ -225,10 +219,10 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
         // Rolling back a generation.
         let hello = hello_for(format!("-r{i}"));
         hello.prepare(&root);
-        let m_pre = manifest(&root);
+        let m_pre = img.booted_manifest();
         let g_pre = status_json(&root)["current_generation"].as_u64().expect("status current_generation");
         assert_code(&apply(&hello.plan_dir(&hello.plan()).path, &root, backend, KEEP), 0);
-        let m_post = manifest(&root);
+        let m_post = img.booted_manifest();
         let list_before = list_json(&root);
         // Explicit --to: after earlier rollbacks, "current - 1" need not be the tree before this apply.
         let out = rollback(&root, &["--to", &g_pre.to_string()], &env);
@@ -237,13 +231,13 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
             backend.name()
         );
         if killed_by_sigkill(&out) {
-            let expected = if committed_seen(&out) { Some(State::After) } else { hint(name, backend) };
+            let expected = if committed_seen(&out) { Some(State::After) } else { hint(name, backend, layout) };
             let state =
                 recover_and_check(&img, &out, &Expect::new(&m_post), Some(&Expect::new(&m_pre)), expected, &ctx);
             hit.push((name.clone(), "rollback", state));
         } else {
             assert_eq!(out.status.code(), Some(0), "{ctx}\n{}", show(&out));
-            assert_manifest_eq_ctx(&m_pre, &manifest(&root), &ctx);
+            assert_manifest_eq_ctx(&m_pre, &img.booted_manifest(), &ctx);
             assert_no_leftovers(&img);
         }
     }
@@ -254,7 +248,7 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
         for (j, name) in names.iter().enumerate() {
             let hello = hello_for(format!("-c{j}{side:?}"));
             hello.prepare(&root);
-            let m = manifest(&root);
+            let m = img.booted_manifest();
             let before = Expect::new(&m);
             let mut after = Expect::new(&m);
             hello.expect(&mut after);
@@ -267,7 +261,7 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
                 recover_and_check(&img, &r, &before, Some(&after), Some(side), &ctx);
             } else {
                 assert_eq!(r.status.code(), Some(0), "{ctx}: recover\n{}", show(&r));
-                let state = classify(&root, &before, Some(&after), &ctx);
+                let state = classify(&img, &before, Some(&after), &ctx);
                 assert_eq!(state, side, "{ctx}: recovered to the other side than before");
                 assert_no_leftovers(&img);
             }
@@ -299,12 +293,14 @@ backend_tests!(
 );
 
 /// The root has an ext4 `/boot` and an xfs `/srv/www` mounted inside it, staged as parts of every
-/// transaction; the plan writes into both, and the manifests take them in.
+/// transaction; the plan writes into both, and the manifests take them in. The btrfs root is a
+/// subvolume mounted on its own (as `/` is): each manifest is of the root mounted again, as the
+/// next boot sees it.
 fn crash_at_every_failpoint_with_mounts_inside(backend: Backend) {
     crash_at_every_failpoint_in(backend, Layout::WithMounts)
 }
 backend_tests!(
     privileged_crash_at_every_failpoint_with_mounts_inside,
     crash_at_every_failpoint_with_mounts_inside,
-    overlay => Overlay
+    btrfs => Btrfs, overlay => Overlay
 );

@@ -121,16 +121,16 @@ fn run_plan(name: &str, script: &str) -> PlanDir {
 
 /// The ext4 `/boot` and xfs `/srv/www` mounted inside the root are parts of the transaction: the
 /// steps see them as the machine does, a commit changes them with the root, a rollback takes them
-/// back, and a failure leaves all three filesystems as they were.
-#[test]
-fn privileged_mounts_inside_are_staged_with_the_root() {
-    let backend = Backend::Overlay;
+/// back, and a failure leaves all three filesystems as they were. The btrfs root is a subvolume
+/// mounted on its own, as `/` is: its manifests are of the root mounted again, as the next boot
+/// sees it (the parts commit at once).
+fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     let img = populated_in(backend, Layout::WithMounts);
     let root = img.root();
     let host = host_tempdir();
     let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/srv/www"]);
     hello.prepare(&root);
-    let before = manifest(&root);
+    let before = img.booted_manifest();
 
     // The steps see what the machine sees there, and a failure changes no filesystem.
     let seen = run_plan(
@@ -143,7 +143,7 @@ fn privileged_mounts_inside_are_staged_with_the_root() {
     let lines = json_lines(&out);
     let parts: Vec<&str> = events(&lines, "part").iter().map(|e| e["path"].as_str().unwrap_or("?")).collect();
     assert_eq!(parts, ["/boot", "/srv/www"], "each staged filesystem is announced");
-    assert_manifest_eq(&before, &manifest(&root));
+    assert_manifest_eq(&before, &img.booted_manifest());
     assert_no_leftovers(&img);
 
     // A dry run lists the changes on every filesystem.
@@ -155,14 +155,14 @@ fn privileged_mounts_inside_are_staged_with_the_root() {
         assert!(changed.iter().any(|c| c == want), "the dry run should list {want}: {changed:?}");
     }
     assert!(!changed.iter().any(|c| c.contains(".snapinst")), "state areas are never listed: {changed:?}");
-    assert_manifest_eq(&before, &manifest(&root));
+    assert_manifest_eq(&before, &img.booted_manifest());
 
     let out = apply(&hello.plan_dir(&hello.plan()).path, &root, backend, &[]);
     assert_code(&out, 0);
     assert_eq!(summary(&json_lines(&out))["parts"], json!(["boot", "srv/www"]), "the summary names the parts");
     let mut after = Expect::new(&before);
     hello.expect(&mut after);
-    after.check(&manifest(&root));
+    after.check(&img.booted_manifest());
     assert_no_leftovers(&img);
     let list = list_json(&root);
     assert_eq!(list["generations"][1]["parts"], json!(["boot", "srv/www"]), "list shows the parts: {list}");
@@ -170,9 +170,11 @@ fn privileged_mounts_inside_are_staged_with_the_root() {
 
     let out = rollback(&root, &[], &[]);
     assert_code(&out, 0);
-    assert_manifest_eq_ctx(&before, &manifest(&root), "after the rollback");
+    assert_manifest_eq_ctx(&before, &img.booted_manifest(), "after the rollback");
     assert_no_leftovers(&img);
 }
+
+for_staged_backends!(privileged_mounts_inside_are_staged_with_the_root, mounts_inside_are_staged_with_the_root);
 
 /// Filesystems that are not staged (left out with --exclude-mount, mounted read-only, or under a
 /// backend that stages no other filesystem) are never written silently: a plan path on one is
@@ -195,12 +197,12 @@ fn unstaged_mounts_are_never_written_silently(backend: Backend) {
     let boot_why = if backend == Backend::Overlay {
         "left out with --exclude-mount"
     } else {
-        "the journal backend stages no other filesystem yet"
+        "the journal backend stages no other filesystem"
     };
     let www_why = if backend == Backend::Overlay {
         "it is mounted read-only"
     } else {
-        "the journal backend stages no other filesystem yet"
+        "the journal backend stages no other filesystem"
     };
     let before = manifest(&root);
 
@@ -278,7 +280,7 @@ fn privileged_exclude_mount_must_name_a_mount_inside_the_root() {
 /// mounted inside it would stay with the old tree, so it is refused before anything happens.
 #[test]
 fn privileged_btrfs_directory_root_with_mounts_inside_is_refused() {
-    let img = populated_in(Backend::Btrfs, Layout::WithMounts);
+    let img = populated(Backend::Btrfs).with_mounts();
     let root = img.root();
     let before = manifest(&root);
     let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, Backend::Btrfs, &[]);

@@ -55,10 +55,17 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
                     .cloned()
                     .collect();
                 let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?.with_parts(&mounted)?;
-                rollback::switch(&ctx, &mut state, fallback, &parts, &out)?;
+                let rec = rollback::switch(&ctx, &mut state, fallback, &parts, &out)?;
                 state.pending = Some(Pending { generation: fallback, fallback: None, boots_left: state.boot_tries });
+                let waiting = rollback::unmounted_parts(&ctx, &rec);
+                let then = if waiting.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> = waiting.iter().map(|p| format!("/{}", p.display())).collect();
+                    format!(" (its root now; {} once mounted, by `snapinst recover`)", list.join(", "))
+                };
                 format!(
-                    "generation {} did not reach boot-complete.target in {} boots; generation {fallback} is current again",
+                    "generation {} did not reach boot-complete.target in {} boots; generation {fallback} is current again{then}",
                     pending.generation, state.boot_tries
                 )
             }

@@ -146,7 +146,10 @@ fn finish(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<()> {
     set_phase(&ctx.state, rec, Phase::Finishing)?;
     backend::finish_rollback(ctx, rec, state)?;
     state.current = rec.to_generation;
-    state.pending = None;
+    // A mark for the generation switched to stays: the failed-boot fallback gave it (its tries of its own).
+    if state.pending.as_ref().is_some_and(|p| p.generation != rec.to_generation) {
+        state.pending = None;
+    }
     ctx.state.save(state)?;
     prune(ctx, state)?;
     rec.outcome = Some("committed".into());

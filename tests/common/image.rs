@@ -41,6 +41,12 @@ pub struct LoopImage {
     state: PathBuf,
     loopdev: Option<loopdev::LoopDevice>,
     loop_path: PathBuf,
+    /// For a subvolume mounted on its own ([`LoopImage::mounted_subvolume`]): its path in the top
+    /// level, which is what its name (and so its next mount) points at.
+    name: Option<PathBuf>,
+    /// A second mount of this filesystem, elsewhere, that keeps it (and its autoclear loop device)
+    /// alive while its mount inside a root is taken down to mount that root again.
+    hold: Option<PathBuf>,
     // Last: the directory holding the backing file and the mount point goes after the unmount.
     dir: tempfile::TempDir,
 }
@@ -107,6 +113,48 @@ impl LoopImage {
         img
     }
 
+    /// The btrfs image's subvolume `root` mounted on its own by name, as `/` is at boot, and made
+    /// the managed root; the state area stays beside the subvolume on the top level. A commit
+    /// changes what the name points at: see [`LoopImage::booted_manifest`].
+    pub fn mounted_subvolume(mut self) -> LoopImage {
+        assert_eq!(self.kind, FsKind::Btrfs, "only a btrfs subvolume can be mounted on its own");
+        let live = self.dir.path().join("live");
+        fs::create_dir(&live).expect("creating the live mount point");
+        mount_subvolume(&self.loop_path, &live);
+        self.name = Some(std::mem::replace(&mut self.root, live));
+        self
+    }
+
+    /// Mount the root again as the next boot would (for a subvolume mounted on its own: by name,
+    /// with the filesystems inside it mounted back on it); nothing for any other root.
+    pub fn boot_again(&self) {
+        if self.name.is_none() {
+            return;
+        }
+        for sub in self.subs.iter().rev() {
+            unmount_waiting(&sub.mnt);
+        }
+        unmount_waiting(&self.root);
+        mount_subvolume(&self.loop_path, &self.root);
+        for sub in &self.subs {
+            let hold = sub.hold.as_ref().expect("a filesystem inside a mounted subvolume has a hold mount");
+            bind(hold, &sub.mnt);
+        }
+    }
+
+    /// The manifest of the root as the machine sees it after the next boot: for a subvolume
+    /// mounted on its own, after [`LoopImage::boot_again`]; else the root as it is.
+    pub fn booted_manifest(&self) -> Manifest {
+        self.boot_again();
+        manifest(&self.root)
+    }
+
+    /// Where the root's subvolume is on the top level (a subvolume mounted on its own), which is
+    /// where the boot hook finds it before the root is mounted.
+    pub fn subvolume_name(&self) -> Option<&Path> {
+        self.name.as_deref()
+    }
+
     /// Mounts an ext4 filesystem at `/boot` and an xfs one at `/srv/www` inside the root, each
     /// with a few files, as a real machine has them.
     pub fn with_mounts(mut self) -> LoopImage {
@@ -114,7 +162,13 @@ impl LoopImage {
             let point = self.root.join(at);
             fs::create_dir_all(&point).unwrap_or_else(|e| panic!("creating {}: {e}", point.display()));
             let dir = tempfile::Builder::new().prefix("snapinst-sub-").tempdir().expect("creating image tempdir");
-            let sub = Self::create_at(kind, size, dir, point.clone());
+            let mut sub = Self::create_at(kind, size, dir, point.clone());
+            if self.name.is_some() {
+                let hold = sub.dir.path().join("hold");
+                fs::create_dir(&hold).expect("creating a hold mount point");
+                bind(&point, &hold);
+                sub.hold = Some(hold);
+            }
             write_file(&point.join("vmlinuz-1"), format!("{at} on {}\n", kind.name()).as_bytes());
             write_file(&point.join("grub/grub.cfg"), b"menuentry one\n");
             self.subs.push(sub);
@@ -147,7 +201,7 @@ impl LoopImage {
         nix::mount::mount(Some(&loop_path), &mnt, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
             .unwrap_or_else(|e| panic!("mounting {} ({fstype}) on {}: {e}", loop_path.display(), mnt.display()));
         let (root, state) = (mnt.join("root"), mnt.join(".snapinst-root"));
-        LoopImage { subs: Vec::new(), kind, mnt, root, state, loopdev: Some(ld), loop_path, dir }
+        LoopImage { subs: Vec::new(), kind, mnt, root, state, loopdev: Some(ld), loop_path, name: None, hold: None, dir }
     }
 
     pub fn kind(&self) -> FsKind {
@@ -172,6 +226,29 @@ impl LoopImage {
     pub fn loop_device(&self) -> &Path {
         &self.loop_path
     }
+}
+
+/// Mount subvolume `root` of the btrfs filesystem on `dev` at `at`, by name.
+fn mount_subvolume(dev: &Path, at: &Path) {
+    nix::mount::mount(Some(dev), at, Some("btrfs"), nix::mount::MsFlags::empty(), Some("subvol=root"))
+        .unwrap_or_else(|e| panic!("mounting subvolume root of {} at {}: {e}", dev.display(), at.display()));
+}
+
+fn bind(from: &Path, to: &Path) {
+    nix::mount::mount(Some(from), to, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+        .unwrap_or_else(|e| panic!("bind-mounting {} at {}: {e}", from.display(), to.display()));
+}
+
+/// Unmount `at`, waiting a little while something still uses it.
+fn unmount_waiting(at: &Path) {
+    for _ in 0..50 {
+        match nix::mount::umount2(at, nix::mount::MntFlags::empty()) {
+            Ok(()) => return,
+            Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("unmounting {}: {e}", at.display()),
+        }
+    }
+    panic!("unmounting {}: still busy after 5 s", at.display());
 }
 
 fn attach_loop(file: &Path) -> loopdev::LoopDevice {
@@ -221,6 +298,17 @@ impl Drop for LoopImage {
     fn drop(&mut self) {
         self.subs.clear();
         forget_registrations(&self.mnt);
+        if self.name.is_some() {
+            forget_registrations(&self.root);
+            if let Err(e) = nix::mount::umount2(&self.root, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cleanup: unmounting the live root {}: {e}", self.root.display());
+            }
+        }
+        if let Some(hold) = &self.hold {
+            if let Err(e) = nix::mount::umount2(hold, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cleanup: unmounting {}: {e}", hold.display());
+            }
+        }
         // Anything the engine left mounted below the image goes first, deepest first.
         let mut below: Vec<PathBuf> = mounts()
             .into_iter()

@@ -60,19 +60,23 @@ pub fn mounts() -> Vec<MountInfo> {
 /// scratch layer left attached).
 pub fn leaked_mounts(img: &LoopImage) -> Vec<String> {
     let mnt = img.mountpoint();
-    let mnt_s = mnt.to_string_lossy().into_owned();
+    // The image's mount, and the root when it is mounted elsewhere (a subvolume mounted on its own).
+    let root = img.root();
+    let places: Vec<&Path> = if root.starts_with(mnt) { vec![mnt] } else { vec![mnt, root.as_path()] };
     let ours: Vec<&Path> = img.mounted_inside().iter().map(|s| s.mountpoint()).collect();
     let mut leaks: Vec<String> = mounts()
         .into_iter()
         .filter(|m| {
-            (m.mount_point != mnt && m.mount_point.starts_with(mnt) && !ours.contains(&m.mount_point.as_path()))
-                || (m.fstype == "overlay" && m.super_opts.contains(&mnt_s))
+            places.iter().any(|p| {
+                (m.mount_point != *p && m.mount_point.starts_with(p) && !ours.contains(&m.mount_point.as_path()))
+                    || (m.fstype == "overlay" && m.super_opts.contains(&*p.to_string_lossy()))
+            })
         })
         .map(|m| m.line)
         .collect();
     for e in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
         let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else { continue };
-        if Path::new(backing.trim()).starts_with(mnt) {
+        if places.iter().any(|p| Path::new(backing.trim()).starts_with(p)) {
             leaks.push(format!("loop device {} still backed by {}", e.file_name().to_string_lossy(), backing.trim()));
         }
     }
@@ -218,10 +222,10 @@ pub fn populated_in(backend: Backend, layout: Layout) -> LoopImage {
     let base = if layout == Layout::WithMounts { Layout::Top } else { layout };
     let img = backend.image_in(base);
     populate_tree(&img.root(), TREE_FILES);
-    if layout == Layout::WithMounts {
-        img.with_mounts()
-    } else {
-        img
+    match (layout, backend) {
+        (Layout::WithMounts, Backend::Btrfs) => img.mounted_subvolume().with_mounts(),
+        (Layout::WithMounts, _) => img.with_mounts(),
+        _ => img,
     }
 }
 

@@ -112,8 +112,8 @@ pub enum Layout {
     /// The top of an ext4 filesystem, like an ext4 `/`, with its state area inside it (overlay and
     /// journal; for btrfs, `Plain`).
     Top,
-    /// `Plain` for btrfs, `Top` for the others, with an ext4 `/boot` and an xfs `/srv/www`
-    /// mounted inside.
+    /// An ext4 `/boot` and an xfs `/srv/www` mounted inside the root; for btrfs the root is the
+    /// subvolume mounted on its own, as `/` is, for the others `Top`.
     WithMounts,
 }
 
@@ -124,6 +124,7 @@ impl Backend {
             (Layout::Plain, _) => self.image(),
             (Layout::Top, Backend::Btrfs) => self.image(),
             (Layout::Top, _) => LoopImage::top(FsKind::Ext4, 256),
+            (Layout::WithMounts, Backend::Btrfs) => self.image().mounted_subvolume().with_mounts(),
             (Layout::WithMounts, _) => self.image_in(Layout::Top).with_mounts(),
         }
     }

@@ -306,3 +306,12 @@ impl Background {
         self.child.id()
     }
 }
+
+/// The `action` of every `recovered` event of a `recover` or `boot` run.
+pub fn recovered_actions(out: &Output) -> Vec<String> {
+    json_lines(out)
+        .iter()
+        .filter(|l| l["event"] == "recovered")
+        .map(|l| l["action"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
