@@ -13,6 +13,9 @@
 # btrfs: the root is a subvolume of a scratch btrfs image. overlay: the root is a directory on a scratch ext4 image.
 # overlay-top: the root is the top of a scratch ext4 image of its own, as an ext4 `/` is, with /var/lib on it, so its
 # state area is inside it and the overlay's upper layer is on a loop-mounted scratch filesystem.
+# plain-100 / parts-100: a 100-file plan on the 10k-file overlay-top root, without and with an ext4 /boot and an xfs
+# /srv mounted inside it (staged as parts); btrfs-plain-100 / btrfs-parts-100: the same on the 10k-file btrfs
+# subvolume mounted on its own by name, as a btrfs `/` is.
 # Targets: overhead at 100k files <= 100 ms and <= 1.5x the 1k value; peak RSS <= 50 MB. The targets are reported
 # as PASS/FAIL and do not change the exit code; the script fails only when it cannot run or an apply does not
 # commit.
@@ -65,6 +68,7 @@ make_image() {
   case "$fstype" in
     btrfs) mkfs.btrfs -q "$img" ;;
     ext4) mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img" ;;
+    xfs) mkfs.xfs -q "$img" ;;
   esac
   # direct I/O: the image's writes reach the disk instead of staying dirty in the host's page cache, where a later
   # flush would land in whichever measurement happens to sync first.
@@ -212,26 +216,32 @@ bench_backend btrfs btrfs make_btrfs_root
 bench_backend overlay overlay make_dir_root
 bench_backend overlay-top overlay make_top_root
 
-# A 100-file plan over /etc, an ext4 /boot and an xfs /srv mounted inside the ext4 root of 10k files (both staged as
-# parts), against the same plan over /etc, /opt and /var in the same root without mounts.
-heading "overlay-top: 100-file plans, with and without an ext4 /boot and an xfs /srv mounted inside"
-make_image parts-boot ext4
-truncate -s 1G "$scratch/parts-srv.img"
-mkfs.xfs -q "$scratch/parts-srv.img"
-dev=$(losetup --find --show --direct-io=on "$scratch/parts-srv.img")
-loops+=("$dev")
-root=$scratch/top10000
-for rep in 0 $(seq 1 "$reps"); do
-  apply_once plain-100 overlay 10000 "$rep" "$root" /etc /opt /var
-done
-umount "$scratch/parts-boot"
-mkdir -p "$root/boot" "$root/srv"
-mount "${loops[-2]}" "$root/boot"
-mount "$dev" "$root/srv"
-for rep in 0 $(seq 1 "$reps"); do
-  apply_once parts-100 overlay 10000 "$rep" "$root" /etc /boot /srv
-done
-umount "$root/srv" "$root/boot"
+# bench_parts PREFIX BACKEND ROOT: a 100-file plan over /etc, /opt and /var in ROOT (a root of 10k files), then over
+# /etc, an ext4 /boot and an xfs /srv, fresh filesystems mounted inside ROOT and staged as parts.
+bench_parts() {
+  local prefix=$1 backend=$2 root=$3 rep
+  heading "$prefix: 100-file plans, with and without an ext4 /boot and an xfs /srv mounted inside"
+  mkdir -p "$root/boot" "$root/srv"
+  for rep in 0 $(seq 1 "$reps"); do
+    apply_once "${prefix}plain-100" "$backend" 10000 "$rep" "$root" /etc /opt /var
+  done
+  make_image "${prefix}boot" ext4
+  make_image "${prefix}srv" xfs
+  umount "$scratch/${prefix}boot" "$scratch/${prefix}srv"
+  mount "${loops[-2]}" "$root/boot"
+  mount "${loops[-1]}" "$root/srv"
+  for rep in 0 $(seq 1 "$reps"); do
+    apply_once "${prefix}parts-100" "$backend" 10000 "$rep" "$root" /etc /boot /srv
+  done
+  umount "$root/srv" "$root/boot"
+}
+
+# The ext4 root as an ext4 `/` is, and the 10k-file btrfs subvolume mounted on its own by name, as a btrfs `/` is.
+bench_parts "" overlay "$scratch/top10000"
+mkdir "$scratch/btrfs-live"
+mount -o subvol=root10000 "$(findmnt -nvo SOURCE "$scratch/btrfs")" "$scratch/btrfs-live"
+bench_parts btrfs- btrfs "$scratch/btrfs-live"
+umount "$scratch/btrfs-live"
 
 heading "Results"
 echo "$reps apply per row after a warm-up; overhead = median of timings_ms.prepare + timings_ms.commit;"
@@ -257,7 +267,7 @@ def fmt(x, nd=1):
 
 header = ("backend", "files", "overhead ms", "ratio to 1k", "cp -a ms", "peak RSS MB")
 table, checks = [], []
-for backend in ("btrfs", "overlay", "overlay-top", "plain-100", "parts-100"):
+for backend in ("btrfs", "overlay", "overlay-top", "plain-100", "parts-100", "btrfs-plain-100", "btrfs-parts-100"):
     base = None
     for (b, n), r in sorted(rows.items()):
         if b != backend:
@@ -279,9 +289,10 @@ for backend in ("btrfs", "overlay", "overlay-top", "plain-100", "parts-100"):
 def overhead(label, n):
     r = rows.get((label, n))
     return statistics.median(r["overhead"]) if r and r["overhead"] else float("nan")
-plain, parts = overhead("plain-100", 10000), overhead("parts-100", 10000)
-print("100-file plan on the 10k-file ext4 root: %s ms without mounts inside, %s ms with an ext4 /boot and an xfs /srv "
-      "staged as parts (%s ms per part)" % (fmt(plain), fmt(parts), fmt((parts - plain) / 2)))
+for prefix, what in (("", "ext4 root"), ("btrfs-", "btrfs root mounted on its own")):
+    plain, parts = overhead(prefix + "plain-100", 10000), overhead(prefix + "parts-100", 10000)
+    print("100-file plan on the 10k-file %s: %s ms without mounts inside, %s ms with an ext4 /boot and an xfs /srv "
+          "staged as parts (%s ms per part)" % (what, fmt(plain), fmt(parts), fmt((parts - plain) / 2)))
 print()
 
 widths = [max(len(str(row[i])) for row in [header] + table) for i in range(len(header))]
