@@ -216,11 +216,11 @@ bench_backend btrfs btrfs make_btrfs_root
 bench_backend overlay overlay make_dir_root
 bench_backend overlay-top overlay make_top_root
 
-# bench_parts PREFIX BACKEND ROOT: a 100-file plan over /etc, /opt and /var in ROOT (a root of 10k files), then over
+# bench_parts TITLE PREFIX BACKEND ROOT: a 100-file plan over /etc, /opt and /var in ROOT (a root of 10k files), then over
 # /etc, an ext4 /boot and an xfs /srv, fresh filesystems mounted inside ROOT and staged as parts.
 bench_parts() {
-  local prefix=$1 backend=$2 root=$3 rep
-  heading "$prefix: 100-file plans, with and without an ext4 /boot and an xfs /srv mounted inside"
+  local title=$1 prefix=$2 backend=$3 root=$4 rep
+  heading "$title: 100-file plans, with and without an ext4 /boot and an xfs /srv mounted inside"
   mkdir -p "$root/boot" "$root/srv"
   for rep in 0 $(seq 1 "$reps"); do
     apply_once "${prefix}plain-100" "$backend" 10000 "$rep" "$root" /etc /opt /var
@@ -237,10 +237,10 @@ bench_parts() {
 }
 
 # The ext4 root as an ext4 `/` is, and the 10k-file btrfs subvolume mounted on its own by name, as a btrfs `/` is.
-bench_parts "" overlay "$scratch/top10000"
+bench_parts overlay-top "" overlay "$scratch/top10000"
 mkdir "$scratch/btrfs-live"
 mount -o subvol=root10000 "$(findmnt -nvo SOURCE "$scratch/btrfs")" "$scratch/btrfs-live"
-bench_parts btrfs- btrfs "$scratch/btrfs-live"
+bench_parts "btrfs (mounted by name)" btrfs- btrfs "$scratch/btrfs-live"
 umount "$scratch/btrfs-live"
 
 heading "Results"

@@ -3,7 +3,9 @@
 # back), shows status and list, rolls back to the tree before hello, and installs examples/service (a system user
 # and an enabled unit), on a btrfs subvolume, on a plain directory with the overlay backend, and on the top of an
 # ext4 filesystem (its state area inside it); then, with an ext4 /boot and an xfs /srv mounted inside that root,
-# commits and rolls back a plan that writes into all three, and shows a write to a left-out mount refused.
+# commits and rolls back a plan that writes into all three, and shows a write to a left-out mount refused; then the
+# same plan, committed and rolled back, on the btrfs subvolume mounted on its own (as a btrfs / is) with an ext4
+# /boot and an xfs /srv inside it.
 # Everything happens in scratch filesystems that are removed on exit.
 #
 #   sudo bash scripts/demo.sh
@@ -172,15 +174,22 @@ demo_root overlay "$scratch/host/root" overlay
 demo_root "ext4 top" "$scratch/top" overlay
 check "[ext4 top] the state area is inside the root" test -f "$scratch/top/var/lib/snapinst/state/state.json"
 
+# mount_parts ROOT TAG: a fresh ext4 /boot and xfs /srv (images TAG-boot, TAG-srv) mounted inside ROOT, each with
+# a README naming it.
+mount_parts() {
+  local root=$1 tag=$2 part name fstype
+  for part in boot:ext4 srv:xfs; do
+    name=${part%%:*} fstype=${part##*:}
+    truncate -s 320M "$scratch/$tag-$name.img"
+    "mkfs.$fstype" -q "$scratch/$tag-$name.img" 2>/dev/null || "mkfs.$fstype" -q -f "$scratch/$tag-$name.img"
+    mkdir -p "$root/$name"
+    mount -o loop "$scratch/$tag-$name.img" "$root/$name"
+    echo "$name on $fstype" >"$root/$name/README"
+  done
+}
+
 heading "[ext4 top] an ext4 /boot and an xfs /srv mounted inside the root"
-for part in boot:ext4 srv:xfs; do
-  name=${part%%:*} fstype=${part##*:}
-  truncate -s 320M "$scratch/$name.img"
-  "mkfs.$fstype" -q "$scratch/$name.img" 2>/dev/null || "mkfs.$fstype" -q -f "$scratch/$name.img"
-  mkdir -p "$scratch/top/$name"
-  mount -o loop "$scratch/$name.img" "$scratch/top/$name"
-  echo "$name on $fstype" >"$scratch/top/$name/README"
-done
+mount_parts "$scratch/top" top
 printf '{"name": "kernel", "steps": [{"id": "kernel", "type": "file", "path": "/boot/vmlinuz-2", "content": "k2"}, {"id": "grub", "type": "run", "command": ["/bin/sh", "-c", "ls /boot > /etc/boot-seen && echo cfg > /boot/grub.cfg && echo site > /srv/index.html"]}]}\n' \
   >"$scratch/kernel.json"
 echo "the plan writes into /boot (ext4) and /srv (xfs): both are staged with the root"
@@ -201,6 +210,25 @@ printf '{"name": "motd", "steps": [{"id": "motd", "type": "run", "command": ["/b
 expect_exit 0 "$snapinst" apply "$scratch/motd.json" --root "$scratch/top"
 check "/etc/motd was committed" grep -qx hi "$scratch/top/etc/motd"
 check "/srv still shows the xfs filesystem" grep -qx "srv on xfs" "$scratch/top/srv/README"
+
+heading "[btrfs /] the btrfs subvolume mounted on its own, as / is, with an ext4 /boot and an xfs /srv inside"
+live=$scratch/live
+mkdir "$live"
+mount -o subvol=root "$loopdev" "$live"
+echo "root: $live (subvolume root of $loopdev, mounted by name)"
+mount_parts "$live" live
+expect_exit 0 "$snapinst" apply "$scratch/kernel.json" --root "$live"
+echo "the parts commit at once; the root's new tree is what its next mount (the next boot) sees"
+check "/boot/vmlinuz-2 is on the ext4 /boot now" test -f "$live/boot/vmlinuz-2"
+check "/srv/index.html is on the xfs /srv now" grep -qx site "$live/srv/index.html"
+check "the running root still has its tree" test ! -e "$live/etc/boot-seen"
+check "the subvolume's name (the next boot) has the new tree" grep -qx README "$scratch/btrfs/root/etc/boot-seen"
+expect_exit 0 "$snapinst" status --root "$live"
+expect_exit 0 "$snapinst" rollback --root "$live"
+check "the rollback took /boot/vmlinuz-2 away" test ! -e "$live/boot/vmlinuz-2"
+check "the rollback took /srv/index.html away" test ! -e "$live/srv/index.html"
+check "the next boot sees the tree before the plan" test ! -e "$scratch/btrfs/root/etc/boot-seen"
+umount "$live/srv" "$live/boot" "$live"
 
 heading "Result"
 if [ "$failures" -eq 0 ]; then
