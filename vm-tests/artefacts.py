@@ -24,10 +24,33 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE_SIZE = 512 << 20
 
 # Modules the VM needs (by name) when they are not built in: the virtio disk, crc32c, btrfs (with the checksum
-# algorithms it asks for), ext4 and overlayfs. Their dependencies and soft dependencies are added from modules.dep,
-# modules.softdep and modules.alias.
+# algorithms it asks for), ext4, xfs (a part), overlayfs and loop (the scratch layer of a filesystem's top). Their
+# dependencies and soft dependencies are added from modules.dep, modules.softdep and modules.alias.
 WANTED_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "crc32c_intel", "libcrc32c", "btrfs",
-                  "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "overlay"]
+                  "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "xfs", "overlay", "loop"]
+
+# The programs snapinst runs besides itself, for a root that is a filesystem's top (its scratch layer): mkfs.ext4
+# and GNU cp (busybox's cp does not keep the trusted.overlay.* attributes). Copied with their libraries; the
+# busybox applet of the same name is replaced.
+GUEST_TOOLS = {"sbin/mkfs.ext4": "/sbin/mke2fs", "bin/cp": "/bin/cp"}
+GUEST_FILES = ["/etc/mke2fs.conf"]
+
+# How a test disk set is laid out, per campaign: the backend, the filesystem of the first disk (vda), where the
+# managed root is, and whether an ext4 /boot (vdb) and an xfs /srv (vdc) are mounted inside it and staged as parts.
+#   dir:  the root is the directory /root on vda (state area /.snapinst-root beside it)
+#   subvol: the root is the btrfs subvolume /root on vda, used as a directory (state area beside it)
+#   top:  the root is the top of vda, as an ext4 / is (state area /var/lib/snapinst/state inside it)
+#   live: the btrfs subvolume /root mounted on its own by name, as a btrfs / is (state area beside it on the top)
+LAYOUTS = {
+    "btrfs": {"backend": "btrfs", "fs": "btrfs", "root": "subvol", "parts": False},
+    "overlay": {"backend": "overlay", "fs": "ext4", "root": "dir", "parts": False},
+    "ext4-top": {"backend": "overlay", "fs": "ext4", "root": "top", "parts": True},
+    "btrfs-live": {"backend": "btrfs", "fs": "btrfs", "root": "live", "parts": True},
+}
+PARTS = [("boot", "ext4", 128 << 20), ("srv", "xfs", 320 << 20)]  # mounted at /boot (vdb) and /srv (vdc)
+# In the root's tree but not the transaction's: the registry and plans of the test, and the root's state area.
+TOP_EXCLUDED = ("/vmtest", "/var/lib/snapinst/state")
+PART_STATE = ".snapinst"
 
 
 def log(msg):
@@ -177,7 +200,7 @@ def module_closure(moddir, wanted):
 
 def ensure_kernel(cache):
     pkg, ver = resolve_kernel_package()
-    kdir = os.path.join(cache, "kernel-%s_%s" % (pkg, ver.replace(":", "_")))
+    kdir = os.path.join(cache, "kernel-%s_%s-%s" % (pkg, ver.replace(":", "_"), key_of(*WANTED_MODULES)[:8]))
     stamp = os.path.join(kdir, "kernel.json")
     if os.path.exists(stamp):
         info = json.load(open(stamp))
@@ -278,11 +301,15 @@ def busybox_path():
 
 def ensure_initrd(cache, kernel, snapinst):
     busybox = busybox_path()
-    libs = _libs(snapinst)
+    tools = {dest: os.path.realpath(src) for dest, src in GUEST_TOOLS.items()}
+    missing = [src for src in list(tools.values()) + GUEST_FILES if not os.path.exists(src)]
+    if missing:
+        raise SystemExit("vm-tests: missing on the host, needed in the guest: %s" % " ".join(missing))
+    libs = sorted(set(_libs(snapinst)).union(*[_libs(t) for t in tools.values()]))
     init = os.path.join(HERE, "init.sh")
-    key = key_of("initrd-v1", kernel["package"], kernel["version"], json.dumps(kernel["modules"]),
+    key = key_of("initrd-v2", kernel["package"], kernel["version"], json.dumps(kernel["modules"]),
                  sha256_file(init), sha256_file(busybox), sha256_file(snapinst), sha256_file(__file__),
-                 *[l + ":" + sha256_file(l) for l in libs])
+                 *[l + ":" + sha256_file(l) for l in libs + sorted(tools.values()) + GUEST_FILES])
     path = os.path.join(cache, "initrd-%s.cpio.gz" % key)
     if os.path.exists(path):
         return path, key
@@ -300,6 +327,12 @@ def ensure_initrd(cache, kernel, snapinst):
         for a in ("modprobe", "insmod", "poweroff", "reboot"):
             os.symlink("../bin/busybox", os.path.join(r, "sbin", a))
         shutil.copy2(snapinst, os.path.join(r, "bin/snapinst"))
+        for dest, src in tools.items():
+            if os.path.lexists(os.path.join(r, dest)):
+                os.unlink(os.path.join(r, dest))
+            shutil.copy2(src, os.path.join(r, dest))
+        for f in GUEST_FILES:
+            shutil.copy2(f, os.path.join(r, f.lstrip("/")))
         for lib in libs:
             dest = os.path.join(r, lib.lstrip("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -352,11 +385,88 @@ class Mounted:
         if r.returncode != 0:
             subprocess.run(["umount", "-l", self.dir])
         os.rmdir(self.dir)
-        # Let btrfs forget the device, so the next image with the same filesystem UUID is scanned afresh.
-        if shutil.which("btrfs"):
-            subprocess.run(["btrfs", "device", "scan", "--forget"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+        forget_btrfs_devices()
         return False
+
+
+def forget_btrfs_devices():
+    """Let btrfs forget the devices it scanned, so the next image with the same filesystem UUID is scanned afresh."""
+    if shutil.which("btrfs"):
+        subprocess.run(["btrfs", "device", "scan", "--forget"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def disks(layout):
+    """The disk files of a set of `layout`, in drive order (vda, vdb, ...)."""
+    return ["vda.img"] + (["vd%s.img" % chr(ord("b") + i) for i in range(len(PARTS))] if LAYOUTS[layout]["parts"]
+                          else [])
+
+
+class MountedSet:
+    """`with MountedSet(disk_dir, layout) as m:` the disks of a set loop-mounted on the host the way the guest mounts
+    them: `m.root` (the managed root, with the parts mounted in it), `m.state` (the root's state area) and
+    `m.part_states` (each part's)."""
+
+    def __init__(self, disk_dir, layout, ro=True):
+        self.dir, self.layout, self.ro = disk_dir, layout, ro
+
+    def _mount(self, dev, at, opts=""):
+        o = ",".join(x for x in ("ro" if self.ro else "", opts) if x)
+        run(["mount"] + (["-o", o] if o else []) + [dev, at])
+        self.points.append(at)
+
+    def __enter__(self):
+        lay = LAYOUTS[self.layout]
+        self.tmp = tempfile.mkdtemp(prefix="snapinst-vm-set.")
+        self.points, self.loops = [], []
+        try:
+            self.loops.append(out(["losetup", "--find", "--show"] + (["-r"] if self.ro else []) +
+                                  [os.path.join(self.dir, "vda.img")]).strip())
+            top = os.path.join(self.tmp, "top")
+            os.mkdir(top)
+            self._mount(self.loops[0], top)
+            self.top = top
+            if lay["root"] == "live":
+                self.root = os.path.join(self.tmp, "live")
+                os.mkdir(self.root)
+                self._mount(self.loops[0], self.root, "subvol=root")
+            else:
+                self.root = top if lay["root"] == "top" else os.path.join(top, "root")
+            self.state = os.path.join(self.root, TOP_EXCLUDED[1].lstrip("/")) if lay["root"] == "top" else \
+                os.path.join(top, ".snapinst-root")
+            self.part_states = []
+            if lay["parts"]:
+                for (name, _, _), disk in zip(PARTS, disks(self.layout)[1:]):
+                    self._mount(os.path.join(self.dir, disk), os.path.join(self.root, name), "loop")
+                    self.part_states.append(os.path.join(self.root, name, PART_STATE))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for p in reversed(self.points):
+            if subprocess.run(["umount", p]).returncode != 0:
+                subprocess.run(["umount", "-l", p])
+        for l in self.loops:
+            subprocess.run(["losetup", "-d", l])
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        forget_btrfs_devices()
+        return False
+
+    def manifest(self):
+        """The manifest of the managed root as a transaction sees it: the parts' trees in it, the test's own files
+        (a filesystem's top holds them) and every state area left out."""
+        lay = LAYOUTS[self.layout]
+        m = manifest_mod.manifest(self.root)
+        if lay["root"] == "top":
+            m = {k: v for k, v in m.items() if not any(k == x or k.startswith(x + "/") for x in TOP_EXCLUDED)}
+        if lay["parts"]:
+            for name, _, _ in PARTS:
+                for k, v in manifest_mod.manifest(os.path.join(self.root, name)).items():
+                    if k == "/" + PART_STATE or k.startswith("/%s/" % PART_STATE):
+                        continue
+                    m["/" + name + (k if k != "/" else "")] = v
+        return dict(sorted(m.items()))
 
 
 def tool_version(cmd):
@@ -364,37 +474,55 @@ def tool_version(cmd):
     return r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
 
 
-def ensure_image(cache, backend):
-    """The pristine image of `backend` ("btrfs": the root is subvolume `root`; "overlay": ext4, directory `root`)
-    and the manifest of its root. Returns (image path, manifest, plan)."""
+MKFS = {"btrfs": ["mkfs.btrfs", "-q", "-f"], "ext4": ["mkfs.ext4", "-q", "-F", "-I", "256"], "xfs": ["mkfs.xfs", "-q", "-f"]}
+
+
+def ensure_image(cache, layout):
+    """The pristine disk set of `layout` (see LAYOUTS): a directory holding its disks (`disks(layout)`), and the
+    manifest of its root. Returns (directory, manifest)."""
     busybox = busybox_path()
-    fs = "btrfs" if backend == "btrfs" else "ext4"
-    mkfs = ["mkfs.btrfs", "-q", "-f"] if fs == "btrfs" else ["mkfs.ext4", "-q", "-F", "-I", "256"]
-    key = key_of("image-v1", backend, IMAGE_SIZE, sha256_file(os.path.join(HERE, "tree.py")),
-                 sha256_file(busybox), tool_version([mkfs[0], "-V"]), " ".join(mkfs))
-    base = os.path.join(cache, "image-%s-%s" % (backend, key))
-    img, man = base + ".img", base + ".before.json"
-    if os.path.exists(img) and os.path.exists(man):
-        return img, manifest_mod.load(man)
-    log("image: building the %s image (%s)" % (backend, key))
-    _prune(os.path.join(cache, "image-%s-*" % backend), "")
-    tmpimg = img + ".tmp"
-    with open(tmpimg, "wb") as f:
-        f.truncate(IMAGE_SIZE)
-    run(mkfs + [tmpimg], stdout=subprocess.DEVNULL)
-    with Mounted(tmpimg, ro=False) as mnt:
-        root = os.path.join(mnt, "root")
-        if fs == "btrfs":
+    lay = LAYOUTS[layout]
+    fss = [lay["fs"]] + ([fs for _, fs, _ in PARTS] if lay["parts"] else [])
+    key = key_of("image-v2", layout, json.dumps(lay), json.dumps(PARTS), IMAGE_SIZE,
+                 sha256_file(os.path.join(HERE, "tree.py")), sha256_file(busybox),
+                 *[tool_version([MKFS[fs][0], "-V"]) + " ".join(MKFS[fs]) for fs in fss])
+    base = os.path.join(cache, "image-%s-%s" % (layout, key))
+    man = os.path.join(base, "before.json")
+    if os.path.exists(man):
+        return base, manifest_mod.load(man)
+    log("image: building the %s disk set (%s)" % (layout, key))
+    _prune(os.path.join(cache, "image-%s-[0-9a-f]*" % layout), "")
+    tmp = base + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    sizes = [IMAGE_SIZE] + [size for _, _, size in PARTS]
+    for disk, fs, size in zip(disks(layout), fss, sizes):
+        with open(os.path.join(tmp, disk), "wb") as f:
+            f.truncate(size)
+        run(MKFS[fs] + [os.path.join(tmp, disk)], stdout=subprocess.DEVNULL)
+    with Mounted(os.path.join(tmp, "vda.img"), ro=False) as mnt:
+        root = mnt if lay["root"] == "top" else os.path.join(mnt, "root")
+        if lay["fs"] == "btrfs":
             run(["btrfs", "-q", "subvolume", "create", root])
-        else:
+        elif root != mnt:
             os.mkdir(root)
         os.chmod(root, 0o755)
         tree.build_tree(root, busybox)
-        tree.write_plans(root, os.path.join(mnt, "vmtest"))
+        if lay["parts"]:
+            for name, _, _ in PARTS:
+                os.mkdir(os.path.join(root, name))
+        if lay["root"] == "top":
+            os.makedirs(os.path.join(root, "var/lib/snapinst"))  # as a package would ship it
+        tree.write_plans(root, os.path.join(mnt, "vmtest"), parts=[name for name, _, _ in PARTS] if lay["parts"] else [])
         os.makedirs(os.path.join(mnt, "vmtest", "registry"))
         os.sync()
-    with Mounted(tmpimg, ro=True) as mnt:
-        m = manifest_mod.manifest(os.path.join(mnt, "root"))
-    manifest_mod.save(m, man)
-    os.rename(tmpimg, img)
-    return img, m
+    if lay["parts"]:
+        for (name, _, _), disk in zip(PARTS, disks(layout)[1:]):
+            with Mounted(os.path.join(tmp, disk), ro=False) as mnt:
+                tree.build_part_tree(mnt, name)
+                os.sync()
+    with MountedSet(tmp, layout) as m:
+        before = m.manifest()
+    manifest_mod.save(before, os.path.join(tmp, "before.json"))
+    os.rename(tmp, base)
+    return base, before

@@ -5,6 +5,11 @@
 #   snapinst.mode=recover|apply|apply-failing|rollback   what to do after the boot-time recovery
 #   snapinst.fs=btrfs|ext4                              the test disk's filesystem (/dev/vda)
 #   snapinst.backend=btrfs|overlay                      passed to `snapinst apply --backend`
+#   snapinst.layout=dir|subvol|top|live                 where the managed root is (see artefacts.LAYOUTS): /mnt/root
+#                                                       (dir, subvol), the top of /dev/vda (top), or the btrfs
+#                                                       subvolume root mounted on its own at /sysroot (live)
+#   snapinst.parts=1                                    an ext4 /dev/vdb at /boot and an xfs /dev/vdc at /srv inside
+#                                                       the root
 #   snapinst.failpoint=NAME                             SNAPINST_FAILPOINT for every snapinst run of this boot,
 #                                                       with SNAPINST_FAILPOINT_ACTION=reset (machine reset, no sync)
 #
@@ -30,16 +35,18 @@ mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 exec </dev/console >/dev/console 2>&1
 
-MODE=recover FS=btrfs BACKEND=btrfs FAILPOINT=
+MODE=recover FS=btrfs BACKEND=btrfs FAILPOINT= LAYOUT=dir PARTS=
 for w in $(cat /proc/cmdline); do
     case "$w" in
         snapinst.mode=*) MODE=${w#snapinst.mode=} ;;
+        snapinst.layout=*) LAYOUT=${w#snapinst.layout=} ;;
+        snapinst.parts=*) PARTS=${w#snapinst.parts=} ;;
         snapinst.fs=*) FS=${w#snapinst.fs=} ;;
         snapinst.backend=*) BACKEND=${w#snapinst.backend=} ;;
         snapinst.failpoint=*) FAILPOINT=${w#snapinst.failpoint=} ;;
     esac
 done
-say "boot mode=$MODE fs=$FS backend=$BACKEND failpoint=${FAILPOINT:-none} uptime=$(cut -d' ' -f1 /proc/uptime)"
+say "boot mode=$MODE fs=$FS backend=$BACKEND layout=$LAYOUT parts=${PARTS:-0} failpoint=${FAILPOINT:-none} uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 load() { modprobe "$1" || die "modprobe $1 failed"; }
 load virtio_pci
@@ -52,17 +59,39 @@ case "$FS" in
     ext4) load ext4; load overlay ;;
     *) die "unknown fs $FS" ;;
 esac
-i=0
-while [ ! -b /dev/vda ]; do
-    i=$((i + 1))
-    [ $i -gt 500 ] && die "no /dev/vda"
-    sleep 0.01
-done
+wait_disk() {
+    i=0
+    while [ ! -b "$1" ]; do
+        i=$((i + 1))
+        [ $i -gt 500 ] && die "no $1"
+        sleep 0.01
+    done
+}
+wait_disk /dev/vda
 mount -t "$FS" /dev/vda /mnt || die "mount /dev/vda failed"
+MOUNTED=/mnt
+case "$LAYOUT" in
+    dir | subvol) ROOT=/mnt/root ;;
+    top) ROOT=/mnt ;;
+    live)
+        mkdir -p /sysroot
+        mount -t btrfs -o subvol=root /dev/vda /sysroot || die "mount subvol=root failed"
+        ROOT=/sysroot
+        MOUNTED="/sysroot $MOUNTED"
+        ;;
+    *) die "unknown layout $LAYOUT" ;;
+esac
+if [ "$PARTS" = 1 ]; then
+    load ext4; load xfs; load overlay; load loop
+    wait_disk /dev/vdb
+    wait_disk /dev/vdc
+    mount -t ext4 /dev/vdb "$ROOT/boot" || die "mount /dev/vdb at $ROOT/boot failed"
+    mount -t xfs /dev/vdc "$ROOT/srv" || die "mount /dev/vdc at $ROOT/srv failed"
+    MOUNTED="$ROOT/srv $ROOT/boot $MOUNTED"
+fi
 say "mounted uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 export SNAPINST_REGISTRY=/mnt/vmtest/registry
-ROOT=/mnt/root
 if [ -n "$FAILPOINT" ]; then
     export SNAPINST_FAILPOINT="$FAILPOINT" SNAPINST_FAILPOINT_ACTION=reset
 fi
@@ -117,7 +146,9 @@ say "status-done rc=$RC"
 tagged list-out snapinst list --root "$ROOT" --json
 say "list-done rc=$RC"
 sync
-umount /mnt || die "umount /mnt failed"
+for m in $MOUNTED; do
+    umount "$m" || die "umount $m failed"
+done
 say "poweroff uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
 sleep 10

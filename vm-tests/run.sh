@@ -2,12 +2,15 @@
 # QEMU crash-consistency tests of snapinst: power cuts at random instants and at every named crash point, on a real
 # Debian kernel, with the boot-time `snapinst recover --all` checked against whole-tree manifests.
 #
-#   vm-tests/run.sh [--cuts N] [--soak N] [--seed S] [--backend btrfs|overlay] [--no-failpoints] [--late F]
+#   vm-tests/run.sh [--cuts N] [--cuts-with-parts N] [--soak N] [--seed S] [--backend btrfs|overlay]
+#                   [--layout btrfs|overlay|ext4-top|btrfs-live] [--no-failpoints] [--late F]
 #
-#   --cuts N     power cuts per backend (default 20)
-#   --soak N     a long run: N power cuts per backend (same as --cuts N, for soak runs)
+#   --cuts N     power cuts per layout without filesystems mounted inside the root (default 20)
+#   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 6)
+#   --soak N     a long run: N power cuts per layout (same as --cuts N, for soak runs)
 #   --seed S     seed of the random cut delays (default: random; always printed, so a run can be repeated)
-#   --backend B  only this backend (repeatable)
+#   --backend B  only the layouts of this backend (repeatable)
+#   --layout L   only this layout (repeatable)
 #   --no-failpoints  only the power cuts
 #   --late F     aim a fraction F of the cuts at the commit phase (the end of the apply) instead of [0, T]
 #
@@ -37,7 +40,7 @@ done
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get, loop mounts, image building)"
 
 # ---- dependencies (Debian 12 package names); apt-get only when something is missing
-deps=(qemu-system-x86 busybox-static btrfs-progs e2fsprogs cpio kmod python3 util-linux coreutils gzip dpkg apt)
+deps=(qemu-system-x86 busybox-static btrfs-progs e2fsprogs xfsprogs cpio kmod python3 util-linux coreutils gzip dpkg apt)
 bash "$repo/scripts/deps.sh" "${deps[@]}" || die "installing the dependencies failed"
 for t in qemu-system-x86_64 busybox mkfs.btrfs mkfs.ext4 btrfs cpio depmod /usr/bin/python3; do
     command -v "$t" >/dev/null || die "required tool $t is missing after installing the dependencies"

@@ -132,6 +132,45 @@ def build_tree(root, busybox):
         os.utime(os.path.join(root, rel), ns=(ns, ns), follow_symlinks=False)
 
 
+def build_part_tree(top, name):
+    """The tree of a filesystem mounted inside the root at /NAME (its top is `top`): 40 files of a few KiB in two
+    directories, a symlink, fixed owners, modes and mtimes."""
+    rng = random.Random("%d-%s" % (SEED, name))
+    for i in range(40):
+        rel = "%s/%s-%02d" % ("grub" if i % 4 == 0 else "files", name, i)
+        p = os.path.join(top, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            f.write(_text(rng, rng.randrange(512, 4096)))
+        os.chmod(p, MODES[i % len(MODES)])
+        os.chown(p, *UIDS[i % len(UIDS)])
+        t = _mtime_ns(name + "/" + rel)
+        os.utime(p, ns=(t, t))
+    os.symlink("files/%s-01" % name, os.path.join(top, "current"))
+
+
+def _part_steps(name, rng):
+    """Steps writing into the part mounted at /NAME: 5 files replaced, 10 added (some in a new directory), 3
+    removed, one symlink replaced. Returns (steps, paths written)."""
+    steps = [{"id": "%s-newdir" % name, "type": "dir", "path": "/%s/new" % name, "mode": "0755"}]
+    written = []
+    for i in range(5):
+        path = "/%s/files/%s-%02d" % (name, name, 1 + 4 * i + (i % 3))
+        steps.append({"id": "%s-replace-%d" % (name, i), "type": "file", "path": path,
+                      "content": _text(rng, rng.randrange(512, 4096))})
+        written.append(path)
+    for i in range(10):
+        path = "/%s/%s/%s-new-%02d" % (name, "new" if i % 3 == 0 else "grub", name, i)
+        steps.append({"id": "%s-add-%d" % (name, i), "type": "file", "path": path, "mode": "0644",
+                      "content": _text(rng, rng.randrange(512, 4096))})
+        written.append(path)
+    for i, n in enumerate((3, 7, 15)):
+        steps.append({"id": "%s-remove-%d" % (name, i), "type": "remove", "path": "/%s/files/%s-%02d" % (name, name, n)})
+    steps.append({"id": "%s-relink" % name, "type": "symlink", "path": "/%s/current" % name,
+                  "target": "new/%s-new-00" % name})
+    return steps, written
+
+
 def _existing(root):
     """Regular files (not hard-linked), symlinks of the base tree, root-relative, sorted."""
     regs, links, hard = [], [], []
@@ -154,8 +193,9 @@ def _existing(root):
     return regs, links, hard
 
 
-def build_plans(root):
-    """The plan and the failing plan for the base tree in `root`, as JSON-ready dicts."""
+def build_plans(root, parts=()):
+    """The plan and the failing plan for the base tree in `root`, as JSON-ready dicts; with `parts` (the names of
+    the filesystems mounted inside the root, see build_part_tree), the plan writes into each of them too."""
     rng = random.Random(SEED + 2)
     regs, links, hard = _existing(root)
     rng.shuffle(regs)
@@ -192,6 +232,10 @@ def build_plans(root):
     for i in range(5):
         steps.append({"id": "symlink-%d" % i, "type": "symlink", "path": "/opt/app/newlink%d" % i,
                       "target": written[i * 50]})
+    for name in parts:
+        part_steps, part_written = _part_steps(name, rng)
+        steps += part_steps
+        written += part_written
     written.append("/etc/vmtest-written")
     written.append("/var/lib/vmtest/ran")
     steps.append({"id": "written-list", "type": "file", "path": "/etc/vmtest-written", "mode": "0644",
@@ -211,8 +255,8 @@ def build_plans(root):
     return plan, failing
 
 
-def write_plans(root, dest_dir):
-    plan, failing = build_plans(root)
+def write_plans(root, dest_dir, parts=()):
+    plan, failing = build_plans(root, parts)
     os.makedirs(dest_dir, exist_ok=True)
     for name, p in [("plan.json", plan), ("plan-failing.json", failing)]:
         with open(os.path.join(dest_dir, name), "w") as f:
