@@ -304,3 +304,31 @@ backend_tests!(
     crash_at_every_failpoint_with_mounts_inside,
     btrfs => Btrfs, overlay => Overlay
 );
+
+/// The first transaction of a root with filesystems mounted inside it, killed right after its
+/// record (which lists the parts) and before any part's state area exists: recovery discards it
+/// and every filesystem is as before. (The matrix above reaches this point only once the state
+/// areas exist.)
+fn first_transaction_with_parts_killed_after_its_record(backend: Backend) {
+    let img = populated_in(backend, Layout::WithMounts);
+    let root = img.root();
+    let host = host_tempdir();
+    let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/srv/www"]);
+    hello.prepare(&root);
+    let before = img.booted_manifest();
+    let out = apply_env(&hello.plan_dir(&hello.plan()).path, &root, backend, &[], &[(FP, "apply-after-record")]);
+    assert!(killed_by_sigkill(&out), "the failpoint must kill the apply\n{}", show(&out));
+    for sub in img.mounted_inside() {
+        assert!(!sub.mountpoint().join(".snapinst").exists(), "{}: no state area yet", sub.mountpoint().display());
+    }
+    let r = recover(&root);
+    assert_code(&r, 0);
+    assert_eq!(recovered_actions(&r), ["rolled_back"], "{}", show(&r));
+    assert_manifest_eq_ctx(&before, &img.booted_manifest(), "after recovering the first transaction");
+    assert_no_leftovers(&img);
+}
+backend_tests!(
+    privileged_first_transaction_with_parts_killed_after_its_record,
+    first_transaction_with_parts_killed_after_its_record,
+    btrfs => Btrfs, overlay => Overlay
+);

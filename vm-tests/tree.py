@@ -195,12 +195,16 @@ def _existing(root):
 
 def build_plans(root, parts=()):
     """The plan and the failing plan for the base tree in `root`, as JSON-ready dicts; with `parts` (the names of
-    the filesystems mounted inside the root, see build_part_tree), the plan writes into each of them too."""
+    the filesystems mounted inside the root, see build_part_tree), the plan writes into each of them too, and
+    changes a tenth as many paths of the root (each of its three filesystems pays for a scratch layer and a copy
+    under emulation; the kinds of change are the same)."""
     rng = random.Random(SEED + 2)
+    scale = 10 if parts else 1
+    n_replace, n_add, n_remove = N_REPLACE // scale, N_ADD // scale, N_REMOVE // scale
     regs, links, hard = _existing(root)
     rng.shuffle(regs)
-    replace = regs[:N_REPLACE - 1] + [hard[0]]  # one of them is a hard link: replaced by rename, the link breaks
-    remove = regs[N_REPLACE:N_REPLACE + N_REMOVE - 8] + links[:5] + [hard[1]]
+    replace = regs[:n_replace - 1] + [hard[0]]  # one of them is a hard link: replaced by rename, the link breaks
+    remove = regs[n_replace:n_replace + n_remove - 8] + links[:5] + [hard[1]]
     steps = []
     written = []
     new_dirs = ["usr/share/vmtest/new%02d" % i for i in range(8)] + ["usr/share/vmtest/new00/inner"]
@@ -216,7 +220,7 @@ def build_plans(root, parts=()):
         steps.append(s)
         written.append("/" + rel)
     old_dirs = sorted({os.path.dirname(r) for r in regs})
-    for i in range(N_ADD):
+    for i in range(n_add):
         d = new_dirs[i % len(new_dirs)] if i % 4 == 0 else old_dirs[i % len(old_dirs)]
         path = "/%s/added%04d.txt" % (d, i)
         s = {"id": "add-%d" % i, "type": "file", "path": path, "content": _text(rng, rng.randrange(1024, 6 * 1024)),
@@ -231,7 +235,7 @@ def build_plans(root, parts=()):
     steps.append({"id": "remove-dir", "type": "remove", "path": "/opt/app/share", "recursive": True})
     for i in range(5):
         steps.append({"id": "symlink-%d" % i, "type": "symlink", "path": "/opt/app/newlink%d" % i,
-                      "target": written[i * 50]})
+                      "target": written[(i * 50) % len(written)]})
     for name in parts:
         part_steps, part_written = _part_steps(name, rng)
         steps += part_steps

@@ -237,7 +237,12 @@ pub(super) fn finish(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
 pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     remove_stage(&stage_paths(ctx, rec))?;
     Delta::at(&ctx.state.gen_path(rec.to_generation)).remove()?;
-    fsutil::sync_dir(&ctx.state.gens_dir())
+    // A part's first transaction may stop before its state area is made: then there is nothing to make durable.
+    let gens = ctx.state.gens_dir();
+    if fsutil::exists(&gens) {
+        fsutil::sync_dir(&gens)?;
+    }
+    Ok(())
 }
 
 fn checkpoints(ctx: &Ctx, rec: &TxnRecord) -> PathBuf {
