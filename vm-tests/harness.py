@@ -524,7 +524,9 @@ class Campaign:
         return res
 
     def failpoint_matrix(self):
-        mine = [(n, op) for n, op, bks in self.failpoints if self.backend in bks]
+        # The parts are staged by the overlay backend whatever the root's: its points are reached in them.
+        stagers = {self.backend} | ({"overlay"} if LAYOUTS[self.layout]["parts"] else set())
+        mine = [(n, op) for n, op, bks in self.failpoints if stagers & set(bks)]
         pre_commit = post_commit = None
         rows = []
         for name, op in mine:
@@ -682,7 +684,8 @@ def main():
         ncuts = cuts if args.soak is not None or not LAYOUTS[layout]["parts"] else args.cuts_with_parts
         c = Campaign(layout, VM(kernel, initrd, accel, logdir), img, before, workdir, logdir,
                      random.Random("%d-%s" % (seed, layout)), failpoints, ncuts)
-        c.late = args.late
+        # Few cuts seldom land in the commit phase by chance: with parts, half of them are aimed at it.
+        c.late = args.late if args.late or not LAYOUTS[layout]["parts"] else 0.5
         results.append(c)
 
     def run_campaign(c):
@@ -741,7 +744,8 @@ def main():
     print("  (T: the uncut apply, apply-start to apply-done; commit: its commit phase per the summary; cuts at a"
           " random instant in [0, T]%s.\n   before: the tree is BEFORE, rb = of which recovery rolled back a started"
           " transaction; during: recovery rolled forward; after: the apply had completed)"
-          % (", %d%% aimed at the commit phase" % (args.late * 100) if args.late else ""))
+          % (", %d%% aimed at the commit phase" % (args.late * 100) if args.late else
+             ", half of them aimed at the commit phase on the layouts with parts"))
     for c in results:
         if c.fp_rows:
             print("%s crash points:" % c.layout)
