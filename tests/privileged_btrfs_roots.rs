@@ -79,6 +79,19 @@ fn boot(root: &Path) -> Output {
     snapinst(["boot", "--root", root.to_str().unwrap(), "--json"])
 }
 
+/// Three boots that each spend a try of the pending generation (none blesses it), then the one
+/// that falls back; returns the note of that last boot.
+fn boot_until_the_fallback(name: &Path) -> String {
+    for left in [2, 1, 0] {
+        assert_code(&boot(name), 0);
+        assert_eq!(status_json(name)["pending"]["boots_left"], json!(left));
+    }
+    let out = boot(name);
+    assert_code(&out, 0);
+    let note = json_lines(&out).into_iter().find(|v| v["event"] == "boot").expect("a boot event");
+    note["note"].as_str().unwrap_or_default().to_string()
+}
+
 #[test]
 fn privileged_mounted_subvolume_commits_for_the_next_boot_and_falls_back() {
     let img = populated(Backend::Btrfs);
@@ -107,14 +120,8 @@ fn privileged_mounted_subvolume_commits_for_the_next_boot_and_falls_back() {
     assert_eq!(st["pending"]["boots_left"], json!(3), "{st}");
 
     // Three boots that never bless it, then the fourth restores generation 0.
-    for left in [2, 1, 0] {
-        assert_code(&boot(&name), 0);
-        assert_eq!(status_json(&name)["pending"]["boots_left"], json!(left));
-    }
-    let out = boot(&name);
-    assert_code(&out, 0);
-    let note = json_lines(&out).into_iter().find(|v| v["event"] == "boot").expect("a boot event");
-    assert!(note["note"].as_str().unwrap().contains("did not reach boot-complete.target in 3 boots"), "{note}");
+    let note = boot_until_the_fallback(&name);
+    assert!(note.contains("did not reach boot-complete.target in 3 boots"), "{note}");
     assert_manifest_eq_ctx(&before, &manifest(&name), "the subvolume after the fallback");
     let st = status_json(&name);
     assert_eq!(st["current_generation"], json!(0), "{st}");
@@ -156,27 +163,15 @@ fn privileged_unhealthy_fallback_stops_falling_back() {
 /// local filesystems are; until then no boot is counted. After that every filesystem is as it was.
 #[test]
 fn privileged_fallback_takes_the_filesystems_inside_along_once_mounted() {
-    let img = populated_in(Backend::Btrfs, Layout::WithMounts);
-    let root = img.root();
+    let WithParts { img, root, hello, before, host: _host } = WithParts::new(Backend::Btrfs);
     let name = img.subvolume_name().expect("a subvolume mounted on its own").to_path_buf();
-    let host = host_tempdir();
-    let hello = Hello::new(Backend::Btrfs, "", host.path()).writing_into(&["/boot", "/srv/www"]);
-    hello.prepare(&root);
-    let before = img.booted_manifest();
     let mut after = Expect::new(&before);
     hello.expect(&mut after);
     assert_code(&apply(&hello.plan_dir(&hello.plan()).path, &root, Backend::Btrfs, &[]), 0);
     after.check(&img.booted_manifest());
 
     // The boot hook sees the root by name on the top level, with nothing mounted inside it.
-    for left in [2, 1, 0] {
-        assert_code(&boot(&name), 0);
-        assert_eq!(status_json(&name)["pending"]["boots_left"], json!(left));
-    }
-    let out = boot(&name);
-    assert_code(&out, 0);
-    let note = json_lines(&out).into_iter().find(|v| v["event"] == "boot").expect("a boot event");
-    let note = note["note"].as_str().unwrap_or_default().to_string();
+    let note = boot_until_the_fallback(&name);
     assert!(note.contains("generation 0 is current again (its root now; /boot, /srv/www once mounted"), "{note}");
 
     // Until the parts are mounted the rollback waits, and a boot counts no try.

@@ -87,7 +87,6 @@ fn classify(img: &LoopImage, before: &Expect, after: Option<&Expect>, ctx: &str)
     }
 }
 
-
 /// After a crash: recover, classify, check the actions, leftovers, and that recovering again
 /// does nothing.
 fn recover_and_check(
@@ -310,12 +309,7 @@ backend_tests!(
 /// and every filesystem is as before. (The matrix above reaches this point only once the state
 /// areas exist.)
 fn first_transaction_with_parts_killed_after_its_record(backend: Backend) {
-    let img = populated_in(backend, Layout::WithMounts);
-    let root = img.root();
-    let host = host_tempdir();
-    let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/srv/www"]);
-    hello.prepare(&root);
-    let before = img.booted_manifest();
+    let WithParts { img, root, hello, before, host: _host } = WithParts::new(backend);
     let out = apply_env(&hello.plan_dir(&hello.plan()).path, &root, backend, &[], &[(FP, "apply-after-record")]);
     assert!(killed_by_sigkill(&out), "the failpoint must kill the apply\n{}", show(&out));
     for sub in img.mounted_inside() {

@@ -125,12 +125,7 @@ fn run_plan(name: &str, script: &str) -> PlanDir {
 /// mounted on its own, as `/` is: its manifests are of the root mounted again, as the next boot
 /// sees it (the parts commit at once).
 fn mounts_inside_are_staged_with_the_root(backend: Backend) {
-    let img = populated_in(backend, Layout::WithMounts);
-    let root = img.root();
-    let host = host_tempdir();
-    let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/srv/www"]);
-    hello.prepare(&root);
-    let before = img.booted_manifest();
+    let WithParts { img, root, hello, before, host: _host } = WithParts::new(backend);
 
     // The steps see what the machine sees there, and a failure changes no filesystem.
     let seen = run_plan(

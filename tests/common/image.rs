@@ -201,7 +201,18 @@ impl LoopImage {
         nix::mount::mount(Some(&loop_path), &mnt, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
             .unwrap_or_else(|e| panic!("mounting {} ({fstype}) on {}: {e}", loop_path.display(), mnt.display()));
         let (root, state) = (mnt.join("root"), mnt.join(".snapinst-root"));
-        LoopImage { subs: Vec::new(), kind, mnt, root, state, loopdev: Some(ld), loop_path, name: None, hold: None, dir }
+        LoopImage {
+            subs: Vec::new(),
+            kind,
+            mnt,
+            root,
+            state,
+            loopdev: Some(ld),
+            loop_path,
+            name: None,
+            hold: None,
+            dir,
+        }
     }
 
     pub fn kind(&self) -> FsKind {

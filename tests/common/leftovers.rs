@@ -278,3 +278,27 @@ pub fn still_alive(pids: &[u32]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A root of `backend` with an ext4 `/boot` and an xfs `/srv/www` mounted inside it
+/// ([`Layout::WithMounts`]), and the hello plan, writing into both as well, prepared in it.
+pub struct WithParts {
+    pub img: LoopImage,
+    pub root: PathBuf,
+    pub hello: Hello,
+    /// The root's manifest before any transaction, as the next boot sees it.
+    pub before: Manifest,
+    /// The host directory of the plan's host step (bind it, as `host: _host`, for as long as the plan runs).
+    pub host: tempfile::TempDir,
+}
+
+impl WithParts {
+    pub fn new(backend: Backend) -> WithParts {
+        let img = populated_in(backend, Layout::WithMounts);
+        let root = img.root();
+        let host = host_tempdir();
+        let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/srv/www"]);
+        hello.prepare(&root);
+        let before = img.booted_manifest();
+        WithParts { img, root, hello, before, host }
+    }
+}
