@@ -248,6 +248,16 @@ fn unstaged_because(m: &mounts::MountInfo, rel: &Path, kind: BackendKind, select
     None
 }
 
+/// Which of `rels` (filesystems inside `root`, relative to it) are mounted at their place now: (mounted, not).
+pub(crate) fn split_by_mounted(root: &Path, rels: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    rels.iter().cloned().partition(|rel| mounts::is_mount_point(&root.join(rel)).unwrap_or(false))
+}
+
+/// `/boot, /srv/www`: in-root paths as a message names them.
+pub(crate) fn shown(rels: &[PathBuf]) -> String {
+    rels.iter().map(|p| format!("/{}", p.display())).collect::<Vec<_>>().join(", ")
+}
+
 /// The paths a step names, with their field and whether the step may replace what is at them.
 fn named_paths(action: &Action) -> Vec<(&'static str, &RootPath, bool)> {
     match action {

@@ -213,17 +213,16 @@ pub(super) fn refuse_plan_on_unstaged(plan_file: &Path, plan: &Plan, layout: &La
 /// The btrfs backend commits by renaming a directory root's subvolume: filesystems mounted inside it would stay
 /// with the replaced tree, out of sight. (A root mounted on its own is exchanged for its next mount instead.)
 fn refuse_exchange_under_mounts(kind: BackendKind, root: &Path, layout: &Layout) -> Result<()> {
-    let points: Vec<&std::path::PathBuf> =
-        layout.hidden_mounts.iter().chain(layout.parts.iter().map(|p| &p.rel)).collect();
+    let points: Vec<std::path::PathBuf> =
+        layout.hidden_mounts.iter().chain(layout.parts.iter().map(|p| &p.rel)).cloned().collect();
     if kind != BackendKind::Btrfs || points.is_empty() || mounts::is_mount_point(root)? {
         return Ok(());
     }
-    let list: Vec<String> = points.iter().map(|p| format!("/{}", p.display())).collect();
     refuse(format!(
         "filesystems are mounted inside {} ({}); the btrfs backend commits by renaming the root's subvolume, and \
          they would stay with the replaced tree: unmount them first, or manage a subvolume mounted on its own",
         root.display(),
-        list.join(", ")
+        crate::submounts::shown(&points)
     ))
 }
 

@@ -49,11 +49,7 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
                 // Before the root is mounted nothing is mounted inside it: the parts' half of the fallback is
                 // carried out by `snapinst recover` once they are (the record says which).
                 let parts = state.parts();
-                let mounted: Vec<_> = parts
-                    .iter()
-                    .filter(|p| mounts::is_mount_point(&loc.root.join(p)).unwrap_or(false))
-                    .cloned()
-                    .collect();
+                let (mounted, _) = crate::submounts::split_by_mounted(&loc.root, &parts);
                 let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?.with_parts(&mounted)?;
                 let rec = rollback::switch(&ctx, &mut state, fallback, &parts, &out)?;
                 state.pending = Some(Pending { generation: fallback, fallback: None, boots_left: state.boot_tries });
@@ -61,8 +57,10 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
                 let then = if waiting.is_empty() {
                     String::new()
                 } else {
-                    let list: Vec<String> = waiting.iter().map(|p| format!("/{}", p.display())).collect();
-                    format!(" (its root now; {} once mounted, by `snapinst recover`)", list.join(", "))
+                    format!(
+                        " (its root now; {} once mounted, by `snapinst recover`)",
+                        crate::submounts::shown(&waiting)
+                    )
                 };
                 format!(
                     "generation {} did not reach boot-complete.target in {} boots; generation {fallback} is current again{then}",

@@ -9,7 +9,7 @@ use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
 use crate::state::{Phase, State, StateDir, TxnKind, TxnRecord};
-use crate::{failpoint, fsutil, mounts, registry};
+use crate::{failpoint, fsutil, mounts, registry, submounts};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::Path;
@@ -87,20 +87,16 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
     }
     let mut waiting = 0;
     for mut rec in unfinished {
-        let unmounted: Vec<String> = rec
-            .parts
-            .iter()
-            .filter(|p| !mounts::is_mount_point(&root.join(p)).unwrap_or(false))
-            .map(|p| format!("/{}", p.display()))
-            .collect();
+        let (_, unmounted) = submounts::split_by_mounted(root, &rec.parts);
         if may_wait == PartsMayWait::Yes && !unmounted.is_empty() {
             waiting += 1;
-            out.event("recovered", json!({"root": root, "txn": rec.txn, "action": "waiting", "parts": unmounted}));
+            let named: Vec<String> = unmounted.iter().map(|p| format!("/{}", p.display())).collect();
+            out.event("recovered", json!({"root": root, "txn": rec.txn, "action": "waiting", "parts": named}));
             out.say(format!(
                 "snapinst: {}: transaction {} waits for {} to be mounted; `snapinst recover` finishes it then",
                 root.display(),
                 rec.txn,
-                unmounted.join(", ")
+                submounts::shown(&unmounted)
             ));
             continue;
         }
@@ -116,8 +112,7 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
     }
     if let Some(state) = sd.load()? {
         // Leftovers of parts that are not mounted now wait for the next sweep with them mounted.
-        let mounted: Vec<_> =
-            state.parts().into_iter().filter(|p| mounts::is_mount_point(&root.join(p)).unwrap_or(false)).collect();
+        let (mounted, _) = submounts::split_by_mounted(root, &state.parts());
         let ctx = Ctx::new(state.backend, root, sd)?.with_parts(&mounted)?;
         if waiting == 0 {
             for path in backend::sweep(&ctx, &state)? {

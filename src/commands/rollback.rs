@@ -43,17 +43,14 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
         return Ok(Outcome::Done);
     }
     let parts = state.parts();
-    for rel in &parts {
-        let at = loc.root.join(rel);
-        if !mounts::is_mount_point(&at).unwrap_or(false) {
-            return refuse(format!(
-                "generations of {} hold changes to the filesystem mounted at /{}, and nothing is mounted at {} now; \
-                 mount it first",
-                loc.root.display(),
-                rel.display(),
-                at.display()
-            ));
-        }
+    if let Some(rel) = crate::submounts::split_by_mounted(&loc.root, &parts).1.first() {
+        return refuse(format!(
+            "generations of {} hold changes to the filesystem mounted at /{}, and nothing is mounted at {} now; \
+             mount it first",
+            loc.root.display(),
+            rel.display(),
+            loc.root.join(rel).display()
+        ));
     }
     let ctx = Ctx::new(state.backend, &loc.root, &loc.state)
         .and_then(|c| c.with_parts(&parts))
@@ -109,10 +106,9 @@ pub(crate) fn switch(
         }
     };
     if !finished {
-        let waiting: Vec<String> = unmounted_parts(ctx, &rec).iter().map(|p| format!("/{}", p.display())).collect();
         out.say(format!(
             "snapinst: the root is switched to generation {target}; {} follow once mounted (snapinst recover)",
-            waiting.join(", ")
+            crate::submounts::shown(&unmounted_parts(ctx, &rec))
         ));
         return Ok(rec);
     }

@@ -53,9 +53,9 @@ fn human_status(v: &Value, state: Option<&State>) -> String {
         Some(st) => {
             let _ = writeln!(s, "backend:            {}", st.backend);
             let _ = writeln!(s, "current generation: {}", st.current);
-            let parts: Vec<String> = st.parts().iter().map(|p| format!("/{}", p.display())).collect();
+            let parts = crate::submounts::shown(&st.parts());
             if !parts.is_empty() {
-                let _ = writeln!(s, "parts:              {} (staged with the root)", parts.join(", "));
+                let _ = writeln!(s, "parts:              {} (staged with the root)", parts);
             }
         }
     }
