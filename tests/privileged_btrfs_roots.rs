@@ -45,36 +45,6 @@ fn privileged_plan_larger_than_free_space_is_refused() {
     assert!(!img.state_dir().join("txns").exists() || dir_names(&img.state_dir().join("txns")).is_empty());
 }
 
-/// Mount `<image>/root` again at `live`, by subvolume name, the way the root filesystem is mounted at boot.
-struct LiveMount {
-    dir: tempfile::TempDir,
-}
-
-impl LiveMount {
-    fn new(img: &LoopImage) -> LiveMount {
-        let dir = tempfile::Builder::new().prefix("snapinst-live-").tempdir().unwrap();
-        nix::mount::mount(
-            Some(img.loop_device()),
-            dir.path(),
-            Some("btrfs"),
-            nix::mount::MsFlags::empty(),
-            Some("subvol=root"),
-        )
-        .expect("mounting the root subvolume on its own");
-        LiveMount { dir }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for LiveMount {
-    fn drop(&mut self) {
-        forget_registrations(self.dir.path());
-        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 fn boot(root: &Path) -> Output {
     snapinst(["boot", "--root", root.to_str().unwrap(), "--json"])
 }
@@ -94,26 +64,26 @@ fn boot_until_the_fallback(name: &Path) -> String {
 
 #[test]
 fn privileged_mounted_subvolume_commits_for_the_next_boot_and_falls_back() {
-    let img = populated(Backend::Btrfs);
-    let name = img.root();
-    let live = LiveMount::new(&img);
-    let before = manifest(live.path());
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let name = img.subvolume_name().expect("a subvolume mounted on its own").to_path_buf();
+    let live = img.root();
+    let before = manifest(&live);
     assert_manifest_eq_ctx(&before, &manifest(&name), "the live mount and the subvolume name (test setup)");
 
     let steps = vec![json!({"id": "f", "type": "file", "path": "/etc/gen1.conf", "content": "one\n", "mode": "0644"})];
     let pd = PlanDir::new(&plan("gen1", steps), &[]);
     // No --state-dir: the default is beside the subvolume on the top level, the same as for the plain subvolume.
-    let out = apply(&pd.path, live.path(), Backend::Btrfs, &[]);
+    let out = apply(&pd.path, &live, Backend::Btrfs, &[]);
     assert_code(&out, 0);
     assert!(img.state_dir().join("state.json").exists(), "state area not beside the subvolume\n{}", show(&out));
 
     // The live mount still shows the old tree; the name (what the next mount sees) has the new one.
-    assert_manifest_eq_ctx(&before, &manifest(live.path()), "the live mount after the commit");
+    assert_manifest_eq_ctx(&before, &manifest(&live), "the live mount after the commit");
     let mut want = Expect::new(&before);
     want.file("/etc/gen1.conf", b"one\n", 0o644, 0, 0);
     want.check(&manifest(&name));
 
-    let st = status_json(live.path());
+    let st = status_json(&live);
     assert_eq!(st["current_generation"], json!(1), "{st}");
     assert_eq!(st["next_boot_differs"], json!(true), "{st}");
     assert_eq!(st["pending"]["generation"], json!(1), "{st}");
@@ -140,11 +110,11 @@ fn privileged_mounted_subvolume_commits_for_the_next_boot_and_falls_back() {
 
 #[test]
 fn privileged_unhealthy_fallback_stops_falling_back() {
-    let img = populated(Backend::Btrfs);
-    let name = img.root();
-    let live = LiveMount::new(&img);
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let name = img.subvolume_name().expect("a subvolume mounted on its own").to_path_buf();
+    let live = img.root();
     let pd = PlanDir::new(&plan("gen1", vec![json!({"id": "d", "type": "dir", "path": "/opt/gen1"})]), &[]);
-    assert_code(&apply(&pd.path, live.path(), Backend::Btrfs, &["--boot-tries", "1"]), 0);
+    assert_code(&apply(&pd.path, &live, Backend::Btrfs, &["--boot-tries", "1"]), 0);
     assert_code(&boot(&name), 0); // the one try
     assert_code(&boot(&name), 0); // falls back to 0
     assert_eq!(status_json(&name)["current_generation"], json!(0));

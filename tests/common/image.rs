@@ -292,7 +292,7 @@ const REGISTRY_DIR: &str = "/var/lib/snapinst/roots";
 
 /// Removes the registrations of roots below `mnt`, so finished tests leave no roots behind for
 /// `recover --all` to trip over.
-pub fn forget_registrations(mnt: &Path) {
+fn forget_registrations(mnt: &Path) {
     let Ok(rd) = fs::read_dir(REGISTRY_DIR) else { return };
     for e in rd.flatten() {
         let Ok(text) = fs::read_to_string(e.path()) else { continue };
