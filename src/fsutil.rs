@@ -81,6 +81,26 @@ pub(crate) fn syncfs(path: &Path) -> Result<()> {
         .with_context(|| format!("syncing the filesystem of {}", path.display()))
 }
 
+/// `cp -a` of the tree `from` to the new path `to`, staying on `from`'s filesystem: keeps whiteouts (character
+/// devices), `trusted.overlay.*` xattrs, owners, modes and times.
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let out = std::process::Command::new("cp")
+        .args(["-a", "-x", "--reflink=auto", "--"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .context("running cp")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "cp -a {} {} failed: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Seconds since the epoch.
 pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

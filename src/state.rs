@@ -15,6 +15,9 @@ pub(crate) enum BackendKind {
     Btrfs,
     Overlay,
     Journal,
+    /// A part only (a FAT filesystem such as the EFI system partition): staged as a copy, never a root's backend.
+    #[value(skip)]
+    Copy,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -23,6 +26,7 @@ impl std::fmt::Display for BackendKind {
             BackendKind::Btrfs => "btrfs",
             BackendKind::Overlay => "overlay",
             BackendKind::Journal => "journal",
+            BackendKind::Copy => "copy",
         })
     }
 }

@@ -23,6 +23,30 @@ pub(crate) const PART_STATE_DIR: &str = ".snapinst";
 /// The filesystem types a part can be staged on (an overlay stage, its delta on the filesystem itself).
 const STAGEABLE: [&str; 5] = ["ext4", "ext3", "ext2", "xfs", "btrfs"];
 
+/// The filesystem types overlayfs refuses as a lower layer (case-insensitive names), staged by a copy instead.
+const COPY_STAGED: [&str; 3] = ["vfat", "msdos", "exfat"];
+
+/// The backend that stages a part of type `fstype`.
+pub(crate) fn part_backend(fstype: &str) -> BackendKind {
+    if COPY_STAGED.contains(&fstype) || copy_staged_for_tests(fstype) {
+        BackendKind::Copy
+    } else {
+        BackendKind::Overlay
+    }
+}
+
+/// In a test build, `SNAPINST_TEST_COPY_STAGED=ext2` stages ext2 parts by copy, so that machines whose kernel has
+/// no vfat still run every crash point through the copy stager (the VM tests use real vfat).
+#[cfg(feature = "failpoints")]
+fn copy_staged_for_tests(fstype: &str) -> bool {
+    std::env::var("SNAPINST_TEST_COPY_STAGED").is_ok_and(|v| v.split(',').any(|t| t == fstype))
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn copy_staged_for_tests(_fstype: &str) -> bool {
+    false
+}
+
 /// A filesystem mounted inside the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Mounted {
@@ -239,7 +263,7 @@ fn unstaged_because(m: &mounts::MountInfo, rel: &Path, kind: BackendKind, select
     if kind == BackendKind::Journal {
         return Some(format!("the {kind} backend stages no other filesystem"));
     }
-    if !STAGEABLE.contains(&m.fstype.as_str()) {
+    if !STAGEABLE.contains(&m.fstype.as_str()) && !COPY_STAGED.contains(&m.fstype.as_str()) {
         return Some(format!("{} cannot be staged yet", m.fstype));
     }
     if m.read_only {

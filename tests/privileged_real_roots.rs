@@ -119,7 +119,8 @@ fn run_plan(name: &str, script: &str) -> PlanDir {
     PlanDir::new(&plan(name, vec![json!({"id": "script", "type": "run", "command": sh(script)})]), &[])
 }
 
-/// The ext4 `/boot` and xfs `/srv/www` mounted inside the root are parts of the transaction: the
+/// The ext4 `/boot`, the ESP at `/boot/efi` (ext2 standing in for vfat, staged by copy) and the
+/// xfs `/srv/www` mounted inside the root are parts of the transaction: the
 /// steps see them as the machine does, a commit changes them with the root, a rollback takes them
 /// back, and a failure leaves all three filesystems as they were. The btrfs root is a subvolume
 /// mounted on its own, as `/` is: its manifests are of the root mounted again, as the next boot
@@ -130,14 +131,15 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     // The steps see what the machine sees there, and a failure changes no filesystem.
     let seen = run_plan(
         "look",
-        "test -f /boot/vmlinuz-1 && grep -q 'on xfs' /srv/www/vmlinuz-1 && echo x > /boot/x && exit 1",
+        "test -f /boot/vmlinuz-1 && grep -q 'on ext2' /boot/efi/vmlinuz-1 && grep -q 'on xfs' /srv/www/vmlinuz-1 \
+         && echo x > /boot/x && echo x > /boot/efi/x && exit 1",
     );
     let out = apply(&seen.path, &root, backend, &[]);
     assert_code(&out, 1);
     assert!(stderr(&out).contains("exited with status 1"), "the script must reach its exit 1:\n{}", show(&out));
     let lines = json_lines(&out);
     let parts: Vec<&str> = events(&lines, "part").iter().map(|e| e["path"].as_str().unwrap_or("?")).collect();
-    assert_eq!(parts, ["/boot", "/srv/www"], "each staged filesystem is announced");
+    assert_eq!(parts, ["/boot", "/boot/efi", "/srv/www"], "each staged filesystem is announced");
     assert_manifest_eq(&before, &img.booted_manifest());
     assert_no_leftovers(&img);
 
@@ -146,7 +148,9 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     assert_code(&out, 0);
     let changed: Vec<String> =
         events(&json_lines(&out), "change").iter().map(|e| e["path"].as_str().unwrap_or("?").to_string()).collect();
-    for want in ["/boot/hello.img", "/boot/grub/grub.cfg", "/srv/www/hello.img", "/etc/hello.conf"] {
+    for want in
+        ["/boot/hello.img", "/boot/grub/grub.cfg", "/boot/efi/hello.img", "/srv/www/hello.img", "/etc/hello.conf"]
+    {
         assert!(changed.iter().any(|c| c == want), "the dry run should list {want}: {changed:?}");
     }
     assert!(!changed.iter().any(|c| c.contains(".snapinst")), "state areas are never listed: {changed:?}");
@@ -154,14 +158,18 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
 
     let out = apply(&hello.plan_dir(&hello.plan()).path, &root, backend, &[]);
     assert_code(&out, 0);
-    assert_eq!(summary(&json_lines(&out))["parts"], json!(["boot", "srv/www"]), "the summary names the parts");
+    assert_eq!(
+        summary(&json_lines(&out))["parts"],
+        json!(["boot", "boot/efi", "srv/www"]),
+        "the summary names the parts"
+    );
     let mut after = Expect::new(&before);
     hello.expect(&mut after);
     after.check(&img.booted_manifest());
     assert_no_leftovers(&img);
     let list = list_json(&root);
-    assert_eq!(list["generations"][1]["parts"], json!(["boot", "srv/www"]), "list shows the parts: {list}");
-    assert_eq!(status_json(&root)["parts"], json!(["boot", "srv/www"]));
+    assert_eq!(list["generations"][1]["parts"], json!(["boot", "boot/efi", "srv/www"]), "list shows the parts: {list}");
+    assert_eq!(status_json(&root)["parts"], json!(["boot", "boot/efi", "srv/www"]));
 
     let out = rollback(&root, &[], &[]);
     assert_code(&out, 0);
@@ -207,7 +215,7 @@ fn unstaged_mounts_are_never_written_silently(backend: Backend) {
                  img.mounted_inside()[0].loop_device().display())),
         (json!({"id": "wipe", "type": "remove", "path": "/srv", "recursive": true}),
          "/srv holds the mount point of xfs mounted at /srv/www".to_string()),
-        (json!({"id": "dir", "type": "dir", "path": "/srv/www/new"}), format!("/srv/www/new is on xfs mounted at /srv/www ({}), which snapinst does not stage ({www_why})", img.mounted_inside()[1].loop_device().display())),
+        (json!({"id": "dir", "type": "dir", "path": "/srv/www/new"}), format!("/srv/www/new is on xfs mounted at /srv/www ({}), which snapinst does not stage ({www_why})", img.mounted_inside()[2].loop_device().display())),
     ];
     for (step, want) in refusals {
         let pd = PlanDir::new(&plan("refused", vec![step]), &[]);
@@ -281,7 +289,8 @@ fn privileged_btrfs_directory_root_with_mounts_inside_is_refused() {
     let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, Backend::Btrfs, &[]);
     assert_code(&out, 2);
     assert!(
-        stderr(&out).contains("(/boot, /srv/www); the btrfs backend commits by renaming the root's subvolume"),
+        stderr(&out)
+            .contains("(/boot, /boot/efi, /srv/www); the btrfs backend commits by renaming the root's subvolume"),
         "{}",
         show(&out)
     );

@@ -19,6 +19,17 @@ pub(super) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     })
 }
 
+/// Remove the delta a transaction that will not commit made for its generation (idempotent).
+pub(super) fn drop_staged_delta(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    Delta::at(&ctx.state.gen_path(rec.to_generation)).remove()?;
+    // A part's first transaction may stop before its state area is made: then there is nothing to make durable.
+    let gens = ctx.state.gens_dir();
+    if crate::fsutil::exists(&gens) {
+        crate::fsutil::sync_dir(&gens)?;
+    }
+    Ok(())
+}
+
 pub(super) fn plan_rollback(rec: &mut TxnRecord, state: &State) -> Result<()> {
     let from = state.ancestors(rec.from_generation);
     let to = state.ancestors(rec.to_generation);

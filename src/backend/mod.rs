@@ -5,12 +5,13 @@
 //! `recover` finish or undo any interrupted transaction from its record alone.
 //!
 //! A transaction is a list of parts: the root, and every filesystem mounted inside it that is staged on its own
-//! (see `submounts`). A part is managed as a root of its own by the overlay backend, with its state area at the top
-//! of its filesystem; its stage is mounted at its path inside the root's stage, so a step sees the tree the machine
+//! (see `submounts`). A part is managed as a root of its own, with its state area at the top of its filesystem, by
+//! the overlay backend, or by the copy stager where overlayfs cannot layer the filesystem (FAT); its stage is mounted at its path inside the root's stage, so a step sees the tree the machine
 //! sees. Each operation here does its work on every part, so the commands never ask how many there are: all parts
 //! are prepared and made durable before the one commit record, and all are rolled forward after it.
 
 mod btrfs;
+mod copy;
 mod delta_gens;
 mod journal;
 mod overlay;
@@ -36,7 +37,7 @@ pub(crate) struct Ctx {
 }
 
 /// A filesystem mounted inside the root and staged on its own: `rel` is where (relative to the root), and `ctx`
-/// manages it as a root of its own (overlay backend, state area at the top of its filesystem, no parts).
+/// manages it as a root of its own (overlay, or copy for FAT; state area at the top of its filesystem; no parts).
 pub(crate) struct Part {
     pub rel: PathBuf,
     pub ctx: Ctx,
@@ -67,7 +68,8 @@ impl Ctx {
                     );
                 }
                 let state = StateDir { dir: root.join(crate::submounts::PART_STATE_DIR) };
-                Ok(Part { rel: rel.clone(), ctx: Ctx::new(BackendKind::Overlay, &root, &state)? })
+                let kind = crate::submounts::part_backend(&crate::mounts::mount_of(&root)?.fstype);
+                Ok(Part { rel: rel.clone(), ctx: Ctx::new(kind, &root, &state)? })
             })
             .collect::<Result<_>>()?;
         Ok(self)
@@ -138,6 +140,11 @@ pub(crate) fn check_usable(kind: BackendKind, root: &Path, state_dir: &Path) -> 
         bail!("the state directory cannot be the root itself ({})", root.display());
     }
     stager::of(kind).check_usable(root, state_dir)
+}
+
+/// The bytes `kind`'s stage of `root` takes before any step runs (beyond what the steps write).
+pub(crate) fn staging_bytes(kind: BackendKind, root: &Path, state_dir: &Path) -> Result<u64> {
+    stager::of(kind).staging_bytes(root, state_dir)
 }
 
 /// Make the stage for `rec`, every part's mounted at its path in the root's, and return the directory the steps
@@ -244,6 +251,39 @@ pub(crate) fn restore_checkpoint(ctx: &Ctx, rec: &mut TxnRecord, n: usize) -> Re
 pub(crate) fn drop_checkpoints(ctx: &Ctx, rec: &TxnRecord, keep: Option<usize>) -> Result<()> {
     for c in ctx.all() {
         c.stager().drop_checkpoints(c, &rec.txn, keep)?;
+    }
+    Ok(())
+}
+
+/// Keep a copy of the directory `from` (the overlay's upper layer, the copy stage's tree) as checkpoint `n`.
+fn copy_as_checkpoint(ctx: &Ctx, rec: &TxnRecord, from: &Path, n: usize) -> Result<()> {
+    let dir = ctx.state.checkpoints_path(&rec.txn);
+    crate::fsutil::create_dir_durable(&dir)?;
+    let target = dir.join(n.to_string());
+    crate::fsutil::remove_any(&target)?;
+    let tmp = dir.join(format!(".{n}.tmp"));
+    crate::fsutil::remove_any(&tmp)?;
+    crate::fsutil::copy_tree(from, &tmp)?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("putting checkpoint {} in place", target.display()))
+}
+
+/// Where checkpoint `n` kept by [`copy_as_checkpoint`] is; refused when it is missing.
+fn checkpoint_copy(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<PathBuf> {
+    let source = ctx.state.checkpoints_path(&rec.txn).join(n.to_string());
+    if !source.is_dir() {
+        bail!("checkpoint {} is missing", source.display());
+    }
+    Ok(source)
+}
+
+/// Delete the checkpoint copies after `keep` (all of them, and their directory, when None).
+fn drop_checkpoint_copies(ctx: &Ctx, txn: &str, keep: Option<usize>) -> Result<()> {
+    let dir = ctx.state.checkpoints_path(txn);
+    if keep.is_none() {
+        return crate::fsutil::remove_any(&dir);
+    }
+    for path in checkpoints_after(&dir, keep)? {
+        crate::fsutil::remove_any(&path)?;
     }
     Ok(())
 }

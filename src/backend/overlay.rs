@@ -124,7 +124,7 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
             let tmp = s.dir.join("copied.tmp");
             fsutil::remove_any(&tmp)?;
             fsutil::remove_any(&s.copied)?;
-            copy_tree(&s.upper, &tmp).context("copying the upper layer to the root's filesystem")?;
+            fsutil::copy_tree(&s.upper, &tmp).context("copying the upper layer to the root's filesystem")?;
             fs::rename(&tmp, &s.copied).with_context(|| format!("renaming {} into place", tmp.display()))?;
             scratch.remove()?;
             s.copied.clone()
@@ -236,53 +236,18 @@ pub(super) fn finish(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
 
 pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     remove_stage(&stage_paths(ctx, rec))?;
-    Delta::at(&ctx.state.gen_path(rec.to_generation)).remove()?;
-    // A part's first transaction may stop before its state area is made: then there is nothing to make durable.
-    let gens = ctx.state.gens_dir();
-    if fsutil::exists(&gens) {
-        fsutil::sync_dir(&gens)?;
-    }
-    Ok(())
-}
-
-fn checkpoints(ctx: &Ctx, rec: &TxnRecord) -> PathBuf {
-    ctx.state.checkpoints_path(&rec.txn)
-}
-
-/// `cp -a`: keeps whiteouts (character devices), `trusted.overlay.*` xattrs, owners, modes and times.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let out = std::process::Command::new("cp")
-        .args(["-a", "--reflink=auto", "--"])
-        .arg(from)
-        .arg(to)
-        .output()
-        .context("running cp")?;
-    if !out.status.success() {
-        bail!("cp -a {} {} failed: {}", from.display(), to.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    super::delta_gens::drop_staged_delta(ctx, rec)
 }
 
 /// Keep a copy of the upper layer as it is now as checkpoint `n` (its cost grows with what the steps changed).
 pub(super) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
-    let s = stage_paths(ctx, rec);
-    let dir = checkpoints(ctx, rec);
-    fsutil::create_dir_durable(&dir)?;
-    let target = dir.join(n.to_string());
-    fsutil::remove_any(&target)?;
-    let tmp = dir.join(format!(".{n}.tmp"));
-    fsutil::remove_any(&tmp)?;
-    copy_tree(&s.upper, &tmp)?;
-    fs::rename(&tmp, &target).with_context(|| format!("putting checkpoint {} in place", target.display()))
+    super::copy_as_checkpoint(ctx, rec, &stage_paths(ctx, rec).upper, n)
 }
 
 /// Make the upper layer a copy of checkpoint `n` again, with a fresh work directory, and mount the stage.
 pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<PathBuf> {
     let s = stage_paths(ctx, rec);
-    let source = checkpoints(ctx, rec).join(n.to_string());
-    if !source.is_dir() {
-        bail!("checkpoint {} is missing", source.display());
-    }
+    let source = super::checkpoint_copy(ctx, rec, n)?;
     unmount(&s)?;
     match &s.scratch {
         // A new scratch filesystem: the old one may come from a process that died.
@@ -292,22 +257,10 @@ pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result
             fsutil::remove_any(&s.work)?;
         }
     }
-    copy_tree(&source, &s.upper)?;
+    fsutil::copy_tree(&source, &s.upper)?;
     fsutil::create_dir_durable(&s.work)?;
     fsutil::create_dir_durable(&s.merged)?;
     mount(ctx, &s)
-}
-
-/// Delete the checkpoints after `keep` (all of them, and their directory, when None).
-pub(super) fn drop_checkpoints(ctx: &Ctx, txn: &str, keep: Option<usize>) -> Result<()> {
-    let dir = ctx.state.checkpoints_path(txn);
-    if keep.is_none() {
-        return fsutil::remove_any(&dir);
-    }
-    for path in super::checkpoints_after(&dir, keep)? {
-        fsutil::remove_any(&path)?;
-    }
-    Ok(())
 }
 
 /// The kept stage as a merged tree (mounted in snapinst's private namespace when it is not already).

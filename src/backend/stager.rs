@@ -1,10 +1,11 @@
 //! One filesystem's way of staging and committing a transaction, behind one trait: a btrfs snapshot exchanged for
-//! the subvolume, an overlay whose upper layer becomes a delta merged by renames, or the journal's originals moved
-//! aside as the steps go. Every part of a transaction (the root, and each filesystem staged inside it) has one; the
+//! the subvolume, an overlay whose upper layer becomes a delta merged by renames, a copy of the tree (for FAT,
+//! which overlayfs cannot layer) that becomes such a delta too, or the journal's originals moved aside as the steps
+//! go. Every part of a transaction (the root, and each filesystem staged inside it) has one; the
 //! operations in `backend` call it for each part and never ask which it is. Each operation must be re-runnable
 //! after a crash at any instant, and must act on its own part only.
 
-use super::{btrfs, delta_gens, journal, overlay, Ctx};
+use super::{btrfs, copy, delta_gens, journal, overlay, Ctx};
 use crate::state::{BackendKind, State, TxnRecord};
 use crate::steps::ChangeGuard;
 use anyhow::{bail, Result};
@@ -13,6 +14,10 @@ use std::path::{Path, PathBuf};
 pub(super) trait Stager: Sync {
     /// Refuse clearly when this stager cannot manage `root` with its state in `state_dir`.
     fn check_usable(&self, root: &Path, state_dir: &Path) -> Result<()>;
+    /// The bytes a stage takes on the filesystem before any step runs (a copy of the tree, for the copy stager).
+    fn staging_bytes(&self, _root: &Path, _state_dir: &Path) -> Result<u64> {
+        Ok(0)
+    }
     /// Make the stage and return the directory the steps run in.
     fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf>;
     /// What file steps report to before each change.
@@ -87,11 +92,13 @@ pub(super) fn of(kind: BackendKind) -> &'static dyn Stager {
         BackendKind::Btrfs => &Btrfs,
         BackendKind::Overlay => &Overlay,
         BackendKind::Journal => &Journal,
+        BackendKind::Copy => &Copy,
     }
 }
 
 struct Btrfs;
 struct Overlay;
+struct Copy;
 struct Journal;
 
 impl Stager for Btrfs {
@@ -221,10 +228,47 @@ impl Stager for Overlay {
         overlay::restore_checkpoint(ctx, rec, n)
     }
     fn drop_checkpoints(&self, ctx: &Ctx, txn: &str, keep: Option<usize>) -> Result<()> {
-        overlay::drop_checkpoints(ctx, txn, keep)
+        super::drop_checkpoint_copies(ctx, txn, keep)
     }
     fn stage_view(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
         overlay::stage_view(ctx, rec)
+    }
+    delta_generations!();
+}
+
+impl Stager for Copy {
+    fn check_usable(&self, root: &Path, state_dir: &Path) -> Result<()> {
+        copy::check_usable(root, state_dir)
+    }
+    fn staging_bytes(&self, root: &Path, state_dir: &Path) -> Result<u64> {
+        copy::staging_bytes(root, state_dir)
+    }
+    fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
+        copy::prepare(ctx, rec)
+    }
+    fn pre_commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+        copy::pre_commit(ctx, rec)
+    }
+    fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+        delta_gens::commit(ctx, rec)
+    }
+    fn finish(&self, ctx: &Ctx, rec: &TxnRecord, _state: &mut State) -> Result<()> {
+        copy::finish(ctx, rec)
+    }
+    fn discard(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+        copy::discard(ctx, rec)
+    }
+    fn take_checkpoint(&self, ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
+        copy::take_checkpoint(ctx, rec, n)
+    }
+    fn restore_checkpoint(&self, ctx: &Ctx, rec: &mut TxnRecord, n: usize) -> Result<PathBuf> {
+        copy::restore_checkpoint(ctx, rec, n)
+    }
+    fn drop_checkpoints(&self, ctx: &Ctx, txn: &str, keep: Option<usize>) -> Result<()> {
+        super::drop_checkpoint_copies(ctx, txn, keep)
+    }
+    fn stage_view(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
+        Ok(copy::stage_view(ctx, rec))
     }
     delta_generations!();
 }

@@ -265,16 +265,20 @@ fn check_plan_fits(
     let copies = if kind == BackendKind::Overlay && state_inside { 2 } else { 1 };
     let need = copies * plan.bytes_written() + SPACE_MARGIN;
     for p in &layout.parts {
-        // A part's writes are not known in advance: ask for the margin, on its own filesystem.
+        // A part's writes are not known in advance: ask for the margin, and what its stage costs, on its own
+        // filesystem.
         let part_root = root.join(&p.rel);
-        backend::check_usable(BackendKind::Overlay, &part_root, &part_root.join(crate::submounts::PART_STATE_DIR))
-            .map_err(|e| Refused(format!("{} cannot be staged: {e:#}", p.describe())))?;
+        let part_state = part_root.join(crate::submounts::PART_STATE_DIR);
+        let part_kind = crate::submounts::part_backend(&p.fstype);
+        let cannot = |e: anyhow::Error| Refused(format!("{} cannot be staged: {e:#}", p.describe()));
+        backend::check_usable(part_kind, &part_root, &part_state).map_err(cannot)?;
+        let part_need = SPACE_MARGIN + backend::staging_bytes(part_kind, &part_root, &part_state).map_err(cannot)?;
         let free = fsutil::free_bytes(&part_root)?;
-        if free < SPACE_MARGIN {
+        if free < part_need {
             return refuse(format!(
                 "not enough free space on {}: staging it needs {} MiB, {} MiB are free",
                 p.describe(),
-                SPACE_MARGIN >> 20,
+                part_need.div_ceil(1 << 20),
                 free >> 20
             ));
         }

@@ -17,6 +17,9 @@ pub enum FsKind {
     Btrfs,
     Ext4,
     Xfs,
+    /// Stands in for vfat, which this kernel may lack: the tests stage ext2 by copy, as snapinst stages FAT
+    /// (`SNAPINST_TEST_COPY_STAGED`, set by [`crate::common::run::snapinst_cmd`]).
+    Ext2,
 }
 
 impl FsKind {
@@ -25,6 +28,7 @@ impl FsKind {
             FsKind::Btrfs => "btrfs",
             FsKind::Ext4 => "ext4",
             FsKind::Xfs => "xfs",
+            FsKind::Ext2 => "ext2",
         }
     }
 }
@@ -155,10 +159,12 @@ impl LoopImage {
         self.name.as_deref()
     }
 
-    /// Mounts an ext4 filesystem at `/boot` and an xfs one at `/srv/www` inside the root, each
-    /// with a few files, as a real machine has them.
+    /// Mounts an ext4 filesystem at `/boot`, an ext2 one standing in for the EFI system partition
+    /// at `/boot/efi` inside it, and an xfs one at `/srv/www` inside the root, each with a few
+    /// files, as a real machine has them.
     pub fn with_mounts(mut self) -> LoopImage {
-        for (at, kind, size) in [("boot", FsKind::Ext4, 64), ("srv/www", FsKind::Xfs, 320)] {
+        let mounts = [("boot", FsKind::Ext4, 64), ("boot/efi", FsKind::Ext2, 48), ("srv/www", FsKind::Xfs, 320)];
+        for (at, kind, size) in mounts {
             let point = self.root.join(at);
             fs::create_dir_all(&point).unwrap_or_else(|e| panic!("creating {}: {e}", point.display()));
             let dir = tempfile::Builder::new().prefix("snapinst-sub-").tempdir().expect("creating image tempdir");
@@ -193,6 +199,9 @@ impl LoopImage {
             }
             FsKind::Xfs => {
                 run_ok(Command::new(require_tool("mkfs.xfs")).args(["-q", "-f"]).arg(&file));
+            }
+            FsKind::Ext2 => {
+                run_ok(Command::new(require_tool("mkfs.ext2")).args(["-q", "-F"]).arg(&file));
             }
         }
         let ld = attach_loop(&file);
@@ -307,7 +316,10 @@ fn forget_registrations(mnt: &Path) {
 
 impl Drop for LoopImage {
     fn drop(&mut self) {
-        self.subs.clear();
+        // The innermost (mounted last) first: /boot/efi before /boot.
+        while let Some(sub) = self.subs.pop() {
+            drop(sub);
+        }
         forget_registrations(&self.mnt);
         if self.name.is_some() {
             forget_registrations(&self.root);

@@ -296,7 +296,7 @@ impl WithParts {
         let img = populated_in(backend, Layout::WithMounts);
         let root = img.root();
         let host = host_tempdir();
-        let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/srv/www"]);
+        let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/boot/efi", "/srv/www"]);
         hello.prepare(&root);
         let before = img.booted_manifest();
         WithParts { img, root, hello, before, host }

@@ -1,0 +1,243 @@
+//! The copy stager, for a filesystem that overlayfs cannot take as a lower layer: FAT (vfat, msdos) and exfat,
+//! whose case-insensitive names overlayfs refuses, such as the EFI system partition at /boot/efi. It stages parts
+//! only. The stage is a copy of the filesystem's tree in the part's own state area
+//! (`<mount>/.snapinst/stage/<txn>/tree`, on the same filesystem), so staging needs as much free space as the tree
+//! uses; an ESP holds a few megabytes. Before the commit record the copy is compared with the tree (`treediff`) and
+//! every changed entry's new version is moved by rename into the generation's delta; from there on it is the
+//! overlay's way: the commit, `recover` and every rollback are renames on the filesystem itself (`delta::swap`).
+//! Nothing here writes to the tree. FAT has no journal: the renames are synced as the overlay's are, but a power
+//! cut in the middle of one is only as safe as FAT is (fsck.fat repairs it at the next boot).
+
+use super::Ctx;
+use crate::delta::{self, Delta, Entry};
+use crate::fsutil;
+use crate::state::TxnRecord;
+use crate::treediff::{self, Change, ChangeKind};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Room left free beyond the copy, so that staging never fills the filesystem to the last block.
+const SPARE_BYTES: u64 = 1 << 20;
+
+pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
+    super::require_same_mount(root, state_dir, "the copy stage becomes a delta by renames")
+}
+
+/// The stage directory and the copy of the tree in it.
+fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> (PathBuf, PathBuf) {
+    let dir = ctx.state.stage_path(&rec.txn);
+    let tree = dir.join("tree");
+    (dir, tree)
+}
+
+/// The state area's name at the top of the part (it is never copied, compared or replaced).
+fn state_area(ctx: &Ctx) -> Result<&Path> {
+    ctx.state_area.as_deref().context("a copy-staged part keeps its state area at its top")
+}
+
+/// The copy of the tree at `root`, its state area left out.
+pub(super) fn staging_bytes(root: &Path, state_dir: &Path) -> Result<u64> {
+    tree_bytes(root, state_dir.strip_prefix(root).ok())
+}
+
+pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
+    let (dir, tree) = stage_paths(ctx, rec);
+    let area = state_area(ctx)?;
+    // The check before the transaction asked for this already; the tree may have grown since.
+    let needed = tree_bytes(&ctx.root, Some(area))? + SPARE_BYTES;
+    let free = fsutil::free_bytes(&ctx.root)?;
+    if free < needed {
+        bail!(
+            "{} has {} KiB free; staging it takes a copy of its tree, {} KiB (overlayfs cannot layer it)",
+            ctx.root.display(),
+            free / 1024,
+            needed / 1024
+        );
+    }
+    fsutil::remove_any(&dir)?;
+    fsutil::create_dir_durable(&dir)?;
+    copy_without(&ctx.root, area, &tree)?;
+    Ok(tree)
+}
+
+/// Copy the tree at `root`, all but its entry `left_out`, to the new directory `to` (under a temporary name first).
+fn copy_without(root: &Path, left_out: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("tmp");
+    fsutil::remove_any(&tmp)?;
+    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for e in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+        let name = e?.file_name();
+        if Path::new(&name) != left_out {
+            fsutil::copy_tree(&root.join(&name), &tmp.join(&name))?;
+        }
+    }
+    let root_meta = delta::read_meta(&fs::File::open(root).with_context(|| format!("opening {}", root.display()))?)?;
+    delta::set_meta(&fs::File::open(&tmp)?, &root_meta).context("giving the copy the tree's own metadata")?;
+    fs::rename(&tmp, to).with_context(|| format!("renaming {} into place", tmp.display()))
+}
+
+/// The bytes the tree at `dir` takes on disk, leaving out its entry `left_out`; never crosses into another mount.
+fn tree_bytes(dir: &Path, left_out: Option<&Path>) -> Result<u64> {
+    let dev = fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?.dev();
+    let mut total = 0;
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        if left_out.is_some_and(|l| Path::new(&e.file_name()) == l) {
+            continue;
+        }
+        let m = fs::symlink_metadata(e.path())?;
+        if m.dev() != dev {
+            continue;
+        }
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            total += tree_bytes(&e.path(), None)?;
+        }
+    }
+    Ok(total)
+}
+
+pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    let (_, tree) = stage_paths(ctx, rec);
+    let area = state_area(ctx)?;
+    if fsutil::exists(&tree.join(area)) {
+        bail!("the stage creates /{}, which is snapinst's state area on {}", area.display(), ctx.root.display());
+    }
+    let changes = treediff::diff(&ctx.root, &tree, &[area.to_path_buf()])?;
+    let entries = entries_of(&changes, &ctx.root, &tree)?;
+    let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
+    d.remove()?;
+    d.create()?;
+    let new = d.side("new");
+    for (k, e) in entries.iter().enumerate() {
+        if let Entry::Replace { path, after: true, .. } = e {
+            let src = tree.join(path);
+            fs::rename(&src, new.join(k.to_string()))
+                .with_context(|| format!("moving {} into the delta", src.display()))?;
+        }
+    }
+    fsutil::sync_dir(&new)?;
+    d.write_index(&entries)?;
+    fsutil::syncfs(&d.dir)
+}
+
+/// Turn the changes from `tree` to `stage` (sorted, a directory before what is below it) into delta entries: a
+/// path added, removed, changed or changed in type is replaced whole (what is below it moves with it), and a
+/// directory on both sides whose own metadata changed gets a metadata entry.
+fn entries_of(changes: &[Change], tree: &Path, stage: &Path) -> Result<Vec<Entry>> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut whole: Option<PathBuf> = None;
+    for c in changes {
+        let rel = c.path.strip_prefix("/").unwrap_or(&c.path).to_path_buf();
+        if whole.as_ref().is_some_and(|w| rel.starts_with(w) && rel != *w) {
+            continue;
+        }
+        if c.kind == ChangeKind::Metadata && fs::symlink_metadata(stage.join(&rel)).is_ok_and(|m| m.is_dir()) {
+            let meta = |root: &Path| -> Result<delta::Meta> {
+                let path = root.join(&rel);
+                delta::read_meta(&fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?)
+            };
+            entries.push(Entry::Meta { before: meta(tree)?, after: meta(stage)?, path: rel });
+            continue;
+        }
+        // A change of type comes as the old path removed, then the new one added: one entry replaces it.
+        if let (ChangeKind::Added, Some(Entry::Replace { path, after, .. })) = (c.kind, entries.last_mut()) {
+            if *path == rel {
+                *after = true;
+                continue;
+            }
+        }
+        let (before, after) = match c.kind {
+            ChangeKind::Added => (false, true),
+            ChangeKind::Removed => (true, false),
+            ChangeKind::Modified | ChangeKind::Metadata => (true, true),
+        };
+        entries.push(Entry::Replace { path: rel.clone(), before, after });
+        whole = Some(rel);
+    }
+    Ok(entries)
+}
+
+pub(super) fn finish(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    fsutil::remove_any(&stage_paths(ctx, rec).0)
+}
+
+pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    fsutil::remove_any(&stage_paths(ctx, rec).0)?;
+    super::delta_gens::drop_staged_delta(ctx, rec)
+}
+
+/// Keep a copy of the staged tree as checkpoint `n`.
+pub(super) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
+    super::copy_as_checkpoint(ctx, rec, &stage_paths(ctx, rec).1, n)
+}
+
+/// Make the staged tree a copy of checkpoint `n` again.
+pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<PathBuf> {
+    let (dir, tree) = stage_paths(ctx, rec);
+    let source = super::checkpoint_copy(ctx, rec, n)?;
+    fsutil::remove_any(&tree)?;
+    fsutil::create_dir_durable(&dir)?;
+    fsutil::copy_tree(&source, &tree)?;
+    Ok(tree)
+}
+
+pub(super) fn stage_view(ctx: &Ctx, rec: &TxnRecord) -> PathBuf {
+    stage_paths(ctx, rec).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(kind: ChangeKind, path: &str) -> Change {
+        Change { kind, path: PathBuf::from(path) }
+    }
+
+    fn shown(entries: &[Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| match e {
+                Entry::Replace { path, before, after } => format!("replace {} {before} {after}", path.display()),
+                Entry::Meta { path, .. } => format!("meta {}", path.display()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_subtree_moves_whole_and_a_change_of_type_is_one_entry() {
+        let base = std::env::temp_dir().join(format!("snapinst-copy-entries-{}", std::process::id()));
+        let (tree, stage) = (base.join("tree"), base.join("stage"));
+        for d in [&tree, &stage] {
+            fs::create_dir_all(d.join("EFI")).unwrap();
+        }
+        fs::create_dir_all(stage.join("kind")).unwrap();
+        let changes = [
+            change(ChangeKind::Metadata, "/EFI"),
+            change(ChangeKind::Modified, "/EFI/grub.cfg"),
+            change(ChangeKind::Added, "/EFI/new"),
+            change(ChangeKind::Added, "/EFI/new/a.efi"),
+            change(ChangeKind::Removed, "/kind"),
+            change(ChangeKind::Added, "/kind"),
+            change(ChangeKind::Added, "/kind/x"),
+            change(ChangeKind::Removed, "/old"),
+            change(ChangeKind::Removed, "/old/b"),
+            change(ChangeKind::Metadata, "/one.txt"),
+        ];
+        let got = shown(&entries_of(&changes, &tree, &stage).unwrap());
+        fs::remove_dir_all(&base).unwrap();
+        assert_eq!(
+            got,
+            [
+                "meta EFI",
+                "replace EFI/grub.cfg true true",
+                "replace EFI/new false true",
+                "replace kind true true",
+                "replace old true false",
+                "replace one.txt true true",
+            ]
+        );
+    }
+}
