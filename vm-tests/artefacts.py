@@ -24,10 +24,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE_SIZE = 512 << 20
 
 # Modules the VM needs (by name) when they are not built in: the virtio disk, crc32c, btrfs (with the checksum
-# algorithms it asks for), ext4, xfs (a part), overlayfs and loop (the scratch layer of a filesystem's top). Their
+# algorithms it asks for), ext4, xfs and vfat with its code page and character sets (parts), overlayfs and loop (the
+# scratch layer of a filesystem's top). Their
 # dependencies and soft dependencies are added from modules.dep, modules.softdep and modules.alias.
 WANTED_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "crc32c_intel", "libcrc32c", "btrfs",
-                  "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "xfs", "overlay", "loop"]
+                  "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "xfs", "vfat", "nls_cp437", "nls_utf8", "nls_ascii", "overlay", "loop"]
 
 # The programs snapinst runs besides itself, for a root that is a filesystem's top (its scratch layer): mkfs.ext4
 # and GNU cp (busybox's cp does not keep the trusted.overlay.* attributes). Copied with their libraries; the
@@ -36,7 +37,8 @@ GUEST_TOOLS = {"sbin/mkfs.ext4": "/sbin/mke2fs", "bin/cp": "/bin/cp"}
 GUEST_FILES = ["/etc/mke2fs.conf"]
 
 # How a test disk set is laid out, per campaign: the backend, the filesystem of the first disk (vda), where the
-# managed root is, and whether an ext4 /boot (vdb) and an xfs /srv (vdc) are mounted inside it and staged as parts.
+# managed root is, and whether the PARTS (an ext4 /boot, an xfs /srv, a vfat ESP at /boot/efi) are mounted inside it
+# and staged as parts.
 #   dir:  the root is the directory /root on vda (state area /.snapinst-root beside it)
 #   subvol: the root is the btrfs subvolume /root on vda, used as a directory (state area beside it)
 #   top:  the root is the top of vda, as an ext4 / is (state area /var/lib/snapinst/state inside it)
@@ -47,7 +49,8 @@ LAYOUTS = {
     "ext4-top": {"backend": "overlay", "fs": "ext4", "root": "top", "parts": True},
     "btrfs-live": {"backend": "btrfs", "fs": "btrfs", "root": "live", "parts": True},
 }
-PARTS = [("boot", "ext4", 128 << 20), ("srv", "xfs", 320 << 20)]  # mounted at /boot (vdb) and /srv (vdc)
+# Mounted in this order at /boot (vdb), /srv (vdc) and /boot/efi (vdd, inside /boot, as on a UEFI machine).
+PARTS = [("boot", "ext4", 128 << 20), ("srv", "xfs", 320 << 20), ("boot/efi", "vfat", 64 << 20)]
 # In the root's tree but not the transaction's: the registry and plans of the test, and the root's state area.
 TOP_EXCLUDED = ("/vmtest", "/var/lib/snapinst/state")
 PART_STATE = ".snapinst"
@@ -395,6 +398,31 @@ def forget_btrfs_devices():
         subprocess.run(["btrfs", "device", "scan", "--forget"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def mount_points_in(name):
+    """The parts mounted directly inside the filesystem mounted at `name` ("" for the root), relative to it."""
+    out = []
+    for other, _, _ in PARTS:
+        holder = max((p for p, _, _ in PARTS if other.startswith(p + "/")), key=len, default="")
+        if holder == name:
+            out.append(other[len(name) + 1:] if name else other)
+    return out
+
+
+def fat_extract(image, dest):
+    """Copy the whole tree of the FAT image `image` into the new directory `dest` (mtools: this host's kernel may
+    have no vfat), keeping the modification times."""
+    os.makedirs(dest)
+    if out(["mdir", "-b", "-i", image, "::/"]).strip():
+        run(["mcopy", "-s", "-m", "-n", "-i", image, "::/*", dest + "/"])
+
+
+def fat_fill(image, src):
+    """Copy the tree in `src` into the top of the FAT image `image` (mtools), keeping the modification times."""
+    names = sorted(os.listdir(src))
+    if names:
+        run(["mcopy", "-s", "-m", "-i", image] + [os.path.join(src, n) for n in names] + ["::/"])
+
+
 def disks(layout):
     """The disk files of a set of `layout`, in drive order (vda, vdb, ...)."""
     return ["vda.img"] + (["vd%s.img" % chr(ord("b") + i) for i in range(len(PARTS))] if LAYOUTS[layout]["parts"]
@@ -404,7 +432,8 @@ def disks(layout):
 class MountedSet:
     """`with MountedSet(disk_dir, layout) as m:` the disks of a set loop-mounted on the host the way the guest mounts
     them: `m.root` (the managed root, with the parts mounted in it), `m.state` (the root's state area) and
-    `m.part_states` (each part's)."""
+    `m.part_states` (each part's). A FAT part is a read-only copy of its tree bound at its place (see
+    fat_extract)."""
 
     def __init__(self, disk_dir, layout, ro=True):
         self.dir, self.layout, self.ro = disk_dir, layout, ro
@@ -435,9 +464,15 @@ class MountedSet:
                 os.path.join(top, ".snapinst-root")
             self.part_states = []
             if lay["parts"]:
-                for (name, _, _), disk in zip(PARTS, disks(self.layout)[1:]):
-                    self._mount(os.path.join(self.dir, disk), os.path.join(self.root, name), "loop")
-                    self.part_states.append(os.path.join(self.root, name, PART_STATE))
+                for (name, fs, _), disk in zip(PARTS, disks(self.layout)[1:]):
+                    at = os.path.join(self.root, name)
+                    if fs == "vfat":
+                        copy = os.path.join(self.tmp, "fat-" + disk)
+                        fat_extract(os.path.join(self.dir, disk), copy)
+                        self._mount(copy, at, "bind")
+                    else:
+                        self._mount(os.path.join(self.dir, disk), at, "loop")
+                    self.part_states.append(os.path.join(at, PART_STATE))
         except BaseException:
             self.__exit__()
             raise
@@ -474,7 +509,14 @@ def tool_version(cmd):
     return r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
 
 
-MKFS = {"btrfs": ["mkfs.btrfs", "-q", "-f"], "ext4": ["mkfs.ext4", "-q", "-F", "-I", "256"], "xfs": ["mkfs.xfs", "-q", "-f"]}
+MKFS = {"btrfs": ["mkfs.btrfs", "-q", "-f"], "ext4": ["mkfs.ext4", "-q", "-F", "-I", "256"], "xfs": ["mkfs.xfs", "-q", "-f"],
+        "vfat": ["mkfs.vfat"]}
+
+
+def mkfs_version(fs):
+    if fs == "vfat":  # mkfs.fat has no version option
+        return out(["dpkg-query", "-W", "-f=${Version}", "dosfstools"]).strip()
+    return tool_version([MKFS[fs][0], "-V"])
 
 
 def ensure_image(cache, layout):
@@ -485,7 +527,7 @@ def ensure_image(cache, layout):
     fss = [lay["fs"]] + ([fs for _, fs, _ in PARTS] if lay["parts"] else [])
     key = key_of("image-v2", layout, json.dumps(lay), json.dumps(PARTS), IMAGE_SIZE,
                  sha256_file(os.path.join(HERE, "tree.py")), sha256_file(busybox),
-                 *[tool_version([MKFS[fs][0], "-V"]) + " ".join(MKFS[fs]) for fs in fss])
+                 *[mkfs_version(fs) + " ".join(MKFS[fs]) for fs in fss])
     base = os.path.join(cache, "image-%s-%s" % (layout, key))
     man = os.path.join(base, "before.json")
     if os.path.exists(man):
@@ -509,17 +551,24 @@ def ensure_image(cache, layout):
         os.chmod(root, 0o755)
         tree.build_tree(root, busybox)
         if lay["parts"]:
-            for name, _, _ in PARTS:
+            for name in mount_points_in(""):
                 os.mkdir(os.path.join(root, name))
         if lay["root"] == "top":
             os.makedirs(os.path.join(root, "var/lib/snapinst"))  # as a package would ship it
-        tree.write_plans(root, os.path.join(mnt, "vmtest"), parts=[name for name, _, _ in PARTS] if lay["parts"] else [])
+        tree.write_plans(root, os.path.join(mnt, "vmtest"), parts=[(n, fs) for n, fs, _ in PARTS] if lay["parts"] else [])
         os.makedirs(os.path.join(mnt, "vmtest", "registry"))
         os.sync()
     if lay["parts"]:
-        for (name, _, _), disk in zip(PARTS, disks(layout)[1:]):
+        for (name, fs, _), disk in zip(PARTS, disks(layout)[1:]):
+            if fs == "vfat":
+                src = os.path.join(tmp, "fat-tree")
+                os.mkdir(src)
+                tree.build_part_tree(src, name, fs, mount_points_in(name))
+                fat_fill(os.path.join(tmp, disk), src)
+                shutil.rmtree(src)
+                continue
             with Mounted(os.path.join(tmp, disk), ro=False) as mnt:
-                tree.build_part_tree(mnt, name)
+                tree.build_part_tree(mnt, name, fs, mount_points_in(name))
                 os.sync()
     with MountedSet(tmp, layout) as m:
         before = m.manifest()

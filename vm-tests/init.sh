@@ -8,8 +8,8 @@
 #   snapinst.layout=dir|subvol|top|live                 where the managed root is (see artefacts.LAYOUTS): /mnt/root
 #                                                       (dir, subvol), the top of /dev/vda (top), or the btrfs
 #                                                       subvolume root mounted on its own at /sysroot (live)
-#   snapinst.parts=1                                    an ext4 /dev/vdb at /boot and an xfs /dev/vdc at /srv inside
-#                                                       the root
+#   snapinst.parts=1                                    an ext4 /dev/vdb at /boot, an xfs /dev/vdc at /srv and a
+#                                                       vfat ESP /dev/vdd at /boot/efi inside the root
 #   snapinst.failpoint=NAME                             SNAPINST_FAILPOINT for every snapinst run of this boot,
 #                                                       with SNAPINST_FAILPOINT_ACTION=reset (machine reset, no sync)
 #
@@ -87,7 +87,10 @@ if [ "$PARTS" = 1 ]; then
     wait_disk /dev/vdc
     mount -t ext4 /dev/vdb "$ROOT/boot" || die "mount /dev/vdb at $ROOT/boot failed"
     mount -t xfs /dev/vdc "$ROOT/srv" || die "mount /dev/vdc at $ROOT/srv failed"
-    MOUNTED="$ROOT/srv $ROOT/boot $MOUNTED"
+    load vfat; load nls_cp437; load nls_utf8; load nls_ascii
+    wait_disk /dev/vdd
+    mount -t vfat /dev/vdd "$ROOT/boot/efi" || die "mount /dev/vdd at $ROOT/boot/efi failed"
+    MOUNTED="$ROOT/boot/efi $ROOT/srv $ROOT/boot $MOUNTED"
 fi
 say "mounted uptime=$(cut -d' ' -f1 /proc/uptime)"
 

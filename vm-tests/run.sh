@@ -40,7 +40,7 @@ done
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get, loop mounts, image building)"
 
 # ---- dependencies (Debian 12 package names); apt-get only when something is missing
-deps=(qemu-system-x86 busybox-static btrfs-progs e2fsprogs xfsprogs cpio kmod python3 util-linux coreutils gzip dpkg apt)
+deps=(qemu-system-x86 busybox-static btrfs-progs e2fsprogs xfsprogs dosfstools mtools cpio kmod python3 util-linux coreutils gzip dpkg apt)
 bash "$repo/scripts/deps.sh" "${deps[@]}" || die "installing the dependencies failed"
 for t in qemu-system-x86_64 busybox mkfs.btrfs mkfs.ext4 btrfs cpio depmod /usr/bin/python3; do
     command -v "$t" >/dev/null || die "required tool $t is missing after installing the dependencies"

@@ -132,42 +132,57 @@ def build_tree(root, busybox):
         os.utime(os.path.join(root, rel), ns=(ns, ns), follow_symlinks=False)
 
 
-def build_part_tree(top, name):
-    """The tree of a filesystem mounted inside the root at /NAME (its top is `top`): 40 files of a few KiB in two
-    directories, a symlink, fixed owners, modes and mtimes."""
+def _label(name):
+    """A part's name as a file-name prefix (`boot/efi` -> `boot-efi`)."""
+    return name.replace("/", "-")
+
+
+def build_part_tree(top, name, fs, mount_points=()):
+    """The tree of a filesystem of type `fs` mounted inside the root at /NAME (its top is `top`): 40 files of a few
+    KiB in two directories, a symlink, fixed owners, modes and mtimes (FAT: no symlink, and the owners and modes
+    its mount gives), and the directories `mount_points` (relative to it) where other parts are mounted."""
     rng = random.Random("%d-%s" % (SEED, name))
+    label = _label(name)
     for i in range(40):
-        rel = "%s/%s-%02d" % ("grub" if i % 4 == 0 else "files", name, i)
+        rel = "%s/%s-%02d" % ("grub" if i % 4 == 0 else "files", label, i)
         p = os.path.join(top, rel)
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "w") as f:
             f.write(_text(rng, rng.randrange(512, 4096)))
-        os.chmod(p, MODES[i % len(MODES)])
-        os.chown(p, *UIDS[i % len(UIDS)])
+        if fs != "vfat":
+            os.chmod(p, MODES[i % len(MODES)])
+            os.chown(p, *UIDS[i % len(UIDS)])
         t = _mtime_ns(name + "/" + rel)
         os.utime(p, ns=(t, t))
-    os.symlink("files/%s-01" % name, os.path.join(top, "current"))
+    if fs != "vfat":
+        os.symlink("files/%s-01" % label, os.path.join(top, "current"))
+    for m in mount_points:
+        os.makedirs(os.path.join(top, m))
 
 
-def _part_steps(name, rng):
-    """Steps writing into the part mounted at /NAME: 5 files replaced, 10 added (some in a new directory), 3
-    removed, one symlink replaced. Returns (steps, paths written)."""
-    steps = [{"id": "%s-newdir" % name, "type": "dir", "path": "/%s/new" % name, "mode": "0755"}]
+def _part_steps(name, fs, rng):
+    """Steps writing into the part of type `fs` mounted at /NAME: 5 files replaced, 10 added (some in a new
+    directory), 3 removed, one symlink replaced (FAT: no symlink, and no modes). Returns (steps, paths written)."""
+    label = _label(name)
+    modes = fs != "vfat"
+    steps = [dict({"id": "%s-newdir" % label, "type": "dir", "path": "/%s/new" % name}, **({"mode": "0755"} if modes else {}))]
     written = []
     for i in range(5):
-        path = "/%s/files/%s-%02d" % (name, name, 1 + 4 * i + (i % 3))
-        steps.append({"id": "%s-replace-%d" % (name, i), "type": "file", "path": path,
+        path = "/%s/files/%s-%02d" % (name, label, 1 + 4 * i + (i % 3))
+        steps.append({"id": "%s-replace-%d" % (label, i), "type": "file", "path": path,
                       "content": _text(rng, rng.randrange(512, 4096))})
         written.append(path)
     for i in range(10):
-        path = "/%s/%s/%s-new-%02d" % (name, "new" if i % 3 == 0 else "grub", name, i)
-        steps.append({"id": "%s-add-%d" % (name, i), "type": "file", "path": path, "mode": "0644",
-                      "content": _text(rng, rng.randrange(512, 4096))})
+        path = "/%s/%s/%s-new-%02d" % (name, "new" if i % 3 == 0 else "grub", label, i)
+        steps.append(dict({"id": "%s-add-%d" % (label, i), "type": "file", "path": path,
+                           "content": _text(rng, rng.randrange(512, 4096))}, **({"mode": "0644"} if modes else {})))
         written.append(path)
     for i, n in enumerate((3, 7, 15)):
-        steps.append({"id": "%s-remove-%d" % (name, i), "type": "remove", "path": "/%s/files/%s-%02d" % (name, name, n)})
-    steps.append({"id": "%s-relink" % name, "type": "symlink", "path": "/%s/current" % name,
-                  "target": "new/%s-new-00" % name})
+        steps.append({"id": "%s-remove-%d" % (label, i), "type": "remove",
+                      "path": "/%s/files/%s-%02d" % (name, label, n)})
+    if modes:
+        steps.append({"id": "%s-relink" % label, "type": "symlink", "path": "/%s/current" % name,
+                      "target": "new/%s-new-00" % label})
     return steps, written
 
 
@@ -194,7 +209,7 @@ def _existing(root):
 
 
 def build_plans(root, parts=()):
-    """The plan and the failing plan for the base tree in `root`, as JSON-ready dicts; with `parts` (the names of
+    """The plan and the failing plan for the base tree in `root`, as JSON-ready dicts; with `parts` ((name, fs) of
     the filesystems mounted inside the root, see build_part_tree), the plan writes into each of them too, and
     changes a tenth as many paths of the root (each of its three filesystems pays for a scratch layer and a copy
     under emulation; the kinds of change are the same)."""
@@ -236,8 +251,8 @@ def build_plans(root, parts=()):
     for i in range(5):
         steps.append({"id": "symlink-%d" % i, "type": "symlink", "path": "/opt/app/newlink%d" % i,
                       "target": written[(i * 50) % len(written)]})
-    for name in parts:
-        part_steps, part_written = _part_steps(name, rng)
+    for name, fs in parts:
+        part_steps, part_written = _part_steps(name, fs, rng)
         steps += part_steps
         written += part_written
     written.append("/etc/vmtest-written")

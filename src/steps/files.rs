@@ -70,11 +70,21 @@ pub(super) fn dir(root: &Root, guard: &mut dyn ChangeGuard, path: &RootPath, att
         guard.before_meta(root, path)?;
     }
     let (parent, name) = root.parent_of(path)?;
-    set_owner_mode(&parent, name, uid, gid, mode).with_context(|| format!("setting mode and owner of {path}"))
+    set_owner_mode(&parent, name, uid, gid, mode, attrs.mode.is_some())
+        .with_context(|| format!("setting mode and owner of {path}"))
 }
 
-/// chown (without following) then chmod (chown clears setuid bits, so the mode comes last).
-fn set_owner_mode(parent: &OwnedFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>, mode: u32) -> Result<()> {
+/// chown (without following) then chmod (chown clears setuid bits, so the mode comes last). On a filesystem whose
+/// modes come from its mount options (FAT, exfat: an EFI system partition), a default mode the plan did not ask
+/// for (`asked` false) is left as the filesystem gives it, and one it asked for is refused clearly.
+fn set_owner_mode(
+    parent: &OwnedFd,
+    name: &OsStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+    asked: bool,
+) -> Result<()> {
     if uid.is_some() || gid.is_some() {
         fchownat(
             Some(parent.as_raw_fd()),
@@ -84,13 +94,36 @@ fn set_owner_mode(parent: &OwnedFd, name: &OsStr, uid: Option<u32>, gid: Option<
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )?;
     }
-    nix::sys::stat::fchmodat(
+    let changed = nix::sys::stat::fchmodat(
         Some(parent.as_raw_fd()),
         name,
         Mode::from_bits_truncate(mode),
         nix::sys::stat::FchmodatFlags::FollowSymlink,
-    )?;
-    Ok(())
+    );
+    match changed {
+        Err(nix::errno::Errno::EPERM) if modes_fixed_by_mount(parent) => {
+            if asked {
+                bail!("mode {mode:04o} cannot be given on this filesystem: its modes come from its mount options");
+            }
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Whether `dir` is on FAT or exfat, whose file modes are set by mount options and cannot be changed per file.
+fn modes_fixed_by_mount(dir: &OwnedFd) -> bool {
+    const MSDOS_SUPER_MAGIC: i64 = 0x4d44;
+    const EXFAT_SUPER_MAGIC: i64 = 0x2011_bab0;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `dir` is an open descriptor and `st` is a buffer of the size fstatfs writes.
+    if unsafe { libc::fstatfs(dir.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so it filled `st`.
+    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
+    let f_type = unsafe { st.assume_init() }.f_type as i64;
+    [MSDOS_SUPER_MAGIC, EXFAT_SUPER_MAGIC].contains(&f_type)
 }
 
 /// Where a new version of `path` is prepared: the guard's scratch directory, or the parent itself.
@@ -160,7 +193,7 @@ pub(super) fn file(
             }
         }
         drop(f);
-        set_owner_mode(dir, tmp, uid, gid, attrs.mode.unwrap_or(DEFAULT_FILE_MODE))
+        set_owner_mode(dir, tmp, uid, gid, attrs.mode.unwrap_or(DEFAULT_FILE_MODE), attrs.mode.is_some())
             .with_context(|| format!("setting mode and owner of {path}"))
     })
 }
