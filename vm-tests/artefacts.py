@@ -31,9 +31,10 @@ WANTED_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "crc32c_intel", 
                   "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "xfs", "vfat", "nls_cp437", "nls_utf8", "nls_ascii", "overlay", "loop"]
 
 # The programs snapinst runs besides itself, for a root that is a filesystem's top (its scratch layer): mkfs.ext4
-# and GNU cp (busybox's cp does not keep the trusted.overlay.* attributes). Copied with their libraries; the
-# busybox applet of the same name is replaced.
-GUEST_TOOLS = {"sbin/mkfs.ext4": "/sbin/mke2fs", "bin/cp": "/bin/cp"}
+# and GNU cp (busybox's cp does not keep the trusted.overlay.* attributes); and fsck.vfat, which the guest's init
+# runs on the ESP before mounting it, as a Debian machine's boot does (fstab pass 1). Copied with their libraries;
+# the busybox applet of the same name is replaced.
+GUEST_TOOLS = {"sbin/mkfs.ext4": "/sbin/mke2fs", "bin/cp": "/bin/cp", "sbin/fsck.vfat": "/sbin/fsck.fat"}
 GUEST_FILES = ["/etc/mke2fs.conf"]
 
 # How a test disk set is laid out, per campaign: the backend, the filesystem of the first disk (vda), where the
@@ -408,9 +409,16 @@ def mount_points_in(name):
     return out
 
 
+class DamagedFat(Exception):
+    pass
+
+
 def fat_extract(image, dest):
     """Copy the whole tree of the FAT image `image` into the new directory `dest` (mtools: this host's kernel may
-    have no vfat), keeping the modification times."""
+    have no vfat), keeping the modification times. A FAT that `fsck.vfat -n` finds damaged raises DamagedFat."""
+    check = subprocess.run(["fsck.vfat", "-n", image], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if check.returncode != 0:
+        raise DamagedFat("fsck.vfat -n %s: exit %d: %s" % (image, check.returncode, check.stdout.strip()[-2000:]))
     os.makedirs(dest)
     if out(["mdir", "-b", "-i", image, "::/"]).strip():
         run(["mcopy", "-s", "-m", "-n", "-i", image, "::/*", dest + "/"])

@@ -346,6 +346,7 @@ class Campaign:
         self.commit_s = 0.0
         self.late = 0.0
         self.counts = {"before": 0, "rolled_back": 0, "during": 0, "after": 0}
+        self.fat_repairs = []  # the recover boots whose fsck.vfat repaired the ESP (exit 1)
         self.fp_passed = self.fp_total = 0
         self.fp_rows = []
         self.passed = self.failed = 0
@@ -451,6 +452,9 @@ class Campaign:
                 finished = a.has("apply-done")
                 committed = "committed" in a.events("apply-out")
                 r = self.vm.boot(self.work, self.layout, "recover", case + "-recover")
+                fsck = r.marker("fsck-vfat")
+                if fsck and fsck[1] == "rc=1":
+                    self.fat_repairs.append(case)
                 res = check_recovered(r, self.work, self.layout, self.before, self.after)
                 if committed and res.state == "before":
                     res.problems.append("the apply printed `committed` before the cut, yet the tree is BEFORE")
@@ -469,10 +473,11 @@ class Campaign:
                     self.counts["after"] += 1
                 what = res.state.upper() + (" (rolled forward)" if res.action == "rolled_forward" else
                                             " (rolled back)" if res.action == "rolled_back" else "")
-                log("%s %s: cut %.3fs after apply-start (%s) -> %s"
+                log("%s %s: cut %.3fs after apply-start (%s) -> %s%s"
                     % (self.layout, case, a.cut_after, "VM already off" if a.end == "poweroff" else
                        "apply had finished" if finished else
-                       "after the commit event" if committed else "apply running", what))
+                       "after the commit event" if committed else "apply running", what,
+                       "; fsck.vfat repaired the ESP first" if case in self.fat_repairs else ""))
             except Exception as e:  # a harness or host problem: record it, go on with the next cut
                 self.fail(case, "exception: %s\n%s" % (e, traceback.format_exc()), [a, r])
 
@@ -746,6 +751,10 @@ def main():
           " transaction; during: recovery rolled forward; after: the apply had completed)"
           % (", %d%% aimed at the commit phase" % (args.late * 100) if args.late else
              ", half of them aimed at the commit phase on the layouts with parts"))
+    for c in results:
+        if c.fat_repairs:
+            print("%s: fsck.vfat repaired the ESP at the recover boot after %d of the cuts (%s), as a machine's boot"
+                  " does; the trees were checked after it" % (c.layout, len(c.fat_repairs), ", ".join(c.fat_repairs)))
     for c in results:
         if c.fp_rows:
             print("%s crash points:" % c.layout)

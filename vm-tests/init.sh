@@ -89,6 +89,12 @@ if [ "$PARTS" = 1 ]; then
     mount -t xfs /dev/vdc "$ROOT/srv" || die "mount /dev/vdc at $ROOT/srv failed"
     load vfat; load nls_cp437; load nls_utf8; load nls_ascii
     wait_disk /dev/vdd
+    # As a Debian machine's boot does for the ESP (fstab pass 1: systemd-fsck runs fsck -a): FAT has no journal.
+    fsck.vfat -a /dev/vdd > /tmp/fsck.out 2>&1
+    FSCK_RC=$?
+    sed 's/^/SNAPINST-VM: fsck-vfat-out /' /tmp/fsck.out
+    say "fsck-vfat rc=$FSCK_RC"
+    [ "$FSCK_RC" -le 1 ] || die "fsck.vfat -a /dev/vdd failed (exit $FSCK_RC)"
     mount -t vfat /dev/vdd "$ROOT/boot/efi" || die "mount /dev/vdd at $ROOT/boot/efi failed"
     MOUNTED="$ROOT/boot/efi $ROOT/srv $ROOT/boot $MOUNTED"
 fi
