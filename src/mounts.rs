@@ -59,6 +59,8 @@ pub(crate) struct MountInfo {
     pub source: String,
     /// Mounted read-only (the per-mount `ro` flag).
     pub read_only: bool,
+    /// The filesystem's own options (`fmask=0077,codepage=437,...` for vfat), as a mount of the same kind needs them.
+    pub super_options: String,
 }
 
 /// The mountinfo entry of the mount that holds `path`.
@@ -118,7 +120,8 @@ fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     let sep = rest.iter().position(|f| *f == "-")?;
     let fstype = rest.get(sep + 1)?.to_string();
     let source = unescape(rest.get(sep + 2)?).to_string_lossy().into_owned();
-    Some(MountInfo { id, mount_point, fstype, source: source.to_string(), read_only })
+    let super_options = rest.get(sep + 3).map_or(String::new(), |o| o.to_string());
+    Some(MountInfo { id, mount_point, fstype, source: source.to_string(), read_only, super_options })
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space).

@@ -266,9 +266,21 @@ pub(crate) const CHECKPOINTS_SUFFIX: &str = ".checkpoints";
 #[derive(Debug, Clone)]
 pub(crate) struct StateDir {
     pub dir: PathBuf,
+    /// Where the stages (and checkpoints) live when not in `<dir>/stage`: a copy-staged part keeps them in the
+    /// root's state area, off its own filesystem.
+    pub stages: Option<PathBuf>,
 }
 
 impl StateDir {
+    pub fn at(dir: PathBuf) -> StateDir {
+        StateDir { dir, stages: None }
+    }
+
+    /// The directory of the stages.
+    pub fn stages_dir(&self) -> PathBuf {
+        self.stages.clone().unwrap_or_else(|| self.dir.join("stage"))
+    }
+
     /// The default state area: a sibling of the root, `<parent>/.snapinst-<name>`.
     pub fn default_for(root: &Path) -> Result<PathBuf> {
         let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
@@ -300,15 +312,15 @@ impl StateDir {
     }
     /// Where a transaction's stage lives.
     pub fn stage_path(&self, txn: &str) -> PathBuf {
-        self.dir.join("stage").join(txn)
+        self.stages_dir().join(txn)
     }
     /// Where a `--keep-failed` transaction keeps its checkpoints (one per completed step, and 0 for the start).
     pub fn checkpoints_path(&self, txn: &str) -> PathBuf {
-        self.dir.join("stage").join(format!("{txn}{CHECKPOINTS_SUFFIX}"))
+        self.stages_dir().join(format!("{txn}{CHECKPOINTS_SUFFIX}"))
     }
 
     pub fn create(&self) -> Result<()> {
-        for d in [self.dir.clone(), self.txns_dir(), self.gens_dir(), self.dir.join("stage")] {
+        for d in [self.dir.clone(), self.txns_dir(), self.gens_dir(), self.stages_dir()] {
             fsutil::create_dir_durable(&d)?;
         }
         Ok(())

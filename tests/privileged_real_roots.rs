@@ -140,6 +140,8 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     let lines = json_lines(&out);
     let parts: Vec<&str> = events(&lines, "part").iter().map(|e| e["path"].as_str().unwrap_or("?")).collect();
     assert_eq!(parts, ["/boot", "/boot/efi", "/srv/www"], "each staged filesystem is announced");
+    let staged_by: Vec<&str> = events(&lines, "part").iter().map(|e| e["staged_by"].as_str().unwrap_or("?")).collect();
+    assert_eq!(staged_by, ["overlay", "copy", "overlay"], "the ESP stand-in is staged by copy");
     assert_manifest_eq(&before, &img.booted_manifest());
     assert_no_leftovers(&img);
 

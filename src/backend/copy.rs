@@ -1,13 +1,15 @@
 //! The copy stager, for a filesystem that overlayfs cannot take as a lower layer: FAT (vfat, msdos) and exfat,
 //! whose case-insensitive names overlayfs refuses, such as the EFI system partition at /boot/efi. It stages parts
-//! only. The stage is a copy of the filesystem's tree in the part's own state area
-//! (`<mount>/.snapinst/stage/<txn>/tree`, on the same filesystem), so staging needs as much free space as the tree
-//! uses; an ESP holds a few megabytes. Before the commit record the copy is compared with the tree (`treediff`) and
-//! every changed entry's new version is moved by rename into the generation's delta; from there on it is the
-//! overlay's way: the commit, `recover` and every rollback are renames on the filesystem itself (`delta::swap`).
-//! Nothing here writes to the tree. FAT has no journal: the renames are synced as the overlay's are, but a power
-//! cut in the middle of one is only as safe as FAT is (fsck.fat repairs it at the next boot).
+//! only. FAT has no journal, and a power cut while it is being written leaves lost clusters that `fsck.fat` turns
+//! into `FSCKnnnn.REC` files, so staging writes nothing to it: the stage is a copy of the part's tree on a scratch
+//! filesystem of the part's own type, made and mounted with the part's own options (the same modes and name
+//! rules; see `scratch`), whose image is in the root's state area (`part-stages/<place>/<txn>`). Before the commit
+//! record the copy is compared with the tree (`treediff`) and each changed entry's new version is copied into the
+//! generation's delta on the part, and synced; from there on it is the overlay's way: the commit, `recover` and every
+//! rollback are renames on the part itself (`delta::swap`). What FAT sees of a transaction is the delta written just
+//! before the commit record, the renames after it, and the deletion of old deltas.
 
+use super::scratch::Scratch;
 use super::Ctx;
 use crate::delta::{self, Delta, Entry};
 use crate::fsutil;
@@ -22,14 +24,26 @@ use std::path::{Path, PathBuf};
 const SPARE_BYTES: u64 = 1 << 20;
 
 pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
-    super::require_same_mount(root, state_dir, "the copy stage becomes a delta by renames")
+    super::require_same_mount(root, state_dir, "the delta is put in place by renames")
 }
 
-/// The stage directory and the copy of the tree in it.
-fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> (PathBuf, PathBuf) {
+/// A transaction's copy stage: its directory (in the root's state area), the scratch filesystem there, and the copy
+/// of the tree on it.
+struct StagePaths {
+    dir: PathBuf,
+    scratch: Scratch,
+    tree: PathBuf,
+}
+
+fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> Result<StagePaths> {
+    let mount = ctx.mount.as_ref().context("a copy-staged part knows its mount")?;
+    let size = nix::sys::statvfs::statvfs(&ctx.root)
+        .map(|st| st.blocks() as u64 * st.fragment_size() as u64)
+        .with_context(|| format!("reading the size of {}", ctx.root.display()))?;
     let dir = ctx.state.stage_path(&rec.txn);
-    let tree = dir.join("tree");
-    (dir, tree)
+    let scratch = Scratch::like(&dir, mount, size);
+    let tree = scratch.mnt.join("tree");
+    Ok(StagePaths { dir, scratch, tree })
 }
 
 /// The state area's name at the top of the part (it is never copied, compared or replaced).
@@ -43,23 +57,31 @@ pub(super) fn staging_bytes(root: &Path, state_dir: &Path) -> Result<u64> {
 }
 
 pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
-    let (dir, tree) = stage_paths(ctx, rec);
+    let s = stage_paths(ctx, rec)?;
     let area = state_area(ctx)?;
+    remove_stage(&s)?;
+    fsutil::create_dir_durable(&s.dir)?;
     // The check before the transaction asked for this already; the tree may have grown since.
     let needed = tree_bytes(&ctx.root, Some(area))? + SPARE_BYTES;
-    let free = fsutil::free_bytes(&ctx.root)?;
+    let free = fsutil::free_bytes(&s.dir)?;
     if free < needed {
         bail!(
-            "{} has {} KiB free; staging it takes a copy of its tree, {} KiB (overlayfs cannot layer it)",
+            "staging {} takes a copy of its tree ({} KiB) in {}, which has {} KiB free",
             ctx.root.display(),
-            free / 1024,
-            needed / 1024
+            needed / 1024,
+            s.dir.display(),
+            free / 1024
         );
     }
-    fsutil::remove_any(&dir)?;
-    fsutil::create_dir_durable(&dir)?;
-    copy_without(&ctx.root, area, &tree)?;
-    Ok(tree)
+    s.scratch.create()?;
+    copy_without(&ctx.root, area, &s.tree)?;
+    Ok(s.tree)
+}
+
+/// Unmount the scratch filesystem, delete its image and the stage directory. Idempotent.
+fn remove_stage(s: &StagePaths) -> Result<()> {
+    s.scratch.remove()?;
+    fsutil::remove_any(&s.dir)
 }
 
 /// Copy the tree at `root`, all but its entry `left_out`, to the new directory `to` (under a temporary name first).
@@ -100,7 +122,7 @@ fn tree_bytes(dir: &Path, left_out: Option<&Path>) -> Result<u64> {
 }
 
 pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-    let (_, tree) = stage_paths(ctx, rec);
+    let tree = stage_paths(ctx, rec)?.tree;
     let area = state_area(ctx)?;
     if fsutil::exists(&tree.join(area)) {
         bail!("the stage creates /{}, which is snapinst's state area on {}", area.display(), ctx.root.display());
@@ -113,12 +135,11 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     let new = d.side("new");
     for (k, e) in entries.iter().enumerate() {
         if let Entry::Replace { path, after: true, .. } = e {
-            let src = tree.join(path);
-            fs::rename(&src, new.join(k.to_string()))
-                .with_context(|| format!("moving {} into the delta", src.display()))?;
+            fsutil::copy_tree(&tree.join(path), &new.join(k.to_string()))
+                .with_context(|| format!("copying /{} into the delta", path.display()))?;
         }
     }
-    fsutil::sync_dir(&new)?;
+    fsutil::syncfs(&new)?;
     d.write_index(&entries)?;
     fsutil::syncfs(&d.dir)
 }
@@ -161,31 +182,33 @@ fn entries_of(changes: &[Change], tree: &Path, stage: &Path) -> Result<Vec<Entry
 }
 
 pub(super) fn finish(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-    fsutil::remove_any(&stage_paths(ctx, rec).0)
+    remove_stage(&stage_paths(ctx, rec)?)
 }
 
 pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-    fsutil::remove_any(&stage_paths(ctx, rec).0)?;
+    remove_stage(&stage_paths(ctx, rec)?)?;
     super::delta_gens::drop_staged_delta(ctx, rec)
 }
 
-/// Keep a copy of the staged tree as checkpoint `n`.
+/// Keep a copy of the staged tree as checkpoint `n` (in the root's state area, beside the stage).
 pub(super) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
-    super::copy_as_checkpoint(ctx, rec, &stage_paths(ctx, rec).1, n)
+    super::copy_as_checkpoint(ctx, rec, &stage_paths(ctx, rec)?.tree, n)
 }
 
-/// Make the staged tree a copy of checkpoint `n` again.
+/// Make the staged tree a copy of checkpoint `n` again, on a new scratch filesystem.
 pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<PathBuf> {
-    let (dir, tree) = stage_paths(ctx, rec);
+    let s = stage_paths(ctx, rec)?;
     let source = super::checkpoint_copy(ctx, rec, n)?;
-    fsutil::remove_any(&tree)?;
-    fsutil::create_dir_durable(&dir)?;
-    fsutil::copy_tree(&source, &tree)?;
-    Ok(tree)
+    s.scratch.create()?;
+    fsutil::copy_tree(&source, &s.tree)?;
+    Ok(s.tree)
 }
 
-pub(super) fn stage_view(ctx: &Ctx, rec: &TxnRecord) -> PathBuf {
-    stage_paths(ctx, rec).1
+/// The kept stage's tree (its scratch filesystem mounted in snapinst's private namespace when it is not already).
+pub(super) fn stage_view(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
+    let s = stage_paths(ctx, rec)?;
+    s.scratch.mount()?;
+    Ok(s.tree)
 }
 
 #[cfg(test)]

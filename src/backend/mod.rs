@@ -33,6 +33,8 @@ pub(crate) struct Ctx {
     pub state_area: Option<PathBuf>,
     /// The filesystems inside the root staged on their own, outermost first.
     pub parts: Vec<Part>,
+    /// A part's mount (its type and options: the copy stager makes its scratch filesystem alike).
+    pub mount: Option<crate::mounts::MountInfo>,
     btrfs: Option<btrfs::Paths>,
 }
 
@@ -51,7 +53,15 @@ impl Ctx {
             _ => None,
         };
         let state_area = state_area(root, &state.dir);
-        Ok(Ctx { kind, root: root.to_path_buf(), state: state.clone(), state_area, parts: Vec::new(), btrfs })
+        Ok(Ctx {
+            kind,
+            root: root.to_path_buf(),
+            state: state.clone(),
+            state_area,
+            parts: Vec::new(),
+            mount: None,
+            btrfs,
+        })
     }
 
     /// The same root with the filesystems mounted at `rels` (relative to it, outermost first) as its parts.
@@ -67,9 +77,15 @@ impl Ctx {
                         rel.display()
                     );
                 }
-                let state = StateDir { dir: root.join(crate::submounts::PART_STATE_DIR) };
-                let kind = crate::submounts::part_backend(&crate::mounts::mount_of(&root)?.fstype);
-                Ok(Part { rel: rel.clone(), ctx: Ctx::new(kind, &root, &state)? })
+                let mut state = StateDir::at(root.join(crate::submounts::PART_STATE_DIR));
+                let mount = crate::mounts::mount_of(&root)?;
+                let kind = crate::submounts::part_backend(&mount.fstype);
+                if stager::of(kind).stages_off_its_filesystem() {
+                    state.stages = Some(self.state.dir.join("part-stages").join(escaped(rel)));
+                }
+                let mut ctx = Ctx::new(kind, &root, &state)?;
+                ctx.mount = Some(mount);
+                Ok(Part { rel: rel.clone(), ctx })
             })
             .collect::<Result<_>>()?;
         Ok(self)
@@ -103,6 +119,11 @@ impl Ctx {
     fn btrfs(&self) -> &btrfs::Paths {
         self.btrfs.as_ref().expect("btrfs paths are set up for the btrfs backend")
     }
+}
+
+/// A part's place inside the root as one file name (`boot/efi` -> `boot%2Fefi`).
+fn escaped(rel: &Path) -> String {
+    rel.to_string_lossy().replace('%', "%25").replace('/', "%2F")
 }
 
 /// Pick the backend for `root`: btrfs if it is a btrfs subvolume, else overlay if the kernel has it, else journal.
@@ -142,9 +163,12 @@ pub(crate) fn check_usable(kind: BackendKind, root: &Path, state_dir: &Path) -> 
     stager::of(kind).check_usable(root, state_dir)
 }
 
-/// The bytes `kind`'s stage of `root` takes before any step runs (beyond what the steps write).
-pub(crate) fn staging_bytes(kind: BackendKind, root: &Path, state_dir: &Path) -> Result<u64> {
-    stager::of(kind).staging_bytes(root, state_dir)
+/// What staging the part `root` with `kind` takes before any step runs (beyond what the steps write): bytes on its
+/// own filesystem, and bytes in the root's state area.
+pub(crate) fn part_staging_bytes(kind: BackendKind, root: &Path, state_dir: &Path) -> Result<(u64, u64)> {
+    let s = stager::of(kind);
+    let bytes = s.staging_bytes(root, state_dir)?;
+    Ok(if s.stages_off_its_filesystem() { (0, bytes) } else { (bytes, 0) })
 }
 
 /// Make the stage for `rec`, every part's mounted at its path in the root's, and return the directory the steps
@@ -398,7 +422,8 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
     let kept = ctx.state.kept()?.map(|t| t.txn);
     let mut removed = Vec::new();
     for c in ctx.all() {
-        for dir in [c.state.dir.join("stage"), c.state.gens_dir()] {
+        let stages = c.state.stages_dir();
+        for dir in [stages.clone(), c.state.gens_dir()] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -406,7 +431,7 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
                 let path = e?.path();
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let txn_of_entry = name.strip_suffix(crate::state::CHECKPOINTS_SUFFIX).unwrap_or(&name);
-                let orphan = if dir.ends_with("stage") {
+                let orphan = if dir == stages {
                     kept.as_deref() != Some(txn_of_entry)
                 } else {
                     match name.parse::<u64>().ok().and_then(|n| state.generation(n)) {

@@ -1,10 +1,13 @@
-//! A scratch filesystem for an overlay upper layer that may not live on the lower layer's filesystem: when the root
-//! is the top of its filesystem (an ext4 `/`), every directory of that filesystem is inside the lower layer, and the
-//! kernel refuses an upper layer there. The scratch filesystem is a sparse image file in the transaction's stage
-//! directory, formatted ext4 (no journal: it never outlives a crash) and loop-mounted with `discard` in snapinst's
-//! private mount namespace, so it takes only the blocks the steps write and gives back what they delete. It is sized
-//! to the free space of the root's filesystem, which is all a delta copied out of it can use anyway. Nothing here
-//! mounts in the host's namespace, and nothing in the image is needed after the delta is copied out.
+//! A scratch filesystem, a sparse image file in a transaction's stage directory loop-mounted in snapinst's private
+//! mount namespace, for a stage that may not live on the filesystem it stages. Two kinds:
+//! - an overlay upper layer, when the root is the top of its filesystem (an ext4 `/`): every directory of that
+//!   filesystem is inside the lower layer, and the kernel refuses an upper layer there. Formatted ext4 (no journal:
+//!   it never outlives a crash), mounted with `discard`, so it takes only the blocks the steps write and gives back
+//!   what they delete; sized to the free space of the filesystem it is on, all a delta copied out of it can use;
+//! - a copy stage of a FAT part (see `copy`): a filesystem of the part's own type, made and mounted with the part's
+//!   own options (the same modes and name rules), as large as the part, so that staging writes nothing to the part.
+//!
+//! Nothing here mounts in the host's namespace, and nothing in the image is needed once its content is copied out.
 
 use crate::{fsutil, mounts};
 use anyhow::{bail, Context, Result};
@@ -14,17 +17,35 @@ use std::path::{Path, PathBuf};
 const MIN_SIZE: u64 = 256 << 20;
 /// The largest: an ext4 host's largest file, with room to spare.
 const MAX_SIZE: u64 = 8 << 40;
+/// The smallest scratch filesystem made like a part (FAT needs some clusters to choose its kind).
+const MIN_LIKE_SIZE: u64 = 64 << 20;
 
 pub(super) struct Scratch {
     image: PathBuf,
-    /// Where the image is mounted; the upper and work directories are inside it.
+    /// Where the image is mounted; the stage's directories are inside it.
     pub mnt: PathBuf,
+    /// None: an overlay upper layer's ext4; else a filesystem like this mount.
+    like: Option<Like>,
+}
+
+/// A filesystem to make like a mounted one: its type, its own options, its size.
+struct Like {
+    fstype: String,
+    options: String,
+    size: u64,
 }
 
 impl Scratch {
-    /// The scratch filesystem of the stage in `stage_dir`.
+    /// The scratch filesystem for an overlay upper layer of the stage in `stage_dir`.
     pub fn of(stage_dir: &Path) -> Scratch {
-        Scratch { image: stage_dir.join("scratch.img"), mnt: stage_dir.join("scratch") }
+        Scratch { image: stage_dir.join("scratch.img"), mnt: stage_dir.join("scratch"), like: None }
+    }
+
+    /// The scratch filesystem of the stage in `stage_dir` made like `mount` (type, options) and of `size` bytes.
+    pub fn like(stage_dir: &Path, mount: &mounts::MountInfo, size: u64) -> Scratch {
+        let options: Vec<&str> = mount.super_options.split(',').filter(|o| !matches!(*o, "rw" | "ro" | "")).collect();
+        let like = Like { fstype: mount.fstype.clone(), options: options.join(","), size };
+        Scratch { like: Some(like), ..Scratch::of(stage_dir) }
     }
 
     fn is_mounted(&self) -> Result<bool> {
@@ -35,27 +56,37 @@ impl Scratch {
     pub fn create(&self) -> Result<()> {
         self.remove()?;
         fsutil::create_dir_durable(&self.mnt)?;
-        let free = fsutil::free_bytes(self.mnt.parent().unwrap_or(&self.mnt))?;
-        let size = free.clamp(MIN_SIZE, MAX_SIZE) & !((1 << 20) - 1);
+        let size = match &self.like {
+            Some(like) => like.size.max(MIN_LIKE_SIZE),
+            None => fsutil::free_bytes(self.mnt.parent().unwrap_or(&self.mnt))?.clamp(MIN_SIZE, MAX_SIZE),
+        } & !((1 << 20) - 1);
         std::fs::File::create(&self.image)
             .and_then(|f| f.set_len(size))
             .with_context(|| format!("creating the sparse scratch image {}", self.image.display()))?;
-        let out = std::process::Command::new("mkfs.ext4")
-            .args([
-                "-q",
-                "-F",
-                "-m",
-                "0",
-                "-O",
-                "^has_journal,^resize_inode,sparse_super2",
-                "-E",
-                "lazy_itable_init=1,nodiscard",
-            ])
+        let (program, args): (String, &[&str]) = match &self.like {
+            None => (
+                "mkfs.ext4".into(),
+                &[
+                    "-q",
+                    "-F",
+                    "-m",
+                    "0",
+                    "-O",
+                    "^has_journal,^resize_inode,sparse_super2",
+                    "-E",
+                    "lazy_itable_init=1,nodiscard",
+                ],
+            ),
+            Some(like) if like.fstype.starts_with("ext") => (format!("mkfs.{}", like.fstype), &["-q", "-F"]),
+            Some(like) => (format!("mkfs.{}", like.fstype), &[]),
+        };
+        let out = std::process::Command::new(&program)
+            .args(args)
             .arg(&self.image)
             .output()
-            .context("running mkfs.ext4 (e2fsprogs) for the overlay's scratch layer")?;
+            .with_context(|| format!("running {program} for a scratch filesystem of the stage"))?;
         if !out.status.success() {
-            bail!("mkfs.ext4 {} failed: {}", self.image.display(), String::from_utf8_lossy(&out.stderr).trim());
+            bail!("{program} {} failed: {}", self.image.display(), String::from_utf8_lossy(&out.stderr).trim());
         }
         self.mount()
     }
@@ -70,7 +101,11 @@ impl Scratch {
         }
         let device = attach(&self.image)?;
         let path = device.path().context("the loop device has no path")?;
-        nix::mount::mount(Some(&path), &self.mnt, Some("ext4"), nix::mount::MsFlags::MS_NOATIME, Some("discard"))
+        let (fstype, options) = match &self.like {
+            None => ("ext4", "discard"),
+            Some(like) => (like.fstype.as_str(), like.options.as_str()),
+        };
+        nix::mount::mount(Some(&path), &self.mnt, Some(fstype), nix::mount::MsFlags::MS_NOATIME, Some(options))
             .with_context(|| {
                 format!(
                     "mounting the scratch image {} ({}) at {}",

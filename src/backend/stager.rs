@@ -14,7 +14,12 @@ use std::path::{Path, PathBuf};
 pub(super) trait Stager: Sync {
     /// Refuse clearly when this stager cannot manage `root` with its state in `state_dir`.
     fn check_usable(&self, root: &Path, state_dir: &Path) -> Result<()>;
-    /// The bytes a stage takes on the filesystem before any step runs (a copy of the tree, for the copy stager).
+    /// Whether its stages live in the root's state area rather than on its own filesystem (the copy stager's).
+    fn stages_off_its_filesystem(&self) -> bool {
+        false
+    }
+    /// The bytes a stage takes (where its stages live) before any step runs (a copy of the tree, for the copy
+    /// stager).
     fn staging_bytes(&self, _root: &Path, _state_dir: &Path) -> Result<u64> {
         Ok(0)
     }
@@ -240,6 +245,9 @@ impl Stager for Copy {
     fn check_usable(&self, root: &Path, state_dir: &Path) -> Result<()> {
         copy::check_usable(root, state_dir)
     }
+    fn stages_off_its_filesystem(&self) -> bool {
+        true
+    }
     fn staging_bytes(&self, root: &Path, state_dir: &Path) -> Result<u64> {
         copy::staging_bytes(root, state_dir)
     }
@@ -268,7 +276,7 @@ impl Stager for Copy {
         super::drop_checkpoint_copies(ctx, txn, keep)
     }
     fn stage_view(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
-        Ok(copy::stage_view(ctx, rec))
+        copy::stage_view(ctx, rec)
     }
     delta_generations!();
 }

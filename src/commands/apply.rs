@@ -263,16 +263,19 @@ fn check_plan_fits(
     // then in the delta copied from it.
     let state_inside = backend::state_area(root, state_dir).is_some();
     let copies = if kind == BackendKind::Overlay && state_inside { 2 } else { 1 };
-    let need = copies * plan.bytes_written() + SPACE_MARGIN;
+    let mut need = copies * plan.bytes_written() + SPACE_MARGIN;
     for p in &layout.parts {
         // A part's writes are not known in advance: ask for the margin, and what its stage costs, on its own
-        // filesystem.
+        // filesystem (and what it costs in the root's state area there).
         let part_root = root.join(&p.rel);
         let part_state = part_root.join(crate::submounts::PART_STATE_DIR);
         let part_kind = crate::submounts::part_backend(&p.fstype);
         let cannot = |e: anyhow::Error| Refused(format!("{} cannot be staged: {e:#}", p.describe()));
         backend::check_usable(part_kind, &part_root, &part_state).map_err(cannot)?;
-        let part_need = SPACE_MARGIN + backend::staging_bytes(part_kind, &part_root, &part_state).map_err(cannot)?;
+        let (on_part, in_root_state) =
+            backend::part_staging_bytes(part_kind, &part_root, &part_state).map_err(cannot)?;
+        need += in_root_state;
+        let part_need = SPACE_MARGIN + on_part;
         let free = fsutil::free_bytes(&part_root)?;
         if free < part_need {
             return refuse(format!(
@@ -286,7 +289,7 @@ fn check_plan_fits(
     let have = fsutil::free_bytes(holder)?;
     if have < need {
         return refuse(format!(
-            "not enough free space on the filesystem of {}: the plan needs {} MiB, {} MiB are free",
+            "not enough free space on the filesystem of {}: the transaction needs {} MiB, {} MiB are free",
             holder.display(),
             need.div_ceil(1 << 20),
             have >> 20
@@ -486,11 +489,13 @@ impl Transaction<'_> {
     /// Say which filesystems inside the root are staged with it, and which are left out.
     fn announce_unstaged(&self, txn: &str) {
         for p in &self.layout.parts {
+            let staged_by = crate::submounts::part_backend(&p.fstype);
             self.out.event(
                 "part",
-                json!({"txn": txn, "path": Path::new("/").join(&p.rel), "fstype": p.fstype, "source": p.source}),
+                json!({"txn": txn, "path": Path::new("/").join(&p.rel), "fstype": p.fstype, "source": p.source,
+                       "staged_by": staged_by.to_string()}),
             );
-            self.out.say(format!("snapinst: {} is staged with the root", p.describe()));
+            self.out.say(format!("snapinst: {} is staged with the root ({staged_by})", p.describe()));
         }
         for u in &self.layout.unstaged {
             let why = u.unstaged_because.as_deref().unwrap_or("?");

@@ -96,14 +96,14 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
                 crate::mounts::mount_of(&root)?.source,
                 dir.strip_prefix(&top).unwrap_or(&dir).display()
             );
-            return Ok(Located { root, state: StateDir { dir }, state_shown: shown });
+            return Ok(Located { root, state: StateDir::at(dir), state_shown: shown });
         }
         // The top of a filesystem: nothing beside it is on its filesystem, so the state area goes inside it.
         None if crate::mounts::is_mount_point(&root)? => default_state_inside(&root)?,
         None => StateDir::default_for(&root).map_err(|e| Refused(format!("{e:#}")))?,
     };
     let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
-    Ok(Located { root, state_shown: state_dir.display().to_string(), state: StateDir { dir: state_dir } })
+    Ok(Located { root, state_shown: state_dir.display().to_string(), state: StateDir::at(state_dir) })
 }
 
 /// The state area of a root that is the top of its filesystem: `<root>/var/lib/snapinst/state` where `<root>/var/lib`
