@@ -74,6 +74,12 @@ pub(crate) fn free_bytes(path: &Path) -> Result<u64> {
     Ok(st.blocks_free() as u64 * st.fragment_size() as u64)
 }
 
+/// The size of the filesystem holding `path`, in bytes.
+pub(crate) fn total_bytes(path: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).with_context(|| format!("reading the size of {}", path.display()))?;
+    Ok(st.blocks() as u64 * st.fragment_size() as u64)
+}
+
 /// `syncfs` on the filesystem holding `path`.
 pub(crate) fn syncfs(path: &Path) -> Result<()> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;

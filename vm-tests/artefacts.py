@@ -31,10 +31,11 @@ WANTED_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "crc32c_intel", 
                   "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "xfs", "vfat", "nls_cp437", "nls_utf8", "nls_ascii", "overlay", "loop"]
 
 # The programs snapinst runs besides itself, for a root that is a filesystem's top (its scratch layer): mkfs.ext4
-# and GNU cp (busybox's cp does not keep the trusted.overlay.* attributes); and fsck.vfat, which the guest's init
-# runs on the ESP before mounting it, as a Debian machine's boot does (fstab pass 1). Copied with their libraries;
-# the busybox applet of the same name is replaced.
-GUEST_TOOLS = {"sbin/mkfs.ext4": "/sbin/mke2fs", "bin/cp": "/bin/cp", "sbin/fsck.vfat": "/sbin/fsck.fat"}
+# and GNU cp (busybox's cp does not keep the trusted.overlay.* attributes); mkfs.vfat for the scratch filesystem of
+# the ESP's copy stage; and fsck.vfat, which the guest's init runs on the ESP before mounting it, as a Debian
+# machine's boot does (fstab pass 1). Copied with their libraries; the busybox applet of the same name is replaced.
+GUEST_TOOLS = {"sbin/mkfs.ext4": "/sbin/mke2fs", "bin/cp": "/bin/cp", "sbin/mkfs.vfat": "/sbin/mkfs.fat",
+               "sbin/fsck.vfat": "/sbin/fsck.fat"}
 GUEST_FILES = ["/etc/mke2fs.conf"]
 
 # How a test disk set is laid out, per campaign: the backend, the filesystem of the first disk (vda), where the

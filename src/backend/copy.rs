@@ -37,9 +37,7 @@ struct StagePaths {
 
 fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> Result<StagePaths> {
     let mount = ctx.mount.as_ref().context("a copy-staged part knows its mount")?;
-    let size = nix::sys::statvfs::statvfs(&ctx.root)
-        .map(|st| st.blocks() as u64 * st.fragment_size() as u64)
-        .with_context(|| format!("reading the size of {}", ctx.root.display()))?;
+    let size = fsutil::total_bytes(&ctx.root)?;
     let dir = ctx.state.stage_path(&rec.txn);
     let scratch = Scratch::like(&dir, mount, size);
     let tree = scratch.mnt.join("tree");
