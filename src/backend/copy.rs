@@ -11,7 +11,7 @@
 
 use super::scratch::Scratch;
 use super::Ctx;
-use crate::delta::{self, Delta, Entry};
+use crate::delta::{self, Entry};
 use crate::fsutil;
 use crate::state::TxnRecord;
 use crate::treediff::{self, Change, ChangeKind};
@@ -127,19 +127,9 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     }
     let changes = treediff::diff(&ctx.root, &tree, &[area.to_path_buf()])?;
     let entries = entries_of(&changes, &ctx.root, &tree)?;
-    let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
-    d.remove()?;
-    d.create()?;
-    let new = d.side("new");
-    for (k, e) in entries.iter().enumerate() {
-        if let Entry::Replace { path, after: true, .. } = e {
-            fsutil::copy_tree(&tree.join(path), &new.join(k.to_string()))
-                .with_context(|| format!("copying /{} into the delta", path.display()))?;
-        }
-    }
-    fsutil::syncfs(&new)?;
-    d.write_index(&entries)?;
-    fsutil::syncfs(&d.dir)
+    super::delta_gens::write_staged_delta(ctx, rec, &entries, |path, dest| {
+        fsutil::copy_tree(&tree.join(path), dest).with_context(|| format!("copying /{} into the delta", path.display()))
+    })
 }
 
 /// Turn the changes from `tree` to `stage` (sorted, a directory before what is below it) into delta entries: a

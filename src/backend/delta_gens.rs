@@ -19,6 +19,28 @@ pub(super) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     })
 }
 
+/// Make the delta of `rec`'s generation from `entries`: `put(path, dest)` puts the new version of each entry that
+/// exists after the change at `dest`; then everything is synced, the index last, before the commit record.
+pub(super) fn write_staged_delta(
+    ctx: &Ctx,
+    rec: &TxnRecord,
+    entries: &[crate::delta::Entry],
+    mut put: impl FnMut(&std::path::Path, &std::path::Path) -> Result<()>,
+) -> Result<()> {
+    let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
+    d.remove()?;
+    d.create()?;
+    let new = d.side("new");
+    for (k, e) in entries.iter().enumerate() {
+        if let crate::delta::Entry::Replace { path, after: true, .. } = e {
+            put(path, &new.join(k.to_string()))?;
+        }
+    }
+    crate::fsutil::syncfs(&new)?;
+    d.write_index(entries)?;
+    crate::fsutil::syncfs(&d.dir)
+}
+
 /// Remove the delta a transaction that will not commit made for its generation (idempotent).
 pub(super) fn drop_staged_delta(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     Delta::at(&ctx.state.gen_path(rec.to_generation)).remove()?;

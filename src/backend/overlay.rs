@@ -10,7 +10,7 @@
 
 use super::scratch::Scratch;
 use super::Ctx;
-use crate::delta::{self, Delta, Entry};
+use crate::delta::{self, Entry};
 use crate::fsutil;
 use crate::inroot::Root;
 use crate::mounts;
@@ -133,22 +133,12 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     let tree = Root::open(&ctx.root)?;
     let mut entries = Vec::new();
     index_dir(&upper, &tree, Path::new(""), ctx.state_area.as_deref(), &mut entries)?;
-    let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
-    d.remove()?;
-    d.create()?;
-    // Move each replaced entry's new version out of the upper layer into new/<k>, cleaned of overlay xattrs.
-    let new = d.side("new");
-    for (k, e) in entries.iter().enumerate() {
-        if let Entry::Replace { path, after: true, .. } = e {
-            let src = upper.join(path);
-            sanitize(&src)?;
-            fs::rename(&src, new.join(k.to_string()))
-                .with_context(|| format!("moving {} into the delta", src.display()))?;
-        }
-    }
-    fsutil::sync_dir(&new)?;
-    d.write_index(&entries)?;
-    fsutil::syncfs(&d.dir)
+    // Move each replaced entry's new version out of the upper layer into the delta, cleaned of overlay xattrs.
+    super::delta_gens::write_staged_delta(ctx, rec, &entries, |path, dest| {
+        let src = upper.join(path);
+        sanitize(&src)?;
+        fs::rename(&src, dest).with_context(|| format!("moving {} into the delta", src.display()))
+    })
 }
 
 fn is_whiteout(m: &fs::Metadata) -> bool {
