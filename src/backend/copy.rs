@@ -127,7 +127,7 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     }
     let changes = treediff::diff(&ctx.root, &tree, &[area.to_path_buf()])?;
     let entries = entries_of(&changes, &ctx.root, &tree)?;
-    super::delta_gens::write_staged_delta(ctx, rec, &entries, |path, dest| {
+    super::delta_gens::write_staged_delta(ctx, rec, &entries, super::delta_gens::Put::Written, |path, dest| {
         fsutil::copy_tree(&tree.join(path), dest).with_context(|| format!("copying /{} into the delta", path.display()))
     })
 }

@@ -19,12 +19,21 @@ pub(super) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     })
 }
 
+/// How the new versions get into a staged delta, which decides what makes them durable before its index.
+pub(super) enum Put {
+    /// Renamed in from a stage on the same filesystem: syncing the directory is enough.
+    Renamed,
+    /// Written afresh (copied): their data must reach the disk first.
+    Written,
+}
+
 /// Make the delta of `rec`'s generation from `entries`: `put(path, dest)` puts the new version of each entry that
 /// exists after the change at `dest`; then everything is synced, the index last, before the commit record.
 pub(super) fn write_staged_delta(
     ctx: &Ctx,
     rec: &TxnRecord,
     entries: &[crate::delta::Entry],
+    how: Put,
     mut put: impl FnMut(&std::path::Path, &std::path::Path) -> Result<()>,
 ) -> Result<()> {
     let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
@@ -36,7 +45,10 @@ pub(super) fn write_staged_delta(
             put(path, &new.join(k.to_string()))?;
         }
     }
-    crate::fsutil::syncfs(&new)?;
+    match how {
+        Put::Renamed => crate::fsutil::sync_dir(&new)?,
+        Put::Written => crate::fsutil::syncfs(&new)?,
+    }
     d.write_index(entries)?;
     crate::fsutil::syncfs(&d.dir)
 }

@@ -134,7 +134,7 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     let mut entries = Vec::new();
     index_dir(&upper, &tree, Path::new(""), ctx.state_area.as_deref(), &mut entries)?;
     // Move each replaced entry's new version out of the upper layer into the delta, cleaned of overlay xattrs.
-    super::delta_gens::write_staged_delta(ctx, rec, &entries, |path, dest| {
+    super::delta_gens::write_staged_delta(ctx, rec, &entries, super::delta_gens::Put::Renamed, |path, dest| {
         let src = upper.join(path);
         sanitize(&src)?;
         fs::rename(&src, dest).with_context(|| format!("moving {} into the delta", src.display()))
