@@ -37,9 +37,8 @@ struct StagePaths {
 
 fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> Result<StagePaths> {
     let mount = ctx.mount.as_ref().context("a copy-staged part knows its mount")?;
-    let size = fsutil::total_bytes(&ctx.root)?;
     let dir = ctx.state.stage_path(&rec.txn);
-    let scratch = Scratch::like(&dir, mount, size);
+    let scratch = Scratch::like(&dir, mount);
     let tree = scratch.mnt.join("tree");
     Ok(StagePaths { dir, scratch, tree })
 }

@@ -6,8 +6,8 @@
 //!
 //! A transaction is a list of parts: the root, and every filesystem mounted inside it that is staged on its own
 //! (see `submounts`). A part is managed as a root of its own, with its state area at the top of its filesystem, by
-//! the overlay backend, or by the copy stager where overlayfs cannot layer the filesystem (FAT); its stage is mounted at its path inside the root's stage, so a step sees the tree the machine
-//! sees. Each operation here does its work on every part, so the commands never ask how many there are: all parts
+//! the overlay backend, or by the copy stager where overlayfs cannot layer the filesystem (FAT); its stage is
+//! mounted at its path inside the root's stage, so a step sees the tree the machine sees. Each operation here does its work on every part, so the commands never ask how many there are: all parts
 //! are prepared and made durable before the one commit record, and all are rolled forward after it.
 
 mod btrfs;

@@ -28,11 +28,12 @@ pub(super) struct Scratch {
     like: Option<Like>,
 }
 
-/// A filesystem to make like a mounted one: its type, its own options, its size.
+/// A filesystem to make like a mounted one: its type, its own options, and where it is mounted (its size is read
+/// there when the scratch filesystem is made).
 struct Like {
     fstype: String,
     options: String,
-    size: u64,
+    mount_point: PathBuf,
 }
 
 impl Scratch {
@@ -41,10 +42,11 @@ impl Scratch {
         Scratch { image: stage_dir.join("scratch.img"), mnt: stage_dir.join("scratch"), like: None }
     }
 
-    /// The scratch filesystem of the stage in `stage_dir` made like `mount` (type, options) and of `size` bytes.
-    pub fn like(stage_dir: &Path, mount: &mounts::MountInfo, size: u64) -> Scratch {
+    /// The scratch filesystem of the stage in `stage_dir` made like `mount` (type, options, size).
+    pub fn like(stage_dir: &Path, mount: &mounts::MountInfo) -> Scratch {
         let options: Vec<&str> = mount.super_options.split(',').filter(|o| !matches!(*o, "rw" | "ro" | "")).collect();
-        let like = Like { fstype: mount.fstype.clone(), options: options.join(","), size };
+        let like =
+            Like { fstype: mount.fstype.clone(), options: options.join(","), mount_point: mount.mount_point.clone() };
         Scratch { like: Some(like), ..Scratch::of(stage_dir) }
     }
 
@@ -57,7 +59,7 @@ impl Scratch {
         self.remove()?;
         fsutil::create_dir_durable(&self.mnt)?;
         let size = match &self.like {
-            Some(like) => like.size.max(MIN_LIKE_SIZE),
+            Some(like) => fsutil::total_bytes(&like.mount_point)?.max(MIN_LIKE_SIZE),
             None => fsutil::free_bytes(self.mnt.parent().unwrap_or(&self.mnt))?.clamp(MIN_SIZE, MAX_SIZE),
         } & !((1 << 20) - 1);
         std::fs::File::create(&self.image)
