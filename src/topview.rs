@@ -74,8 +74,14 @@ pub(crate) fn in_top(p: &Path) -> Result<PathBuf> {
 /// `<parent>/.snapinst-<name>/gens/<n>` (or, until the commit is finished, to the transaction's stage directory
 /// `<parent>/.snapinst-<name>/stage/<txn>`); the name it came from is `<parent>/<name>`.
 pub(crate) fn root_in_top(root: &Path) -> Result<PathBuf> {
+    Ok(of(root)?.join(root_name(root)?))
+}
+
+/// The managed root's subvolume path relative to the top level (`@`): the name a boot loader mounts it by, the
+/// live tree's as well as a stage's that will take that name at its commit.
+pub(crate) fn root_name(root: &Path) -> Result<PathBuf> {
     let path = fs_path(root)?;
-    Ok(of(root)?.join(managed_name(&path).unwrap_or(path)))
+    Ok(managed_name(&path).unwrap_or(path))
 }
 
 fn managed_name(fs_path: &Path) -> Option<PathBuf> {

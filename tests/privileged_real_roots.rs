@@ -8,6 +8,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -128,11 +129,24 @@ fn run_plan(name: &str, script: &str) -> PlanDir {
 fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     let WithParts { img, root, hello, before, host: _host } = WithParts::new(backend);
 
-    // The steps see what the machine sees there, and a failure changes no filesystem.
+    // The steps see what the machine sees there, and a failure changes no filesystem. A tool that asks which
+    // device holds /boot (grub-probe) is told the real one, and on a btrfs root the steps are told the
+    // subvolume name the tree is booted by (the stage's own path is not it).
+    let boot_dev = String::from_utf8(
+        run_ok(Command::new("findmnt").args(["-n", "-o", "SOURCE", "--mountpoint"]).arg(root.join("boot"))).stdout,
+    )
+    .unwrap();
+    let boot_subvol = if backend == Backend::Btrfs { "root" } else { "" };
     let seen = run_plan(
         "look",
-        "test -f /boot/vmlinuz-1 && grep -q 'on ext2' /boot/efi/vmlinuz-1 && grep -q 'on xfs' /srv/www/vmlinuz-1 \
-         && echo x > /boot/x && echo x > /boot/efi/x && exit 1",
+        &format!(
+            "src=$(awk '$5 == \"/boot\" {{ print $10 }}' /proc/self/mountinfo); \
+             test \"$src\" = {dev} || {{ echo \"the stage's /boot is on $src\" >&2; exit 3; }}; \
+             test \"${{SNAPINST_BTRFS_SUBVOL:-}}\" = '{boot_subvol}' || {{ echo \"subvol $SNAPINST_BTRFS_SUBVOL\" >&2; exit 4; }}; \
+             test -f /boot/vmlinuz-1 && grep -q 'on ext2' /boot/efi/vmlinuz-1 && grep -q 'on xfs' /srv/www/vmlinuz-1 \
+             && echo x > /boot/x && echo x > /boot/efi/x && exit 1",
+            dev = boot_dev.trim()
+        ),
     );
     let out = apply(&seen.path, &root, backend, &[]);
     assert_code(&out, 1);

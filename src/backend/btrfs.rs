@@ -83,6 +83,14 @@ fn subvol_id(path: &Path) -> Result<u64> {
     libbtrfsutil::subvolume_id(path).with_context(|| format!("reading the subvolume id of {}", path.display()))
 }
 
+/// A btrfs stage is a snapshot somewhere in the state area, and takes the root's subvolume name only at its commit,
+/// so a tool that names the tree's subvolume (GRUB's `rootflags=subvol=` in its menu) would name the stage. Steps
+/// are told the name instead: `SNAPINST_BTRFS_SUBVOL`, the subvolume path from the top level (`@`).
+pub(super) fn stage_env(root: &Path) -> Result<Vec<(String, String)>> {
+    let name = crate::topview::root_name(root)?;
+    Ok(vec![("SNAPINST_BTRFS_SUBVOL".to_string(), name.to_string_lossy().trim_start_matches('/').to_string())])
+}
+
 pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
     libbtrfsutil::sync(&p.root).with_context(|| format!("syncing {}", p.root.display()))?;
     let stage = p.stage(rec);

@@ -201,6 +201,11 @@ fn unbind_parts(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     Ok(())
 }
 
+/// What the commands run in the stage are told about it (environment variables): the root's stager's.
+pub(crate) fn stage_env(ctx: &Ctx) -> Result<Vec<(String, String)>> {
+    ctx.stager().stage_env(ctx)
+}
+
 /// The guard file steps report to (the root's: a part is never journaled).
 pub(crate) fn guard(ctx: &Ctx, rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> {
     ctx.stager().guard(ctx, rec)

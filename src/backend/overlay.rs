@@ -83,12 +83,28 @@ fn mount(ctx: &Ctx, s: &StagePaths) -> Result<PathBuf> {
         s.upper.display(),
         s.work.display()
     );
-    nix::mount::mount(Some("snapinst"), &s.merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str()))
-        .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
+    let source = stage_source(&ctx.root);
+    nix::mount::mount(
+        Some(source.as_str()),
+        &s.merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
     if let Some(area) = &ctx.state_area {
         hide(&s.merged.join(area))?;
     }
     Ok(s.merged.clone())
+}
+
+/// The overlay's mount source: the device of the filesystem it stages, so that a tool in the stage asking which
+/// device holds `/` or `/boot` (`grub-probe` for `update-grub`) is told the real one, as on the live tree.
+fn stage_source(root: &Path) -> String {
+    match mounts::mount_of(root) {
+        Ok(m) if m.source.starts_with("/dev/") => m.source,
+        _ => "snapinst".to_string(),
+    }
 }
 
 /// Cover the state area in the stage with an empty read-only tmpfs: steps neither see nor change it.

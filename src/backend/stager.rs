@@ -23,6 +23,11 @@ pub(super) trait Stager: Sync {
     fn staging_bytes(&self, _root: &Path, _state_dir: &Path) -> Result<u64> {
         Ok(0)
     }
+    /// What the commands a step runs in the stage are told about it (environment variables), beyond `SNAPINST`
+    /// and `SNAPINST_TXN`: what a tool there cannot see for itself, such as the name the tree is booted by.
+    fn stage_env(&self, _ctx: &Ctx) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
     /// Make the stage and return the directory the steps run in.
     fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf>;
     /// What file steps report to before each change.
@@ -109,6 +114,9 @@ struct Journal;
 impl Stager for Btrfs {
     fn check_usable(&self, root: &Path, state_dir: &Path) -> Result<()> {
         btrfs::check_usable(root, state_dir)
+    }
+    fn stage_env(&self, ctx: &Ctx) -> Result<Vec<(String, String)>> {
+        btrfs::stage_env(&ctx.root)
     }
     fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
         btrfs::prepare(ctx.btrfs(), rec)

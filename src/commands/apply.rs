@@ -428,6 +428,7 @@ impl Transaction<'_> {
     fn run_steps(&self, rec: &mut TxnRecord, stage: &Path, first: usize) -> Result<(), String> {
         let root = Root::open(stage).map_err(|e| format!("{e:#}"))?;
         let mut guard = backend::guard(self.ctx, rec).map_err(|e| format!("{e:#}"))?;
+        let stage_env = backend::stage_env(self.ctx).map_err(|e| format!("{e:#}"))?;
         let txn = rec.txn.clone();
         let total = self.plan.steps.len();
         for (i, step) in self.plan.steps.iter().enumerate().skip(first) {
@@ -449,8 +450,13 @@ impl Transaction<'_> {
             }
             let t = Instant::now();
             let mut record_undo = |s: &Step| self.record_host_undo(rec, s);
-            let mut ctx =
-                StepContext { root: &root, txn: &txn, guard: guard.as_mut(), record_host_undo: &mut record_undo };
+            let mut ctx = StepContext {
+                root: &root,
+                txn: &txn,
+                stage_env: &stage_env,
+                guard: guard.as_mut(),
+                record_host_undo: &mut record_undo,
+            };
             match steps::apply(step, &mut ctx) {
                 Ok(_) => {
                     let ms = t.elapsed().as_millis() as u64;

@@ -29,18 +29,42 @@ pub(super) fn judge(f: Finished, cmd: &Command, expect_exit: i32) -> Result<Stri
     Err(StepFailure { message, output })
 }
 
-pub(super) fn run_in_root(root: &Root, txn: &str, cmd: &Command) -> Result<String, StepFailure> {
-    judge(run(Place::Chroot(&root.path), txn, cmd)?, cmd, 0)
+/// Run `cmd` in the staged root (sharing `share` read-only with it), told what the stage tells its commands
+/// (`stage_env`; the plan's own environment comes after it and wins).
+pub(super) fn run_staged(
+    root: &Root,
+    share: Option<&std::path::Path>,
+    stage_env: &[(String, String)],
+    txn: &str,
+    cmd: &Command,
+) -> Result<Finished, StepFailure> {
+    let place = match share {
+        Some(dir) => Place::ChrootSharing(&root.path, dir),
+        None => Place::Chroot(&root.path),
+    };
+    let mut env: std::collections::BTreeMap<String, String> = stage_env.iter().cloned().collect();
+    env.extend(cmd.env.clone());
+    run(place, txn, &Command { env, ..cmd.clone() })
+}
+
+pub(super) fn run_in_root(
+    root: &Root,
+    stage_env: &[(String, String)],
+    txn: &str,
+    cmd: &Command,
+) -> Result<String, StepFailure> {
+    judge(run_staged(root, None, stage_env, txn, cmd)?, cmd, 0)
 }
 
 pub(super) fn verify(
     root: &Root,
+    stage_env: &[(String, String)],
     txn: &str,
     cmd: &Command,
     expect_exit: i32,
     expect_stdout: Option<&str>,
 ) -> Result<String, StepFailure> {
-    let f = run(Place::Chroot(&root.path), txn, cmd)?;
+    let f = run_staged(root, None, stage_env, txn, cmd)?;
     let stdout = f.stdout.clone();
     let output = judge(f, cmd, expect_exit)?;
     if let Some(want) = expect_stdout {

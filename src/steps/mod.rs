@@ -52,6 +52,8 @@ pub(crate) struct StepFailure {
 pub(crate) struct StepContext<'a> {
     pub root: &'a Root,
     pub txn: &'a str,
+    /// What the commands run in the stage are told about it (`backend::stage_env`).
+    pub stage_env: &'a [(String, String)],
     pub guard: &'a mut dyn ChangeGuard,
     /// Called with a `host` step's undo before the step runs (write-ahead).
     pub record_host_undo: &'a mut dyn FnMut(&Step) -> Result<()>,
@@ -73,16 +75,16 @@ pub(crate) fn apply(step: &Step, ctx: &mut StepContext) -> Result<String, StepFa
         Action::Remove { path, recursive, missing_ok } => {
             files::remove(ctx.root, ctx.guard, path, *recursive, *missing_ok).map_err(plain).map(|_| String::new())
         }
-        Action::Run { command } => commands::run_in_root(ctx.root, ctx.txn, command),
+        Action::Run { command } => commands::run_in_root(ctx.root, ctx.stage_env, ctx.txn, command),
         Action::Verify { command, expect_exit, expect_stdout } => {
-            commands::verify(ctx.root, ctx.txn, command, *expect_exit, expect_stdout.as_deref())
+            commands::verify(ctx.root, ctx.stage_env, ctx.txn, command, *expect_exit, expect_stdout.as_deref())
         }
         Action::Group { group } => users::group(ctx.root, ctx.guard, group).map_err(plain).map(|_| String::new()),
         Action::User { user } => users::user(ctx.root, ctx.guard, user).map_err(plain).map(|_| String::new()),
         Action::Service { unit, change } => {
             units::change(ctx.root, ctx.guard, unit, *change).map_err(plain).map(|_| String::new())
         }
-        Action::Package { packages } => packages::apply(ctx.root, ctx.txn, packages),
+        Action::Package { packages } => packages::apply(ctx.root, ctx.stage_env, ctx.txn, packages),
         Action::Host { run, .. } => {
             (ctx.record_host_undo)(step).map_err(plain)?;
             commands::run_on_host(ctx.txn, run)

@@ -4,25 +4,26 @@
 //! the root's apt sources. A failing command (a maintainer script, a missing dependency) fails the step, and the
 //! staged root, dpkg database included, is discarded with the transaction.
 
-use super::commands::{judge, run};
+use super::commands::{judge, run_staged};
 use super::StepFailure;
 use crate::inroot::Root;
 use crate::plan::{Command, PackageSpec, RootPath};
-use crate::sandbox::{Place, SHARE_DIR};
+use crate::sandbox::SHARE_DIR;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub(super) fn apply(root: &Root, txn: &str, spec: &PackageSpec) -> Result<String, StepFailure> {
+pub(super) fn apply(
+    root: &Root,
+    stage_env: &[(String, String)],
+    txn: &str,
+    spec: &PackageSpec,
+) -> Result<String, StepFailure> {
     let plain = |e: anyhow::Error| StepFailure { message: format!("{e:#}"), output: String::new() };
     let mut output = String::new();
     let mut step = |argv: Vec<String>, share: Option<&Path>| -> Result<(), StepFailure> {
         let cmd = Command { argv, timeout: spec.timeout, env: environment() };
-        let place = match share {
-            Some(dir) => Place::ChrootSharing(&root.path, dir),
-            None => Place::Chroot(&root.path),
-        };
-        let out = judge(run(place, txn, &cmd)?, &cmd, 0)?;
+        let out = judge(run_staged(root, share, stage_env, txn, &cmd)?, &cmd, 0)?;
         output.push_str(&out);
         Ok(())
     };

@@ -1,0 +1,349 @@
+"""The stock-layout boots and their checks (run by run.sh).
+
+For each layout: the disk's install boot (from -kernel: grub-install, update-grub), then every other boot through
+OVMF and GRUB. The main run: apply the kernel plan, reboot into the new kernel, roll back, reboot into the old one,
+every filesystem as before. The cuts: the machine resets at a crash point of that apply, or is killed (a power cut)
+at a random instant of it; the next boot must come up and every filesystem must be exactly before or exactly after.
+Between boots the host reads the disk read-only: each filesystem's whole-tree manifest (vm-tests/manifest.py; the
+ESP through mtools, as this host's kernel may have no vfat).
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import manifest  # noqa: E402
+
+# What the running system writes on every boot (the journal, the random seed, ...) and snapinst's own state areas:
+# never part of a transaction, so left out of the comparison.
+VOLATILE = ("/var/log", "/var/lib/systemd", "/var/tmp", "/tmp", "/var/lib/snapinst", "/.snapinst", "/root/.cache",
+            "/var/cache/private")
+# Made afresh by the transaction's hooks with a timestamp or a hash of one inside: only whether they are there is
+# compared.
+GENERATED = (re.compile(r"^/(boot/)?initrd\.img-"), re.compile(r"^/var/lib/initramfs-tools/"))
+
+
+def log(msg):
+    print("stock-boot: " + msg, flush=True)
+
+
+class Failure(Exception):
+    pass
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def comparable(m, place):
+    """A manifest without the volatile paths, the mtimes, and the contents of generated files."""
+    out = {}
+    for k, e in m.items():
+        if any(k == v or k.startswith(v + "/") for v in VOLATILE):
+            continue
+        e = {f: x for f, x in e.items() if f != "mtime"}
+        full = (place.rstrip("/") + k) if place != "/" else k
+        if any(g.match(full) for g in GENERATED):
+            e = {"type": e["type"]}
+        out[k] = e
+    return out
+
+
+class Disk:
+    """Read the filesystems of a raw disk image (read-only loop device, read-only mounts without log replay)."""
+
+    def __init__(self, image, layout):
+        self.image, self.layout = image, layout
+
+    def manifests(self):
+        table = json.loads(subprocess.check_output(["sfdisk", "-J", self.image], text=True))["partitiontable"]
+        parts = table["partitions"]
+        out = {}
+        for p in self.layout:
+            entry = parts[p["partition"] - 1]
+            loop = subprocess.check_output(
+                ["losetup", "-f", "--show", "-r", "-o", str(entry["start"] * 512), "--sizelimit",
+                 str(entry["size"] * 512), self.image], text=True).strip()
+            try:
+                out[p["place"]] = comparable(self._manifest(loop, p), p["place"])
+            finally:
+                subprocess.run(["losetup", "-d", loop], check=False)
+                subprocess.run(["btrfs", "device", "scan", "--forget"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, check=False)
+        return out
+
+    def _manifest(self, dev, p):
+        d = tempfile.mkdtemp(prefix="snapinst-stock.")
+        try:
+            if p["fstype"] == "vfat":
+                check = subprocess.run(["fsck.vfat", "-n", dev], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+                if check.returncode != 0:
+                    raise Failure("fsck.vfat -n on the ESP: %s" % check.stdout.strip()[-1000:])
+                tree = os.path.join(d, "t")
+                os.makedirs(tree)
+                if subprocess.check_output(["mdir", "-b", "-i", dev, "::/"], text=True).strip():
+                    run(["mcopy", "-s", "-m", "-n", "-i", dev, "::/*", tree + "/"])
+                m = manifest.manifest(tree)
+                # mcopy makes every file 0644 and its own: FAT has no modes or owners to compare.
+                return {k: {f: x for f, x in e.items() if f not in ("mode", "uid", "gid")} for k, e in m.items()}
+            opts = {"ext4": "ro,noload", "btrfs": "ro,rescue=nologreplay,subvol=%s" % p.get("subvol", "")}[p["fstype"]]
+            run(["mount", "-t", p["fstype"], "-o", opts, dev, d])
+            try:
+                return manifest.manifest(d)
+            finally:
+                run(["umount", d])
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class Boot:
+    def __init__(self, console, rc, killed, seconds):
+        self.console, self.rc, self.killed, self.seconds = console, rc, killed, seconds
+        self.lines = [l[len("@@STOCK "):].rstrip("\r") for l in console.splitlines() if l.startswith("@@STOCK ")]
+
+    def get(self, key):
+        for l in self.lines:
+            if l == key or l.startswith(key + " "):
+                return l[len(key):].strip()
+        return None
+
+    def events(self):
+        out = []
+        for l in self.lines:
+            if l.startswith("apply-event "):
+                try:
+                    out.append(json.loads(l[len("apply-event "):]))
+                except ValueError:
+                    pass
+        return out
+
+
+class Machine:
+    def __init__(self, args, name, image_dir, run_dir):
+        self.args, self.name, self.image_dir = args, name, image_dir
+        self.dir = os.path.join(run_dir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.n = 0
+
+    def boot(self, disk, vars_fd, mode, direct=False, kill_after_apply_start=None):
+        self.n += 1
+        tag = "%s.boot%d" % (os.path.basename(disk), self.n)
+        console = os.path.join(self.dir, tag + ".console.log")
+        cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2", "-display", "none",
+               "-monitor", "none", "-nic", "none", "-no-reboot", "-serial", "file:" + console,
+               "-drive", "file=%s,format=raw,if=virtio,cache=none" % disk,
+               "-fw_cfg", "name=opt/snapinst/mode,string=%s" % mode]
+        if direct:
+            with open(os.path.join(self.image_dir, "cmdline")) as f:
+                cmdline = f.read().strip()
+            cmd += ["-kernel", os.path.join(self.image_dir, "vmlinuz"), "-initrd",
+                    os.path.join(self.image_dir, "initrd.img"), "-append", cmdline]
+        else:
+            cmd += ["-drive", "if=pflash,format=raw,readonly=on,file=" + self.args.ovmf_code,
+                    "-drive", "if=pflash,format=raw,file=" + vars_fd]
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, stdout=open(os.path.join(self.dir, tag + ".qemu.log"), "w"),
+                                stderr=subprocess.STDOUT)
+        killed = False
+        deadline = t0 + self.args.timeout
+        kill_at = None
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if kill_after_apply_start is not None and kill_at is None and "@@STOCK apply-start" in _read(console):
+                kill_at = time.time() + kill_after_apply_start
+            if (kill_at is not None and time.time() >= kill_at) or time.time() > deadline:
+                proc.kill()
+                killed = True
+                proc.wait()
+        if time.time() > deadline and killed and kill_at is None:
+            raise Failure("%s: boot %d (%s) did not finish in %d s (console: %s)"
+                          % (self.name, self.n, mode, self.args.timeout, console))
+        b = Boot(_read(console), proc.returncode, killed, time.time() - t0)
+        log("%s: boot %d (%s%s): %.0f s%s" % (self.name, self.n, mode, ", -kernel" if direct else ", OVMF+GRUB",
+                                             b.seconds, ", power cut" if killed else ""))
+        return b
+
+
+def _read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def copy_disk(src, dst):
+    run(["cp", "--sparse=always", src, dst])
+
+
+class Layout:
+    def __init__(self, args, name, image_dir, run_dir):
+        self.args, self.name, self.image_dir = args, name, image_dir
+        with open(os.path.join(image_dir, "layout.json")) as f:
+            self.parts = json.load(f)
+        self.m = Machine(args, name, image_dir, run_dir)
+        self.dir = self.m.dir
+        self.old = args.old_kernel.replace("linux-image-", "")
+        self.new = args.new_kernel.replace("linux-image-", "")
+        self.passed, self.failed, self.rows = 0, 0, []
+
+    def check(self, ok, what):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+            log("%s: FAIL: %s" % (self.name, what))
+        return ok
+
+    def fresh(self, tag):
+        disk = os.path.join(self.dir, tag + ".img")
+        copy_disk(self.installed, disk)
+        vars_fd = os.path.join(self.dir, tag + ".vars.fd")
+        shutil.copy(self.args.ovmf_vars, vars_fd)
+        return disk, vars_fd
+
+    def install(self):
+        """The disk after its install boot (cached beside the image)."""
+        self.installed = os.path.join(self.image_dir, "installed.img")
+        if os.path.exists(self.installed):
+            return
+        tmp = self.installed + ".tmp"
+        copy_disk(os.path.join(self.image_dir, "disk.img"), tmp)
+        b = self.m.boot(tmp, None, "install", direct=True)
+        if b.get("grub-install-rc") != "0" or b.get("update-grub-rc") != "0" or b.get("end mode=install") is None:
+            raise Failure("%s: the install boot failed: grub-install %s, update-grub %s (console: %s.boot%d)"
+                          % (self.name, b.get("grub-install-rc"), b.get("update-grub-rc"), tmp, self.m.n))
+        os.replace(tmp, self.installed)
+
+    def booted(self, b, mode, kernel=None):
+        ok = self.check(b.get("end mode=%s" % mode) is not None, "boot %s reached the test unit's end" % mode)
+        ok &= self.check(b.get("efi") == "yes", "boot %s booted through UEFI" % mode)
+        uname = (b.get("begin mode=%s" % mode) or "").split("uname=")[-1]
+        if kernel:
+            ok &= self.check(uname == kernel, "boot %s runs kernel %s (uname -r: %r)" % (mode, kernel, uname))
+        return uname
+
+    def compare(self, got, want, what):
+        ok = True
+        for place in want:
+            d = manifest.diff(want[place], got.get(place, {}), limit=15)
+            if not self.check(not d, "%s: %s is as %s" % (what, place, "expected")):
+                log("  " + "\n  ".join(d))
+                ok = False
+        return ok
+
+    def side(self, got):
+        """'before', 'after', or a description of what is neither, per filesystem."""
+        sides = {}
+        for place in self.pre:
+            if got.get(place) == self.pre[place]:
+                sides[place] = "before"
+            elif got.get(place) == self.post[place]:
+                sides[place] = "after"
+            else:
+                sides[place] = "NEITHER"
+                log("  %s: %s differs from before:\n    %s\n  and from after:\n    %s" % (
+                    self.name, place, "\n    ".join(manifest.diff(self.pre[place], got.get(place, {}), 8)),
+                    "\n    ".join(manifest.diff(self.post[place], got.get(place, {}), 8))))
+        return sides
+
+    def main_run(self):
+        disk, vars_fd = self.fresh("main")
+        self.pre = Disk(disk, self.parts).manifests()
+        b = self.m.boot(disk, vars_fd, "apply")
+        self.booted(b, "apply", self.old)
+        self.check((b.get("apply-rc") or "").split(" ")[0] == "0", "apply exits 0 (got %s)" % b.get("apply-rc"))
+        summary = [e for e in b.events() if e.get("event") == "summary"]
+        self.check(summary and summary[-1].get("outcome") == "committed", "the apply's summary says committed")
+        t = [float(x) for x in re.findall(r"uptime=([0-9.]+)", " ".join(
+            [l for l in b.lines if l.startswith("apply-start") or l.startswith("apply-rc")]))]
+        self.apply_s = (t[-1] - t[0]) if len(t) >= 2 else 120.0
+        self.post = Disk(disk, self.parts).manifests()
+        for place in self.pre:
+            self.check(self.post[place] != self.pre[place] or place in ("/home", "/boot/efi"),
+                       "the apply changed %s" % place)
+        boot_fs = "/boot" if "/boot" in self.post else "/"
+        prefix = "" if boot_fs == "/boot" else "/boot"
+        self.check(prefix + "/vmlinuz-" + self.new in self.post[boot_fs], "after the apply /boot has vmlinuz-" + self.new)
+        self.check("/lib/modules/" + self.new in self.post["/"] or "/usr/lib/modules/" + self.new in self.post["/"],
+                   "after the apply /lib/modules has " + self.new)
+        b = self.m.boot(disk, vars_fd, "rollback")
+        self.booted(b, "rollback", self.new)
+        self.check(b.get("rollback-rc") == "0", "rollback exits 0 (got %s)" % b.get("rollback-rc"))
+        b = self.m.boot(disk, vars_fd, "check")
+        self.booted(b, "check", self.old)
+        final = Disk(disk, self.parts).manifests()
+        self.compare(final, self.pre, "after the rollback")
+        gone = [k for place, m in final.items() for k in m if self.new in k]
+        self.check(not gone, "after the rollback nothing of %s is left (%s)" % (self.new, gone[:5]))
+        self.rows.append(("main", "apply %.0f s in the guest" % self.apply_s, "committed, rolled back", "-"))
+        os.remove(disk)
+
+    def cut_run(self, tag, mode, kill_after=None):
+        disk, vars_fd = self.fresh(tag)
+        b = self.m.boot(disk, vars_fd, mode if kill_after is None else "apply", kill_after_apply_start=kill_after)
+        cut = "reset at %s" % mode[4:] if kill_after is None else "power cut %.1f s into the apply" % kill_after
+        if kill_after is None:
+            self.check(b.get("cut-returned") is None and b.get("end mode=%s" % mode) is None,
+                       "%s: the machine reset at the crash point" % tag)
+        b2 = self.m.boot(disk, vars_fd, "check")
+        uname = self.booted(b2, "check")
+        sides = self.side(Disk(disk, self.parts).manifests())
+        vals = set(sides.values())
+        self.check(vals in ({"before"}, {"after"}), "%s (%s): every filesystem before or every one after: %s"
+                   % (tag, cut, sides))
+        self.rows.append((tag, cut, "/".join(sorted(vals)), uname))
+        os.remove(disk)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--t-start", type=float, default=time.time())
+    ap.add_argument("--cuts", type=int, default=2)
+    ap.add_argument("--ovmf-code", required=True)
+    ap.add_argument("--ovmf-vars", required=True)
+    ap.add_argument("--old-kernel", required=True)
+    ap.add_argument("--new-kernel", required=True)
+    ap.add_argument("images", nargs="+")
+    args = ap.parse_args()
+    rng = random.Random(int(os.environ.get("SNAPINST_VM_SEED", str(int(time.time())))))
+    passed = failed = 0
+    tables = []
+    for spec in args.images:
+        name, image_dir = spec.split("=", 1)
+        lay = Layout(args, name, image_dir, args.run_dir)
+        try:
+            lay.install()
+            lay.main_run()
+            for fp in ["apply-after-commit-record"] + (["apply-mid-merge"] if name == "ext4" else []):
+                lay.cut_run("cut-" + fp, "cut=" + fp)
+            for i in range(args.cuts):
+                lay.cut_run("random-%d" % (i + 1), "apply", kill_after=rng.uniform(0, lay.apply_s))
+        except Failure as e:
+            lay.failed += 1
+            log("%s: FAIL: %s" % (name, e))
+        passed += lay.passed
+        failed += lay.failed
+        tables.append((name, lay.rows))
+    for name, rows in tables:
+        print("\n%s layout:\n| run | what | filesystems after the next boot | kernel that boot ran |\n|---|---|---|---|" % name)
+        for r in rows:
+            print("| %s |" % " | ".join(r))
+    log("total %.0f s" % (time.time() - args.t_start))
+    print("stock-boot: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
