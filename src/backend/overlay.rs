@@ -23,8 +23,19 @@ use std::path::{Path, PathBuf};
 
 const OPTIONS: &str = "redirect_dir=off,metacopy=off,index=off,xino=off";
 
+/// Whether this kernel has overlayfs. On a stock Debian it is a module that nothing has loaded yet (a mount would
+/// have the kernel load it), so it is loaded first when /proc/filesystems does not list it.
 pub(super) fn available() -> bool {
-    fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")))
+    let listed = || fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
+    listed() || {
+        let _ = std::process::Command::new("modprobe")
+            .args(["-q", "overlay"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        listed()
+    }
 }
 
 pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {

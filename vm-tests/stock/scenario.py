@@ -138,7 +138,7 @@ class Machine:
         self.n += 1
         tag = "%s.boot%d" % (os.path.basename(disk), self.n)
         console = os.path.join(self.dir, tag + ".console.log")
-        cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2", "-display", "none",
+        cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2", "-display", "none", "-vga", "none",
                "-monitor", "none", "-nic", "none", "-no-reboot", "-serial", "file:" + console,
                "-drive", "file=%s,format=raw,if=virtio,cache=none" % disk,
                "-fw_cfg", "name=opt/snapinst/mode,string=%s" % mode]
