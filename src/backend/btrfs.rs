@@ -88,7 +88,8 @@ fn subvol_id(path: &Path) -> Result<u64> {
 /// are told the name instead: `SNAPINST_BTRFS_SUBVOL`, the subvolume path from the top level (`@`).
 pub(super) fn stage_env(root: &Path) -> Result<Vec<(String, String)>> {
     let name = crate::topview::root_name(root)?;
-    Ok(vec![("SNAPINST_BTRFS_SUBVOL".to_string(), name.to_string_lossy().trim_start_matches('/').to_string())])
+    let name = name.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect::<PathBuf>();
+    Ok(vec![("SNAPINST_BTRFS_SUBVOL".to_string(), name.to_string_lossy().into_owned())])
 }
 
 pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
