@@ -258,6 +258,16 @@ fn enter_chroot(s: &ChrootSetup) -> std::io::Result<()> {
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         ))?;
+        // The stage becomes a mount point of its own (a btrfs stage is a directory of a larger mount), so that
+        // inside it `/` has a mount table entry naming its filesystem and device, as on a machine: `findmnt /`,
+        // `df /` and `grub-probe` (for `update-grub`) find them.
+        check(libc::mount(
+            s.root.as_ptr(),
+            s.root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ))?;
         for (src, dst) in &s.binds {
             check(libc::mount(
                 src.as_ptr(),

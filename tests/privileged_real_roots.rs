@@ -143,6 +143,8 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
             "src=$(awk '$5 == \"/boot\" {{ for (i = 7; i < NF; i++) if ($i == \"-\") {{ print $(i + 2); exit }} }}' \
              /proc/self/mountinfo); \
              test \"$src\" = {dev} || {{ echo \"the stage's /boot is on $src\" >&2; exit 3; }}; \
+             awk '$5 == \"/\" {{ found = 1 }} END {{ exit !found }}' /proc/self/mountinfo \
+             || {{ echo \"the stage's / has no mount table entry\" >&2; exit 5; }}; \
              test \"${{SNAPINST_BTRFS_SUBVOL:-}}\" = '{boot_subvol}' || {{ echo \"subvol $SNAPINST_BTRFS_SUBVOL\" >&2; exit 4; }}; \
              test -f /boot/vmlinuz-1 && grep -q 'on ext2' /boot/efi/vmlinuz-1 && grep -q 'on xfs' /srv/www/vmlinuz-1 \
              && echo x > /boot/x && echo x > /boot/efi/x && exit 1",
