@@ -13,12 +13,13 @@
 #
 #   --layout L        only this layout (repeatable; default both)
 #   --cuts N          power cuts at random instants of the apply, per layout (default 2)
+#   --no-crash-points leave out the resets at the apply's crash points
 #   --rebuild         rebuild the disks even if the cached ones match their inputs
 #   --rebuild-rootfs  debootstrap again (implies --rebuild)
 #
 # Environment: SNAPINST_VM_CACHE (default /var/cache/snapinst-vm; this test uses its subdirectory stock/),
 # SNAPINST_VM_MIRROR (default: the Debian mirror named in /etc/apt/sources.list{,.d/*}),
-# SNAPINST_VM_BOOT_TIMEOUT (seconds per boot, default 600). Needs root. Ends with "stock-boot: N passed, M failed".
+# SNAPINST_VM_BOOT_TIMEOUT (seconds per boot, the apply included, default 2700). Needs root. Ends with "stock-boot: N passed, M failed".
 set -euo pipefail
 
 t_start=$(date +%s.%N)
@@ -26,7 +27,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache_base="${SNAPINST_VM_CACHE:-/var/cache/snapinst-vm}"
 cache="$cache_base/stock"
-timeout_s="${SNAPINST_VM_BOOT_TIMEOUT:-600}"
+timeout_s="${SNAPINST_VM_BOOT_TIMEOUT:-2700}"
 
 die() {
     echo "stock-boot: FAILED: $*" >&2
@@ -36,12 +37,13 @@ die() {
 
 . "$here/../debian/lib.sh"
 
-layouts=() cuts=2 rebuild=0 rebuild_rootfs=0
+layouts=() cuts=2 crash_points=1 rebuild=0 rebuild_rootfs=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --layout) [ $# -ge 2 ] || die "--layout needs ext4 or btrfs"; layouts+=("$2"); shift ;;
         --cuts) [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || die "--cuts needs a number"; cuts=$2; shift ;;
+        --no-crash-points) crash_points=0 ;;
         --rebuild) rebuild=1 ;;
         --rebuild-rootfs) rebuild=1 rebuild_rootfs=1 ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -179,5 +181,5 @@ run_dir="$runs/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run_dir"
 ls -1d "$runs"/*/ 2>/dev/null | sort | head -n -6 | xargs -r rm -rf
 exec /usr/bin/python3 -u "$here/scenario.py" --run-dir "$run_dir" --timeout "$timeout_s" --t-start "$t_start" \
-    --cuts "$cuts" --ovmf-code "$ovmf_code" --ovmf-vars "$ovmf_vars" --old-kernel "$old_kernel" \
+    --cuts "$cuts" --crash-points "$crash_points" --ovmf-code "$ovmf_code" --ovmf-vars "$ovmf_vars" --old-kernel "$old_kernel" \
     --new-kernel "$new_kernel" "${images[@]}"

@@ -22,6 +22,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import manifest  # noqa: E402
 
+os.environ["MTOOLS_SKIP_CHECK"] = "1"  # a partition at an offset has no disk geometry to check
+
 # What the running system writes on every boot (the journal, the random seed, ...) and snapinst's own state areas:
 # never part of a transaction, so left out of the comparison.
 VOLATILE = ("/var/log", "/var/lib/systemd", "/var/tmp", "/tmp", "/var/lib/snapinst", "/.snapinst", "/root/.cache",
@@ -164,7 +166,7 @@ class Machine:
                 proc.kill()
                 killed = True
                 proc.wait()
-        if time.time() > deadline and killed and kill_at is None:
+        if killed and kill_at is None:
             raise Failure("%s: boot %d (%s) did not finish in %d s (console: %s)"
                           % (self.name, self.n, mode, self.args.timeout, console))
         b = Boot(_read(console), proc.returncode, killed, time.time() - t0)
@@ -308,9 +310,10 @@ class Layout:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", required=True)
-    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--timeout", type=int, default=2700)
     ap.add_argument("--t-start", type=float, default=time.time())
     ap.add_argument("--cuts", type=int, default=2)
+    ap.add_argument("--crash-points", type=int, default=1)
     ap.add_argument("--ovmf-code", required=True)
     ap.add_argument("--ovmf-vars", required=True)
     ap.add_argument("--old-kernel", required=True)
@@ -326,7 +329,8 @@ def main():
         try:
             lay.install()
             lay.main_run()
-            for fp in ["apply-after-commit-record"] + (["apply-mid-merge"] if name == "ext4" else []):
+            points = ["apply-after-commit-record"] + (["apply-mid-merge"] if name == "ext4" else [])
+            for fp in points if args.crash_points else []:
                 lay.cut_run("cut-" + fp, "cut=" + fp)
             for i in range(args.cuts):
                 lay.cut_run("random-%d" % (i + 1), "apply", kill_after=rng.uniform(0, lay.apply_s))
