@@ -32,17 +32,13 @@ loop=""
 mounted=()
 
 cleanup() {
-    local i
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
-        umount "${mounted[$i]}" 2>/dev/null || umount -l "${mounted[$i]}" 2>/dev/null || true
-    done
+    unmount_all
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 step() { echo "debian-boot: image: $*"; }
-mnt_() { mount "$@"; mounted+=("${@: -1}"); }
 
 step "2 GiB sparse disk, btrfs on the whole disk, subvolume @"
 truncate -s 2G "$img"
@@ -114,8 +110,7 @@ cp "$mnt/boot/vmlinuz-$kver" "$work/vmlinuz"
 cp "$mnt/boot/initrd.img-$kver" "$work/initrd.img"
 echo "$kver" >"$work/kernel-version"
 
-for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[$i]}"; done
-mounted=()
+unmount_all --strict
 losetup -d "$loop"
 loop=""
 rmdir "$mnt" "$top"

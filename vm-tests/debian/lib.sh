@@ -32,3 +32,24 @@ mirror_from_sources() {
         sed -n 's/^[ \t]*deb[ \t]\+\(\[[^]]*\][ \t]\+\)\{0,1\}\([^ \t]\+\)[ \t]\+bookworm[ \t].*/\2/p' "$f"
     done
 }
+
+# Mounts made with mnt_ (the mount point is the last argument), undone in reverse order by unmount_all: with
+# --strict an unmount that fails is an error (the end of a build), else it is done lazily (the cleanup of a build
+# that stopped half-way).
+mounted=()
+mnt_() {
+    mount "$@"
+    mounted+=("${@: -1}")
+}
+unmount_all() {
+    local i
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
+        if [ "${1:-}" = --strict ]; then
+            umount "${mounted[$i]}" || return 1
+        else
+            umount "${mounted[$i]}" 2>/dev/null || umount -l "${mounted[$i]}" 2>/dev/null || true
+        fi
+        unset 'mounted[i]'
+    done
+    mounted=()
+}

@@ -28,16 +28,12 @@ mkdir -p "$work"
 img="$work/disk.img" mnt="$work/mnt"
 loop="" mounted=()
 cleanup() {
-    local i
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
-        umount "${mounted[$i]}" 2>/dev/null || umount -l "${mounted[$i]}" 2>/dev/null || true
-    done
+    unmount_all
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 step() { echo "stock-boot: image: $*"; }
-mnt_() { mount "$@"; mounted+=("${@: -1}"); }
 
 esp_type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
 linux_type=0FC63DAF-8483-4772-8E79-3D69D8477DE4
@@ -158,8 +154,7 @@ cp "$mnt/boot/vmlinuz-$kver" "$work/vmlinuz"
 cp "$mnt/boot/initrd.img-$kver" "$work/initrd.img"
 echo "$kver" >"$work/kernel-version"
 
-for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[$i]}"; done
-mounted=()
+unmount_all --strict
 cleanup_loops
 loops=()
 rmdir "$mnt"
