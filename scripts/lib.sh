@@ -3,7 +3,12 @@
 # It never touches anything outside the scratch directories its callers make, except /var/lib/snapinst/roots/
 # entries that name such a scratch directory (unregister_under).
 
+# heading TEXT: a section's title, after the time the section before it took (since the previous heading).
 heading() {
+  local now
+  now=$(date +%s)
+  [ -n "${_heading_at:-}" ] && printf '(%s s)\n' "$((now - _heading_at))"
+  _heading_at=$now
   printf '\n==== %s ====\n' "$*"
 }
 

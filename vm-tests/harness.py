@@ -654,7 +654,7 @@ def preflight():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cuts", type=int, default=20, help="power cuts per layout without parts (default 20)")
+    ap.add_argument("--cuts", type=int, default=12, help="power cuts per layout without parts (default 12)")
     ap.add_argument("--cuts-with-parts", type=int, default=6,
                     help="power cuts per layout with filesystems mounted inside the root (default 6)")
     ap.add_argument("--soak", type=int, default=None, help="a long run: N power cuts per layout")

@@ -5,7 +5,7 @@
 #   vm-tests/run.sh [--cuts N] [--cuts-with-parts N] [--soak N] [--seed S] [--backend btrfs|overlay]
 #                   [--layout btrfs|overlay|ext4-top|btrfs-live] [--no-failpoints] [--late F]
 #
-#   --cuts N     power cuts per layout without filesystems mounted inside the root (default 20)
+#   --cuts N     power cuts per layout without filesystems mounted inside the root (default 12)
 #   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 6)
 #   --soak N     a long run: N power cuts per layout (same as --cuts N, for soak runs)
 #   --seed S     seed of the random cut delays (default: random; always printed, so a run can be repeated)

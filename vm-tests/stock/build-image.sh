@@ -10,7 +10,8 @@
 #             layout.json (the partitions: place, fstype, number), build.log
 # REPO        the snapinst repository: `make install DESTDIR=<root>` runs there
 # BINARY      the binary run.sh built; the installed one must be identical
-# KERNEL_DEB  the plan's kernel package, put at /root/debs/ with the plan /root/kernel-plan.json
+# KERNEL_DEB  the plan's kernel package, put at /root/debs/ with the plan /root/kernel-plan.json (and the
+#             crash points' plan, /root/parts-plan.json)
 #
 # The host kernel may have no vfat: the ESP is made here (mkfs.vfat) but filled in the guest, where the install
 # boot (run by scenario.py, from the kernel and initrd copied out) runs grub-install and update-grub.
@@ -139,6 +140,7 @@ install -D -m 0755 "$guest/snapinst-stocktest" "$mnt/usr/local/sbin/snapinst-sto
 install -D -m 0644 "$guest/snapinst-stocktest.service" "$mnt/etc/systemd/system/snapinst-stocktest.service"
 install -D -m 0644 "$kdeb" "$mnt/root/debs/$(basename "$kdeb")"
 sed "s|@DEB@|/root/debs/$(basename "$kdeb")|" "$guest/kernel-plan.json" >"$mnt/root/kernel-plan.json"
+install -m 0644 "$guest/parts-plan.json" "$mnt/root/parts-plan.json"
 
 step "chroot: systemctl enable, update-initramfs"
 for d in proc sys dev; do mkdir -p "$mnt/$d"; done
