@@ -261,11 +261,15 @@ class Layout:
         return ok
 
     def side(self, got, before=None, after=None):
-        """'before', 'after', or 'NEITHER' (logged with both differences), per filesystem."""
+        """'before', 'after', 'unchanged' (where the plan changes nothing) or 'NEITHER' (logged with both
+        differences), per filesystem."""
         before, after = before or self.pre, after or self.post
         sides = {}
         for place in before:
-            if got.get(place) == before[place]:
+            if before[place] == after[place]:
+                # (the plan does not change this filesystem: it must just be as it was)
+                sides[place] = "unchanged" if got.get(place) == before[place] else "NEITHER"
+            elif got.get(place) == before[place]:
                 sides[place] = "before"
             elif got.get(place) == after[place]:
                 sides[place] = "after"
@@ -329,7 +333,7 @@ class Layout:
                    % (tag, b2.get("failed-units")))
         d = Disk(disk, self.parts)
         sides = self.side(d.manifests(), before, after)
-        vals = set(sides.values())
+        vals = set(sides.values()) - {"unchanged"}
         self.check(vals in ({"before"}, {"after"}), "%s (%s): every filesystem before or every one after: %s"
                    % (tag, what, sides))
         self.rows.append((tag, what, "/".join(sorted(vals)), uname, str(d.lost_clusters)))
