@@ -266,11 +266,9 @@ class Layout:
         before, after = before or self.pre, after or self.post
         sides = {}
         for place in before:
-            if before[place] == after[place]:
-                # (the plan does not change this filesystem: it must just be as it was)
-                sides[place] = "unchanged" if got.get(place) == before[place] else "NEITHER"
-            elif got.get(place) == before[place]:
-                sides[place] = "before"
+            if got.get(place) == before[place]:
+                # (a filesystem the plan does not change must just be as it was)
+                sides[place] = "unchanged" if before[place] == after[place] else "before"
             elif got.get(place) == after[place]:
                 sides[place] = "after"
             else:
