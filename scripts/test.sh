@@ -5,8 +5,8 @@
 #   sudo bash scripts/test.sh [--stock]
 #
 #   --stock   also run vm-tests/stock/run.sh: the stock Debian layouts (ext4 /, and btrfs / with /boot and /home)
-#             booted through OVMF and GRUB, a kernel package installed, rolled back, and power cuts (about
-#             an hour more under software emulation)
+#             booted through OVMF and GRUB, a kernel package installed, rolled back, power cuts and every
+#             crash point (about 80 minutes more under software emulation)
 set -euo pipefail
 stock=0
 for a in "$@"; do
