@@ -36,6 +36,11 @@ GENERATED = (re.compile(r"^/(boot/)?initrd\.img-"), re.compile(r"^/var/lib/initr
 LOST_CLUSTERS = re.compile(r"^/FSCK[0-9]{4}\.REC$")
 
 
+def lost_cluster_files(m, fstype):
+    """The FSCKnnnn.REC files of a FAT filesystem's manifest."""
+    return [k for k in m if fstype == "vfat" and LOST_CLUSTERS.match(k)]
+
+
 def log(msg):
     print("stock-boot: " + msg, flush=True)
 
@@ -56,13 +61,13 @@ def mtools(cmd):
     return r.stdout
 
 
-def comparable(m, place):
-    """A manifest without the volatile paths, the mtimes, and the contents of generated files."""
+def comparable(m, place, fstype):
+    """A manifest without the volatile paths, the mtimes, the contents of generated files and FAT's saved lost
+    clusters."""
     out = {}
+    lost = set(lost_cluster_files(m, fstype))
     for k, e in m.items():
-        if any(k == v or k.startswith(v + "/") for v in VOLATILE):
-            continue
-        if place == "/boot/efi" and LOST_CLUSTERS.match(k):
+        if k in lost or any(k == v or k.startswith(v + "/") for v in VOLATILE):
             continue
         e = {f: x for f, x in e.items() if f != "mtime"}
         full = (place.rstrip("/") + k) if place != "/" else k
@@ -90,8 +95,8 @@ class Disk:
                  str(entry["size"] * 512), self.image], text=True).strip()
             try:
                 m = self._manifest(loop, p)
-                self.lost_clusters += sum(1 for k in m if p["place"] == "/boot/efi" and LOST_CLUSTERS.match(k))
-                out[p["place"]] = comparable(m, p["place"])
+                self.lost_clusters += len(lost_cluster_files(m, p["fstype"]))
+                out[p["place"]] = comparable(m, p["place"], p["fstype"])
             finally:
                 subprocess.run(["losetup", "-d", loop], check=False)
                 subprocess.run(["btrfs", "device", "scan", "--forget"], stdout=subprocess.DEVNULL,
@@ -209,6 +214,8 @@ class Layout:
         self.args, self.name, self.image_dir = args, name, image_dir
         with open(os.path.join(image_dir, "layout.json")) as f:
             self.parts = json.load(f)
+        # The root's backend (auto): btrfs on a btrfs /, the overlay on any other.
+        self.backend = "btrfs" if any(p["place"] == "/" and p["fstype"] == "btrfs" for p in self.parts) else "overlay"
         self.m = Machine(args, name, image_dir, run_dir)
         self.dir = self.m.dir
         self.old = args.old_kernel.replace("linux-image-", "")
@@ -223,11 +230,13 @@ class Layout:
             log("%s: FAIL: %s" % (self.name, what))
         return ok
 
-    def fresh(self, tag):
+    def fresh(self, tag, start=None):
+        """A disk and firmware variables for a run: copies of the installed disk and OVMF's empty variables, or of
+        `start`, a (disk, vars) pair."""
         disk = os.path.join(self.dir, tag + ".img")
-        copy_disk(self.installed, disk)
         vars_fd = os.path.join(self.dir, tag + ".vars.fd")
-        shutil.copy(self.args.ovmf_vars, vars_fd)
+        copy_disk(start[0] if start else self.installed, disk)
+        shutil.copy(start[1] if start else self.args.ovmf_vars, vars_fd)
         return disk, vars_fd
 
     def install(self):
@@ -315,10 +324,7 @@ class Layout:
     def cut_run(self, tag, mode, kill_after=None, start=None, before=None, after=None):
         """Boot `mode` on a fresh disk (or a copy of `start`, a (disk, vars) pair), reset at its crash point or
         killed `kill_after` s into the apply; then boot and check that every filesystem is `before` or `after`."""
-        disk, vars_fd = self.fresh(tag)
-        if start:
-            copy_disk(start[0], disk)
-            shutil.copy(start[1], vars_fd)
+        disk, vars_fd = self.fresh(tag, start)
         b = self.m.boot(disk, vars_fd, mode if kill_after is None else "apply", kill_after_apply_start=kill_after)
         what = "reset at %s" % mode.split("=", 1)[-1] if kill_after is None else \
             "power cut %.1f s into the apply" % kill_after
@@ -407,7 +413,7 @@ def main():
             lay.main_run()
             if args.crash_points:
                 lay.cut_run("kernel-at-commit", "cut=apply-after-commit-record")
-                lay.crash_points(layout_points(args.snapinst, "overlay" if name == "ext4" else "btrfs"))
+                lay.crash_points(layout_points(args.snapinst, lay.backend))
             for i in range(args.cuts):
                 lay.cut_run("random-%d" % (i + 1), "apply", kill_after=rng.uniform(0, lay.apply_s))
         except Failure as e:
