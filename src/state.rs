@@ -18,6 +18,9 @@ pub(crate) enum BackendKind {
     /// A part only (a FAT filesystem such as the EFI system partition): staged as a copy, never a root's backend.
     #[value(skip)]
     Copy,
+    /// A part only (a btrfs subvolume such as `@home`): staged by snapshots, committed as a delta.
+    #[value(skip)]
+    Snapshot,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -27,6 +30,7 @@ impl std::fmt::Display for BackendKind {
             BackendKind::Overlay => "overlay",
             BackendKind::Journal => "journal",
             BackendKind::Copy => "copy",
+            BackendKind::Snapshot => "snapshot",
         })
     }
 }
@@ -206,6 +210,10 @@ pub(crate) struct TxnRecord {
     /// The filesystems inside the root (relative to it) staged as parts of this transaction, outermost first.
     #[serde(default)]
     pub parts: Vec<PathBuf>,
+    /// How each part was staged (by its path relative to the root), so that recovery treats its stage as it was
+    /// made. A record without it is from before the snapshot stager: its parts were staged as their type says.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub part_kinds: std::collections::BTreeMap<String, BackendKind>,
     #[serde(default)]
     pub host_undo: Vec<HostUndo>,
     /// The root is running (mounted on its own): the new generation must prove it boots.
@@ -248,6 +256,7 @@ impl TxnRecord {
             swaps_done: 0,
             part_swaps_done: Default::default(),
             parts: Vec::new(),
+            part_kinds: Default::default(),
             host_undo: Vec::new(),
             boot_pending: false,
             failed_step: None,

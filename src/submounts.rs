@@ -26,10 +26,12 @@ const STAGEABLE: [&str; 5] = ["ext4", "ext3", "ext2", "xfs", "btrfs"];
 /// The filesystem types overlayfs refuses as a lower layer (case-insensitive names), staged by a copy instead.
 const COPY_STAGED: [&str; 3] = ["vfat", "msdos", "exfat"];
 
-/// The backend that stages a part of type `fstype`.
-pub(crate) fn part_backend(fstype: &str) -> BackendKind {
+/// The backend that stages the part of type `fstype` mounted at `root`.
+pub(crate) fn part_backend(fstype: &str, root: &Path) -> BackendKind {
     if COPY_STAGED.contains(&fstype) || copy_staged_for_tests(fstype) {
         BackendKind::Copy
+    } else if fstype == "btrfs" && crate::backend::snapshot_can_stage(root) {
+        BackendKind::Snapshot
     } else {
         BackendKind::Overlay
     }

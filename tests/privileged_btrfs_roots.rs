@@ -143,7 +143,7 @@ fn privileged_fallback_takes_the_filesystems_inside_along_once_mounted() {
     // The boot hook sees the root by name on the top level, with nothing mounted inside it.
     let note = boot_until_the_fallback(&name);
     assert!(
-        note.contains("generation 0 is current again (its root now; /boot, /boot/efi, /srv/www once mounted"),
+        note.contains("generation 0 is current again (its root now; /boot, /home, /boot/efi, /srv/www once mounted"),
         "{note}"
     );
 
@@ -152,7 +152,7 @@ fn privileged_fallback_takes_the_filesystems_inside_along_once_mounted() {
     assert_code(&out, 0);
     let waiting: Vec<Value> = json_lines(&out).into_iter().filter(|v| v["action"] == "waiting").collect();
     assert_eq!(waiting.len(), 1, "the unfinished rollback waits for its parts\n{}", show(&out));
-    assert_eq!(waiting[0]["parts"], json!(["/boot", "/boot/efi", "/srv/www"]));
+    assert_eq!(waiting[0]["parts"], json!(["/boot", "/home", "/boot/efi", "/srv/www"]));
 
     // The machine mounts its filesystems; the recovery unit finishes the rollback.
     img.boot_again();

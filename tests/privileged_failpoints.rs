@@ -154,7 +154,7 @@ fn crash_at_every_failpoint_in(backend: Backend, layout: Layout) {
     let hello_for = |tag: String| {
         let h = Hello::new(backend, &tag, host.path());
         if layout == Layout::WithMounts {
-            h.writing_into(&["/boot", "/boot/efi", "/srv/www"])
+            h.writing_into(&["/boot", "/home", "/boot/efi", "/srv/www"])
         } else {
             h
         }

@@ -120,8 +120,8 @@ fn run_plan(name: &str, script: &str) -> PlanDir {
     PlanDir::new(&plan(name, vec![json!({"id": "script", "type": "run", "command": sh(script)})]), &[])
 }
 
-/// The ext4 `/boot`, the ESP at `/boot/efi` (ext2 standing in for vfat, staged by copy) and the
-/// xfs `/srv/www` mounted inside the root are parts of the transaction: the
+/// The ext4 `/boot`, the ESP at `/boot/efi` (ext2 standing in for vfat, staged by copy), the
+/// xfs `/srv/www` and the btrfs `/home` (staged by snapshots) mounted inside the root are parts of the transaction: the
 /// steps see them as the machine does, a commit changes them with the root, a rollback takes them
 /// back, and a failure leaves all three filesystems as they were. The btrfs root is a subvolume
 /// mounted on its own, as `/` is: its manifests are of the root mounted again, as the next boot
@@ -147,7 +147,8 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
              || {{ echo \"the stage's / has no mount table entry\" >&2; exit 5; }}; \
              test \"${{SNAPINST_BTRFS_SUBVOL:-}}\" = '{boot_subvol}' || {{ echo \"subvol $SNAPINST_BTRFS_SUBVOL\" >&2; exit 4; }}; \
              test -f /boot/vmlinuz-1 && grep -q 'on ext2' /boot/efi/vmlinuz-1 && grep -q 'on xfs' /srv/www/vmlinuz-1 \
-             && echo x > /boot/x && echo x > /boot/efi/x && exit 1",
+             && grep -q 'on btrfs' /home/vmlinuz-1 && test ! -e /home/.snapinst/stage \
+             && echo x > /boot/x && echo x > /boot/efi/x && echo x > /home/x && exit 1",
             dev = boot_dev.trim()
         ),
     );
@@ -156,9 +157,13 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     assert!(stderr(&out).contains("exited with status 1"), "the script must reach its exit 1:\n{}", show(&out));
     let lines = json_lines(&out);
     let parts: Vec<&str> = events(&lines, "part").iter().map(|e| e["path"].as_str().unwrap_or("?")).collect();
-    assert_eq!(parts, ["/boot", "/boot/efi", "/srv/www"], "each staged filesystem is announced");
+    assert_eq!(parts, ["/boot", "/home", "/boot/efi", "/srv/www"], "each staged filesystem is announced");
     let staged_by: Vec<&str> = events(&lines, "part").iter().map(|e| e["staged_by"].as_str().unwrap_or("?")).collect();
-    assert_eq!(staged_by, ["overlay", "copy", "overlay"], "the ESP stand-in is staged by copy");
+    assert_eq!(
+        staged_by,
+        ["overlay", "snapshot", "copy", "overlay"],
+        "the ESP stand-in by copy, the btrfs /home by snapshots"
+    );
     assert_manifest_eq(&before, &img.booted_manifest());
     assert_no_leftovers(&img);
 
@@ -167,9 +172,14 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     assert_code(&out, 0);
     let changed: Vec<String> =
         events(&json_lines(&out), "change").iter().map(|e| e["path"].as_str().unwrap_or("?").to_string()).collect();
-    for want in
-        ["/boot/hello.img", "/boot/grub/grub.cfg", "/boot/efi/hello.img", "/srv/www/hello.img", "/etc/hello.conf"]
-    {
+    for want in [
+        "/boot/hello.img",
+        "/boot/grub/grub.cfg",
+        "/boot/efi/hello.img",
+        "/srv/www/hello.img",
+        "/home/hello.img",
+        "/etc/hello.conf",
+    ] {
         assert!(changed.iter().any(|c| c == want), "the dry run should list {want}: {changed:?}");
     }
     assert!(!changed.iter().any(|c| c.contains(".snapinst")), "state areas are never listed: {changed:?}");
@@ -179,7 +189,7 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     assert_code(&out, 0);
     assert_eq!(
         summary(&json_lines(&out))["parts"],
-        json!(["boot", "boot/efi", "srv/www"]),
+        json!(["boot", "home", "boot/efi", "srv/www"]),
         "the summary names the parts"
     );
     let mut after = Expect::new(&before);
@@ -187,8 +197,12 @@ fn mounts_inside_are_staged_with_the_root(backend: Backend) {
     after.check(&img.booted_manifest());
     assert_no_leftovers(&img);
     let list = list_json(&root);
-    assert_eq!(list["generations"][1]["parts"], json!(["boot", "boot/efi", "srv/www"]), "list shows the parts: {list}");
-    assert_eq!(status_json(&root)["parts"], json!(["boot", "boot/efi", "srv/www"]));
+    assert_eq!(
+        list["generations"][1]["parts"],
+        json!(["boot", "home", "boot/efi", "srv/www"]),
+        "list shows the parts: {list}"
+    );
+    assert_eq!(status_json(&root)["parts"], json!(["boot", "home", "boot/efi", "srv/www"]));
 
     let out = rollback(&root, &[], &[]);
     assert_code(&out, 0);
@@ -308,8 +322,9 @@ fn privileged_btrfs_directory_root_with_mounts_inside_is_refused() {
     let out = apply(&run_plan("elsewhere", "echo ok > /etc/ok").path, &root, Backend::Btrfs, &[]);
     assert_code(&out, 2);
     assert!(
-        stderr(&out)
-            .contains("(/boot, /boot/efi, /srv/www); the btrfs backend commits by renaming the root's subvolume"),
+        stderr(&out).contains(
+            "(/boot, /home, /boot/efi, /srv/www); the btrfs backend commits by renaming the root's subvolume"
+        ),
         "{}",
         show(&out)
     );

@@ -202,7 +202,8 @@ pub(super) fn discard(p: &Paths, rec: &TxnRecord) -> Result<()> {
     delete_subvolume(&stage)
 }
 
-fn delete_subvolume(path: &Path) -> Result<()> {
+/// Delete the subvolume at `path` (a plain directory there is removed), and commit the deletion.
+pub(super) fn delete_subvolume(path: &Path) -> Result<()> {
     if libbtrfsutil::is_subvolume(path).unwrap_or(false) {
         if libbtrfsutil::subvolume_read_only(path).unwrap_or(false) {
             libbtrfsutil::set_subvolume_read_only(path, false)
@@ -333,12 +334,16 @@ pub(super) fn restore_checkpoint(p: &Paths, rec: &mut TxnRecord, n: usize) -> Re
 
 /// Delete the checkpoints after `keep` (all of them when None), and their directory when none is left.
 pub(super) fn drop_checkpoints(p: &Paths, txn: &str, keep: Option<usize>) -> Result<()> {
-    let dir = checkpoints(p, txn);
-    for path in super::checkpoints_after(&dir, keep)? {
+    drop_snapshot_checkpoints(&checkpoints(p, txn), keep)
+}
+
+/// Delete the checkpoint snapshots in `dir` after `keep` (all of them, and `dir`, when None).
+pub(super) fn drop_snapshot_checkpoints(dir: &Path, keep: Option<usize>) -> Result<()> {
+    for path in super::checkpoints_after(dir, keep)? {
         delete_subvolume(&path)?;
     }
     if keep.is_none() {
-        fsutil::remove_any(&dir)?;
+        fsutil::remove_any(dir)?;
     }
     Ok(())
 }

@@ -11,10 +11,9 @@
 
 use super::scratch::Scratch;
 use super::Ctx;
-use crate::delta::{self, Entry};
+use crate::delta;
 use crate::fsutil;
 use crate::state::TxnRecord;
-use crate::treediff::{self, Change, ChangeKind};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -124,48 +123,7 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     if fsutil::exists(&tree.join(area)) {
         bail!("the stage creates /{}, which is snapinst's state area on {}", area.display(), ctx.root.display());
     }
-    let changes = treediff::diff(&ctx.root, &tree, &[area.to_path_buf()])?;
-    let entries = entries_of(&changes, &ctx.root, &tree)?;
-    super::delta_gens::write_staged_delta(ctx, rec, &entries, super::delta_gens::Put::Written, |path, dest| {
-        fsutil::copy_tree(&tree.join(path), dest).with_context(|| format!("copying /{} into the delta", path.display()))
-    })
-}
-
-/// Turn the changes from `tree` to `stage` (sorted, a directory before what is below it) into delta entries: a
-/// path added, removed, changed or changed in type is replaced whole (what is below it moves with it), and a
-/// directory on both sides whose own metadata changed gets a metadata entry.
-fn entries_of(changes: &[Change], tree: &Path, stage: &Path) -> Result<Vec<Entry>> {
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut whole: Option<PathBuf> = None;
-    for c in changes {
-        let rel = c.path.strip_prefix("/").unwrap_or(&c.path).to_path_buf();
-        if whole.as_ref().is_some_and(|w| rel.starts_with(w) && rel != *w) {
-            continue;
-        }
-        if c.kind == ChangeKind::Metadata && fs::symlink_metadata(stage.join(&rel)).is_ok_and(|m| m.is_dir()) {
-            let meta = |root: &Path| -> Result<delta::Meta> {
-                let path = root.join(&rel);
-                delta::read_meta(&fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?)
-            };
-            entries.push(Entry::Meta { before: meta(tree)?, after: meta(stage)?, path: rel });
-            continue;
-        }
-        // A change of type comes as the old path removed, then the new one added: one entry replaces it.
-        if let (ChangeKind::Added, Some(Entry::Replace { path, after, .. })) = (c.kind, entries.last_mut()) {
-            if *path == rel {
-                *after = true;
-                continue;
-            }
-        }
-        let (before, after) = match c.kind {
-            ChangeKind::Added => (false, true),
-            ChangeKind::Removed => (true, false),
-            ChangeKind::Modified | ChangeKind::Metadata => (true, true),
-        };
-        entries.push(Entry::Replace { path: rel.clone(), before, after });
-        whole = Some(rel);
-    }
-    Ok(entries)
+    super::compared::write_delta(ctx, rec, &ctx.root, &tree, area)
 }
 
 pub(super) fn finish(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
@@ -196,58 +154,4 @@ pub(super) fn stage_view(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
     let s = stage_paths(ctx, rec)?;
     s.scratch.mount()?;
     Ok(s.tree)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn change(kind: ChangeKind, path: &str) -> Change {
-        Change { kind, path: PathBuf::from(path) }
-    }
-
-    fn shown(entries: &[Entry]) -> Vec<String> {
-        entries
-            .iter()
-            .map(|e| match e {
-                Entry::Replace { path, before, after } => format!("replace {} {before} {after}", path.display()),
-                Entry::Meta { path, .. } => format!("meta {}", path.display()),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_subtree_moves_whole_and_a_change_of_type_is_one_entry() {
-        let base = std::env::temp_dir().join(format!("snapinst-copy-entries-{}", std::process::id()));
-        let (tree, stage) = (base.join("tree"), base.join("stage"));
-        for d in [&tree, &stage] {
-            fs::create_dir_all(d.join("EFI")).unwrap();
-        }
-        fs::create_dir_all(stage.join("kind")).unwrap();
-        let changes = [
-            change(ChangeKind::Metadata, "/EFI"),
-            change(ChangeKind::Modified, "/EFI/grub.cfg"),
-            change(ChangeKind::Added, "/EFI/new"),
-            change(ChangeKind::Added, "/EFI/new/a.efi"),
-            change(ChangeKind::Removed, "/kind"),
-            change(ChangeKind::Added, "/kind"),
-            change(ChangeKind::Added, "/kind/x"),
-            change(ChangeKind::Removed, "/old"),
-            change(ChangeKind::Removed, "/old/b"),
-            change(ChangeKind::Metadata, "/one.txt"),
-        ];
-        let got = shown(&entries_of(&changes, &tree, &stage).unwrap());
-        fs::remove_dir_all(&base).unwrap();
-        assert_eq!(
-            got,
-            [
-                "meta EFI",
-                "replace EFI/grub.cfg true true",
-                "replace EFI/new false true",
-                "replace kind true true",
-                "replace old true false",
-                "replace one.txt true true",
-            ]
-        );
-    }
 }

@@ -6,16 +6,19 @@
 //!
 //! A transaction is a list of parts: the root, and every filesystem mounted inside it that is staged on its own
 //! (see `submounts`). A part is managed as a root of its own, with its state area at the top of its filesystem, by
-//! the overlay backend, or by the copy stager where overlayfs cannot layer the filesystem (FAT); its stage is
-//! mounted at its path inside the root's stage, so a step sees the tree the machine sees. Each operation here does its work on every part, so the commands never ask how many there are: all parts
-//! are prepared and made durable before the one commit record, and all are rolled forward after it.
+//! the overlay backend, by the snapshot stager where it is a btrfs subvolume, or by the copy stager where overlayfs
+//! cannot layer the filesystem (FAT); its stage is mounted at its path inside the root's stage, so a step sees the
+//! tree the machine sees. Each operation here does its work on every part, so the commands never ask how many there
+//! are: all parts are prepared and made durable before the one commit record, and all are rolled forward after it.
 
 mod btrfs;
+mod compared;
 mod copy;
 mod delta_gens;
 mod journal;
 mod overlay;
 mod scratch;
+mod snapshot;
 mod stager;
 
 use crate::state::{BackendKind, State, StateDir, TxnRecord};
@@ -64,8 +67,27 @@ impl Ctx {
         })
     }
 
-    /// The same root with the filesystems mounted at `rels` (relative to it, outermost first) as its parts.
-    pub fn with_parts(mut self, rels: &[PathBuf]) -> Result<Ctx> {
+    /// The same root with the filesystems mounted at `rels` (relative to it, outermost first) as its parts, each
+    /// staged as it would be now.
+    pub fn with_parts(self, rels: &[PathBuf]) -> Result<Ctx> {
+        self.with_parts_staged(rels, &Default::default())
+    }
+
+    /// The same root with the parts of the transaction `rec`, each staged as the record says it was.
+    pub fn with_parts_of(self, rec: &TxnRecord) -> Result<Ctx> {
+        self.with_parts_staged(&rec.parts, &rec.part_kinds)
+    }
+
+    /// How each part is staged, by its path relative to the root (for the transaction record).
+    pub fn part_kinds(&self) -> std::collections::BTreeMap<String, BackendKind> {
+        self.parts.iter().map(|p| (p.rel.to_string_lossy().into_owned(), p.ctx.kind)).collect()
+    }
+
+    fn with_parts_staged(
+        mut self,
+        rels: &[PathBuf],
+        recorded: &std::collections::BTreeMap<String, BackendKind>,
+    ) -> Result<Ctx> {
         self.parts = rels
             .iter()
             .map(|rel| {
@@ -79,7 +101,10 @@ impl Ctx {
                 }
                 let mut state = StateDir::at(root.join(crate::submounts::PART_STATE_DIR));
                 let mount = crate::mounts::mount_of(&root)?;
-                let kind = crate::submounts::part_backend(&mount.fstype);
+                let kind = match recorded.get(rel.to_string_lossy().as_ref()) {
+                    Some(&kind) => kind,
+                    None => crate::submounts::part_backend(&mount.fstype, &root),
+                };
                 if stager::of(kind).stages_off_its_filesystem() {
                     state.stages = Some(self.state.dir.join("part-stages").join(escaped(rel)));
                 }
@@ -124,6 +149,11 @@ impl Ctx {
 /// A part's place inside the root as one file name (`boot/efi` -> `boot%2Fefi`).
 fn escaped(rel: &Path) -> String {
     rel.to_string_lossy().replace('%', "%25").replace('/', "%2F")
+}
+
+/// Whether the part mounted at `root` is staged by btrfs snapshots (see `snapshot`).
+pub(crate) fn snapshot_can_stage(root: &Path) -> bool {
+    snapshot::can_stage(root, Path::new(crate::submounts::PART_STATE_DIR))
 }
 
 /// Pick the backend for `root`: btrfs if it is a btrfs subvolume, else overlay if the kernel has it, else journal.
@@ -458,6 +488,14 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
 /// btrfs: make the kept generations read-only once they are no longer mounted (see `btrfs::seal`).
 pub(crate) fn seal(ctx: &Ctx, state: &State) -> Result<()> {
     ctx.stager().seal(ctx, state)
+}
+
+/// Cover the state area in the stage with an empty read-only tmpfs: steps neither see nor change it.
+fn hide_state_area(dir: &Path) -> Result<()> {
+    use nix::mount::MsFlags;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    nix::mount::mount(Some("snapinst-state"), dir, Some("tmpfs"), flags, Some("mode=0700,size=4k"))
+        .with_context(|| format!("hiding the state area in the stage ({})", dir.display()))
 }
 
 /// Refuse a state area on another mount than the root: moving things between them must be a rename.

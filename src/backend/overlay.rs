@@ -104,7 +104,7 @@ fn mount(ctx: &Ctx, s: &StagePaths) -> Result<PathBuf> {
     )
     .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
     if let Some(area) = &ctx.state_area {
-        hide(&s.merged.join(area))?;
+        super::hide_state_area(&s.merged.join(area))?;
     }
     Ok(s.merged.clone())
 }
@@ -116,14 +116,6 @@ fn stage_source(root: &Path) -> String {
         Ok(m) if m.source.starts_with("/dev/") => m.source,
         _ => "snapinst".to_string(),
     }
-}
-
-/// Cover the state area in the stage with an empty read-only tmpfs: steps neither see nor change it.
-fn hide(dir: &Path) -> Result<()> {
-    use nix::mount::MsFlags;
-    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    nix::mount::mount(Some("snapinst-state"), dir, Some("tmpfs"), flags, Some("mode=0700,size=4k"))
-        .with_context(|| format!("hiding the state area in the stage ({})", dir.display()))
 }
 
 /// Take the stage's mounts down (the overlay and what is mounted in it), deepest first.

@@ -1,11 +1,12 @@
 //! One filesystem's way of staging and committing a transaction, behind one trait: a btrfs snapshot exchanged for
 //! the subvolume, an overlay whose upper layer becomes a delta merged by renames, a copy of the tree (for FAT,
-//! which overlayfs cannot layer) that becomes such a delta too, or the journal's originals moved aside as the steps
+//! which overlayfs cannot layer) or a btrfs snapshot (for a part that is a subvolume) compared with the tree it was
+//! taken from, which become such a delta too, or the journal's originals moved aside as the steps
 //! go. Every part of a transaction (the root, and each filesystem staged inside it) has one; the
 //! operations in `backend` call it for each part and never ask which it is. Each operation must be re-runnable
 //! after a crash at any instant, and must act on its own part only.
 
-use super::{btrfs, copy, delta_gens, journal, overlay, Ctx};
+use super::{btrfs, copy, delta_gens, journal, overlay, snapshot, Ctx};
 use crate::state::{BackendKind, State, TxnRecord};
 use crate::steps::ChangeGuard;
 use anyhow::{bail, Result};
@@ -103,12 +104,14 @@ pub(super) fn of(kind: BackendKind) -> &'static dyn Stager {
         BackendKind::Overlay => &Overlay,
         BackendKind::Journal => &Journal,
         BackendKind::Copy => &Copy,
+        BackendKind::Snapshot => &Snapshot,
     }
 }
 
 struct Btrfs;
 struct Overlay;
 struct Copy;
+struct Snapshot;
 struct Journal;
 
 impl Stager for Btrfs {
@@ -285,6 +288,43 @@ impl Stager for Copy {
     }
     fn stage_view(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
         copy::stage_view(ctx, rec)
+    }
+    delta_generations!();
+}
+
+impl Stager for Snapshot {
+    fn check_usable(&self, root: &Path, state_dir: &Path) -> Result<()> {
+        snapshot::check_usable(root, state_dir)
+    }
+    fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
+        snapshot::prepare(ctx, rec)
+    }
+    fn pre_commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+        snapshot::pre_commit(ctx, rec)
+    }
+    fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+        delta_gens::commit(ctx, rec)
+    }
+    fn finish(&self, ctx: &Ctx, rec: &TxnRecord, _state: &mut State) -> Result<()> {
+        snapshot::finish(ctx, rec)
+    }
+    fn discard(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+        snapshot::discard(ctx, rec)
+    }
+    fn take_checkpoint(&self, ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
+        snapshot::take_checkpoint(ctx, rec, n)
+    }
+    fn restore_checkpoint(&self, ctx: &Ctx, rec: &mut TxnRecord, n: usize) -> Result<PathBuf> {
+        snapshot::restore_checkpoint(ctx, rec, n)
+    }
+    fn drop_checkpoints(&self, ctx: &Ctx, txn: &str, keep: Option<usize>) -> Result<()> {
+        snapshot::drop_checkpoints(ctx, txn, keep)
+    }
+    fn stage_view(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
+        snapshot::stage_view(ctx, rec)
+    }
+    fn remove_leftover(&self, _ctx: &Ctx, dir: &Path, name: &str) -> Result<()> {
+        snapshot::remove_leftover(dir, name)
     }
     delta_generations!();
 }

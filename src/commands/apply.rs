@@ -269,7 +269,7 @@ fn check_plan_fits(
         // filesystem (and what it costs in the root's state area there).
         let part_root = root.join(&p.rel);
         let part_state = part_root.join(crate::submounts::PART_STATE_DIR);
-        let part_kind = crate::submounts::part_backend(&p.fstype);
+        let part_kind = crate::submounts::part_backend(&p.fstype, &part_root);
         let cannot = |e: anyhow::Error| Refused(format!("{} cannot be staged: {e:#}", p.describe()));
         backend::check_usable(part_kind, &part_root, &part_state).map_err(cannot)?;
         let (on_part, in_root_state) =
@@ -321,6 +321,7 @@ impl Transaction<'_> {
         rec.plan_sha256 = Some(self.plan.sha256.clone());
         rec.boot_pending = self.ctx.kind == BackendKind::Btrfs && mounts::is_mount_point(&self.ctx.root)?;
         rec.parts = self.ctx.part_rels();
+        rec.part_kinds = self.ctx.part_kinds();
         self.sd().write_txn(&rec)?;
         failpoint::hit("apply-after-record");
         let total = self.plan.steps.len();
@@ -494,8 +495,9 @@ impl Transaction<'_> {
 
     /// Say which filesystems inside the root are staged with it, and which are left out.
     fn announce_unstaged(&self, txn: &str) {
+        let kinds = self.ctx.part_kinds();
         for p in &self.layout.parts {
-            let staged_by = crate::submounts::part_backend(&p.fstype);
+            let staged_by = kinds.get(p.rel.to_string_lossy().as_ref()).map_or("?".to_string(), |k| k.to_string());
             self.out.event(
                 "part",
                 json!({"txn": txn, "path": Path::new("/").join(&p.rel), "fstype": p.fstype, "source": p.source,

@@ -101,7 +101,7 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
             continue;
         }
         let mut state = sd.load()?.unwrap_or_else(|| State::new(root, rec.backend, 5));
-        let ctx = Ctx::new(rec.backend, root, sd)?.with_parts(&rec.parts)?;
+        let ctx = Ctx::new(rec.backend, root, sd)?.with_parts_of(&rec)?;
         let action = match rec.kind {
             TxnKind::Apply => recover_apply(&ctx, &mut rec, &mut state),
             TxnKind::Rollback => rollback::recover(&ctx, &mut rec, &mut state),

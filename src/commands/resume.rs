@@ -39,7 +39,7 @@ fn open_kept(args: &RootArgs) -> Result<Kept> {
         ));
     };
     let ctx = Ctx::new(rec.backend, &loc.root, &loc.state)
-        .and_then(|c| c.with_parts(&rec.parts))
+        .and_then(|c| c.with_parts_of(&rec))
         .map_err(|e| Refused(format!("{e:#}")))?;
     Ok(Kept { ctx, rec, _lock: lock })
 }

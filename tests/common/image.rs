@@ -160,10 +160,15 @@ impl LoopImage {
     }
 
     /// Mounts an ext4 filesystem at `/boot`, an ext2 one standing in for the EFI system partition
-    /// at `/boot/efi` inside it, and an xfs one at `/srv/www` inside the root, each with a few
-    /// files, as a real machine has them.
+    /// at `/boot/efi` inside it, an xfs one at `/srv/www` and a btrfs subvolume (the top level of
+    /// its filesystem) at `/home` inside the root, each with a few files, as a real machine has them.
     pub fn with_mounts(mut self) -> LoopImage {
-        let mounts = [("boot", FsKind::Ext4, 64), ("boot/efi", FsKind::Ext2, 48), ("srv/www", FsKind::Xfs, 320)];
+        let mounts = [
+            ("boot", FsKind::Ext4, 64),
+            ("boot/efi", FsKind::Ext2, 48),
+            ("srv/www", FsKind::Xfs, 320),
+            ("home", FsKind::Btrfs, 128),
+        ];
         for (at, kind, size) in mounts {
             let point = self.root.join(at);
             fs::create_dir_all(&point).unwrap_or_else(|e| panic!("creating {}: {e}", point.display()));

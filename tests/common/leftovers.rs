@@ -279,7 +279,7 @@ pub fn still_alive(pids: &[u32]) -> Vec<String> {
         .collect()
 }
 
-/// A root of `backend` with an ext4 `/boot` and an xfs `/srv/www` mounted inside it
+/// A root of `backend` with an ext4 `/boot`, an xfs `/srv/www` and a btrfs `/home` mounted inside it
 /// ([`Layout::WithMounts`]), and the hello plan, writing into both as well, prepared in it.
 pub struct WithParts {
     pub img: LoopImage,
@@ -296,7 +296,7 @@ impl WithParts {
         let img = populated_in(backend, Layout::WithMounts);
         let root = img.root();
         let host = host_tempdir();
-        let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/boot/efi", "/srv/www"]);
+        let hello = Hello::new(backend, "", host.path()).writing_into(&["/boot", "/home", "/boot/efi", "/srv/www"]);
         hello.prepare(&root);
         let before = img.booted_manifest();
         WithParts { img, root, hello, before, host }
