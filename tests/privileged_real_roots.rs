@@ -415,3 +415,56 @@ fn privileged_a_state_area_that_cannot_be_created_is_a_clear_error() {
     assert_manifest_eq(&before, &manifest(&root));
     assert!(!img.state_dir().exists());
 }
+
+/// The btrfs `/home` is staged by snapshots, yet what the running system writes to it while a
+/// transaction runs stays: the commit puts in only what the steps changed there (a new file next
+/// to a file written live, an old file appended to live), and a rollback takes out only that.
+fn live_writes_to_a_snapshot_staged_part_stay(backend: Backend) {
+    let WithParts { img, root, hello: _, before: _, host: _host } = WithParts::new(backend);
+    let home = root.join("home");
+    let slow = run_plan("slow", "echo planned > /home/planned.txt && sleep 5");
+    let mut child = snapinst_cmd([
+        "apply".as_ref(),
+        slow.path.as_os_str(),
+        "--root".as_ref(),
+        root.as_os_str(),
+        "--backend".as_ref(),
+        backend.name().as_ref(),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("starting snapinst apply");
+    // The step sleeps 5 s: wait until the stage holds its file, then write to the live /home.
+    let stage_file_seen = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        glob_stage_has(&home, "planned.txt")
+    });
+    assert!(stage_file_seen, "the step's file never appeared in a snapshot stage under {}", home.display());
+    assert!(child.try_wait().expect("polling snapinst").is_none(), "the apply ended before the live writes");
+    fs::write(home.join("live.txt"), "written live\n").expect("writing /home/live.txt");
+    let old = fs::read_to_string(home.join("vmlinuz-1")).expect("reading /home/vmlinuz-1");
+    fs::write(home.join("vmlinuz-1"), format!("{old}appended live\n")).expect("appending to /home/vmlinuz-1");
+    let out = child.wait_with_output().expect("waiting for snapinst");
+    assert_code(&out, 0);
+    let read = |name: &str| fs::read_to_string(home.join(name)).ok();
+    assert_eq!(read("planned.txt").as_deref(), Some("planned\n"), "the step's file is committed");
+    assert_eq!(read("live.txt").as_deref(), Some("written live\n"), "the live new file stays");
+    assert_eq!(read("vmlinuz-1"), Some(format!("{old}appended live\n")), "the live append stays");
+    assert_no_leftovers(&img);
+
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    assert_eq!(read("planned.txt"), None, "the rollback takes the step's file out");
+    assert_eq!(read("live.txt").as_deref(), Some("written live\n"), "the rollback keeps the live new file");
+    assert_eq!(read("vmlinuz-1"), Some(format!("{old}appended live\n")), "the rollback keeps the live append");
+    assert_no_leftovers(&img);
+}
+
+/// Whether a snapshot stage of the part at `part` (in its state area) holds `name` at its top.
+fn glob_stage_has(part: &Path, name: &str) -> bool {
+    let Ok(stages) = fs::read_dir(part.join(".snapinst/stage")) else { return false };
+    stages.flatten().any(|s| s.path().join("tree").join(name).exists())
+}
+
+for_staged_backends!(privileged_live_writes_to_a_snapshot_staged_part_stay, live_writes_to_a_snapshot_staged_part_stay);
