@@ -241,3 +241,57 @@ for_staged_backends!(crash_while_resuming, crash_while_resuming);
 
 #[cfg(feature = "failpoints")]
 for_staged_backends!(crash_while_keeping, crash_while_keeping);
+
+/// A plan over the filesystems mounted inside the root (ext4 `/boot`, btrfs `/home` staged by
+/// snapshots, xfs `/srv/www`) whose step "c" fails unless `c_ok`.
+fn parts_plan(c_ok: bool) -> Value {
+    let c = if c_ok { "echo c >> /home/app.log" } else { "echo 'not ready' >&2; exit 1" };
+    plan(
+        "parts",
+        vec![
+            json!({"id": "a", "type": "file", "path": "/home/a.conf", "content": "home\n"}),
+            json!({"id": "b", "type": "run", "command": sh("echo b >> /home/app.log && echo b > /boot/b.img")}),
+            json!({"id": "c", "type": "run", "command": sh(c)}),
+            json!({"id": "d", "type": "file", "path": "/srv/www/d.conf", "content": "four\n"}),
+        ],
+    )
+}
+
+/// `--keep-failed` and `resume` take every part along: the kept stage and its checkpoints hold the
+/// parts' changes, `diff` lists them, and the resumed transaction commits them all, once each.
+fn keep_then_resume_with_mounts_inside(backend: Backend) {
+    let WithParts { img, root, hello: _, before, host: _host } = WithParts::new(backend);
+    let pd = PlanDir::new(&parts_plan(false), &[]);
+    let out = apply(&pd.path, &root, backend, &["--keep-failed"]);
+    assert_code(&out, 1);
+    assert_eq!(json_lines(&out).last().unwrap()["outcome"], "kept", "{}", show(&out));
+    assert_manifest_eq_ctx(&before, &img.booted_manifest(), "while the transaction is kept");
+
+    let out = root_cmd("diff", &root, &[]);
+    assert_code(&out, 0);
+    let mut changed: Vec<String> =
+        events(&json_lines(&out), "change").iter().map(|e| e["path"].as_str().unwrap_or("?").to_string()).collect();
+    changed.sort();
+    assert_eq!(changed, ["/boot/b.img", "/home/a.conf", "/home/app.log"], "{}", show(&out));
+
+    write_plan(&pd, &parts_plan(true));
+    let out = root_cmd("resume", &root, &[]);
+    assert_code(&out, 0);
+    assert_eq!(json_lines(&out).last().unwrap()["outcome"], "committed", "{}", show(&out));
+    let mut want = Expect::new(&before);
+    want.file_content("/home/a.conf", b"home\n")
+        .file_content("/home/app.log", b"b\nc\n")
+        .file_content("/boot/b.img", b"b\n")
+        .file_content("/srv/www/d.conf", b"four\n");
+    want.check(&img.booted_manifest());
+    assert_no_leftovers(&img);
+
+    assert_code(&root_cmd("rollback", &root, &[]), 0);
+    assert_manifest_eq_ctx(&before, &img.booted_manifest(), "after the rollback");
+    assert_no_leftovers(&img);
+}
+backend_tests!(
+    privileged_keep_then_resume_with_mounts_inside,
+    keep_then_resume_with_mounts_inside,
+    btrfs => Btrfs, overlay => Overlay
+);

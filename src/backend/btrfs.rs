@@ -302,15 +302,19 @@ fn checkpoints(p: &Paths, txn: &str) -> PathBuf {
 
 /// Keep the stage as it is now as read-only checkpoint `n` (a snapshot: cheap, whatever the tree's size).
 pub(super) fn take_checkpoint(p: &Paths, rec: &TxnRecord, n: usize) -> Result<()> {
-    let dir = checkpoints(p, &rec.txn);
-    fsutil::create_dir_durable(&dir)?;
+    snapshot_as_checkpoint(&p.stage(rec), &checkpoints(p, &rec.txn), n)
+}
+
+/// Keep the subvolume `stage` as read-only checkpoint `n` in `dir` (replacing an older one of that number).
+pub(super) fn snapshot_as_checkpoint(stage: &Path, dir: &Path, n: usize) -> Result<()> {
+    fsutil::create_dir_durable(dir)?;
     let target = dir.join(n.to_string());
     if fsutil::exists(&target) {
         delete_subvolume(&target)?;
     }
     CreateSnapshotOptions::new()
         .readonly(true)
-        .create(p.stage(rec), &target)
+        .create(stage, &target)
         .with_context(|| format!("taking checkpoint {}", target.display()))?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! and whatever the running system writes to the part meanwhile, outside the paths the plan changed, stays.
 //! A part with subvolumes of its own below it is staged by an overlay instead (a snapshot does not carry them).
 
-use super::btrfs::{delete_subvolume, drop_snapshot_checkpoints, is_subvolume};
+use super::btrfs::{delete_subvolume, drop_snapshot_checkpoints, is_subvolume, snapshot_as_checkpoint};
 use super::Ctx;
 use crate::fsutil;
 use crate::mounts;
@@ -101,17 +101,7 @@ pub(super) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
 
 /// Keep the stage as it is now as read-only checkpoint `n` (a snapshot).
 pub(super) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()> {
-    let dir = ctx.state.checkpoints_path(&rec.txn);
-    fsutil::create_dir_durable(&dir)?;
-    let target = dir.join(n.to_string());
-    if fsutil::exists(&target) {
-        delete_subvolume(&target)?;
-    }
-    CreateSnapshotOptions::new()
-        .readonly(true)
-        .create(stage_paths(ctx, rec).tree, &target)
-        .with_context(|| format!("taking checkpoint {}", target.display()))?;
-    Ok(())
+    snapshot_as_checkpoint(&stage_paths(ctx, rec).tree, &ctx.state.checkpoints_path(&rec.txn), n)
 }
 
 /// Make the stage a writable snapshot of checkpoint `n` again.
