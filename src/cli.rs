@@ -138,6 +138,15 @@ enum Command {
         #[command(flatten)]
         root: RootArgs,
     },
+    /// Show the paths both a transaction's plan and the running system changed: the plan's version is in the tree,
+    /// the running system's is kept in the state area.
+    Conflicts {
+        #[command(flatten)]
+        root: RootArgs,
+        /// Only this transaction (default: every transaction on record, newest first).
+        #[arg(long)]
+        txn: Option<String>,
+    },
     /// Finish or undo interrupted transactions (safe to run any number of times).
     Recover {
         #[command(flatten)]
@@ -166,7 +175,12 @@ pub fn run() -> ExitCode {
     };
     if matches!(
         cli.command,
-        Command::Status { .. } | Command::List { .. } | Command::Diff { .. } | Command::Schema | Command::Failpoints
+        Command::Status { .. }
+            | Command::List { .. }
+            | Command::Conflicts { .. }
+            | Command::Diff { .. }
+            | Command::Schema
+            | Command::Failpoints
     ) {
         // A read-only command ends quietly when the reader of its output goes away (`snapinst list | head`).
         // A transaction never does: it ignores SIGPIPE (Rust's default) and its events drop write errors.
@@ -199,6 +213,7 @@ pub fn run() -> ExitCode {
         Command::Rollback { root, to } => commands::rollback::run(&root, to),
         Command::Status { root } => commands::status::status(&root),
         Command::List { root } => commands::status::list(&root),
+        Command::Conflicts { root, txn } => commands::status::conflicts(&root, txn.as_deref()),
         Command::Recover { root, all } => commands::recover::run(&root, all),
         Command::Validate { plan } => commands::validate(&plan),
         Command::Schema => {

@@ -20,6 +20,7 @@ pub(crate) const ALL: &[Point] = &[
     Point { name: "apply-after-stage", operation: "apply", backends: EVERY },
     Point { name: "apply-mid-step", operation: "apply", backends: EVERY },
     Point { name: "apply-after-steps", operation: "apply", backends: EVERY },
+    Point { name: "apply-mid-carry-over", operation: "apply", backends: &["btrfs"] },
     Point { name: "apply-after-commit-record", operation: "apply", backends: EVERY },
     Point { name: "apply-mid-merge", operation: "apply", backends: &["overlay"] },
     Point { name: "apply-after-exchange", operation: "apply", backends: EVERY },

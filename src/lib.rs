@@ -5,6 +5,7 @@
 mod backend;
 mod cli;
 mod commands;
+mod conflicts;
 mod delta;
 mod events;
 mod failpoint;

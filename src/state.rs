@@ -227,6 +227,12 @@ pub(crate) struct TxnRecord {
     /// `--keep-failed`: how many of the plan's steps are done; checkpoints 0..=steps_done exist.
     #[serde(default)]
     pub checkpoints: Option<usize>,
+    /// How many paths the carry-over brought from the live tree into the stage before the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried: Option<usize>,
+    /// Paths both the plan and the running system changed (see `conflicts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<crate::conflicts::Conflict>,
     #[serde(default)]
     pub outcome: Option<String>,
     #[serde(default)]
@@ -262,6 +268,8 @@ impl TxnRecord {
             failed_step: None,
             plan_file: None,
             checkpoints: None,
+            carried: None,
+            conflicts: Vec::new(),
             outcome: None,
             error: None,
         }
@@ -270,6 +278,14 @@ impl TxnRecord {
 
 /// The suffix of a transaction's checkpoint directory beside its stage (`stage/<txn>.checkpoints`).
 pub(crate) const CHECKPOINTS_SUFFIX: &str = ".checkpoints";
+
+/// The suffix of a transaction's carry-over snapshots beside its stage (`stage/<txn>.carry`: btrfs).
+pub(crate) const CARRY_SUFFIX: &str = ".carry";
+
+/// The transaction an entry of a stages directory belongs to (its stage, checkpoints or carry-over snapshots).
+pub(crate) fn txn_of_stage_entry(name: &str) -> &str {
+    [CHECKPOINTS_SUFFIX, CARRY_SUFFIX].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name)
+}
 
 /// The state area of one root.
 #[derive(Debug, Clone)]
@@ -324,6 +340,11 @@ impl StateDir {
         self.stages_dir().join(txn)
     }
     /// Where a `--keep-failed` transaction keeps its checkpoints (one per completed step, and 0 for the start).
+    /// Where the live versions of the paths transaction `txn` found in conflict are kept.
+    pub fn conflicts_path(&self, txn: &str) -> PathBuf {
+        self.dir.join("conflicts").join(txn)
+    }
+
     pub fn checkpoints_path(&self, txn: &str) -> PathBuf {
         self.stages_dir().join(format!("{txn}{CHECKPOINTS_SUFFIX}"))
     }

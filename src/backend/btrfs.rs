@@ -4,6 +4,8 @@
 //! through a private mount of the filesystem's top level, and the new tree is what the next mount sees.
 //! Nothing here may delete a subvolume that is the root, is mounted, or was committed.
 
+use super::{btrfs_send, carry};
+use crate::conflicts::Conflict;
 use crate::fsutil;
 use crate::mounts;
 use crate::state::{State, TxnRecord};
@@ -74,6 +76,10 @@ impl Paths {
     fn stage(&self, rec: &TxnRecord) -> PathBuf {
         self.stage_dir.join(&rec.txn)
     }
+    /// The transaction's carry-over snapshots: `base`, taken with the stage, and the live tree's at the commit.
+    fn carry(&self, txn: &str) -> PathBuf {
+        self.stage_dir.join(format!("{txn}{}", crate::state::CARRY_SUFFIX))
+    }
     fn gen(&self, n: u64) -> PathBuf {
         self.gens_dir.join(n.to_string())
     }
@@ -92,20 +98,89 @@ pub(super) fn stage_env(root: &Path) -> Result<Vec<(String, String)>> {
     Ok(vec![("SNAPINST_BTRFS_SUBVOL".to_string(), name.to_string_lossy().into_owned())])
 }
 
+/// Take the stage: a read-only snapshot of the root (the base, kept to find what the live tree changes
+/// meanwhile), and the stage as a writable snapshot of it, so both are the tree of one instant.
 pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
     libbtrfsutil::sync(&p.root).with_context(|| format!("syncing {}", p.root.display()))?;
     let stage = p.stage(rec);
+    let carry = p.carry(&rec.txn);
     fsutil::create_dir_durable(&p.stage_dir)?;
+    remove_snapshots_in(&carry)?;
+    fsutil::create_dir_durable(&carry)?;
+    let base = carry.join("base");
     CreateSnapshotOptions::new()
-        .create(&p.root, &stage)
-        .with_context(|| format!("snapshotting {} to {}", p.root.display(), stage.display()))?;
+        .readonly(true)
+        .create(&p.root, &base)
+        .with_context(|| format!("snapshotting {} to {}", p.root.display(), base.display()))?;
+    CreateSnapshotOptions::new()
+        .create(&base, &stage)
+        .with_context(|| format!("snapshotting {} to {}", base.display(), stage.display()))?;
     rec.root_subvol_before = Some(subvol_id(&p.root)?);
     rec.incoming_subvol = Some(subvol_id(&stage)?);
     Ok(stage)
 }
 
-pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord) -> Result<()> {
-    fsutil::syncfs(&p.stage(rec))
+/// At most this many carry-over rounds run while the live tree keeps changing.
+const CARRY_ROUNDS: usize = 5;
+
+/// Before the commit record: carry into the stage what the live root received since the stage was taken (rounds
+/// until a round finds nothing new, at most `CARRY_ROUNDS`), keeping the live versions of paths the plan also
+/// changed in `kept`; then make the stage durable. Returns how many paths were carried, and the conflicts.
+pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(usize, Vec<Conflict>)> {
+    let carry = p.carry(&rec.txn);
+    let base = carry.join("base");
+    if !is_subvolume(&base) {
+        bail!(
+            "the snapshot taken with the stage ({}) is gone, so snapinst cannot tell what the running system changed meanwhile; nothing is committed",
+            base.display()
+        );
+    }
+    let stage = p.stage(rec);
+    let planned = while_read_only(&stage, || btrfs_send::changes(&base, &stage))?;
+    let mut before = base.clone();
+    let (mut paths, mut conflicts) = (0, Vec::<Conflict>::new());
+    for round in 1..=CARRY_ROUNDS {
+        let live = carry.join(format!("live-{round}"));
+        CreateSnapshotOptions::new()
+            .readonly(true)
+            .create(&p.root, &live)
+            .with_context(|| format!("snapshotting {} to {}", p.root.display(), live.display()))?;
+        let changed = btrfs_send::changes(&before, &live)?;
+        let done = carry::carry(
+            &carry::Round { before: &before, live: &live, stage: &stage, planned: &planned, kept },
+            &changed,
+        )?;
+        if round == 1 {
+            crate::failpoint::hit("apply-mid-carry-over");
+        }
+        paths += done.paths;
+        for c in done.conflicts {
+            conflicts.retain(|old| old.path != c.path);
+            conflicts.push(c);
+        }
+        if before != base {
+            delete_subvolume(&before)?;
+        }
+        before = live;
+        if changed.is_empty() {
+            break;
+        }
+    }
+    if fsutil::exists(kept) {
+        fsutil::syncfs(kept)?;
+    }
+    fsutil::syncfs(&stage)?;
+    Ok((paths, conflicts))
+}
+
+/// Run `f` with the subvolume `path` read-only (the send ioctl reads only read-only snapshots).
+fn while_read_only<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    libbtrfsutil::set_subvolume_read_only(path, true)
+        .with_context(|| format!("making {} read-only to compare it", path.display()))?;
+    let out = f();
+    libbtrfsutil::set_subvolume_read_only(path, false)
+        .with_context(|| format!("making {} writable again", path.display()))?;
+    out
 }
 
 /// Whether the root's name already points at the incoming subvolume.
@@ -187,11 +262,13 @@ pub(super) fn seal(p: &Paths, state: &State) -> Result<()> {
 
 pub(super) fn finish(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
     keep_as_generation(p, &p.stage(rec), rec.root_subvol_before, rec.from_generation)?;
+    remove_snapshots_in(&p.carry(&rec.txn))?;
     state.current_subvol = rec.incoming_subvol;
     Ok(())
 }
 
 pub(super) fn discard(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    remove_snapshots_in(&p.carry(&rec.txn))?;
     let stage = p.stage(rec);
     if !fsutil::exists(&stage) {
         return Ok(());
@@ -200,6 +277,17 @@ pub(super) fn discard(p: &Paths, rec: &TxnRecord) -> Result<()> {
         bail!("{} is not the stage snapinst made; leaving it alone", stage.display());
     }
     delete_subvolume(&stage)
+}
+
+/// Delete every snapshot in `dir`, then `dir` itself (nothing when it does not exist).
+pub(super) fn remove_snapshots_in(dir: &Path) -> Result<()> {
+    if !fsutil::exists(dir) {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        delete_subvolume(&e.with_context(|| format!("reading {}", dir.display()))?.path())?;
+    }
+    fsutil::remove_any(dir)
 }
 
 /// Delete the subvolume at `path` (a plain directory there is removed), and commit the deletion.
@@ -290,6 +378,9 @@ pub(super) fn next_boot_differs(root: &Path, state: &State) -> bool {
 pub(super) fn remove_leftover(p: &Paths, dir: &Path, name: &str) -> Result<()> {
     let base = if dir.ends_with("stage") { &p.stage_dir } else { &p.gens_dir };
     let path = base.join(name);
+    if name.ends_with(crate::state::CARRY_SUFFIX) {
+        return remove_snapshots_in(&path);
+    }
     if subvol_id(&path).ok() == subvol_id(&p.host_root).ok() {
         bail!("{} is the mounted root; leaving it alone", path.display());
     }

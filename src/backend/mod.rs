@@ -12,6 +12,8 @@
 //! are: all parts are prepared and made durable before the one commit record, and all are rolled forward after it.
 
 mod btrfs;
+mod btrfs_send;
+mod carry;
 mod compared;
 mod copy;
 mod delta_gens;
@@ -242,10 +244,19 @@ pub(crate) fn guard(ctx: &Ctx, rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> 
 }
 
 /// Everything that must be durable before the commit record is written, for every part.
-pub(crate) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+pub(crate) fn pre_commit(ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
     unbind_parts(ctx, rec)?;
-    for c in ctx.all() {
-        c.stager().pre_commit(c, rec).with_context(|| format!("preparing the commit of {}", c.root.display()))?;
+    rec.conflicts.clear();
+    ctx.stager().pre_commit(ctx, rec).with_context(|| format!("preparing the commit of {}", ctx.root.display()))?;
+    for p in &ctx.parts {
+        let mine = rec.conflicts.len();
+        p.ctx
+            .stager()
+            .pre_commit(&p.ctx, rec)
+            .with_context(|| format!("preparing the commit of {}", p.ctx.root.display()))?;
+        for c in &mut rec.conflicts[mine..] {
+            c.path = Path::new("/").join(&p.rel).join(c.path.strip_prefix("/").unwrap_or(&c.path));
+        }
     }
     Ok(())
 }
@@ -465,7 +476,7 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
             for e in entries {
                 let path = e?.path();
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let txn_of_entry = name.strip_suffix(crate::state::CHECKPOINTS_SUFFIX).unwrap_or(&name);
+                let txn_of_entry = crate::state::txn_of_stage_entry(&name);
                 let orphan = if dir == stages {
                     kept.as_deref() != Some(txn_of_entry)
                 } else {

@@ -8,7 +8,9 @@
 //! and whatever the running system writes to the part meanwhile, outside the paths the plan changed, stays.
 //! A part with subvolumes of its own below it is staged by an overlay instead (a snapshot does not carry them).
 
-use super::btrfs::{delete_subvolume, drop_snapshot_checkpoints, is_subvolume, snapshot_as_checkpoint};
+use super::btrfs::{
+    delete_subvolume, drop_snapshot_checkpoints, is_subvolume, remove_snapshots_in, snapshot_as_checkpoint,
+};
 use super::Ctx;
 use crate::fsutil;
 use crate::mounts;
@@ -72,16 +74,6 @@ fn remove_stage(s: &StagePaths) -> Result<()> {
     }
     mounts::unmount_below(&s.tree)?;
     remove_snapshots_in(&s.dir)
-}
-
-/// Delete every snapshot in `dir`, then `dir` itself.
-fn remove_snapshots_in(dir: &Path) -> Result<()> {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries {
-            delete_subvolume(&e.with_context(|| format!("reading {}", dir.display()))?.path())?;
-        }
-    }
-    fsutil::remove_any(dir)
 }
 
 pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {

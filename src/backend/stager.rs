@@ -35,8 +35,10 @@ pub(super) trait Stager: Sync {
     fn guard(&self, _ctx: &Ctx, _rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> {
         Ok(Box::new(crate::steps::NoGuard))
     }
-    /// Everything that must be durable before the commit record.
-    fn pre_commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()>;
+    /// Everything that must be durable before the commit record; what the live tree received meanwhile carried
+    /// into the stage where the stager does so (counted in `rec.carried`, conflicts added to `rec.conflicts` with
+    /// paths relative to this part).
+    fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()>;
     /// Put the staged tree in place (idempotent roll-forward).
     fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()>;
     /// Whether the commit already took effect; where the commit record is itself the commit point, yes.
@@ -124,8 +126,11 @@ impl Stager for Btrfs {
     fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
         btrfs::prepare(ctx.btrfs(), rec)
     }
-    fn pre_commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
-        btrfs::pre_commit(ctx.btrfs(), rec)
+    fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
+        let (carried, conflicts) = btrfs::pre_commit(ctx.btrfs(), rec, &ctx.state.conflicts_path(&rec.txn))?;
+        rec.carried = Some(rec.carried.unwrap_or(0) + carried);
+        rec.conflicts.extend(conflicts);
+        Ok(())
     }
     fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
         btrfs::commit(ctx.btrfs(), rec)
@@ -225,7 +230,7 @@ impl Stager for Overlay {
     fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
         overlay::prepare(ctx, rec)
     }
-    fn pre_commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
         overlay::pre_commit(ctx, rec)
     }
     fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
@@ -265,7 +270,7 @@ impl Stager for Copy {
     fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
         copy::prepare(ctx, rec)
     }
-    fn pre_commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
         copy::pre_commit(ctx, rec)
     }
     fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
@@ -299,7 +304,7 @@ impl Stager for Snapshot {
     fn prepare(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
         snapshot::prepare(ctx, rec)
     }
-    fn pre_commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
         snapshot::pre_commit(ctx, rec)
     }
     fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
@@ -339,7 +344,7 @@ impl Stager for Journal {
     fn guard(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> {
         journal::guard(ctx, rec)
     }
-    fn pre_commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
         journal::pre_commit(ctx, rec)
     }
     fn commit(&self, _ctx: &Ctx, _rec: &TxnRecord) -> Result<()> {

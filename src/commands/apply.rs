@@ -396,9 +396,10 @@ impl Transaction<'_> {
         failpoint::hit("apply-after-steps");
 
         let t2 = Instant::now();
-        if let Err(e) = backend::pre_commit(self.ctx, &rec) {
+        if let Err(e) = backend::pre_commit(self.ctx, &mut rec) {
             return self.abort(&mut rec, &format!("preparing the commit failed: {e:#}"), [prepare_ms, steps_ms]);
         }
+        self.report_carry_over(&rec);
         set_phase(self.sd(), &mut rec, Phase::Committing)?;
         failpoint::hit("apply-after-commit-record");
         let done = backend::commit(self.ctx, &rec).and_then(|()| {
@@ -596,8 +597,23 @@ impl Transaction<'_> {
         self.out.event(
             "summary",
             json!({"txn": rec.txn, "outcome": outcome, "generation": generation, "parts": rec.parts,
-                   "timings_ms": {"prepare": t[0], "steps": t[1], "commit": t[2]}}),
+                   "conflicts": rec.conflicts, "timings_ms": {"prepare": t[0], "steps": t[1], "commit": t[2]}}),
         );
+    }
+
+    /// Say what the carry-over brought from the live tree into the stage, and every conflict it found.
+    fn report_carry_over(&self, rec: &TxnRecord) {
+        let Some(carried) = rec.carried else { return };
+        self.out.event("carried_over", json!({"txn": rec.txn, "paths": carried, "conflicts": rec.conflicts.len()}));
+        if carried > 0 {
+            self.out.say(format!(
+                "snapinst: carried {carried} paths the running system changed during the transaction into the new tree"
+            ));
+        }
+        for c in &rec.conflicts {
+            self.out.event("conflict", json!({"txn": rec.txn, "conflict": c}));
+            self.out.say(format!("snapinst: conflict: {}", c.line()));
+        }
     }
 }
 

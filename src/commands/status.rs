@@ -1,4 +1,4 @@
-//! `snapinst status` and `snapinst list`: read-only views of a root's state area. They never take the lock and
+//! `snapinst status`, `snapinst list` and `snapinst conflicts`: read-only views of a root's state area. They never take the lock and
 //! never change anything, so they can run while a transaction is in progress.
 
 use super::recover::FAILED_STAMP;
@@ -37,6 +37,7 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
         "recovery_failed": recovery_failed,
         "pending": state.as_ref().and_then(|s| s.pending.clone()),
         "boot_note": state.as_ref().and_then(|s| s.boot_note.clone()),
+        "last_conflicts": last_conflicts(&loc.state)?,
     });
     Reporter::new(args.json).result(&value, || human_status(&value, state.as_ref()));
     Ok(Outcome::Done)
@@ -102,6 +103,15 @@ fn human_status(v: &Value, state: Option<&State>) -> String {
     if let Some(note) = v["boot_note"].as_str() {
         let _ = writeln!(s, "last boot check:    {note}");
     }
+    if let Some(c) = v["last_conflicts"].as_object() {
+        let _ = writeln!(
+            s,
+            "conflicts:          {} in transaction {} (`snapinst conflicts --txn {}`)",
+            c["conflicts"].as_array().map_or(0, |a| a.len()),
+            c["txn"].as_str().unwrap_or("?"),
+            c["txn"].as_str().unwrap_or("?")
+        );
+    }
     if let Some(msg) = v["recovery_failed"].as_str() {
         let _ = writeln!(s, "RECOVERY FAILED:    {msg}");
     }
@@ -132,7 +142,7 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
             json!({"txn": t.txn, "kind": t.kind, "time": t.time, "plan": t.plan, "state": t.phase,
                         "outcome": t.outcome, "failed_step": t.failed_step,
                         "from_generation": t.from_generation, "to_generation": t.to_generation,
-                        "parts": t.parts})
+                        "parts": t.parts, "carried": t.carried, "conflicts": t.conflicts})
         })
         .collect();
     let value =
@@ -160,6 +170,58 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
                 t["plan"].as_str().unwrap_or("-"),
                 t["outcome"].as_str().unwrap_or(t["state"].as_str().unwrap_or("?"))
             );
+        }
+        s
+    });
+    Ok(Outcome::Done)
+}
+
+/// The conflicts of the last transaction that finished, if it had any.
+fn last_conflicts(sd: &crate::state::StateDir) -> Result<Value> {
+    let txns = sd.txns()?;
+    Ok(match txns.iter().rev().find(|t| t.outcome.is_some()) {
+        Some(t) if !t.conflicts.is_empty() => json!({"txn": t.txn, "plan": t.plan, "conflicts": t.conflicts}),
+        _ => Value::Null,
+    })
+}
+
+/// `snapinst conflicts`: the conflicts of transaction `txn`, or of every transaction on record, newest first.
+pub(crate) fn conflicts(args: &RootArgs, txn: Option<&str>) -> Result<Outcome> {
+    let loc = locate(args)?;
+    let mut txns = loc.state.txns()?;
+    txns.reverse();
+    if let Some(id) = txn {
+        txns.retain(|t| t.txn == id);
+        if txns.is_empty() {
+            anyhow::bail!("there is no transaction {id} on record in {} (`snapinst list` shows them)", loc.state_shown);
+        }
+    }
+    let shown: Vec<Value> = txns
+        .iter()
+        .filter(|t| txn.is_some() || !t.conflicts.is_empty())
+        .map(|t| json!({"txn": t.txn, "plan": t.plan, "outcome": t.outcome, "conflicts": t.conflicts}))
+        .collect();
+    let value = json!({"v": 1, "transactions": shown});
+    Reporter::new(args.json).result(&value, || {
+        let mut s = String::new();
+        for t in &txns {
+            if txn.is_none() && t.conflicts.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "transaction {} (plan \"{}\", {}): {} conflicts",
+                t.txn,
+                t.plan.as_deref().unwrap_or("-"),
+                t.outcome.as_deref().unwrap_or("in progress"),
+                t.conflicts.len()
+            );
+            for c in &t.conflicts {
+                let _ = writeln!(s, "  {}", c.line());
+            }
+        }
+        if s.is_empty() {
+            s.push_str("no transaction on record has conflicts\n");
         }
         s
     });

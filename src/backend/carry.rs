@@ -1,0 +1,328 @@
+//! Carry-over: bring into a stage what the live tree received while the transaction ran, for the paths the plan
+//! did not change. Given a read-only snapshot of the tree from before (`before`), one of the live tree now
+//! (`live`), the paths the kernel says differ between them and the paths the plan changed, each such path of the
+//! stage is made what the live tree has: created, replaced or removed, with its mode, owner, times and xattrs, a
+//! file's content cloned (`FICLONE`, never copied), a hard link made again as a link. A path both sides changed
+//! is a conflict: the plan's version stays in the stage, the live version is cloned into `kept` (outside the tree)
+//! and listed. Only the stage is written; a failure leaves the live tree as it was.
+
+use super::btrfs_send::Changes;
+use crate::conflicts::{Conflict, Version};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// One carry-over round's trees and what is known about them.
+pub(super) struct Round<'a> {
+    /// The live tree as it was when the stage (or the previous round) was taken: read-only.
+    pub before: &'a Path,
+    /// The live tree now: read-only.
+    pub live: &'a Path,
+    pub stage: &'a Path,
+    /// What the plan changed in the stage.
+    pub planned: &'a Changes,
+    /// Where the live versions of conflicting paths are kept.
+    pub kept: &'a Path,
+}
+
+/// What a round did.
+#[derive(Debug, Default)]
+pub(super) struct Carried {
+    /// Paths of the stage made what the live tree has.
+    pub paths: usize,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Carry `changed` (the paths that differ from `round.before` to `round.live`) into the stage.
+pub(super) fn carry(round: &Round, changed: &Changes) -> Result<Carried> {
+    let mut w = Worker { r: round, out: Carried::default(), made: HashMap::new(), times: Vec::new(), tmp: 0 };
+    let mut whole_done: Option<PathBuf> = None;
+    for rel in &changed.paths {
+        if whole_done.as_ref().is_some_and(|w| rel.starts_with(w)) {
+            continue;
+        }
+        let whole = changed.whole.contains(rel);
+        w.path(rel, whole, changed.links.get(rel))
+            .with_context(|| format!("carrying /{} over into the stage", rel.display()))?;
+        if whole {
+            whole_done = Some(rel.clone());
+        }
+    }
+    // Directory times last: making entries in a directory changes its mtime.
+    for (rel, m) in w.times.iter().rev() {
+        set_times(&round.stage.join(rel), m)?;
+    }
+    Ok(w.out)
+}
+
+struct Worker<'a> {
+    r: &'a Round<'a>,
+    out: Carried,
+    /// Live inode number to the path made for it in this round (to make hard links again).
+    made: HashMap<u64, PathBuf>,
+    /// Directories whose times are set at the end.
+    times: Vec<(PathBuf, Metadata)>,
+    tmp: u64,
+}
+
+fn lstat(path: &Path) -> Result<Option<Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
+    }
+}
+
+/// Whether the entry changed between two snapshots (a snapshot keeps inode numbers and ctimes).
+fn differs(a: &Option<Metadata>, b: &Option<Metadata>) -> bool {
+    match (a, b) {
+        (None, None) => false,
+        (Some(a), Some(b)) => {
+            (a.ino(), a.mode(), a.uid(), a.gid(), a.size(), a.nlink())
+                != (b.ino(), b.mode(), b.uid(), b.gid(), b.size(), b.nlink())
+                || (a.mtime(), a.mtime_nsec(), a.ctime(), a.ctime_nsec())
+                    != (b.mtime(), b.mtime_nsec(), b.ctime(), b.ctime_nsec())
+        }
+        _ => true,
+    }
+}
+
+fn is_dir(m: &Option<Metadata>) -> bool {
+    m.as_ref().is_some_and(|m| m.is_dir())
+}
+
+impl Worker<'_> {
+    fn path(&mut self, rel: &Path, whole: bool, link_hint: Option<&PathBuf>) -> Result<()> {
+        let before = lstat(&self.r.before.join(rel))?;
+        let live = lstat(&self.r.live.join(rel))?;
+        let staged = lstat(&self.r.stage.join(rel))?;
+        let mut descend = whole && is_dir(&live);
+        if differs(&before, &live) {
+            if self.r.planned.paths.contains(rel) {
+                if !(is_dir(&live) && is_dir(&staged)) {
+                    return self.conflict(rel, &staged, &live);
+                }
+            } else if let Some(made_dir) = self.make_like_live(rel, &live, &staged, link_hint)? {
+                descend |= made_dir;
+            } else {
+                return Ok(());
+            }
+        }
+        if descend {
+            for name in self.child_names(rel)? {
+                let child = rel.join(name);
+                self.path(&child, true, None).with_context(|| format!("carrying /{} over", child.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The names in `rel` on any side.
+    fn child_names(&self, rel: &Path) -> Result<std::collections::BTreeSet<std::ffi::OsString>> {
+        let mut names = std::collections::BTreeSet::new();
+        for root in [self.r.before, self.r.live, self.r.stage] {
+            let dir = root.join(rel);
+            if !is_dir(&lstat(&dir)?) {
+                continue;
+            }
+            for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                names.insert(e.with_context(|| format!("reading {}", dir.display()))?.file_name());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Make the stage's `rel` what the live tree has. Returns Some(true) when it made a directory (whose contents
+    /// must follow), Some(false) when done, None when it recorded a conflict instead.
+    fn make_like_live(
+        &mut self,
+        rel: &Path,
+        live: &Option<Metadata>,
+        staged: &Option<Metadata>,
+        link_hint: Option<&PathBuf>,
+    ) -> Result<Option<bool>> {
+        let target = self.r.stage.join(rel);
+        let parent_ok = match rel.parent() {
+            Some(p) => is_dir(&lstat(&self.r.stage.join(p))?),
+            None => true,
+        };
+        let replaces_planned = is_dir(staged) && self.r.planned.touches_below(rel);
+        if !parent_ok || replaces_planned {
+            // The plan removed the directory this is in, or changed something below what the live tree replaced.
+            self.conflict(rel, staged, live)?;
+            return Ok(None);
+        }
+        let Some(live) = live else {
+            crate::fsutil::remove_any(&target)?;
+            self.out.paths += 1;
+            return Ok(Some(false));
+        };
+        let source = self.r.live.join(rel);
+        if live.is_dir() {
+            let fresh = !is_dir(staged);
+            if fresh {
+                crate::fsutil::remove_any(&target)?;
+                fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
+            }
+            copy_attributes(&source, &target, live)?;
+            self.times.push((rel.to_path_buf(), live.clone()));
+            self.out.paths += 1;
+            return Ok(Some(fresh));
+        }
+        let tmp = self.tmp_name(&target);
+        if let Some(existing) = self.existing_link(live, link_hint) {
+            fs::hard_link(self.r.stage.join(&existing), &tmp)
+                .with_context(|| format!("linking {} to /{}", tmp.display(), existing.display()))?;
+        } else {
+            make_entry(&source, &tmp, live)?;
+            copy_attributes(&source, &tmp, live)?;
+            set_times(&tmp, live)?;
+        }
+        if is_dir(staged) {
+            crate::fsutil::remove_any(&target)?;
+        }
+        fs::rename(&tmp, &target).with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
+        if live.nlink() > 1 {
+            self.made.entry(live.ino()).or_insert_with(|| rel.to_path_buf());
+        }
+        self.out.paths += 1;
+        Ok(Some(false))
+    }
+
+    /// A path of the stage that already holds the live inode (made earlier this round, or the link's target left
+    /// as it was), to link to.
+    fn existing_link(&self, live: &Metadata, hint: Option<&PathBuf>) -> Option<PathBuf> {
+        if live.nlink() < 2 {
+            return None;
+        }
+        if let Some(made) = self.made.get(&live.ino()) {
+            return Some(made.clone());
+        }
+        let hint = hint?;
+        let same = |root: &Path| lstat(&root.join(hint)).ok().flatten().is_some_and(|m| m.ino() == live.ino());
+        (same(self.r.live) && same(self.r.stage) && !self.r.planned.paths.contains(hint)).then(|| hint.clone())
+    }
+
+    fn tmp_name(&mut self, target: &Path) -> PathBuf {
+        self.tmp += 1;
+        target.with_file_name(format!(".snapinst-carry.{}.{}", std::process::id(), self.tmp))
+    }
+
+    /// Keep the live version of `rel` outside the tree and list the conflict; the stage keeps the plan's.
+    fn conflict(&mut self, rel: &Path, staged: &Option<Metadata>, live: &Option<Metadata>) -> Result<()> {
+        let kept = self.r.kept.join(rel);
+        crate::fsutil::remove_any(&kept)?;
+        let kept = match live {
+            None => None,
+            Some(_) => {
+                fs::create_dir_all(kept.parent().expect("a kept path has a parent"))
+                    .with_context(|| format!("making room for {}", kept.display()))?;
+                crate::fsutil::copy_tree(&self.r.live.join(rel), &kept)
+                    .with_context(|| format!("keeping the live version of /{}", rel.display()))?;
+                Some(kept)
+            }
+        };
+        let path = Path::new("/").join(rel);
+        self.out.conflicts.retain(|c| c.path != path);
+        self.out.conflicts.push(Conflict { path, plan: version(staged), live: version(live), kept });
+        Ok(())
+    }
+}
+
+fn version(m: &Option<Metadata>) -> Version {
+    match m {
+        None => Version { kind: "absent".into(), size: None },
+        Some(m) => {
+            let t = m.file_type();
+            let kind = if t.is_dir() {
+                "directory"
+            } else if t.is_symlink() {
+                "symlink"
+            } else if t.is_file() {
+                "file"
+            } else {
+                "special"
+            };
+            Version { kind: kind.into(), size: (!t.is_dir()).then(|| m.size()) }
+        }
+    }
+}
+
+/// Make a new entry at `to` like the one at `from`: a file cloned, a symlink, a device, a fifo or a socket.
+fn make_entry(from: &Path, to: &Path, m: &Metadata) -> Result<()> {
+    let t = m.file_type();
+    if t.is_file() {
+        let src = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+        let dst = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)
+            .with_context(|| format!("creating {}", to.display()))?;
+        clone_file(&src, &dst).with_context(|| format!("cloning {} to {}", from.display(), to.display()))?;
+    } else if t.is_symlink() {
+        let target = fs::read_link(from).with_context(|| format!("reading the link {}", from.display()))?;
+        std::os::unix::fs::symlink(&target, to).with_context(|| format!("creating the link {}", to.display()))?;
+    } else if t.is_fifo() || t.is_char_device() || t.is_block_device() || t.is_socket() {
+        let kind = nix::sys::stat::SFlag::from_bits_truncate(m.mode() & libc::S_IFMT);
+        let perm = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        nix::sys::stat::mknod(to, kind, perm, m.rdev()).with_context(|| format!("creating {}", to.display()))?;
+    } else {
+        bail!("{} is of a type snapinst cannot make", from.display());
+    }
+    Ok(())
+}
+
+nix::ioctl_write_int!(ficlone, 0x94, 9);
+
+/// Share `src`'s extents with `dst` (`FICLONE`): no data is copied.
+fn clone_file(src: &File, dst: &File) -> Result<()> {
+    // SAFETY: both descriptors are open for the duration of the call.
+    unsafe { ficlone(dst.as_raw_fd(), src.as_raw_fd() as libc::c_ulong) }
+        .context("FICLONE (both trees must be on one btrfs filesystem)")?;
+    Ok(())
+}
+
+/// Give `to` the owner, mode and xattrs of `from` (whose metadata is `m`); times are set apart.
+fn copy_attributes(from: &Path, to: &Path, m: &Metadata) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::lchown(to, Some(m.uid()), Some(m.gid())).with_context(|| format!("chown {}", to.display()))?;
+    let symlink = m.file_type().is_symlink();
+    if !symlink {
+        fs::set_permissions(to, fs::Permissions::from_mode(m.mode() & 0o7777))
+            .with_context(|| format!("chmod {}", to.display()))?;
+    }
+    let names = |p: &Path| -> Result<Vec<std::ffi::OsString>> {
+        match xattr::list(p) {
+            Ok(l) => Ok(l.collect()),
+            Err(e) if symlink && e.raw_os_error() == Some(libc::EPERM) => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("listing the xattrs of {}", p.display())),
+        }
+    };
+    let wanted = names(from)?;
+    for name in names(to)? {
+        if !wanted.contains(&name) {
+            xattr::remove(to, &name).with_context(|| format!("removing an xattr of {}", to.display()))?;
+        }
+    }
+    for name in &wanted {
+        if let Some(value) =
+            xattr::get(from, name).with_context(|| format!("reading an xattr of {}", from.display()))?
+        {
+            xattr::set(to, name, &value).with_context(|| format!("setting an xattr of {}", to.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn set_times(path: &Path, m: &Metadata) -> Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let atime = TimeSpec::new(m.atime(), m.atime_nsec());
+    let mtime = TimeSpec::new(m.mtime(), m.mtime_nsec());
+    utimensat(None, path, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .with_context(|| format!("setting the times of {}", path.display()))
+}

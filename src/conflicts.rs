@@ -1,0 +1,71 @@
+//! Conflicts: paths that both the plan and the running system changed during one transaction. The plan's version
+//! is what the new tree holds; the live version is kept in the state area (never in the tree) so nothing is lost.
+//! A conflict is listed in the transaction record, the `summary` event, `status`, `list --json` and
+//! `snapinst conflicts`; this module says what one is and how it reads.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One version of a path: what kind of entry it is (`file`, `directory`, `symlink`, `special`, or `absent` when
+/// that side removed it) and its size in bytes (not for a directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Version {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// A path both the plan and the live system changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Conflict {
+    /// The path in the root (`/etc/app.conf`).
+    pub path: PathBuf,
+    /// The plan's version: what the new tree holds.
+    pub plan: Version,
+    /// The live system's version.
+    pub live: Version,
+    /// Where the live version is kept (none when the live system removed the path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<PathBuf>,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.size {
+            Some(size) => write!(f, "{} ({size} bytes)", self.kind),
+            None => write!(f, "{}", self.kind),
+        }
+    }
+}
+
+impl Conflict {
+    /// One line for people: the path, both versions, and where the live one is.
+    pub fn line(&self) -> String {
+        let live = match &self.kept {
+            Some(k) => format!("the running system's {} is kept at {}", self.live, k.display()),
+            None => "the running system had removed it".to_string(),
+        };
+        format!("{}: the plan's {} is in the new tree; {live}", self.path.display(), self.plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_reads_as_one_line_naming_both_versions_and_the_kept_copy() {
+        let c = Conflict {
+            path: "/etc/app.conf".into(),
+            plan: Version { kind: "file".into(), size: Some(12) },
+            live: Version { kind: "file".into(), size: Some(40) },
+            kept: Some("/var/lib/snapinst/conflicts/t1/etc/app.conf".into()),
+        };
+        assert_eq!(
+            c.line(),
+            "/etc/app.conf: the plan's file (12 bytes) is in the new tree; the running system's file (40 bytes) is kept at /var/lib/snapinst/conflicts/t1/etc/app.conf"
+        );
+        let gone = Conflict { live: Version { kind: "absent".into(), size: None }, kept: None, ..c };
+        assert!(gone.line().ends_with("the running system had removed it"));
+    }
+}
