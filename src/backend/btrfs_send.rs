@@ -73,7 +73,7 @@ pub(super) fn changes(parent: &Path, snapshot: &Path) -> Result<Changes> {
     let dir = File::open(snapshot).with_context(|| format!("opening {}", snapshot.display()))?;
     let (reader, writer) = nix::unistd::pipe().context("making a pipe for the send stream")?;
     let parser = std::thread::spawn(move || parse(File::from(reader)));
-    let mut args = SendArgs {
+    let args = SendArgs {
         send_fd: writer.as_raw_fd() as i64,
         clone_sources_count: 0,
         clone_sources: std::ptr::null_mut(),
@@ -83,7 +83,7 @@ pub(super) fn changes(parent: &Path, snapshot: &Path) -> Result<Changes> {
         reserved: [0; 28],
     };
     // SAFETY: `args` is a valid `btrfs_ioctl_send_args` that outlives the call; the kernel only reads it.
-    let sent = unsafe { btrfs_ioc_send(dir.as_raw_fd(), &mut args) };
+    let sent = unsafe { btrfs_ioc_send(dir.as_raw_fd(), &args) };
     drop(writer);
     let parsed = parser.join().map_err(|_| anyhow::anyhow!("the send stream reader panicked"))?;
     sent.with_context(|| {

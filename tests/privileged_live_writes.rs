@@ -1,0 +1,305 @@
+//! The running system goes on writing while a transaction runs: nothing it writes is lost. On btrfs the commit
+//! carries into the new tree what the live root received since the stage was taken (every kind of change, the
+//! whole tree compared), and a path both the plan and the live system changed is a conflict: the plan's version
+//! in the tree, the live one kept in the state area and listed in the summary, the record, `list --json` and
+//! `snapinst conflicts`. A writer that appends numbered records every few milliseconds loses none, on every
+//! backend.
+
+#[macro_use]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn live_changes_plan(root: &Path, extra: Vec<Value>) -> Value {
+    let r = root.display();
+    // What the running system does while the transaction runs: every kind of change a tree can receive.
+    let script = format!(
+        "set -e; cd {r}
+         mkdir -p var/lib/shop && echo order-1 > var/lib/shop/orders.db
+         echo live-edit >> etc/app.conf
+         echo appended >> etc/live.txt
+         mv etc/old.d etc/new.d && rm etc/new.d/gone
+         ln etc/live.txt etc/live-link
+         ln -s ../etc/live.txt srv/latest
+         chmod 0600 etc/secret && chown 12:34 etc/secret
+         touch -d '2020-01-02 03:04:05' etc/dated
+         mkfifo srv/pipe
+         rm etc/unwanted
+         mkdir -p srv/deep/er/still && echo deep > srv/deep/er/still/file"
+    );
+    let mut steps = vec![
+        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        json!({"id": "dropin", "type": "file", "path": "/etc/app.d/plan.conf", "content": "p\n", "mode": "0644"}),
+        json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", script], "undo": ["true"]}),
+    ];
+    steps.extend(extra);
+    plan("live-changes", steps)
+}
+
+fn seed_live_tree(root: &Path) {
+    for (p, c) in [
+        ("etc/app.conf", "original\n"),
+        ("etc/live.txt", "one\n"),
+        ("etc/old.d/kept", "k\n"),
+        ("etc/old.d/gone", "g\n"),
+        ("etc/secret", "s\n"),
+        ("etc/dated", "d\n"),
+        ("etc/unwanted", "u\n"),
+        ("etc/app.d/live.conf", "l\n"),
+    ] {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, c).unwrap();
+    }
+    std::fs::create_dir_all(root.join("srv")).unwrap();
+    xattr::set(root.join("etc/old.d/kept"), "user.origin", b"live").unwrap();
+}
+
+fn conflict_paths(conflicts: &Value) -> Vec<String> {
+    conflicts
+        .as_array()
+        .map(|a| a.iter().map(|c| c["path"].as_str().unwrap_or("?").to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// btrfs: every change the host step makes to the live root during the transaction is in the new tree, which is
+/// the tree the live root had at the commit (the replaced generation) with the plan's changes on top: compared
+/// whole. The one path both changed is the one conflict, its live version kept.
+#[test]
+fn privileged_btrfs_commit_carries_every_live_change_into_the_new_tree() {
+    let img = populated(Backend::Btrfs);
+    let root = img.root();
+    seed_live_tree(&root);
+    let pd = PlanDir::new(&live_changes_plan(&root, vec![]), &[]);
+    let out = apply(&pd.path, &root, Backend::Btrfs, &[]);
+    assert_code(&out, 0);
+    let lines = json_lines(&out);
+
+    let replaced = img.state_dir().join("gens/0");
+    let at_commit = manifest(&replaced);
+    assert!(at_commit.contains_key(Path::new("/var/lib/shop/orders.db")), "the host step ran on the live root");
+    let mut want = Expect::new(&at_commit);
+    want.file("/etc/app.conf", b"plan\n", 0o644, 0, 0).dir_any("/etc/app.d").file(
+        "/etc/app.d/plan.conf",
+        b"p\n",
+        0o644,
+        0,
+        0,
+    );
+    want.check(&manifest(&root));
+
+    let carried = events(&lines, "carried_over");
+    assert_eq!(carried.len(), 1, "{}", show(&out));
+    assert!(carried[0]["paths"].as_u64().unwrap() >= 10, "{}", show(&out));
+    let summary = summary(&lines);
+    assert_eq!(conflict_paths(&summary["conflicts"]), ["/etc/app.conf"], "{}", show(&out));
+    let c = &summary["conflicts"][0];
+    assert_eq!((c["plan"]["kind"].as_str(), c["plan"]["size"].as_u64()), (Some("file"), Some(5)));
+    assert_eq!((c["live"]["kind"].as_str(), c["live"]["size"].as_u64()), (Some("file"), Some(19)));
+    let kept = PathBuf::from(c["kept"].as_str().expect("the live version is kept"));
+    assert!(kept.starts_with(img.state_dir()), "kept in the state area, not in the tree: {}", kept.display());
+    assert_eq!(std::fs::read(&kept).unwrap(), b"original\nlive-edit\n");
+
+    // The same conflict in the record (`list --json`) and in `snapinst conflicts`.
+    let txn = summary["txn"].as_str().unwrap();
+    let listed = list_json(&root);
+    let t = listed["transactions"].as_array().unwrap().iter().find(|t| t["txn"] == txn).unwrap();
+    assert_eq!(conflict_paths(&t["conflicts"]), ["/etc/app.conf"]);
+    let shown = snapinst(["conflicts", "--root", root.to_str().unwrap(), "--txn", txn]);
+    assert_code(&shown, 0);
+    let text = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert!(
+        text.contains("/etc/app.conf: the plan's file (5 bytes) is in the new tree")
+            && text.contains(&kept.display().to_string()),
+        "{text}"
+    );
+    assert_eq!(status_json(&root)["last_conflicts"]["txn"], txn);
+    assert_no_leftovers(&img);
+}
+
+/// A writer that appends a numbered record every few milliseconds to each of its files, opening each by its path
+/// every time (as a logger that reopens, or a database writing through its path, does).
+struct Writer {
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(files: Vec<PathBuf>) -> Writer {
+        for f in &files {
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        }
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (count.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut n = 0;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                for f in &files {
+                    // A write into a tree being swapped may fail for an instant (EROFS on the kept one): retry.
+                    for _ in 0..100 {
+                        let ok = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(f)
+                            .and_then(|mut h| h.write_all(format!("record {n}\n").as_bytes()));
+                        if ok.is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                c.store(n, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(4));
+            }
+        });
+        Writer { count, stop, thread: Some(thread) }
+    }
+
+    fn written(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        self.written()
+    }
+}
+
+fn records(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("record ").and_then(|n| n.parse().ok()))
+        .collect()
+}
+
+/// Runs a plan whose last step waits 2 s while the writer writes into the live root `live`, and returns the
+/// records written before that step started, the records written in all, and the apply's JSON lines.
+fn apply_while_writing(live: &Path, backend: Backend, files: &[&str]) -> (u64, u64, Vec<Value>) {
+    let steps = vec![
+        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        json!({"id": "dropin", "type": "file", "path": "/etc/app.d/plan.conf", "content": "p\n", "mode": "0644"}),
+        json!({"id": "wait", "type": "host", "do": ["sleep", "2"], "undo": ["true"]}),
+    ];
+    let pd = PlanDir::new(&plan("while-writing", steps), &[]);
+    let writer = Writer::start(files.iter().map(|f| live.join(f)).collect());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cmd = snapinst_cmd(["apply"]);
+    cmd.arg(&pd.path).arg("--root").arg(live).args(["--backend", backend.name(), "--json"]);
+    let mut bg = spawn_background(cmd);
+    bg.wait_for(Duration::from_secs(120), "the waiting step", |v| v["event"] == "step_started" && v["step"] == "wait");
+    let before_wait = writer.written();
+    let mut lines = Vec::new();
+    while let Ok(l) = bg.lines.recv_timeout(Duration::from_secs(120)) {
+        if let Ok(v) = serde_json::from_str::<Value>(&l) {
+            lines.push(v);
+        }
+    }
+    let status = bg.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let total = writer.finish();
+    assert!(status.success(), "apply failed: {:?}\n{}", status, bg.stderr.join().unwrap());
+    assert!(
+        before_wait >= 20 && total > before_wait + 100,
+        "the writer wrote during the transaction ({before_wait}, {total})"
+    );
+    (before_wait, total, lines)
+}
+
+/// Every record from 1 to `total` is in `tree`'s file or in `elsewhere`'s (the window between the last carry-over
+/// and the commit point), each once; and the first `upto` are all in `tree`.
+fn assert_records_kept(tree: &Path, elsewhere: Option<&Path>, file: &str, upto: u64, total: u64) {
+    let here = records(&tree.join(file));
+    let there = elsewhere.map(|e| records(&e.join(file))).unwrap_or_default();
+    let missing: Vec<u64> = (1..=upto).filter(|n| !here.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "/{file}: records written before the commit are missing from the new tree: {missing:?}"
+    );
+    let lost: Vec<u64> = (1..=total).filter(|n| !here.contains(n) && !there.contains(n)).collect();
+    assert!(
+        lost.is_empty(),
+        "/{file}: records lost: {lost:?} (new tree {} records, replaced tree {})",
+        here.len(),
+        there.len()
+    );
+    let window: Vec<u64> = there.iter().copied().filter(|n| !here.contains(n)).collect();
+    eprintln!(
+        "/{file}: {total} records; {} in the new tree; {} only in the replaced tree: {window:?}",
+        here.len(),
+        window.len()
+    );
+}
+
+fn writer_keeps_every_record(backend: Backend) {
+    let img = populated(backend);
+    let root = img.root();
+    seed_live_tree(&root);
+    let files = ["var/lib/writer/own.log", "etc/app.d/live.log", "etc/app.conf"];
+    let (upto, total, lines) = apply_while_writing(&root, backend, &files);
+    // On btrfs the replaced tree is kept whole as generation 0; overlay and journal change the live tree itself.
+    let replaced = (backend == Backend::Btrfs).then(|| img.state_dir().join("gens/0"));
+    for f in &files[..2] {
+        assert_records_kept(&root, replaced.as_deref(), f, upto, total);
+    }
+    let conf = std::fs::read_to_string(root.join("etc/app.conf")).unwrap();
+    assert!(conf.starts_with("plan\n"), "the plan's version of /etc/app.conf is in the new tree: {conf:?}");
+    if backend == Backend::Btrfs {
+        let s = summary(&lines);
+        assert_eq!(conflict_paths(&s["conflicts"]), ["/etc/app.conf"], "the one path both changed");
+        let kept = PathBuf::from(s["conflicts"][0]["kept"].as_str().unwrap());
+        let kept_records = records(&kept);
+        assert!((1..=upto).all(|n| kept_records.contains(&n)), "the kept live /etc/app.conf has every record");
+    }
+}
+
+for_each_backend!(privileged_writer_keeps_every_record_through_apply, writer_keeps_every_record);
+
+/// A btrfs root mounted on its own (as `/` is): what the running system wrote before the commit is in the new tree
+/// (what the next mount sees); what it writes after goes on into the mounted tree.
+#[test]
+fn privileged_mounted_btrfs_root_new_tree_has_the_writes_made_during_the_transaction() {
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let live = img.root();
+    let name = img.subvolume_name().unwrap().to_path_buf();
+    seed_live_tree(&live);
+    let files = ["var/lib/writer/own.log", "etc/app.d/live.log"];
+    let (upto, total, _) = apply_while_writing(&live, Backend::Btrfs, &files);
+    for f in files {
+        let next = records(&name.join(f));
+        assert!(
+            (1..=upto).all(|n| next.contains(&n)),
+            "/{f}: the next boot's tree lacks records written during the transaction"
+        );
+        assert_eq!(records(&live.join(f)), (1..=total).collect::<Vec<_>>(), "/{f}: the mounted tree has every record");
+    }
+    assert!(std::fs::read_to_string(name.join("etc/app.conf")).unwrap().starts_with("plan\n"));
+}
+
+/// A crash in the middle of the carry-over (before the commit record) leaves the root as the live system made it:
+/// `recover` discards the stage and the carry-over snapshots.
+#[test]
+fn privileged_crash_mid_carry_over_leaves_the_live_tree_and_no_snapshots() {
+    let img = populated(Backend::Btrfs);
+    let root = img.root();
+    seed_live_tree(&root);
+    let pd = PlanDir::new(&live_changes_plan(&root, vec![]), &[]);
+    let out = apply_env(&pd.path, &root, Backend::Btrfs, &[], &[("SNAPINST_FAILPOINT", "apply-mid-carry-over")]);
+    assert!(killed_by_sigkill(&out), "{}", show(&out));
+    let live = manifest(&root);
+    assert!(live.contains_key(Path::new("/var/lib/shop/orders.db")));
+    assert_eq!(recovered_actions(&recover(&root)), ["rolled_back"]);
+    assert_manifest_eq(&live, &manifest(&root));
+    assert_no_leftovers(&img);
+}
