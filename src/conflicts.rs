@@ -1,10 +1,19 @@
 //! Conflicts: paths that both the plan and the running system changed during one transaction. The plan's version
 //! is what the new tree holds; the live version is kept in the state area (never in the tree) so nothing is lost.
 //! A conflict is listed in the transaction record, the `summary` event, `status`, `list --json` and
-//! `snapinst conflicts`; this module says what one is and how it reads.
+//! `snapinst conflicts`; this module says what one is and how it reads, and what a carry-over did.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+/// What the carry-over at a commit did: how many paths of the stage it made what the live tree had, in how many
+/// rounds (one more while the live tree kept changing), and how long it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CarryOver {
+    pub paths: usize,
+    pub rounds: usize,
+    pub ms: u64,
+}
 
 /// One version of a path: what kind of entry it is (`file`, `directory`, `symlink`, `special`, or `absent` when
 /// that side removed it) and its size in bytes (not for a directory).

@@ -227,9 +227,9 @@ pub(crate) struct TxnRecord {
     /// `--keep-failed`: how many of the plan's steps are done; checkpoints 0..=steps_done exist.
     #[serde(default)]
     pub checkpoints: Option<usize>,
-    /// How many paths the carry-over brought from the live tree into the stage before the commit.
+    /// What the carry-over brought from the live tree into the stage before the commit (btrfs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub carried: Option<usize>,
+    pub carried: Option<crate::conflicts::CarryOver>,
     /// Paths both the plan and the running system changed (see `conflicts`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<crate::conflicts::Conflict>,

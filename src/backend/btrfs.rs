@@ -5,7 +5,7 @@
 //! Nothing here may delete a subvolume that is the root, is mounted, or was committed.
 
 use super::{btrfs_send, carry};
-use crate::conflicts::Conflict;
+use crate::conflicts::{CarryOver, Conflict};
 use crate::fsutil;
 use crate::mounts;
 use crate::state::{State, TxnRecord};
@@ -126,7 +126,8 @@ const CARRY_ROUNDS: usize = 5;
 /// Before the commit record: carry into the stage what the live root received since the stage was taken (rounds
 /// until a round finds nothing new, at most `CARRY_ROUNDS`), keeping the live versions of paths the plan also
 /// changed in `kept`; then make the stage durable. Returns how many paths were carried, and the conflicts.
-pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(usize, Vec<Conflict>)> {
+pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(CarryOver, Vec<Conflict>)> {
+    let t0 = std::time::Instant::now();
     let carry = p.carry(&rec.txn);
     let base = carry.join("base");
     if !is_subvolume(&base) {
@@ -138,8 +139,9 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(usi
     let stage = p.stage(rec);
     let planned = while_read_only(&stage, || btrfs_send::changes(&base, &stage))?;
     let mut before = base.clone();
-    let (mut paths, mut conflicts) = (0, Vec::<Conflict>::new());
+    let (mut done_all, mut conflicts) = (CarryOver::default(), Vec::<Conflict>::new());
     for round in 1..=CARRY_ROUNDS {
+        done_all.rounds = round;
         let live = carry.join(format!("live-{round}"));
         CreateSnapshotOptions::new()
             .readonly(true)
@@ -153,7 +155,7 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(usi
         if round == 1 {
             crate::failpoint::hit("apply-mid-carry-over");
         }
-        paths += done.paths;
+        done_all.paths += done.paths;
         for c in done.conflicts {
             conflicts.retain(|old| old.path != c.path);
             conflicts.push(c);
@@ -166,11 +168,12 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(usi
             break;
         }
     }
+    done_all.ms = t0.elapsed().as_millis() as u64;
     if fsutil::exists(kept) {
         fsutil::syncfs(kept)?;
     }
     fsutil::syncfs(&stage)?;
-    Ok((paths, conflicts))
+    Ok((done_all, conflicts))
 }
 
 /// Run `f` with the subvolume `path` read-only (the send ioctl reads only read-only snapshots).

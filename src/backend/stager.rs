@@ -128,7 +128,7 @@ impl Stager for Btrfs {
     }
     fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
         let (carried, conflicts) = btrfs::pre_commit(ctx.btrfs(), rec, &ctx.state.conflicts_path(&rec.txn))?;
-        rec.carried = Some(rec.carried.unwrap_or(0) + carried);
+        rec.carried = Some(carried);
         rec.conflicts.extend(conflicts);
         Ok(())
     }
