@@ -1,5 +1,7 @@
-//! The btrfs backend: the stage is a writable snapshot of the root subvolume, taken after a sync; the commit point
-//! is one `renameat2(RENAME_EXCHANGE)` of the stage and the root; the tree it replaces is kept read-only as a
+//! The btrfs backend: the stage is a writable snapshot of the root subvolume, taken after a sync with a read-only
+//! one of the same instant (the base); before the commit record, what the live root received since is carried into
+//! the stage (`btrfs_send` finds it, `carry` brings it); the commit point is one `renameat2(RENAME_EXCHANGE)` of
+//! the stage and the root; the tree it replaces is kept read-only as a
 //! generation. When the root is a mount point (the kernel refuses to rename it) every subvolume operation goes
 //! through a private mount of the filesystem's top level, and the new tree is what the next mount sees.
 //! Nothing here may delete a subvolume that is the root, is mounted, or was committed.
