@@ -185,6 +185,10 @@ impl Worker<'_> {
             crate::fsutil::remove_any(&target)?;
         }
         fs::rename(&tmp, &target).with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
+        if crate::fsutil::exists(&tmp) {
+            // Renaming a link onto another link of the same file leaves both names.
+            fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
         if live.nlink() > 1 {
             self.made.entry(live.ino()).or_insert_with(|| rel.to_path_buf());
         }
@@ -201,9 +205,18 @@ impl Worker<'_> {
         if let Some(made) = self.made.get(&live.ino()) {
             return Some(made.clone());
         }
+        // The link's target where it is unchanged since `before` and the stage holds that very file. Inode numbers
+        // alone do not say "the same file" across two subvolumes (both number new files from the same point); an
+        // inode's number with its generation does, and snapshots keep both. Otherwise the stage gets a clone, and
+        // an edited target links to it when its turn comes.
         let hint = hint?;
-        let same = |root: &Path| lstat(&root.join(hint)).ok().flatten().is_some_and(|m| m.ino() == live.ino());
-        (same(self.r.live) && same(self.r.stage) && !self.r.planned.paths.contains(hint)).then(|| hint.clone())
+        let at = |root: &Path| lstat(&root.join(hint)).ok().flatten();
+        let unchanged = at(self.r.before).is_some_and(|b| {
+            (b.ino(), b.size(), b.mtime(), b.mtime_nsec()) == (live.ino(), live.size(), live.mtime(), live.mtime_nsec())
+        });
+        let theirs = identity(&self.r.live.join(hint));
+        let same_file = live.is_file() && theirs.is_some() && theirs == identity(&self.r.stage.join(hint));
+        (unchanged && same_file && !self.r.planned.paths.contains(hint)).then(|| hint.clone())
     }
 
     fn tmp_name(&mut self, target: &Path) -> PathBuf {
@@ -277,6 +290,20 @@ fn make_entry(from: &Path, to: &Path, m: &Metadata) -> Result<()> {
 }
 
 nix::ioctl_write_int!(ficlone, 0x94, 9);
+nix::ioctl_read!(fs_ioc_getversion, b'v', 1, libc::c_long);
+
+/// A regular file's inode number and generation (`FS_IOC_GETVERSION`): which file it is, across snapshots.
+fn identity(path: &Path) -> Option<(u64, libc::c_long)> {
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let m = f.metadata().ok()?;
+    if !m.is_file() {
+        return None;
+    }
+    let mut generation: libc::c_long = 0;
+    // SAFETY: the descriptor is open and `generation` is a valid place for the kernel to write a long.
+    unsafe { fs_ioc_getversion(f.as_raw_fd(), &mut generation) }.ok()?;
+    Some((m.ino(), generation))
+}
 
 /// Share `src`'s extents with `dst` (`FICLONE`): no data is copied.
 fn clone_file(src: &File, dst: &File) -> Result<()> {
