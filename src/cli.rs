@@ -127,6 +127,10 @@ enum Command {
         /// The generation to return to.
         #[arg(long)]
         to: Option<u64>,
+        /// Restore the generation's whole tree exactly as it was kept, dropping everything written since (btrfs).
+        /// Without it a rollback reverts only what the rolled-back generations changed and keeps every other write.
+        #[arg(long)]
+        exact: bool,
     },
     /// Show the current generation and any transaction in progress.
     Status {
@@ -210,7 +214,7 @@ pub fn run() -> ExitCode {
         Command::Diff { root } => commands::resume::diff(&root),
         Command::Boot { root } => commands::boot::boot(&root),
         Command::Bless { root } => commands::boot::bless(&root),
-        Command::Rollback { root, to } => commands::rollback::run(&root, to),
+        Command::Rollback { root, to, exact } => commands::rollback::run(&root, to, exact),
         Command::Status { root } => commands::status::status(&root),
         Command::List { root } => commands::status::list(&root),
         Command::Conflicts { root, txn } => commands::status::conflicts(&root, txn.as_deref()),

@@ -7,12 +7,16 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// What the carry-over at a commit did: how many paths of the stage it made what the live tree had, in how many
-/// rounds (one more while the live tree kept changing), and how long it took.
+/// rounds (one more while the live tree kept changing), how long it took, and how long before the end of the
+/// preparation of the commit its last snapshot of the live tree was taken (`tail_ms`: writes after that moment go
+/// to the tree the commit replaces).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CarryOver {
     pub paths: usize,
     pub rounds: usize,
     pub ms: u64,
+    #[serde(default)]
+    pub tail_ms: u64,
 }
 
 /// One version of a path: what kind of entry it is (`file`, `directory`, `symlink`, `special`, or `absent` when

@@ -27,6 +27,7 @@ pub(crate) const ALL: &[Point] = &[
     Point { name: "apply-before-prune", operation: "apply", backends: EVERY },
     Point { name: "apply-mid-discard", operation: "apply-failing", backends: &["journal"] },
     Point { name: "rollback-after-record", operation: "rollback", backends: EVERY },
+    Point { name: "rollback-mid-revert", operation: "rollback", backends: &["btrfs"] },
     Point { name: "rollback-after-commit-record", operation: "rollback", backends: EVERY },
     Point { name: "rollback-mid-swap", operation: "rollback", backends: &["overlay", "journal"] },
     Point { name: "rollback-after-exchange", operation: "rollback", backends: &["btrfs"] },

@@ -73,6 +73,10 @@ pub(crate) struct State {
     pub boot_note: Option<String>,
 }
 
+fn exact_by_default() -> bool {
+    true
+}
+
 fn default_boot_tries() -> u32 {
     3
 }
@@ -216,6 +220,10 @@ pub(crate) struct TxnRecord {
     pub part_kinds: std::collections::BTreeMap<String, BackendKind>,
     #[serde(default)]
     pub host_undo: Vec<HostUndo>,
+    /// rollback: restore the target generation's tree exactly (btrfs), dropping what was written since; without
+    /// it a rollback reverts only what the rolled-back generations changed. Records from before are exact.
+    #[serde(default = "exact_by_default")]
+    pub exact: bool,
     /// The root is running (mounted on its own): the new generation must prove it boots.
     #[serde(default)]
     pub boot_pending: bool,
@@ -264,6 +272,7 @@ impl TxnRecord {
             parts: Vec::new(),
             part_kinds: Default::default(),
             host_undo: Vec::new(),
+            exact: false,
             boot_pending: false,
             failed_step: None,
             plan_file: None,
@@ -281,6 +290,9 @@ pub(crate) const CHECKPOINTS_SUFFIX: &str = ".checkpoints";
 
 /// The suffix of a transaction's carry-over snapshots beside its stage (`stage/<txn>.carry`: btrfs).
 pub(crate) const CARRY_SUFFIX: &str = ".carry";
+
+/// The suffix of a btrfs generation's tree as its transaction committed it (`gens/<n>.committed`).
+pub(crate) const COMMITTED_SUFFIX: &str = ".committed";
 
 /// The transaction an entry of a stages directory belongs to (its stage, checkpoints or carry-over snapshots).
 pub(crate) fn txn_of_stage_entry(name: &str) -> &str {

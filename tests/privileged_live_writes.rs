@@ -262,6 +262,21 @@ fn writer_keeps_every_record(backend: Backend) {
         let kept_records = records(&kept);
         assert!((1..=upto).all(|n| kept_records.contains(&n)), "the kept live /etc/app.conf has every record");
     }
+
+    // The rollback of that generation, while a writer goes on: its records stay too.
+    let files = ["var/lib/writer/during-rollback.log", "etc/app.d/during-rollback.log"];
+    let writer = Writer::start(files.iter().map(|f| root.join(f)).collect());
+    std::thread::sleep(Duration::from_millis(300));
+    let upto = writer.written();
+    let out = rollback(&root, &[], &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let total = writer.finish();
+    assert_code(&out, 0);
+    let replaced = (backend == Backend::Btrfs).then(|| img.state_dir().join("gens/1"));
+    for f in files {
+        assert_records_kept(&root, replaced.as_deref(), f, upto, total);
+    }
+    assert!(!root.join("etc/app.d/plan.conf").exists(), "the rollback reverted the generation");
 }
 
 for_each_backend!(privileged_writer_keeps_every_record_through_apply, writer_keeps_every_record);
@@ -303,3 +318,91 @@ fn privileged_crash_mid_carry_over_leaves_the_live_tree_and_no_snapshots() {
     assert_manifest_eq(&live, &manifest(&root));
     assert_no_leftovers(&img);
 }
+
+/// A generation that changes /etc/app.conf and adds /etc/app.d/plan.conf, committed; then the running system
+/// writes: a file of its own, an edit to a file the generation did not touch, and (with `touch_conf`) an edit to
+/// /etc/app.conf. Returns the tree before the generation and the tree before the rollback.
+fn commit_then_write(backend: Backend, root: &Path, touch_conf: bool) -> (Manifest, Manifest) {
+    seed_live_tree(root);
+    let m0 = manifest(root);
+    let steps = vec![
+        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        json!({"id": "dropin", "type": "file", "path": "/etc/app.d/plan.conf", "content": "p\n", "mode": "0644"}),
+    ];
+    let pd = PlanDir::new(&plan("gen1", steps), &[]);
+    assert_code(&apply(&pd.path, root, backend, &[]), 0);
+    std::fs::create_dir_all(root.join("var/lib/shop")).unwrap();
+    std::fs::write(root.join("var/lib/shop/orders.db"), "a day of orders\n").unwrap();
+    std::fs::write(root.join("etc/live.txt"), "edited after the commit\n").unwrap();
+    if touch_conf {
+        std::fs::write(root.join("etc/app.conf"), "plan\nlive-edit\n").unwrap();
+    }
+    (m0, manifest(root))
+}
+
+/// btrfs: `rollback` puts back only what the rolled-back generation changed; every write made since stays. The
+/// whole tree is compared: the tree before the rollback, with the generation's two paths as they were before it.
+#[test]
+fn privileged_btrfs_rollback_keeps_what_was_written_since() {
+    let img = populated(Backend::Btrfs);
+    let root = img.root();
+    let (m0, now) = commit_then_write(Backend::Btrfs, &root, false);
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    let mut want = Expect::new(&now);
+    want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
+    want.check(&manifest(&root));
+    assert_eq!(conflict_paths(&summary(&json_lines(&out))["conflicts"]), Vec::<String>::new());
+    assert_current_generation(&root, 0);
+    assert_no_leftovers(&img);
+}
+
+/// A path the generation changed and the running system changed again: the rollback's version goes in, the
+/// running system's is kept and listed.
+#[test]
+fn privileged_btrfs_rollback_conflict_keeps_the_running_systems_version() {
+    let img = populated(Backend::Btrfs);
+    let root = img.root();
+    let (m0, now) = commit_then_write(Backend::Btrfs, &root, true);
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    let mut want = Expect::new(&now);
+    want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
+    want.check(&manifest(&root));
+    let s = summary(&json_lines(&out)).clone();
+    assert_eq!(conflict_paths(&s["conflicts"]), ["/etc/app.conf"], "{}", show(&out));
+    let kept = PathBuf::from(s["conflicts"][0]["kept"].as_str().unwrap());
+    assert_eq!(std::fs::read(&kept).unwrap(), b"plan\nlive-edit\n");
+    assert!(kept.starts_with(img.state_dir()));
+    assert_no_leftovers(&img);
+}
+
+/// `rollback --exact` restores the kept tree itself: exactly the tree before the generation.
+#[test]
+fn privileged_btrfs_rollback_exact_restores_the_kept_tree() {
+    let img = populated(Backend::Btrfs);
+    let root = img.root();
+    let (m0, _) = commit_then_write(Backend::Btrfs, &root, true);
+    let out = rollback(&root, &["--exact"], &[]);
+    assert_code(&out, 0);
+    assert_manifest_eq(&m0, &manifest(&root));
+    assert_no_leftovers(&img);
+}
+
+/// overlay and journal: a rollback swaps back only the generation's delta, so writes made since stay; `--exact`
+/// (a whole kept tree) is refused by name and changes nothing.
+fn delta_rollback_keeps_writes(backend: Backend) {
+    let img = populated(backend);
+    let root = img.root();
+    let (m0, now) = commit_then_write(backend, &root, false);
+    let out = rollback(&root, &["--exact"], &[]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("--exact") && stderr(&out).contains(backend.name()), "{}", show(&out));
+    assert_manifest_eq(&now, &manifest(&root));
+    assert_code(&rollback(&root, &[], &[]), 0);
+    let mut want = Expect::new(&now);
+    want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
+    want.check(&manifest(&root));
+    assert_no_leftovers(&img);
+}
+backend_tests!(privileged_delta_rollback_keeps_writes, delta_rollback_keeps_writes, overlay => Overlay, journal => Journal);

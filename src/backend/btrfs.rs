@@ -10,7 +10,7 @@ use super::{btrfs_send, carry};
 use crate::conflicts::{CarryOver, Conflict};
 use crate::fsutil;
 use crate::mounts;
-use crate::state::{State, TxnRecord};
+use crate::state::{State, TxnKind, TxnRecord};
 use anyhow::{bail, Context, Result};
 use libbtrfsutil::{CreateSnapshotOptions, DeleteSubvolumeOptions, IterateSubvolume};
 use nix::fcntl::{renameat2, RenameFlags};
@@ -85,6 +85,10 @@ impl Paths {
     fn gen(&self, n: u64) -> PathBuf {
         self.gens_dir.join(n.to_string())
     }
+    /// Generation `n`'s tree as its transaction committed it (read-only).
+    fn committed(&self, n: u64) -> PathBuf {
+        self.gens_dir.join(format!("{n}{}", crate::state::COMMITTED_SUFFIX))
+    }
 }
 
 fn subvol_id(path: &Path) -> Result<u64> {
@@ -142,29 +146,34 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
     let planned = while_read_only(&stage, || btrfs_send::changes(&base, &stage))?;
     let mut before = base.clone();
     let (mut done_all, mut conflicts) = (CarryOver::default(), Vec::<Conflict>::new());
+    let mut last_snapshot = std::time::Instant::now();
     for round in 1..=CARRY_ROUNDS {
         done_all.rounds = round;
         let live = carry.join(format!("live-{round}"));
+        last_snapshot = std::time::Instant::now();
         CreateSnapshotOptions::new()
             .readonly(true)
             .create(&p.root, &live)
             .with_context(|| format!("snapshotting {} to {}", p.root.display(), live.display()))?;
         let changed = btrfs_send::changes(&before, &live)?;
         let done = carry::carry(
-            &carry::Round { before: &before, live: &live, stage: &stage, planned: &planned, kept },
+            &carry::Round {
+                before: &before,
+                live: &live,
+                stage: &stage,
+                planned: &planned,
+                kept,
+                incoming_wins: false,
+            },
             &changed,
         )?;
         if round == 1 {
             crate::failpoint::hit("apply-mid-carry-over");
         }
         done_all.paths += done.paths;
-        for c in done.conflicts {
-            conflicts.retain(|old| old.path != c.path);
-            conflicts.push(c);
-        }
-        if before != base {
-            delete_subvolume(&before)?;
-        }
+        merge_conflicts(&mut conflicts, done.conflicts);
+        // (The round's snapshots stay until the transaction ends: deleting one commits a btrfs transaction, and
+        // that would only lengthen the time between the last round and the exchange.)
         before = live;
         if changed.is_empty() {
             break;
@@ -174,8 +183,35 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
     if fsutil::exists(kept) {
         fsutil::syncfs(kept)?;
     }
+    if rec.kind == TxnKind::Apply {
+        keep_committed(p, &stage, rec.to_generation)?;
+    }
     fsutil::syncfs(&stage)?;
+    done_all.tail_ms = last_snapshot.elapsed().as_millis() as u64;
     Ok((done_all, conflicts))
+}
+
+/// Later conflicts on a path replace earlier ones.
+fn merge_conflicts(all: &mut Vec<Conflict>, new: Vec<Conflict>) {
+    for c in new {
+        all.retain(|old| old.path != c.path);
+        all.push(c);
+    }
+}
+
+/// Keep the stage as it is committed, read-only, as `gens/<n>.committed`: what a later rollback compares with to
+/// tell what generation `n`'s transaction changed from what the running system wrote after it.
+fn keep_committed(p: &Paths, stage: &Path, n: u64) -> Result<()> {
+    let at = p.committed(n);
+    if fsutil::exists(&at) {
+        delete_subvolume(&at)?;
+    }
+    fsutil::create_dir_durable(&p.gens_dir)?;
+    CreateSnapshotOptions::new()
+        .readonly(true)
+        .create(stage, &at)
+        .with_context(|| format!("keeping the committed tree as {}", at.display()))?;
+    Ok(())
 }
 
 /// Run `f` with the subvolume `path` read-only (the send ioctl reads only read-only snapshots).
@@ -274,6 +310,9 @@ pub(super) fn finish(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()
 
 pub(super) fn discard(p: &Paths, rec: &TxnRecord) -> Result<()> {
     remove_snapshots_in(&p.carry(&rec.txn))?;
+    if rec.kind == TxnKind::Apply && fsutil::exists(&p.committed(rec.to_generation)) {
+        delete_subvolume(&p.committed(rec.to_generation))?;
+    }
     let stage = p.stage(rec);
     if !fsutil::exists(&stage) {
         return Ok(());
@@ -314,7 +353,10 @@ pub(super) fn delete_subvolume(path: &Path) -> Result<()> {
     libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
 }
 
-pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord) -> Result<()> {
+pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept: &Path) -> Result<()> {
+    if !rec.exact {
+        return stage_keeping_rollback(p, rec, state, kept);
+    }
     let target = p.gen(rec.to_generation);
     if !is_subvolume(&target) {
         bail!("generation {} has no kept tree at {}", rec.to_generation, target.display());
@@ -324,9 +366,68 @@ pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord) -> Result<()> {
     Ok(())
 }
 
+/// The generations a keeping rollback from `from` to `to` reverts, newest first: `from`, its parent, and so on
+/// down to (not including) `to`; None when `to` is not an ancestor of `from`.
+pub(super) fn reverted_generations(state: &State, from: u64, to: u64) -> Option<Vec<u64>> {
+    let chain = state.ancestors(from);
+    let at = chain.iter().position(|&g| g == to)?;
+    Some(chain[..at].to_vec())
+}
+
+/// A rollback that keeps the data: a stage taken from the current tree (as for `apply`), in which what each
+/// rolled-back generation's transaction changed is put back as the generation before it had it (a path the running
+/// system changed since is a conflict: the generation's version goes in, the running system's is kept), then the
+/// carry-over, and the exchange as the commit.
+fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept: &Path) -> Result<()> {
+    let (from, to) = (rec.from_generation, rec.to_generation);
+    let Some(reverted) = reverted_generations(state, from, to) else {
+        bail!(
+            "generation {to} is not an ancestor of generation {from}, so there is nothing to revert on the way: `rollback --exact --to {to}` restores its tree exactly (and drops what was written since)"
+        );
+    };
+    for &g in &reverted {
+        let parent = state.generation(g).and_then(|x| x.parent).expect("a reverted generation has a parent");
+        for needed in [p.committed(g), p.gen(parent)] {
+            if !is_subvolume(&needed) {
+                bail!(
+                    "generation {g} cannot be reverted alone: {} is missing (a generation committed by an older snapinst, or pruned); `rollback --exact --to {to}` restores generation {to} exactly",
+                    needed.display()
+                );
+            }
+        }
+    }
+    let stage = prepare(p, rec)?;
+    let mut conflicts = Vec::new();
+    for &g in &reverted {
+        let parent = state.generation(g).and_then(|x| x.parent).expect("checked above");
+        let (committed, before) = (p.committed(g), p.gen(parent));
+        let reverting = btrfs_send::changes(&committed, &before)?;
+        let since = while_read_only(&stage, || btrfs_send::changes(&committed, &stage))?;
+        let round = carry::Round {
+            before: &committed,
+            live: &before,
+            stage: &stage,
+            planned: &since,
+            kept,
+            incoming_wins: true,
+        };
+        merge_conflicts(&mut conflicts, carry::carry(&round, &reverting)?.conflicts);
+        crate::failpoint::hit("rollback-mid-revert");
+    }
+    let (carried, later) = pre_commit(p, rec, kept)?;
+    merge_conflicts(&mut conflicts, later);
+    rec.carried = Some(carried);
+    rec.conflicts = conflicts;
+    rec.stage = Some(stage);
+    Ok(())
+}
+
 pub(super) fn rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
     if exchanged(p, rec)? {
         return Ok(());
+    }
+    if !rec.exact {
+        return commit(p, rec);
     }
     let target = p.gen(rec.to_generation);
     libbtrfsutil::set_subvolume_read_only(&target, false)
@@ -337,12 +438,23 @@ pub(super) fn rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
 }
 
 pub(super) fn finish_rollback(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
-    keep_as_generation(p, &p.gen(rec.to_generation), rec.root_subvol_before, rec.from_generation)?;
-    state.current_subvol = rec.incoming_subvol;
-    Ok(())
+    if rec.exact {
+        keep_as_generation(p, &p.gen(rec.to_generation), rec.root_subvol_before, rec.from_generation)?;
+        state.current_subvol = rec.incoming_subvol;
+        return Ok(());
+    }
+    // The root now holds the target generation with what was written since; its tree as it was kept goes.
+    let target = p.gen(rec.to_generation);
+    if is_subvolume(&target) && subvol_id(&target).ok() != rec.incoming_subvol {
+        delete_subvolume(&target)?;
+    }
+    finish(p, rec, state)
 }
 
 pub(super) fn abandon_rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    if !rec.exact {
+        return discard(p, rec);
+    }
     let target = p.gen(rec.to_generation);
     if is_subvolume(&target) && rec.incoming_subvol == subvol_id(&target).ok() {
         libbtrfsutil::set_subvolume_read_only(&target, true)
@@ -365,9 +477,10 @@ pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
 }
 
 pub(super) fn drop_generation(p: &Paths, n: u64) -> Result<()> {
-    let path = p.gen(n);
-    if fsutil::exists(&path) {
-        delete_subvolume(&path)?;
+    for path in [p.gen(n), p.committed(n)] {
+        if fsutil::exists(&path) {
+            delete_subvolume(&path)?;
+        }
     }
     Ok(())
 }

@@ -24,8 +24,11 @@ pub(super) struct Round<'a> {
     pub stage: &'a Path,
     /// What the plan changed in the stage.
     pub planned: &'a Changes,
-    /// Where the live versions of conflicting paths are kept.
+    /// Where the versions of conflicting paths that the new tree does not hold are kept.
     pub kept: &'a Path,
+    /// Which side a conflict gives the tree: the stage's (the plan's, at a commit: the running system's version is
+    /// kept) or, when true, the incoming one (a rollback's: the running system's version, in the stage, is kept).
+    pub incoming_wins: bool,
 }
 
 /// What a round did.
@@ -101,14 +104,21 @@ impl Worker<'_> {
         let staged = lstat(&self.r.stage.join(rel))?;
         let mut descend = whole && is_dir(&live);
         if differs(&before, &live) {
-            if self.r.planned.paths.contains(rel) {
-                if !(is_dir(&live) && is_dir(&staged)) {
-                    return self.conflict(rel, &staged, &live);
-                }
-            } else if let Some(made_dir) = self.make_like_live(rel, &live, &staged, link_hint)? {
-                descend |= made_dir;
+            // Changed on the stage's side too (and not to what it was: a rollback step puts back files as clones).
+            let both = self.r.planned.paths.contains(rel)
+                && !same_entry(&self.r.before.join(rel), &before, &self.r.stage.join(rel), &staged)?;
+            if both && is_dir(&live) && is_dir(&staged) {
+                // A directory both changed: the entries merge below it; its own metadata stays the stage's.
+            } else if both && !self.r.incoming_wins {
+                return self.conflict(rel, &staged, Side::Incoming, &live);
             } else {
-                return Ok(());
+                if both {
+                    self.conflict(rel, &live, Side::Stage, &staged)?;
+                }
+                match self.make_like_live(rel, &live, &staged, link_hint)? {
+                    Some(made_dir) => descend |= made_dir,
+                    None => return Ok(()),
+                }
             }
         }
         if descend {
@@ -149,11 +159,15 @@ impl Worker<'_> {
             Some(p) => is_dir(&lstat(&self.r.stage.join(p))?),
             None => true,
         };
-        let replaces_planned = is_dir(staged) && self.r.planned.touches_below(rel);
-        if !parent_ok || replaces_planned {
-            // The plan removed the directory this is in, or changed something below what the live tree replaced.
-            self.conflict(rel, staged, live)?;
+        let replaces_planned = is_dir(staged) && !is_dir(live) && self.r.planned.touches_below(rel);
+        if !parent_ok || (replaces_planned && !self.r.incoming_wins) {
+            // The stage's side removed the directory this is in, or changed something below what the incoming side
+            // replaced.
+            self.conflict(rel, staged, Side::Incoming, live)?;
             return Ok(None);
+        }
+        if replaces_planned {
+            self.conflict(rel, live, Side::Stage, staged)?;
         }
         let Some(live) = live else {
             crate::fsutil::remove_any(&target)?;
@@ -224,24 +238,73 @@ impl Worker<'_> {
         target.with_file_name(format!(".snapinst-carry.{}.{}", std::process::id(), self.tmp))
     }
 
-    /// Keep the live version of `rel` outside the tree and list the conflict; the stage keeps the plan's.
-    fn conflict(&mut self, rel: &Path, staged: &Option<Metadata>, live: &Option<Metadata>) -> Result<()> {
-        let kept = self.r.kept.join(rel);
-        crate::fsutil::remove_any(&kept)?;
-        let kept = match live {
+    /// List a conflict on `rel`: `in_tree` is the version the new tree holds, and the other version (`kept`, from
+    /// `side`) is cloned outside the tree.
+    fn conflict(&mut self, rel: &Path, in_tree: &Option<Metadata>, side: Side, kept: &Option<Metadata>) -> Result<()> {
+        let copy = self.r.kept.join(rel);
+        crate::fsutil::remove_any(&copy)?;
+        let from = match side {
+            Side::Incoming => self.r.live,
+            Side::Stage => self.r.stage,
+        };
+        let kept_at = match kept {
             None => None,
             Some(_) => {
-                fs::create_dir_all(kept.parent().expect("a kept path has a parent"))
-                    .with_context(|| format!("making room for {}", kept.display()))?;
-                crate::fsutil::copy_tree(&self.r.live.join(rel), &kept)
-                    .with_context(|| format!("keeping the live version of /{}", rel.display()))?;
-                Some(kept)
+                fs::create_dir_all(copy.parent().expect("a kept path has a parent"))
+                    .with_context(|| format!("making room for {}", copy.display()))?;
+                crate::fsutil::copy_tree(&from.join(rel), &copy)
+                    .with_context(|| format!("keeping the running system's version of /{}", rel.display()))?;
+                Some(copy)
             }
         };
         let path = Path::new("/").join(rel);
         self.out.conflicts.retain(|c| c.path != path);
-        self.out.conflicts.push(Conflict { path, plan: version(staged), live: version(live), kept });
+        self.out.conflicts.push(Conflict { path, plan: version(in_tree), live: version(kept), kept: kept_at });
         Ok(())
+    }
+}
+
+/// Which tree a conflict's kept version comes from.
+#[derive(Clone, Copy)]
+enum Side {
+    Incoming,
+    Stage,
+}
+
+/// Whether two entries are the same: kind, mode, owner, and a file's bytes, a link's target or a device's number.
+fn same_entry(a: &Path, am: &Option<Metadata>, b: &Path, bm: &Option<Metadata>) -> Result<bool> {
+    let (Some(am), Some(bm)) = (am, bm) else {
+        return Ok(am.is_none() && bm.is_none());
+    };
+    if (am.mode(), am.uid(), am.gid()) != (bm.mode(), bm.uid(), bm.gid()) {
+        return Ok(false);
+    }
+    let t = am.file_type();
+    Ok(if t.is_file() {
+        am.size() == bm.size() && same_bytes(a, b)?
+    } else if t.is_symlink() {
+        fs::read_link(a).ok() == fs::read_link(b).ok()
+    } else if t.is_dir() {
+        true
+    } else {
+        am.rdev() == bm.rdev()
+    })
+}
+
+fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
+    use std::io::Read;
+    let open = |p: &Path| File::open(p).with_context(|| format!("opening {}", p.display()));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = fa.read(&mut ba).with_context(|| format!("reading {}", a.display()))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n]).with_context(|| format!("reading {}", b.display()))?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
     }
 }
 

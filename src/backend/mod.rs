@@ -480,7 +480,8 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
                 let orphan = if dir == stages {
                     kept.as_deref() != Some(txn_of_entry)
                 } else {
-                    match name.parse::<u64>().ok().and_then(|n| state.generation(n)) {
+                    let n = name.strip_suffix(crate::state::COMMITTED_SUFFIX).unwrap_or(&name);
+                    match n.parse::<u64>().ok().and_then(|n| state.generation(n)) {
                         None => !name.starts_with('.'),
                         // A delta is needed only for a generation that has a parent.
                         Some(g) => !c.stager().keeps_parentless_generation() && g.parent.is_none(),

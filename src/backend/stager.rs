@@ -156,8 +156,8 @@ impl Stager for Btrfs {
     fn stage_view(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
         Ok(btrfs::stage_of(ctx.btrfs(), rec))
     }
-    fn plan_rollback(&self, ctx: &Ctx, rec: &mut TxnRecord, _state: &State) -> Result<()> {
-        btrfs::plan_rollback(ctx.btrfs(), rec)
+    fn plan_rollback(&self, ctx: &Ctx, rec: &mut TxnRecord, state: &State) -> Result<()> {
+        btrfs::plan_rollback(ctx.btrfs(), rec, state, &ctx.state.conflicts_path(&rec.txn))
     }
     fn rollback(
         &self,

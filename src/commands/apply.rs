@@ -402,7 +402,10 @@ impl Transaction<'_> {
         self.report_carry_over(&rec);
         set_phase(self.sd(), &mut rec, Phase::Committing)?;
         failpoint::hit("apply-after-commit-record");
+        let prepared = Instant::now();
+        let mut window_ms = None;
         let done = backend::commit(self.ctx, &rec).and_then(|()| {
+            window_ms = rec.carried.map(|c| c.tail_ms + prepared.elapsed().as_millis() as u64);
             failpoint::hit("apply-after-exchange");
             finish_commit(self.ctx, &mut rec, state, "committed")
         });
@@ -414,7 +417,12 @@ impl Transaction<'_> {
             ))));
         }
         let commit_ms = t2.elapsed().as_millis() as u64;
-        self.out.event("committed", json!({"txn": rec.txn, "generation": rec.to_generation}));
+        match window_ms {
+            Some(ms) => self
+                .out
+                .event("committed", json!({"txn": rec.txn, "generation": rec.to_generation, "carry_window_ms": ms})),
+            None => self.out.event("committed", json!({"txn": rec.txn, "generation": rec.to_generation})),
+        }
         self.out.say(format!("snapinst: committed; generation {} is current", rec.to_generation));
         if backend::next_boot_differs(self.ctx.kind, &self.ctx.root, state) {
             self.out.say(format!(

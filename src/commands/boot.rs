@@ -51,7 +51,8 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
                 let parts = state.parts();
                 let (mounted, _) = crate::submounts::split_by_mounted(&loc.root, &parts);
                 let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?.with_parts(&mounted)?;
-                let rec = rollback::switch(&ctx, &mut state, fallback, &parts, &out)?;
+                // Exactly the kept tree: the fallback runs in the initramfs, where the least can go wrong is best.
+                let rec = rollback::switch(&ctx, &mut state, fallback, &parts, true, &out)?;
                 state.pending = Some(Pending { generation: fallback, fallback: None, boots_left: state.boot_tries });
                 let waiting = rollback::unmounted_parts(&ctx, &rec);
                 let then = if waiting.is_empty() {

@@ -1,6 +1,7 @@
 //! `snapinst rollback`: make an earlier (or, with `--to`, any kept) generation current again. It is a transaction
-//! of its own: planned, recorded, carried out by the backend (one exchange on btrfs; delta swaps otherwise), and
-//! finished by recovery if it is interrupted. The tree it replaces is kept under its own generation number.
+//! of its own: planned, recorded, carried out by the backend (delta swaps; on btrfs a stage in which what the
+//! rolled-back generations changed is put back, or with `--exact` the kept tree itself, exchanged for the root),
+//! and finished by recovery if it is interrupted. The tree it replaces is kept under its own generation number.
 
 use super::{locate, prune, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
@@ -13,7 +14,7 @@ use anyhow::Result;
 use serde_json::json;
 use std::path::PathBuf;
 
-pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
+pub(crate) fn run(args: &RootArgs, to: Option<u64>, exact: bool) -> Result<Outcome> {
     require_root_user()?;
     let loc = locate(args)?;
     let out = Reporter::new(args.json);
@@ -33,6 +34,12 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
             }
         },
     };
+    if exact && state.backend != crate::state::BackendKind::Btrfs {
+        return refuse(format!(
+            "--exact restores a whole kept tree, and the {} backend keeps generations as deltas: a rollback there puts back only what the generations changed",
+            state.backend
+        ));
+    }
     if state.generation(target).is_none() {
         let kept: Vec<String> = state.generations.iter().map(|g| g.generation.to_string()).collect();
         return refuse(format!("generation {target} is not kept (kept: {})", kept.join(", ")));
@@ -56,17 +63,29 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>) -> Result<Outcome> {
         .and_then(|c| c.with_parts(&parts))
         .map_err(|e| Refused(format!("{e:#}")))?;
     let t0 = std::time::Instant::now();
-    let rec = switch(&ctx, &mut state, target, &parts, &out)?;
+    // Only a generation on the way back can have its changes reverted; any other kept tree is restored whole (what
+    // was written since stays in the tree it replaces, kept as the current generation).
+    let exact = exact
+        || (state.backend == crate::state::BackendKind::Btrfs && !state.ancestors(state.current).contains(&target));
+    if exact && to.is_some() && state.backend == crate::state::BackendKind::Btrfs {
+        out.say(format!(
+            "snapinst: generation {target} is restored exactly as it was kept; what was written since stays in generation {}'s tree",
+            state.current
+        ));
+    }
+    let rec = switch(&ctx, &mut state, target, &parts, exact, &out)?;
     let ms = t0.elapsed().as_millis() as u64;
     out.event(
         "summary",
         json!({"txn": rec.txn, "outcome": "committed", "generation": target, "parts": rec.parts,
-               "timings_ms": {"prepare": 0, "steps": 0, "commit": ms}}),
+               "conflicts": rec.conflicts, "timings_ms": {"prepare": 0, "steps": 0, "commit": ms}}),
     );
     Ok(Outcome::Done)
 }
 
-/// Make generation `target` current, as a recorded transaction over the root and `parts`. The caller holds the
+/// Make generation `target` current, as a recorded transaction over the root and `parts` (with `exact`, a btrfs
+/// root gets the target's kept tree itself, else only what the generations since changed is put back). The caller
+/// holds the
 /// lock. A part that is not in `ctx` (not mounted yet: the failed-boot fallback runs before the root is mounted)
 /// is left for `snapinst recover` to carry out once it is: the record stays unfinished until then.
 pub(crate) fn switch(
@@ -74,11 +93,13 @@ pub(crate) fn switch(
     state: &mut State,
     target: u64,
     parts: &[PathBuf],
+    exact: bool,
     out: &Reporter,
 ) -> Result<TxnRecord> {
     let root = &ctx.root;
     let mut rec = TxnRecord::new(TxnKind::Rollback, state.backend, root, state.current, target);
     rec.parts = parts.to_vec();
+    rec.exact = exact;
     ctx.state.write_txn(&rec)?;
     out.event(
         "started",
@@ -89,8 +110,13 @@ pub(crate) fn switch(
     if let Err(e) = backend::plan_rollback(ctx, &mut rec, state) {
         rec.error = Some(format!("{e:#}"));
         rec.outcome = Some("refused".into());
+        backend::abandon_rollback(ctx, &rec)?;
         set_phase(&ctx.state, &mut rec, Phase::Done)?;
         return refuse(format!("cannot roll back to generation {target}: {e:#}"));
+    }
+    for c in &rec.conflicts {
+        out.event("conflict", json!({"txn": rec.txn, "conflict": c}));
+        out.say(format!("snapinst: conflict: {}", c.line()));
     }
     out.say(format!("snapinst: switching {} from generation {} to {target}", root.display(), state.current));
     set_phase(&ctx.state, &mut rec, Phase::Committing)?;

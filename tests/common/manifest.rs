@@ -286,6 +286,12 @@ impl Expect {
         self
     }
 
+    /// Exactly `entry` at `path` (as another manifest has it), mtime included.
+    pub fn entry(&mut self, path: &str, entry: Entry) -> &mut Self {
+        self.want.insert(PathBuf::from(path), Want::Exact(entry));
+        self
+    }
+
     /// A regular file with exactly this content, mode and owner, no xattrs and no hard links.
     pub fn file(&mut self, path: &str, content: &[u8], mode: u32, uid: u32, gid: u32) -> &mut Self {
         self.spec(
