@@ -4,7 +4,10 @@
 //! stage is made what the live tree has: created, replaced or removed, with its mode, owner, times and xattrs, a
 //! file's content cloned (`FICLONE`, never copied), a hard link made again as a link. A path both sides changed
 //! is a conflict: the plan's version stays in the stage, the live version is cloned into `kept` (outside the tree)
-//! and listed. Only the stage is written; a failure leaves the live tree as it was.
+//! and listed. A keeping rollback uses the same walk the other way round: the "incoming" tree is the generation
+//! before, `before` the rolled-back generation as committed, and the incoming side wins a conflict (the running
+//! system's version, in the stage, is the one kept). Only the stage is written; a failure leaves the live tree as
+//! it was.
 
 use super::btrfs_send::Changes;
 use crate::conflicts::{Conflict, Version};
