@@ -108,8 +108,12 @@ fi
 
 # measure_apply PLAN ROOT BACKEND: one `snapinst apply --json` in a fresh python3 process.
 # Prints "outcome prepare_ms commit_ms peak_rss_kib wall_ms carry_ms" (carry_ms: the btrfs carry-over, else nan).
-measure_apply() {
-  python3 - "$rss_method" "$snapinst" apply "$1" --root "$2" --backend "$3" --json <<'PY'
+measure_apply() { measure_snapinst apply "$1" --root "$2" --backend "$3" --json; }
+
+# measure_snapinst ARGS...: one `snapinst ARGS...` (ending in --json) in a fresh python3 process, printed as
+# measure_apply prints it.
+measure_snapinst() {
+  python3 - "$rss_method" "$snapinst" "$@" <<'PY'
 import json, os, resource, subprocess, sys, tempfile, time
 method, cmd = sys.argv[1], sys.argv[2:]
 if method == "gnu-time":
@@ -231,6 +235,22 @@ rm -rf "$scratch/btrfs/root100000/copy-of-data"
 for rep in 0 $(seq 1 "$reps"); do
   apply_once btrfs-live-100 btrfs 100000 "$rep" "$scratch/btrfs/root100000" "live:$scratch/btrfs/root100000"
 done
+# Rolling back a one-file generation of the 100k-file root: keeping the data (the default) and --exact.
+heading "btrfs: 100k-file root, rollback of a one-file generation, keeping the data and --exact"
+for rep in $(seq 1 "$reps"); do
+  for mode in keep exact; do
+    # (a plan number of its own each time: 100 + rep before a keeping rollback, 200 + rep before an exact one)
+    offset=100
+    [ "$mode" = exact ] && offset=200
+    apply_once "btrfs-apply-before-rollback" btrfs 100000 "$((offset + rep))" "$scratch/btrfs/root100000"
+    args=(rollback --root "$scratch/btrfs/root100000" --json)
+    [ "$mode" = exact ] && args+=(--exact)
+    if line=$(measure_snapinst "${args[@]}"); then :; else die "measuring rollback failed"; fi
+    echo "btrfs rollback ($mode) at 100000 files, #$rep: outcome prepare_ms commit_ms peak_rss_kib wall_ms carry_ms = $line"
+    case "$line" in committed\ *) ;; *) apply_failures=$((apply_failures + 1)) ;; esac
+    printf '%s\t%s\tapply\t%s\n' "btrfs-rollback-$mode" 100000 "$line" >>"$results"
+  done
+done
 bench_backend overlay overlay make_dir_root
 bench_backend overlay-top overlay make_top_root
 
@@ -287,7 +307,7 @@ def fmt(x, nd=1):
 
 header = ("backend", "files", "overhead ms", "ratio to 1k", "cp -a ms", "peak RSS MB")
 table, checks = [], []
-for backend in ("btrfs", "btrfs-live-100", "overlay", "overlay-top", "plain-100", "parts-100", "btrfs-plain-100", "btrfs-parts-100"):
+for backend in ("btrfs", "btrfs-live-100", "btrfs-rollback-keep", "btrfs-rollback-exact", "overlay", "overlay-top", "plain-100", "parts-100", "btrfs-plain-100", "btrfs-parts-100"):
     base = None
     for (b, n), r in sorted(rows.items()):
         if b != backend:
@@ -317,6 +337,11 @@ print("carry-over at a btrfs commit, 100k-file root: %s ms with no live change, 
       % (fmt(quiet), fmt(busy)))
 checks.append(("btrfs: carry-over with no live change at 100k files <= 10 ms", quiet <= 10, "%s ms" % fmt(quiet)))
 checks.append(("btrfs: carry-over of 100 live-changed files at 100k files <= 50 ms", busy <= 50, "%s ms" % fmt(busy)))
+keep, exact = overhead("btrfs-rollback-keep", 100000), overhead("btrfs-rollback-exact", 100000)
+print("rollback of a one-file generation of the 100k-file btrfs root: %s ms keeping the data, %s ms --exact"
+      % (fmt(keep), fmt(exact)))
+checks.append(("btrfs: a keeping rollback <= 2x an --exact one at 100k files", keep <= 2 * exact,
+               "%s ms vs 2 x %s ms" % (fmt(keep), fmt(exact))))
 for prefix, what in (("", "ext4 root"), ("btrfs-", "btrfs root mounted on its own")):
     plain, parts = overhead(prefix + "plain-100", 10000), overhead(prefix + "parts-100", 10000)
     print("100-file plan on the 10k-file %s: %s ms without mounts inside, %s ms with an ext4 /boot and an xfs /srv "

@@ -47,6 +47,10 @@ pub(crate) struct Generation {
     /// The filesystems inside the root (relative to it) that this generation's transaction staged as parts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<PathBuf>,
+    /// The generation this one's transaction started from was pruned: `parent` is an older one, so what the
+    /// transaction changed can no longer be told from the two trees alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parent_pruned: bool,
 }
 
 /// `state.json`: the generations of a root and which one is current.
@@ -106,6 +110,7 @@ impl State {
                 plan: None,
                 txn: None,
                 parts: Vec::new(),
+                parent_pruned: false,
             }],
             current_subvol: None,
             pending: None,

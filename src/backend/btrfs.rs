@@ -143,33 +143,37 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
         );
     }
     let stage = p.stage(rec);
-    let planned = while_read_only(&stage, || btrfs_send::changes(&base, &stage))?;
+    let mut planned = None;
     let mut before = base.clone();
     let (mut done_all, mut conflicts) = (CarryOver::default(), Vec::<Conflict>::new());
-    let mut last_snapshot = std::time::Instant::now();
+    let mut last_look = std::time::Instant::now();
     for round in 1..=CARRY_ROUNDS {
+        if round == 1 {
+            crate::failpoint::hit("apply-mid-carry-over");
+        }
+        last_look = std::time::Instant::now();
+        if unchanged_since(&p.root, &before)? {
+            break;
+        }
         done_all.rounds = round;
         let live = carry.join(format!("live-{round}"));
-        last_snapshot = std::time::Instant::now();
         CreateSnapshotOptions::new()
             .readonly(true)
             .create(&p.root, &live)
             .with_context(|| format!("snapshotting {} to {}", p.root.display(), live.display()))?;
         let changed = btrfs_send::changes(&before, &live)?;
-        let done = carry::carry(
-            &carry::Round {
-                before: &before,
-                live: &live,
-                stage: &stage,
-                planned: &planned,
-                kept,
-                incoming_wins: false,
-            },
-            &changed,
-        )?;
-        if round == 1 {
-            crate::failpoint::hit("apply-mid-carry-over");
+        if planned.is_none() {
+            planned = Some(while_read_only(&stage, || btrfs_send::changes(&base, &stage))?);
         }
+        let round = carry::Round {
+            before: &before,
+            live: &live,
+            stage: &stage,
+            planned: planned.as_ref().expect("set above"),
+            kept,
+            incoming_wins: false,
+        };
+        let done = carry::carry(&round, &changed)?;
         done_all.paths += done.paths;
         merge_conflicts(&mut conflicts, done.conflicts);
         // (The round's snapshots stay until the transaction ends: deleting one commits a btrfs transaction, and
@@ -187,7 +191,7 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
         keep_committed(p, &stage, rec.to_generation)?;
     }
     fsutil::syncfs(&stage)?;
-    done_all.tail_ms = last_snapshot.elapsed().as_millis() as u64;
+    done_all.tail_ms = last_look.elapsed().as_millis() as u64;
     Ok((done_all, conflicts))
 }
 
@@ -212,6 +216,17 @@ fn keep_committed(p: &Paths, stage: &Path, n: u64) -> Result<()> {
         .create(stage, &at)
         .with_context(|| format!("keeping the committed tree as {}", at.display()))?;
     Ok(())
+}
+
+/// Whether the subvolume `root` is unchanged since the read-only snapshot `snap` was taken of it (or of a snapshot
+/// of it): after a sync (cheap when nothing is dirty), the subvolume's last transaction is not after the
+/// snapshot's. Costs no snapshot, so a commit with nothing to carry pays almost nothing.
+fn unchanged_since(root: &Path, snap: &Path) -> Result<bool> {
+    libbtrfsutil::sync(root).with_context(|| format!("syncing {}", root.display()))?;
+    let info = |p: &Path| {
+        libbtrfsutil::subvolume_info(p).with_context(|| format!("reading the subvolume information of {}", p.display()))
+    };
+    Ok(info(root)?.generation() <= info(snap)?.otransid())
 }
 
 /// Run `f` with the subvolume `path` read-only (the send ioctl reads only read-only snapshots).
@@ -329,13 +344,24 @@ pub(super) fn remove_snapshots_in(dir: &Path) -> Result<()> {
         return Ok(());
     }
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        delete_subvolume(&e.with_context(|| format!("reading {}", dir.display()))?.path())?;
+        delete_subvolume_uncommitted(&e.with_context(|| format!("reading {}", dir.display()))?.path())?;
     }
-    fsutil::remove_any(dir)
+    fsutil::remove_any(dir)?;
+    // One commit for all of them, so a crash cannot bring one back.
+    let parent = dir.parent().unwrap_or(dir);
+    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
 }
 
 /// Delete the subvolume at `path` (a plain directory there is removed), and commit the deletion.
 pub(super) fn delete_subvolume(path: &Path) -> Result<()> {
+    delete_subvolume_uncommitted(path)?;
+    // Commit the deletion, so a crash cannot bring the subvolume back.
+    let parent = path.parent().unwrap_or(path);
+    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
+}
+
+/// Delete the subvolume at `path` (a plain directory there is removed); the caller commits the deletion.
+fn delete_subvolume_uncommitted(path: &Path) -> Result<()> {
     if libbtrfsutil::is_subvolume(path).unwrap_or(false) {
         if libbtrfsutil::subvolume_read_only(path).unwrap_or(false) {
             libbtrfsutil::set_subvolume_read_only(path, false)
@@ -348,9 +374,7 @@ pub(super) fn delete_subvolume(path: &Path) -> Result<()> {
     } else {
         fsutil::remove_any(path)?;
     }
-    // Commit the deletion, so a crash cannot bring the subvolume back.
-    let parent = path.parent().unwrap_or(path);
-    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
+    Ok(())
 }
 
 pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept: &Path) -> Result<()> {
@@ -386,7 +410,13 @@ fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept: &
         );
     };
     for &g in &reverted {
-        let parent = state.generation(g).and_then(|x| x.parent).expect("a reverted generation has a parent");
+        let gen = state.generation(g).expect("a generation on the way back is kept");
+        if gen.parent_pruned {
+            bail!(
+                "the generation that generation {g} was made from was pruned, so what its transaction changed cannot be told apart from what was written since; `rollback --exact --to {to}` restores generation {to} exactly"
+            );
+        }
+        let parent = gen.parent.expect("a reverted generation has a parent");
         for needed in [p.committed(g), p.gen(parent)] {
             if !is_subvolume(&needed) {
                 bail!(
@@ -463,14 +493,16 @@ pub(super) fn abandon_rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
     Ok(())
 }
 
-/// Every kept generation but the current and the mounted one, oldest first.
+/// Every kept generation but the current one, the one a rollback returns to (its parent) and the mounted one,
+/// oldest first.
 pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
     let mounted = subvol_id(&p.host_root).ok();
+    let parent = state.generation(state.current).and_then(|g| g.parent);
     let mut out: Vec<u64> = state
         .generations
         .iter()
         .map(|g| g.generation)
-        .filter(|&n| n != state.current && subvol_id(&p.gen(n)).ok() != mounted)
+        .filter(|&n| n != state.current && Some(n) != parent && subvol_id(&p.gen(n)).ok() != mounted)
         .collect();
     out.sort();
     out

@@ -154,6 +154,7 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
             plan: rec.plan.clone(),
             txn: Some(rec.txn.clone()),
             parts: rec.parts.clone(),
+            parent_pruned: false,
         });
     }
     state.current = rec.to_generation;
@@ -183,6 +184,7 @@ pub(crate) fn prune(ctx: &Ctx, state: &mut State) -> Result<()> {
         state.generations.retain(|g| g.generation != n);
         for g in state.generations.iter_mut().filter(|g| child_of_n.contains(&g.generation)) {
             g.parent = n_parent;
+            g.parent_pruned = true;
         }
         ctx.state.save(state)?;
         backend::drop_generation(ctx, n, &before)?;
