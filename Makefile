@@ -1,7 +1,7 @@
 # Build and install snapinst with its boot hooks.
 #   make                 build the release binary
-#   sudo make install    install the binary, the systemd units, the initramfs-tools hook, the dracut module and
-#                        the GRUB drop-in
+#   sudo make install    install the binary, the systemd units, the initramfs-tools hook, the dracut module, the
+#                        GRUB drop-in and the dpkg hook
 #   sudo make enable     enable the units and rebuild the initramfs
 PREFIX ?= /usr
 DESTDIR ?=
@@ -10,6 +10,7 @@ UNITDIR = $(DESTDIR)/lib/systemd/system
 ITDIR = $(DESTDIR)/usr/share/initramfs-tools
 DRACUTDIR = $(DESTDIR)/usr/lib/dracut/modules.d/90snapinst
 GRUBDIR = $(DESTDIR)/etc/default/grub.d
+DPKGDIR = $(DESTDIR)/etc/dpkg/dpkg.cfg.d
 
 .PHONY: all install install-bin install-hooks enable
 all:
@@ -28,6 +29,7 @@ install-hooks:
 	install -D -m 0755 hooks/dracut/90snapinst/module-setup.sh $(DRACUTDIR)/module-setup.sh
 	install -D -m 0755 hooks/dracut/90snapinst/snapinst-boot.sh $(DRACUTDIR)/snapinst-boot.sh
 	install -D -m 0644 hooks/grub/snapinst.cfg $(GRUBDIR)/snapinst.cfg
+	install -D -m 0644 hooks/dpkg/snapinst $(DPKGDIR)/snapinst
 
 enable:
 	systemctl enable snapinst-recover.service snapinst-bless.service

@@ -166,6 +166,13 @@ enum Command {
     /// List the crash points: name, operation that reaches it, backends (for the crash tests).
     #[command(hide = true)]
     Failpoints,
+    /// dpkg's pre-invoke hook: refuse a live dpkg run while a generation committed to the running root waits for
+    /// its boot (`DPKG_ROOT` names the root; nothing to do otherwise).
+    #[command(hide = true)]
+    DpkgGuard,
+    /// Hold ROOT's dpkg locks until stdin ends (the child a transaction starts to hold them).
+    #[command(hide = true)]
+    HoldDpkgLocks { root: PathBuf },
 }
 
 /// Parse the command line, run the command, and exit with its documented code.
@@ -224,6 +231,8 @@ pub fn run() -> ExitCode {
             println!("{:#}", crate::plan::spec::schema());
             Ok(Outcome::Done)
         }
+        Command::DpkgGuard => commands::guard::dpkg_guard(),
+        Command::HoldDpkgLocks { root } => crate::dpkg_lock::hold(&root),
         Command::Failpoints => {
             crate::failpoint::ALL
                 .iter()

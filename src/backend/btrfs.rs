@@ -378,6 +378,12 @@ fn delete_subvolume_uncommitted(path: &Path) -> Result<()> {
 }
 
 pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept: &Path) -> Result<()> {
+    // Back to the tree the running system is mounted from: that tree itself is what keeps every write.
+    let to_mounted = mounts::is_mount_point(&p.host_root).unwrap_or(false)
+        && subvol_id(&p.gen(rec.to_generation)).ok() == subvol_id(&p.host_root).ok();
+    if to_mounted {
+        rec.exact = true;
+    }
     if !rec.exact {
         return stage_keeping_rollback(p, rec, state, kept);
     }

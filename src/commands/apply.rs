@@ -5,6 +5,7 @@
 use super::{finish_commit, locate, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
+use crate::dpkg_lock::DpkgLocks;
 use crate::events::Reporter;
 use crate::inroot::Root;
 use crate::lock::RootLock;
@@ -92,6 +93,7 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     }
     loc.state.create()?;
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let _dpkg = DpkgLocks::acquire(&loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     failpoint::hit("apply-after-lock");
     refuse_if_busy(&loc.state, &loc.root)?;
     let mut state = match loc.state.load()? {
@@ -425,6 +427,9 @@ impl Transaction<'_> {
         }
         self.out.say(format!("snapinst: committed; generation {} is current", rec.to_generation));
         if backend::next_boot_differs(self.ctx.kind, &self.ctx.root, state) {
+            if let Err(e) = crate::reboot_required::mark(&self.ctx.root) {
+                self.out.say(format!("snapinst: warning: could not mark that a restart is required: {e:#}"));
+            }
             self.out.say(format!(
                 "snapinst: the root is mounted: generation {} is what its next mount or boot sees; it gets {} boots to reach boot-complete.target (`snapinst bless`) before generation {} is restored",
                 rec.to_generation, state.boot_tries, rec.from_generation

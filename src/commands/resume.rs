@@ -21,6 +21,7 @@ struct Kept {
     ctx: Ctx,
     rec: TxnRecord,
     _lock: RootLock,
+    _dpkg: crate::dpkg_lock::DpkgLocks,
 }
 
 fn open_kept(args: &RootArgs) -> Result<Kept> {
@@ -31,6 +32,7 @@ fn open_kept(args: &RootArgs) -> Result<Kept> {
     }
     mounts::enter_private_namespace()?;
     let lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let dpkg = crate::dpkg_lock::DpkgLocks::acquire(&loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     refuse_if_interrupted(&loc.state, &loc.root)?;
     let Some(rec) = loc.state.kept()? else {
         return refuse(format!(
@@ -41,7 +43,7 @@ fn open_kept(args: &RootArgs) -> Result<Kept> {
     let ctx = Ctx::new(rec.backend, &loc.root, &loc.state)
         .and_then(|c| c.with_parts_of(&rec))
         .map_err(|e| Refused(format!("{e:#}")))?;
-    Ok(Kept { ctx, rec, _lock: lock })
+    Ok(Kept { ctx, rec, _lock: lock, _dpkg: dpkg })
 }
 
 /// Where to start: the step `from` names, or the failed step; as an index into the plan's steps.
@@ -78,7 +80,7 @@ pub(crate) fn resume(
     confirm: Option<Confirm>,
 ) -> Result<Outcome> {
     Confirm::check_terminal(confirm)?;
-    let Kept { ctx, mut rec, _lock } = open_kept(args)?;
+    let Kept { ctx, mut rec, _lock, _dpkg } = open_kept(args)?;
     let plan_file: PathBuf = match plan_override.or(rec.plan_file.as_deref()) {
         Some(p) => std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?,
         None => return refuse(format!("transaction {} does not record its plan file; give it with --plan", rec.txn)),
@@ -132,7 +134,7 @@ pub(crate) fn resume(
 }
 
 pub(crate) fn abort(args: &RootArgs) -> Result<Outcome> {
-    let Kept { ctx, mut rec, _lock } = open_kept(args)?;
+    let Kept { ctx, mut rec, _lock, _dpkg } = open_kept(args)?;
     let out = Reporter::new(args.json);
     set_phase(&ctx.state, &mut rec, Phase::Discarding)?;
     discard(&ctx, &rec).map_err(|e| {
@@ -146,7 +148,7 @@ pub(crate) fn abort(args: &RootArgs) -> Result<Outcome> {
 }
 
 pub(crate) fn diff(args: &RootArgs) -> Result<Outcome> {
-    let Kept { ctx, rec, _lock } = open_kept(args)?;
+    let Kept { ctx, rec, _lock, _dpkg } = open_kept(args)?;
     let out = Reporter::new(args.json);
     let stage = backend::kept_stage(&ctx, &rec)?;
     out.say(format!(

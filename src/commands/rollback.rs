@@ -23,6 +23,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>, exact: bool) -> Result<Outco
         return refuse(format!("snapinst has no generations for {}: nothing to roll back", loc.root.display()));
     };
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let _dpkg = crate::dpkg_lock::DpkgLocks::acquire(&loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     super::apply::refuse_if_busy(&loc.state, &loc.root)?;
     let mut state = loc.state.load()?.expect("state exists: checked above");
     let target = match to {
@@ -142,6 +143,9 @@ pub(crate) fn switch(
     out.say(format!("snapinst: generation {target} is current"));
     if backend::next_boot_differs(state.backend, root, state) {
         out.say("snapinst: the root is mounted: the tree switched to is what its next mount or boot sees");
+        crate::reboot_required::mark(root)?;
+    } else {
+        crate::reboot_required::unmark(root)?;
     }
     Ok(rec)
 }
