@@ -51,7 +51,7 @@ fn dpkg_locks_held_during_a_transaction(backend: Backend) {
     let mut bg = spawn_background(cmd);
     bg.wait_for(Duration::from_secs(60), "the waiting step", |v| v["event"] == "step_started" && v["step"] == "wait");
     for name in ["lock-frontend", "lock"] {
-        let holder = try_dpkg_lock(&root.join("var/lib/dpkg").join(name)).err().expect("the lock is held");
+        let holder = try_dpkg_lock(&root.join("var/lib/dpkg").join(name)).expect_err("the lock is held");
         let comm = std::fs::read_to_string(format!("/proc/{holder}/comm")).unwrap_or_default();
         let stat = std::fs::read_to_string(format!("/proc/{holder}/stat")).unwrap_or_default();
         let ppid: u32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
