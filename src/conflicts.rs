@@ -42,6 +42,25 @@ pub(crate) struct Conflict {
     pub kept: Option<PathBuf>,
 }
 
+impl Version {
+    /// The version of an entry with metadata `m` (None: absent).
+    pub fn of(m: &Option<std::fs::Metadata>) -> Version {
+        use std::os::unix::fs::MetadataExt;
+        let Some(m) = m else { return Version { kind: "absent".into(), size: None } };
+        let t = m.file_type();
+        let kind = if t.is_dir() {
+            "directory"
+        } else if t.is_symlink() {
+            "symlink"
+        } else if t.is_file() {
+            "file"
+        } else {
+            "special"
+        };
+        Version { kind: kind.into(), size: (!t.is_dir()).then(|| m.size()) }
+    }
+}
+
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.size {

@@ -240,6 +240,10 @@ pub(crate) struct TxnRecord {
     /// `--keep-failed`: how many of the plan's steps are done; checkpoints 0..=steps_done exist.
     #[serde(default)]
     pub checkpoints: Option<usize>,
+    /// When the stage was taken (nanoseconds since the epoch, by the clock file times are set from): a path of the
+    /// tree whose change time is not before it was changed by the running system during the transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ns: Option<u64>,
     /// What the carry-over brought from the live tree into the stage before the commit (btrfs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carried: Option<crate::conflicts::CarryOver>,
@@ -282,6 +286,7 @@ impl TxnRecord {
             failed_step: None,
             plan_file: None,
             checkpoints: None,
+            started_ns: None,
             carried: None,
             conflicts: Vec::new(),
             outcome: None,

@@ -262,7 +262,7 @@ impl Worker<'_> {
         };
         let path = Path::new("/").join(rel);
         self.out.conflicts.retain(|c| c.path != path);
-        self.out.conflicts.push(Conflict { path, plan: version(in_tree), live: version(kept), kept: kept_at });
+        self.out.conflicts.push(Conflict { path, plan: Version::of(in_tree), live: Version::of(kept), kept: kept_at });
         Ok(())
     }
 }
@@ -307,25 +307,6 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
         fb.read_exact(&mut bb[..n]).with_context(|| format!("reading {}", b.display()))?;
         if ba[..n] != bb[..n] {
             return Ok(false);
-        }
-    }
-}
-
-fn version(m: &Option<Metadata>) -> Version {
-    match m {
-        None => Version { kind: "absent".into(), size: None },
-        Some(m) => {
-            let t = m.file_type();
-            let kind = if t.is_dir() {
-                "directory"
-            } else if t.is_symlink() {
-                "symlink"
-            } else if t.is_file() {
-                "file"
-            } else {
-                "special"
-            };
-            Version { kind: kind.into(), size: (!t.is_dir()).then(|| m.size()) }
         }
     }
 }

@@ -15,7 +15,14 @@ use std::path::{Path, PathBuf};
 
 /// Write `rec`'s delta on the part `ctx`: what changed from `before` to `stage`, the state area `area` (relative
 /// to both) left out.
-pub(super) fn write_delta(ctx: &Ctx, rec: &TxnRecord, before: &Path, stage: &Path, area: &Path) -> Result<()> {
+/// Returns the paths the running system also changed meanwhile (see `delta_gens::write_staged_delta`).
+pub(super) fn write_delta(
+    ctx: &Ctx,
+    rec: &TxnRecord,
+    before: &Path,
+    stage: &Path,
+    area: &Path,
+) -> Result<Vec<crate::conflicts::Conflict>> {
     let changes = treediff::diff(before, stage, &[area.to_path_buf()])?;
     let entries = entries_of(&changes, before, stage)?;
     super::delta_gens::write_staged_delta(ctx, rec, &entries, super::delta_gens::Put::Written, |path, dest| {

@@ -117,7 +117,8 @@ fn tree_bytes(dir: &Path, left_out: Option<&Path>) -> Result<u64> {
     Ok(total)
 }
 
-pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+/// Returns the paths the running system also changed meanwhile (conflicts).
+pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::conflicts::Conflict>> {
     let tree = stage_paths(ctx, rec)?.tree;
     let area = state_area(ctx)?;
     if fsutil::exists(&tree.join(area)) {

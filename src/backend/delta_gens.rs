@@ -4,6 +4,7 @@
 //! forwards down to the target, one delta at a time, recording progress after each so a crash resumes exactly.
 
 use super::Ctx;
+use crate::conflicts::{Conflict, Version};
 use crate::delta::{Delta, Direction};
 use crate::inroot::Root;
 use crate::state::{PlannedSwap, State, TxnRecord};
@@ -35,7 +36,8 @@ pub(super) fn write_staged_delta(
     entries: &[crate::delta::Entry],
     how: Put,
     mut put: impl FnMut(&std::path::Path, &std::path::Path) -> Result<()>,
-) -> Result<()> {
+) -> Result<Vec<Conflict>> {
+    let mut conflicts = live_changed(ctx, rec, entries)?;
     let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
     d.remove()?;
     d.create()?;
@@ -45,12 +47,42 @@ pub(super) fn write_staged_delta(
             put(path, &new.join(k.to_string()))?;
         }
     }
+    for (k, c) in &mut conflicts {
+        c.plan = Version::of(&std::fs::symlink_metadata(new.join(k.to_string())).ok());
+    }
     match how {
         Put::Renamed => crate::fsutil::sync_dir(&new)?,
         Put::Written => crate::fsutil::syncfs(&new)?,
     }
     d.write_index(entries)?;
-    crate::fsutil::syncfs(&d.dir)
+    crate::fsutil::syncfs(&d.dir)?;
+    Ok(conflicts.into_iter().map(|(_, c)| c).collect())
+}
+
+/// The paths the delta replaces that the running system changed during the transaction (their change time is not
+/// before the stage was taken), each with its index: conflicts. The delta's version goes into the tree at the
+/// commit; the running system's is copied into the state area first, and listed. (A directory the delta only
+/// merges into is not one.)
+fn live_changed(ctx: &Ctx, rec: &TxnRecord, entries: &[crate::delta::Entry]) -> Result<Vec<(usize, Conflict)>> {
+    let Some(started) = rec.started_ns else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (k, e) in entries.iter().enumerate() {
+        let crate::delta::Entry::Replace { path, .. } = e else { continue };
+        let live = ctx.root.join(path);
+        let Ok(m) = std::fs::symlink_metadata(&live) else { continue };
+        if crate::fsutil::ctime_ns(&m) < started {
+            continue;
+        }
+        let kept = ctx.state.conflicts_path(&rec.txn).join(path);
+        crate::fsutil::remove_any(&kept)?;
+        crate::fsutil::create_dir_durable(kept.parent().expect("a kept path has a parent"))?;
+        crate::fsutil::copy_tree(&live, &kept)
+            .with_context(|| format!("keeping the running system's version of /{}", path.display()))?;
+        crate::fsutil::syncfs(&kept)?;
+        let path = std::path::Path::new("/").join(path);
+        out.push((k, Conflict { path, plan: Version::of(&None), live: Version::of(&Some(m)), kept: Some(kept) }));
+    }
+    Ok(out)
 }
 
 /// Remove the delta a transaction that will not commit made for its generation (idempotent).

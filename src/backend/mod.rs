@@ -206,6 +206,7 @@ pub(crate) fn part_staging_bytes(kind: BackendKind, root: &Path, state_dir: &Pat
 /// Make the stage for `rec`, every part's mounted at its path in the root's, and return the directory the steps
 /// run in.
 pub(crate) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
+    rec.started_ns = Some(crate::fsutil::now_coarse_ns());
     let stage = ctx.stager().prepare(ctx, rec)?;
     for p in &ctx.parts {
         p.ctx.state.create()?;

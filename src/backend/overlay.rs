@@ -132,7 +132,8 @@ fn remove_stage(s: &StagePaths) -> Result<()> {
     fsutil::remove_any(&s.dir)
 }
 
-pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+/// Returns the paths the running system also changed meanwhile (conflicts).
+pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::conflicts::Conflict>> {
     let s = stage_paths(ctx, rec);
     unmount(&s)?;
     fsutil::syncfs(&s.upper)?;

@@ -76,7 +76,8 @@ fn remove_stage(s: &StagePaths) -> Result<()> {
     remove_snapshots_in(&s.dir)
 }
 
-pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+/// Returns the paths the running system also changed meanwhile (conflicts).
+pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::conflicts::Conflict>> {
     let s = stage_paths(ctx, rec);
     mounts::unmount_below(&s.tree)?;
     super::compared::write_delta(ctx, rec, &s.base, &s.tree, state_area(ctx)?)

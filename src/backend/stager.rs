@@ -231,7 +231,9 @@ impl Stager for Overlay {
         overlay::prepare(ctx, rec)
     }
     fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
-        overlay::pre_commit(ctx, rec)
+        let conflicts = overlay::pre_commit(ctx, rec)?;
+        rec.conflicts.extend(conflicts);
+        Ok(())
     }
     fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
         delta_gens::commit(ctx, rec)
@@ -271,7 +273,9 @@ impl Stager for Copy {
         copy::prepare(ctx, rec)
     }
     fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
-        copy::pre_commit(ctx, rec)
+        let conflicts = copy::pre_commit(ctx, rec)?;
+        rec.conflicts.extend(conflicts);
+        Ok(())
     }
     fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
         delta_gens::commit(ctx, rec)
@@ -305,7 +309,9 @@ impl Stager for Snapshot {
         snapshot::prepare(ctx, rec)
     }
     fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
-        snapshot::pre_commit(ctx, rec)
+        let conflicts = snapshot::pre_commit(ctx, rec)?;
+        rec.conflicts.extend(conflicts);
+        Ok(())
     }
     fn commit(&self, ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
         delta_gens::commit(ctx, rec)

@@ -614,19 +614,20 @@ impl Transaction<'_> {
         );
     }
 
-    /// Say what the carry-over brought from the live tree into the stage, and every conflict it found.
+    /// Say what the carry-over brought from the live tree into the stage (btrfs), and every conflict found.
     fn report_carry_over(&self, rec: &TxnRecord) {
-        let Some(carried) = rec.carried else { return };
-        self.out.event(
-            "carried_over",
-            json!({"txn": rec.txn, "paths": carried.paths, "rounds": carried.rounds, "elapsed_ms": carried.ms,
-                   "conflicts": rec.conflicts.len()}),
-        );
-        if carried.paths > 0 {
-            self.out.say(format!(
-                "snapinst: carried {} paths the running system changed during the transaction into the new tree ({} ms)",
-                carried.paths, carried.ms
-            ));
+        if let Some(carried) = rec.carried {
+            self.out.event(
+                "carried_over",
+                json!({"txn": rec.txn, "paths": carried.paths, "rounds": carried.rounds, "elapsed_ms": carried.ms,
+                       "conflicts": rec.conflicts.len()}),
+            );
+            if carried.paths > 0 {
+                self.out.say(format!(
+                    "snapinst: carried {} paths the running system changed during the transaction into the new tree ({} ms)",
+                    carried.paths, carried.ms
+                ));
+            }
         }
         for c in &rec.conflicts {
             self.out.event("conflict", json!({"txn": rec.txn, "conflict": c}));
