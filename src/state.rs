@@ -304,6 +304,15 @@ pub(crate) const CARRY_SUFFIX: &str = ".carry";
 /// The suffix of a btrfs generation's tree as its transaction committed it (`gens/<n>.committed`).
 pub(crate) const COMMITTED_SUFFIX: &str = ".committed";
 
+/// The suffix of a btrfs generation's tree as the commit that replaced it left it while it stayed mounted
+/// (`gens/<n>.handover`): what the running system wrote to it after that is carried over at the next boot.
+pub(crate) const HANDOVER_SUFFIX: &str = ".handover";
+
+/// The generation an entry of a generations directory belongs to (its tree, or one of its snapshots above).
+pub(crate) fn generation_of_entry(name: &str) -> &str {
+    [COMMITTED_SUFFIX, HANDOVER_SUFFIX].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name)
+}
+
 /// The transaction an entry of a stages directory belongs to (its stage, checkpoints or carry-over snapshots).
 pub(crate) fn txn_of_stage_entry(name: &str) -> &str {
     [CHECKPOINTS_SUFFIX, CARRY_SUFFIX].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name)

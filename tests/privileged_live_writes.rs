@@ -406,3 +406,58 @@ fn delta_rollback_keeps_writes(backend: Backend) {
     assert_no_leftovers(&img);
 }
 backend_tests!(privileged_delta_rollback_keeps_writes, delta_rollback_keeps_writes, overlay => Overlay, journal => Journal);
+
+/// A btrfs root mounted on its own, as `/` is: after the commit the running system goes on writing to the tree it
+/// is mounted from, until the shutdown. `snapinst boot`, before the root is mounted again, carries those writes
+/// into the new generation: a new file, an edit to a file the plan did not touch, a removal; an edit to a file the
+/// plan changed is a conflict (the plan's version in the tree, the running system's kept and listed).
+#[test]
+fn privileged_boot_carries_the_writes_made_after_the_commit_until_the_shutdown() {
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let live = img.root();
+    let name = img.subvolume_name().unwrap().to_path_buf();
+    seed_live_tree(&live);
+    let steps = vec![
+        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        json!({"id": "dropin", "type": "file", "path": "/etc/app.d/plan.conf", "content": "p\n", "mode": "0644"}),
+    ];
+    let pd = PlanDir::new(&plan("gen1", steps), &[]);
+    let out = apply(&pd.path, &live, Backend::Btrfs, &[]);
+    assert_code(&out, 0);
+    let txn = summary(&json_lines(&out))["txn"].as_str().unwrap().to_string();
+    // The running system, after the commit.
+    std::fs::create_dir_all(live.join("var/log/app")).unwrap();
+    std::fs::write(live.join("var/log/app/after-commit.log"), "written before the shutdown\n").unwrap();
+    std::fs::write(live.join("etc/live.txt"), "one\nedited after the commit\n").unwrap();
+    std::fs::remove_file(live.join("etc/unwanted")).unwrap();
+    std::fs::write(live.join("etc/app.conf"), "original\nedited after the commit\n").unwrap();
+    let mounted_at_shutdown = manifest(&live);
+
+    let mut boot_out = None;
+    img.boot_again_with(|| boot_out = Some(snapinst(["boot", "--root", name.to_str().unwrap(), "--json"])));
+    let boot_out = boot_out.unwrap();
+    assert_code(&boot_out, 0);
+    let handed = json_lines(&boot_out).into_iter().find(|v| v["event"] == "handed_over").expect("a handed_over event");
+    assert_eq!(conflict_paths(&handed["conflicts"]), ["/etc/app.conf"], "{}", show(&boot_out));
+
+    // The tree the machine boots: what it ran on at the shutdown, with the plan's two paths.
+    let mut want = Expect::new(&mounted_at_shutdown);
+    want.file("/etc/app.conf", b"plan\n", 0o644, 0, 0).dir_any("/etc/app.d").file(
+        "/etc/app.d/plan.conf",
+        b"p\n",
+        0o644,
+        0,
+        0,
+    );
+    want.check(&manifest(&live));
+    let kept = PathBuf::from(handed["conflicts"][0]["kept"].as_str().unwrap());
+    assert_eq!(std::fs::read(&kept).unwrap(), b"original\nedited after the commit\n");
+    let shown = snapinst(["conflicts", "--root", live.to_str().unwrap(), "--txn", &txn, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(conflict_paths(&v["transactions"][0]["conflicts"]), ["/etc/app.conf"], "{}", show(&shown));
+    // A second boot has nothing more to carry.
+    let mut again = None;
+    img.boot_again_with(|| again = Some(snapinst(["boot", "--root", name.to_str().unwrap(), "--json"])));
+    assert!(json_lines(&again.unwrap()).iter().all(|v| v["event"] != "handed_over"));
+    assert_no_leftovers(&img);
+}

@@ -89,6 +89,10 @@ impl Paths {
     fn committed(&self, n: u64) -> PathBuf {
         self.gens_dir.join(format!("{n}{}", crate::state::COMMITTED_SUFFIX))
     }
+    /// Generation `n`'s tree as the commit that replaced it left it, while it stayed mounted (read-only).
+    fn handover(&self, n: u64) -> PathBuf {
+        self.gens_dir.join(format!("{n}{}", crate::state::HANDOVER_SUFFIX))
+    }
 }
 
 fn subvol_id(path: &Path) -> Result<u64> {
@@ -193,6 +197,79 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
     fsutil::syncfs(&stage)?;
     done_all.tail_ms = last_look.elapsed().as_millis() as u64;
     Ok((done_all, conflicts))
+}
+
+/// When the tree the commit replaced is the one the running system is mounted from, keep the carry-over's last
+/// look at it (read-only, as `gens/<from>.handover`): what the running system writes to it from then until the
+/// shutdown is what `hand_over` brings into the new tree at the next boot. Idempotent.
+fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    let carry = p.carry(&rec.txn);
+    let at = p.handover(rec.from_generation);
+    let running =
+        mounts::is_mount_point(&p.host_root).unwrap_or(false) && subvol_id(&p.host_root).ok() == rec.root_subvol_before;
+    if rec.kind != TxnKind::Apply || !running || !fsutil::exists(&carry) || fsutil::exists(&at) {
+        return Ok(());
+    }
+    let last = (1..=CARRY_ROUNDS).rev().map(|r| carry.join(format!("live-{r}"))).find(|l| is_subvolume(l));
+    let last = last.unwrap_or_else(|| carry.join("base"));
+    CreateSnapshotOptions::new()
+        .readonly(true)
+        .create(&last, &at)
+        .with_context(|| format!("keeping {} as {}", last.display(), at.display()))?;
+    Ok(())
+}
+
+/// What `hand_over` did at a boot.
+pub(crate) struct HandedOver {
+    pub generation: u64,
+    pub paths: usize,
+    pub conflicts: Vec<Conflict>,
+    /// The transaction that made the current generation (its record gets the conflicts).
+    pub txn: Option<String>,
+}
+
+/// At boot, before the root is mounted: the tree the last boot ran on (generation `g`, kept, sealed read-only by
+/// now) received writes after the commit that replaced it, until the shutdown. Carry them into the current tree
+/// (which nothing has mounted yet), with the conflict rule of a commit against what the transactions since `g`
+/// changed (the current tree as committed, against the handover), then drop `gens/<g>.handover`. A crash here is harmless: the next boot does it again, and carrying is idempotent.
+pub(super) fn hand_over(p: &Paths, state: &State, kept_for: &dyn Fn(&str) -> PathBuf) -> Result<Option<HandedOver>> {
+    let Some(g) = state.generations.iter().map(|x| x.generation).find(|&g| is_subvolume(&p.handover(g))) else {
+        return Ok(None);
+    };
+    let handover = p.handover(g);
+    let current = state.generation(state.current);
+    // The current tree descends from g through generations none of whose parents was pruned.
+    let chain = state.ancestors(state.current);
+    let made_from_g = chain.contains(&g)
+        && chain.iter().take_while(|&&x| x != g).all(|&x| state.generation(x).is_some_and(|x| !x.parent_pruned));
+    let (replaced, committed) = (p.gen(g), p.committed(state.current));
+    if state.current == g || !made_from_g || !is_subvolume(&committed) || !is_subvolume(&replaced) {
+        // The machine is back on that tree, or the current tree is not the one made from it: nothing to bring.
+        delete_subvolume(&handover)?;
+        return Ok(None);
+    }
+    if !libbtrfsutil::subvolume_read_only(&replaced).unwrap_or(false) {
+        bail!(
+            "{} is still writable (mounted?); the writes made to it after the commit are not carried",
+            replaced.display()
+        );
+    }
+    let txn = current.and_then(|c| c.txn.clone());
+    let planned = btrfs_send::changes(&handover, &committed)?;
+    let written = btrfs_send::changes(&handover, &replaced)?;
+    let kept = kept_for(txn.as_deref().unwrap_or("boot"));
+    let round = carry::Round {
+        before: &handover,
+        live: &replaced,
+        stage: &p.root,
+        planned: &planned,
+        kept: &kept,
+        incoming_wins: false,
+    };
+    let done = carry::carry(&round, &written)?;
+    fsutil::syncfs(&p.root)?;
+    delete_subvolume(&handover)?;
+    Ok(Some(HandedOver { generation: g, paths: done.paths, conflicts: done.conflicts, txn }))
 }
 
 /// Later conflicts on a path replace earlier ones.
@@ -317,6 +394,7 @@ pub(super) fn seal(p: &Paths, state: &State) -> Result<()> {
 }
 
 pub(super) fn finish(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
+    keep_handover(p, rec)?;
     keep_as_generation(p, &p.stage(rec), rec.root_subvol_before, rec.from_generation)?;
     remove_snapshots_in(&p.carry(&rec.txn))?;
     state.current_subvol = rec.incoming_subvol;
@@ -515,7 +593,7 @@ pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
 }
 
 pub(super) fn drop_generation(p: &Paths, n: u64) -> Result<()> {
-    for path in [p.gen(n), p.committed(n)] {
+    for path in [p.gen(n), p.committed(n), p.handover(n)] {
         if fsutil::exists(&path) {
             delete_subvolume(&path)?;
         }

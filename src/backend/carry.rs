@@ -255,7 +255,7 @@ impl Worker<'_> {
             Some(_) => {
                 fs::create_dir_all(copy.parent().expect("a kept path has a parent"))
                     .with_context(|| format!("making room for {}", copy.display()))?;
-                crate::fsutil::copy_tree(&from.join(rel), &copy)
+                clone_tree(&from.join(rel), &copy)
                     .with_context(|| format!("keeping the running system's version of /{}", rel.display()))?;
                 Some(copy)
             }
@@ -309,6 +309,23 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
             return Ok(false);
         }
     }
+}
+
+/// Copy the tree `from` to the new path `to`, contents cloned, with modes, owners, xattrs and times (no `cp`: this
+/// runs in the initramfs too).
+fn clone_tree(from: &Path, to: &Path) -> Result<()> {
+    let m = fs::symlink_metadata(from).with_context(|| format!("inspecting {}", from.display()))?;
+    if m.is_dir() {
+        fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
+        for e in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+            let name = e.with_context(|| format!("reading {}", from.display()))?.file_name();
+            clone_tree(&from.join(&name), &to.join(&name))?;
+        }
+    } else {
+        make_entry(from, to, &m)?;
+    }
+    copy_attributes(from, to, &m)?;
+    set_times(to, &m)
 }
 
 /// Make a new entry at `to` like the one at `from`: a file cloned, a symlink, a device, a fifo or a socket.

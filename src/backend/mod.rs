@@ -481,7 +481,7 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
                 let orphan = if dir == stages {
                     kept.as_deref() != Some(txn_of_entry)
                 } else {
-                    let n = name.strip_suffix(crate::state::COMMITTED_SUFFIX).unwrap_or(&name);
+                    let n = crate::state::generation_of_entry(&name);
                     match n.parse::<u64>().ok().and_then(|n| state.generation(n)) {
                         None => !name.starts_with('.'),
                         // A delta is needed only for a generation that has a parent.
@@ -502,6 +502,17 @@ pub(crate) fn sweep(ctx: &Ctx, state: &State) -> Result<Vec<PathBuf>> {
 pub(crate) fn seal(ctx: &Ctx, state: &State) -> Result<()> {
     ctx.stager().seal(ctx, state)
 }
+
+/// At boot, before the root is mounted (btrfs): carry into the current tree what the running system wrote to the
+/// tree it was mounted from after the commit that replaced it (see `btrfs::hand_over`).
+pub(crate) fn hand_over(ctx: &Ctx, state: &State) -> Result<Option<HandedOver>> {
+    if ctx.kind != BackendKind::Btrfs {
+        return Ok(None);
+    }
+    btrfs::hand_over(ctx.btrfs(), state, &|txn| ctx.state.conflicts_path(txn))
+}
+
+pub(crate) use btrfs::HandedOver;
 
 /// Cover the state area in the stage with an empty read-only tmpfs: steps neither see nor change it.
 fn hide_state_area(dir: &Path) -> Result<()> {

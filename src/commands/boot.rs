@@ -15,6 +15,41 @@ use crate::state::{Pending, State};
 use anyhow::Result;
 use serde_json::json;
 
+/// Carry into the tree about to be mounted what the running system wrote to the one it ran on after the commit
+/// that replaced it; say what was done, and add its conflicts to that transaction's record. Never fails the boot:
+/// what could not be carried stays in the kept generation, and the message says where.
+fn hand_over(ctx: &Ctx, state: &State, out: &Reporter) {
+    match backend::hand_over(ctx, state) {
+        Ok(None) => {}
+        Ok(Some(h)) => {
+            out.event(
+                "handed_over",
+                json!({"generation": h.generation, "to": state.current, "paths": h.paths, "conflicts": h.conflicts}),
+            );
+            out.say(format!(
+                "snapinst: carried {} paths the running system wrote to generation {} after the commit into generation {}",
+                h.paths, h.generation, state.current
+            ));
+            for c in &h.conflicts {
+                out.say(format!("snapinst: conflict: {}", c.line()));
+            }
+            if let (Some(txn), false) = (&h.txn, h.conflicts.is_empty()) {
+                let noted = ctx.state.txns().map(|all| all.into_iter().find(|t| &t.txn == txn));
+                if let Ok(Some(mut rec)) = noted {
+                    rec.conflicts.extend(h.conflicts);
+                    if let Err(e) = ctx.state.write_txn(&rec) {
+                        out.say(format!("snapinst: warning: could not record the conflicts in {txn}: {e:#}"));
+                    }
+                }
+            }
+        }
+        Err(e) => out.say(format!(
+            "snapinst: warning: what the running system wrote after the last commit could not be carried into generation {} ({e:#}); it is in the previous generation's tree, kept in the state area",
+            state.current
+        )),
+    }
+}
+
 pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     require_root_user()?;
     mounts::enter_private_namespace()?;
@@ -30,7 +65,9 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     }
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     let Some(mut state) = loc.state.load()? else { return Ok(Outcome::Done) };
-    backend::seal(&Ctx::new(state.backend, &loc.root, &loc.state)?, &state)?;
+    let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?;
+    backend::seal(&ctx, &state)?;
+    hand_over(&ctx, &state, &out);
     let Some(pending) = state.pending.clone() else { return Ok(Outcome::Done) };
     let note = if pending.generation != state.current {
         state.pending = None;

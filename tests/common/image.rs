@@ -132,6 +132,12 @@ impl LoopImage {
     /// Mount the root again as the next boot would (for a subvolume mounted on its own: by name,
     /// with the filesystems inside it mounted back on it); nothing for any other root.
     pub fn boot_again(&self) {
+        self.boot_again_with(|| {});
+    }
+
+    /// [`LoopImage::boot_again`], running `initramfs` between the unmount and the mount, as the initramfs runs
+    /// its hooks (`snapinst boot`) before the root is mounted.
+    pub fn boot_again_with(&self, initramfs: impl FnOnce()) {
         if self.name.is_none() {
             return;
         }
@@ -139,6 +145,7 @@ impl LoopImage {
             unmount_waiting(&sub.mnt);
         }
         unmount_waiting(&self.root);
+        initramfs();
         mount_subvolume(&self.loop_path, &self.root);
         for sub in &self.subs {
             let hold = sub.hold.as_ref().expect("a filesystem inside a mounted subvolume has a hold mount");
