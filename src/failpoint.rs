@@ -6,7 +6,8 @@
 /// A crash point: its name, the operation that reaches it, and the backends on which it is reached.
 pub(crate) struct Point {
     pub name: &'static str,
-    /// `apply` (a plan that succeeds), `apply-failing` (a plan whose last step fails), `rollback`, `recover`.
+    /// `apply` (a plan that succeeds), `apply-failing` (a plan whose last step fails), `rollback`, `recover`,
+    /// `boot` (a running root's next boot).
     pub operation: &'static str,
     pub backends: &'static [&'static str],
 }
@@ -32,6 +33,7 @@ pub(crate) const ALL: &[Point] = &[
     Point { name: "rollback-mid-swap", operation: "rollback", backends: &["overlay", "journal"] },
     Point { name: "rollback-after-exchange", operation: "rollback", backends: &["btrfs"] },
     Point { name: "recover-mid-recovery", operation: "recover", backends: EVERY },
+    Point { name: "boot-mid-handover", operation: "boot", backends: &["btrfs"] },
 ];
 
 /// Kill the process here if `SNAPINST_FAILPOINT` names this point (only in `failpoints` builds).

@@ -433,6 +433,13 @@ fn privileged_boot_carries_the_writes_made_after_the_commit_until_the_shutdown()
     std::fs::write(live.join("etc/app.conf"), "original\nedited after the commit\n").unwrap();
     let mounted_at_shutdown = manifest(&live);
 
+    // The first boot's initramfs is cut off in the middle of the carry; the next one does it all again.
+    let mut cut = None;
+    img.boot_again_with(|| {
+        let env = [("SNAPINST_FAILPOINT", "boot-mid-handover")];
+        cut = Some(snapinst_env(["boot", "--root", name.to_str().unwrap(), "--json"], &env))
+    });
+    assert!(killed_by_sigkill(cut.as_ref().unwrap()), "{}", show(cut.as_ref().unwrap()));
     let mut boot_out = None;
     img.boot_again_with(|| boot_out = Some(snapinst(["boot", "--root", name.to_str().unwrap(), "--json"])));
     let boot_out = boot_out.unwrap();
@@ -460,4 +467,22 @@ fn privileged_boot_carries_the_writes_made_after_the_commit_until_the_shutdown()
     img.boot_again_with(|| again = Some(snapinst(["boot", "--root", name.to_str().unwrap(), "--json"])));
     assert!(json_lines(&again.unwrap()).iter().all(|v| v["event"] != "handed_over"));
     assert_no_leftovers(&img);
+}
+
+/// A directory target on btrfs: a process that keeps its working directory in the root goes on writing to the tree
+/// the commit replaced; `status` names it.
+#[test]
+fn privileged_status_names_a_process_left_in_the_replaced_tree() {
+    let img = populated(Backend::Btrfs);
+    let root = img.root();
+    let mut sleeper = std::process::Command::new("sleep").arg("60").current_dir(root.join("etc")).spawn().unwrap();
+    let pd = PlanDir::new(&plan("replace", vec![json!({"id": "d", "type": "dir", "path": "/opt/replace"})]), &[]);
+    assert_code(&apply(&pd.path, &root, Backend::Btrfs, &[]), 0);
+    let st = status_json(&root);
+    let held = st["in_kept_trees"].as_array().unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let me = held.iter().find(|p| p["pid"] == sleeper.id()).unwrap_or_else(|| panic!("sleep not named: {st}"));
+    assert_eq!(me["command"], "sleep");
+    assert!(me["path"].as_str().unwrap().ends_with("gens/0/etc"), "{me}");
 }

@@ -267,6 +267,7 @@ pub(super) fn hand_over(p: &Paths, state: &State, kept_for: &dyn Fn(&str) -> Pat
         incoming_wins: false,
     };
     let done = carry::carry(&round, &written)?;
+    crate::failpoint::hit("boot-mid-handover");
     fsutil::syncfs(&p.root)?;
     delete_subvolume(&handover)?;
     Ok(Some(HandedOver { generation: g, paths: done.paths, conflicts: done.conflicts, txn }))

@@ -38,6 +38,7 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
         "pending": state.as_ref().and_then(|s| s.pending.clone()),
         "boot_note": state.as_ref().and_then(|s| s.boot_note.clone()),
         "last_conflicts": last_conflicts(&loc.state)?,
+        "in_kept_trees": in_kept_trees(&loc.state.gens_dir()),
     });
     Reporter::new(args.json).result(&value, || human_status(&value, state.as_ref()));
     Ok(Outcome::Done)
@@ -102,6 +103,15 @@ fn human_status(v: &Value, state: Option<&State>) -> String {
     }
     if let Some(note) = v["boot_note"].as_str() {
         let _ = writeln!(s, "last boot check:    {note}");
+    }
+    for p in v["in_kept_trees"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "in a kept tree:     pid {} ({}) has {} open: it writes to a generation the root no longer holds",
+            p["pid"],
+            p["command"].as_str().unwrap_or("?"),
+            p["path"].as_str().unwrap_or("?")
+        );
     }
     if let Some(c) = v["last_conflicts"].as_object() {
         let _ = writeln!(
@@ -174,6 +184,28 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
         s
     });
     Ok(Outcome::Done)
+}
+
+/// The processes that have a file, their working directory or their root in a kept generation's tree (found through
+/// /proc): after a commit replaced a directory target's tree, what they write goes there, not into the root.
+fn in_kept_trees(gens: &std::path::Path) -> Vec<Value> {
+    let gens = gens.canonicalize().unwrap_or_else(|_| gens.to_path_buf());
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let dir = p.path();
+        let mut links: Vec<std::path::PathBuf> = vec![dir.join("cwd"), dir.join("root")];
+        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        let held = links.iter().filter_map(|l| std::fs::read_link(l).ok()).find(|t| t.starts_with(&gens));
+        if let Some(path) = held {
+            let command = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
+            out.push(json!({"pid": pid, "command": command, "path": path}));
+        }
+    }
+    out
 }
 
 /// The conflicts of the last transaction that finished, if it had any.
