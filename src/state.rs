@@ -51,6 +51,10 @@ pub(crate) struct Generation {
     /// transaction changed can no longer be told from the two trees alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parent_pruned: bool,
+    /// When its commit was done (nanoseconds since the epoch, the clock file times are set from): a path its delta
+    /// replaced whose change time is after it was changed since by the running system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_ns: Option<u64>,
 }
 
 /// `state.json`: the generations of a root and which one is current.
@@ -111,6 +115,7 @@ impl State {
                 txn: None,
                 parts: Vec::new(),
                 parent_pruned: false,
+                committed_ns: None,
             }],
             current_subvol: None,
             pending: None,

@@ -399,7 +399,9 @@ fn delta_rollback_keeps_writes(backend: Backend) {
     assert_code(&out, 2);
     assert!(stderr(&out).contains("--exact") && stderr(&out).contains(backend.name()), "{}", show(&out));
     assert_manifest_eq(&now, &manifest(&root));
-    assert_code(&rollback(&root, &[], &[]), 0);
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    assert_eq!(conflict_paths(&summary(&json_lines(&out))["conflicts"]), Vec::<String>::new(), "{}", show(&out));
     let mut want = Expect::new(&now);
     want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
     want.check(&manifest(&root));
@@ -486,3 +488,23 @@ fn privileged_status_names_a_process_left_in_the_replaced_tree() {
     assert_eq!(me["command"], "sleep");
     assert!(me["path"].as_str().unwrap().ends_with("gens/0/etc"), "{me}");
 }
+
+/// overlay and journal: a path the rolled-back generation changed that the running system changed again is a
+/// conflict too: the generation before's version goes in, the running system's is kept in the delta's storage
+/// (and would come back with `rollback --to` that generation).
+fn delta_rollback_conflict(backend: Backend) {
+    let img = populated(backend);
+    let root = img.root();
+    let (m0, now) = commit_then_write(backend, &root, true);
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    let mut want = Expect::new(&now);
+    want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
+    want.check(&manifest(&root));
+    let s = summary(&json_lines(&out)).clone();
+    assert_eq!(conflict_paths(&s["conflicts"]), ["/etc/app.conf"], "{}", show(&out));
+    let kept = PathBuf::from(s["conflicts"][0]["kept"].as_str().unwrap());
+    assert_eq!(std::fs::read(&kept).unwrap(), b"plan\nlive-edit\n");
+    assert_no_leftovers(&img);
+}
+backend_tests!(privileged_delta_rollback_conflict, delta_rollback_conflict, overlay => Overlay, journal => Journal);

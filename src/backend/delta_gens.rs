@@ -111,6 +111,40 @@ pub(super) fn plan_rollback(rec: &mut TxnRecord, state: &State) -> Result<()> {
     Ok(())
 }
 
+/// Before a rollback changes anything: each path that a generation swapped back replaces (its newest swap only)
+/// and that the running system changed after that generation's commit is a conflict. The rollback's version goes
+/// into the tree; the running system's is what the swap moves into the delta's storage (`new/<k>`), kept there,
+/// which is where the conflict says it is.
+pub(super) fn rollback_conflicts(ctx: &Ctx, rec: &TxnRecord, state: &State) -> Result<Vec<Conflict>> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for s in rec.swaps.iter().take_while(|s| !s.forward) {
+        let delta = Delta::at(&ctx.state.gen_path(s.generation));
+        let Some(committed) = state.generation(s.generation).and_then(|g| g.committed_ns) else { continue };
+        if !delta.dir.exists() {
+            continue;
+        }
+        for (k, e) in delta.read_index()?.iter().enumerate() {
+            let crate::delta::Entry::Replace { path, .. } = e else { continue };
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(ctx.root.join(path)) else { continue };
+            if crate::fsutil::ctime_ns(&m) <= committed {
+                continue;
+            }
+            let back = std::fs::symlink_metadata(delta.side("old").join(k.to_string())).ok();
+            out.push(Conflict {
+                path: std::path::Path::new("/").join(path),
+                plan: Version::of(&back),
+                live: Version::of(&Some(m)),
+                kept: Some(delta.side("new").join(k.to_string())),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Carry out `swaps` from `*done` on, recording progress with `on_progress(done)` after each delta. With
 /// `optional`, a generation without a delta here (a part that was not staged then) has nothing to swap.
 pub(super) fn rollback(

@@ -393,6 +393,18 @@ pub(crate) fn plan_rollback(ctx: &Ctx, rec: &mut TxnRecord, state: &State) -> Re
     if ctx.kind == BackendKind::Btrfs && !rec.parts.is_empty() {
         delta_gens::plan_rollback(rec, state)?;
     }
+    // Every delta part (the root too, unless btrfs keeps its trees): what the rollback will put back over a path the
+    // running system changed since.
+    for c in ctx.all().filter(|c| c.kind != BackendKind::Btrfs) {
+        let mut found = delta_gens::rollback_conflicts(c, rec, state)?;
+        if c.root != ctx.root {
+            let rel = c.root.strip_prefix(&ctx.root).unwrap_or(&c.root).to_path_buf();
+            for x in &mut found {
+                x.path = Path::new("/").join(&rel).join(x.path.strip_prefix("/").unwrap_or(&x.path));
+            }
+        }
+        rec.conflicts.extend(found);
+    }
     Ok(())
 }
 

@@ -156,6 +156,7 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
             txn: Some(rec.txn.clone()),
             parts: rec.parts.clone(),
             parent_pruned: false,
+            committed_ns: Some(crate::fsutil::now_coarse_ns()),
         });
     }
     state.current = rec.to_generation;
