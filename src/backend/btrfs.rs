@@ -511,11 +511,15 @@ fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept: &
             }
         }
     }
+    // The kept trees are compared by the send ioctl, which reads only read-only ones: a tree left writable because
+    // the running system was mounted from it, and is no longer, is sealed now rather than at the next boot.
+    seal(p, state)?;
     let stage = prepare(p, rec)?;
     let mut conflicts = Vec::new();
     for &g in &reverted {
         let parent = state.generation(g).and_then(|x| x.parent).expect("checked above");
-        let (committed, before) = (p.committed(g), p.gen(parent));
+        let committed = p.committed(g);
+        let before = read_only_view(&p.gen(parent), &p.carry(&rec.txn))?;
         let reverting = btrfs_send::changes(&committed, &before)?;
         let since = while_read_only(&stage, || btrfs_send::changes(&committed, &stage))?;
         let round = carry::Round {
@@ -535,6 +539,24 @@ fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept: &
     rec.conflicts = conflicts;
     rec.stage = Some(stage);
     Ok(())
+}
+
+/// `tree` itself when it is read-only, else (the tree the running system is mounted from) a read-only snapshot of it
+/// in `dir`.
+fn read_only_view(tree: &Path, dir: &Path) -> Result<PathBuf> {
+    if libbtrfsutil::subvolume_read_only(tree).unwrap_or(false) {
+        return Ok(tree.to_path_buf());
+    }
+    let name = tree.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let view = dir.join(format!("view-{name}"));
+    if fsutil::exists(&view) {
+        delete_subvolume(&view)?;
+    }
+    CreateSnapshotOptions::new()
+        .readonly(true)
+        .create(tree, &view)
+        .with_context(|| format!("snapshotting {} to {}", tree.display(), view.display()))?;
+    Ok(view)
 }
 
 pub(super) fn rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
