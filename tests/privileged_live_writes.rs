@@ -340,42 +340,52 @@ fn commit_then_write(backend: Backend, root: &Path, touch_conf: bool) -> (Manife
     (m0, manifest(root))
 }
 
-/// btrfs: `rollback` puts back only what the rolled-back generation changed; every write made since stays. The
-/// whole tree is compared: the tree before the rollback, with the generation's two paths as they were before it.
-#[test]
-fn privileged_btrfs_rollback_keeps_what_was_written_since() {
-    let img = populated(Backend::Btrfs);
+/// `rollback` puts back only what the rolled-back generation changed; every write made since stays: the whole tree
+/// is compared, the tree before the rollback with the generation's two paths as they were before it. With
+/// `touch_conf`, a path the generation changed that the running system changed again is the one conflict: the
+/// rollback's version goes in, the running system's is kept (btrfs: in the state area; overlay and journal: in the
+/// delta's storage, from which `rollback --to` that generation would bring it back) and listed. On overlay and
+/// journal, `--exact` (a whole kept tree) is refused by name first and changes nothing.
+fn rollback_keeps_writes(backend: Backend, touch_conf: bool) {
+    let img = populated(backend);
     let root = img.root();
-    let (m0, now) = commit_then_write(Backend::Btrfs, &root, false);
-    let out = rollback(&root, &[], &[]);
-    assert_code(&out, 0);
-    let mut want = Expect::new(&now);
-    want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
-    want.check(&manifest(&root));
-    assert_eq!(conflict_paths(&summary(&json_lines(&out))["conflicts"]), Vec::<String>::new());
-    assert_current_generation(&root, 0);
-    assert_no_leftovers(&img);
-}
-
-/// A path the generation changed and the running system changed again: the rollback's version goes in, the
-/// running system's is kept and listed.
-#[test]
-fn privileged_btrfs_rollback_conflict_keeps_the_running_systems_version() {
-    let img = populated(Backend::Btrfs);
-    let root = img.root();
-    let (m0, now) = commit_then_write(Backend::Btrfs, &root, true);
+    let (m0, now) = commit_then_write(backend, &root, touch_conf);
+    if backend != Backend::Btrfs {
+        let out = rollback(&root, &["--exact"], &[]);
+        assert_code(&out, 2);
+        assert!(stderr(&out).contains("--exact") && stderr(&out).contains(backend.name()), "{}", show(&out));
+        assert_manifest_eq(&now, &manifest(&root));
+    }
     let out = rollback(&root, &[], &[]);
     assert_code(&out, 0);
     let mut want = Expect::new(&now);
     want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
     want.check(&manifest(&root));
     let s = summary(&json_lines(&out)).clone();
-    assert_eq!(conflict_paths(&s["conflicts"]), ["/etc/app.conf"], "{}", show(&out));
-    let kept = PathBuf::from(s["conflicts"][0]["kept"].as_str().unwrap());
-    assert_eq!(std::fs::read(&kept).unwrap(), b"plan\nlive-edit\n");
-    assert!(kept.starts_with(img.state_dir()));
+    if touch_conf {
+        assert_eq!(conflict_paths(&s["conflicts"]), ["/etc/app.conf"], "{}", show(&out));
+        let kept = PathBuf::from(s["conflicts"][0]["kept"].as_str().unwrap());
+        assert_eq!(std::fs::read(&kept).unwrap(), b"plan\nlive-edit\n");
+        assert!(kept.starts_with(img.state_dir()), "kept in the state area: {}", kept.display());
+    } else {
+        assert_eq!(conflict_paths(&s["conflicts"]), Vec::<String>::new(), "{}", show(&out));
+    }
+    assert_current_generation(&root, 0);
     assert_no_leftovers(&img);
 }
+
+fn rollback_keeps_writes_made_since(backend: Backend) {
+    rollback_keeps_writes(backend, false)
+}
+for_each_backend!(privileged_rollback_keeps_writes_made_since, rollback_keeps_writes_made_since);
+
+fn rollback_conflict_keeps_the_running_systems_version(backend: Backend) {
+    rollback_keeps_writes(backend, true)
+}
+for_each_backend!(
+    privileged_rollback_conflict_keeps_the_running_systems_version,
+    rollback_conflict_keeps_the_running_systems_version
+);
 
 /// `rollback --exact` restores the kept tree itself: exactly the tree before the generation.
 #[test]
@@ -388,26 +398,6 @@ fn privileged_btrfs_rollback_exact_restores_the_kept_tree() {
     assert_manifest_eq(&m0, &manifest(&root));
     assert_no_leftovers(&img);
 }
-
-/// overlay and journal: a rollback swaps back only the generation's delta, so writes made since stay; `--exact`
-/// (a whole kept tree) is refused by name and changes nothing.
-fn delta_rollback_keeps_writes(backend: Backend) {
-    let img = populated(backend);
-    let root = img.root();
-    let (m0, now) = commit_then_write(backend, &root, false);
-    let out = rollback(&root, &["--exact"], &[]);
-    assert_code(&out, 2);
-    assert!(stderr(&out).contains("--exact") && stderr(&out).contains(backend.name()), "{}", show(&out));
-    assert_manifest_eq(&now, &manifest(&root));
-    let out = rollback(&root, &[], &[]);
-    assert_code(&out, 0);
-    assert_eq!(conflict_paths(&summary(&json_lines(&out))["conflicts"]), Vec::<String>::new(), "{}", show(&out));
-    let mut want = Expect::new(&now);
-    want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
-    want.check(&manifest(&root));
-    assert_no_leftovers(&img);
-}
-backend_tests!(privileged_delta_rollback_keeps_writes, delta_rollback_keeps_writes, overlay => Overlay, journal => Journal);
 
 /// A btrfs root mounted on its own, as `/` is: after the commit the running system goes on writing to the tree it
 /// is mounted from, until the shutdown. `snapinst boot`, before the root is mounted again, carries those writes
@@ -488,23 +478,3 @@ fn privileged_status_names_a_process_left_in_the_replaced_tree() {
     assert_eq!(me["command"], "sleep");
     assert!(me["path"].as_str().unwrap().ends_with("gens/0/etc"), "{me}");
 }
-
-/// overlay and journal: a path the rolled-back generation changed that the running system changed again is a
-/// conflict too: the generation before's version goes in, the running system's is kept in the delta's storage
-/// (and would come back with `rollback --to` that generation).
-fn delta_rollback_conflict(backend: Backend) {
-    let img = populated(backend);
-    let root = img.root();
-    let (m0, now) = commit_then_write(backend, &root, true);
-    let out = rollback(&root, &[], &[]);
-    assert_code(&out, 0);
-    let mut want = Expect::new(&now);
-    want.entry("/etc/app.conf", m0[Path::new("/etc/app.conf")].clone()).remove("/etc/app.d/plan.conf");
-    want.check(&manifest(&root));
-    let s = summary(&json_lines(&out)).clone();
-    assert_eq!(conflict_paths(&s["conflicts"]), ["/etc/app.conf"], "{}", show(&out));
-    let kept = PathBuf::from(s["conflicts"][0]["kept"].as_str().unwrap());
-    assert_eq!(std::fs::read(&kept).unwrap(), b"plan\nlive-edit\n");
-    assert_no_leftovers(&img);
-}
-backend_tests!(privileged_delta_rollback_conflict, delta_rollback_conflict, overlay => Overlay, journal => Journal);
