@@ -12,7 +12,7 @@
 use super::btrfs_send::Changes;
 use crate::conflicts::{Conflict, Version};
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -44,7 +44,15 @@ pub(super) struct Carried {
 
 /// Carry `changed` (the paths that differ from `round.before` to `round.live`) into the stage.
 pub(super) fn carry(round: &Round, changed: &Changes) -> Result<Carried> {
-    let mut w = Worker { r: round, out: Carried::default(), made: HashMap::new(), times: Vec::new(), tmp: 0 };
+    let mut w = Worker {
+        r: round,
+        out: Carried::default(),
+        made: HashMap::new(),
+        times: Vec::new(),
+        tmp: 0,
+        siblings: Vec::new(),
+        visited: HashSet::new(),
+    };
     let mut whole_done: Option<PathBuf> = None;
     for rel in &changed.paths {
         if whole_done.as_ref().is_some_and(|w| rel.starts_with(w)) {
@@ -55,6 +63,12 @@ pub(super) fn carry(round: &Round, changed: &Changes) -> Result<Carried> {
             .with_context(|| format!("carrying /{} over into the stage", rel.display()))?;
         if whole {
             whole_done = Some(rel.clone());
+        }
+    }
+    // The other names of hard-linked files that changed: the kernel names a changed file by one of its names.
+    while let Some(rel) = w.siblings.pop() {
+        if !w.visited.contains(&rel) {
+            w.path(&rel, false, None).with_context(|| format!("carrying /{} over into the stage", rel.display()))?;
         }
     }
     // Directory times last: making entries in a directory changes its mtime.
@@ -72,6 +86,9 @@ struct Worker<'a> {
     /// Directories whose times are set at the end.
     times: Vec<(PathBuf, Metadata)>,
     tmp: u64,
+    /// Other names of hard-linked files met, still to look at.
+    siblings: Vec<PathBuf>,
+    visited: HashSet<PathBuf>,
 }
 
 fn lstat(path: &Path) -> Result<Option<Metadata>> {
@@ -105,6 +122,14 @@ impl Worker<'_> {
         let before = lstat(&self.r.before.join(rel))?;
         let live = lstat(&self.r.live.join(rel))?;
         let staged = lstat(&self.r.stage.join(rel))?;
+        self.visited.insert(rel.to_path_buf());
+        if differs(&before, &live) {
+            for (tree, m) in [(self.r.before, &before), (self.r.live, &live)] {
+                if let Some(m) = m.as_ref().filter(|m| m.is_file() && m.nlink() > 1) {
+                    self.siblings.extend(other_names(tree, m.ino())?.into_iter().filter(|n| n != rel));
+                }
+            }
+        }
         let mut descend = whole && is_dir(&live);
         if differs(&before, &live) {
             // Changed on the stage's side too (and not to what it was: a rollback step puts back files as clones).
@@ -354,6 +379,40 @@ fn make_entry(from: &Path, to: &Path, m: &Metadata) -> Result<()> {
 }
 
 nix::ioctl_write_int!(ficlone, 0x94, 9);
+
+/// `struct btrfs_ioctl_ino_path_args`.
+#[repr(C)]
+struct InoPathArgs {
+    inum: u64,
+    size: u64,
+    reserved: [u64; 4],
+    fspath: u64,
+}
+nix::ioctl_readwrite!(btrfs_ioc_ino_paths, 0x94, 35, InoPathArgs);
+
+/// Every name of inode `ino` in the subvolume `tree` (`BTRFS_IOC_INO_PATHS`), relative to it.
+fn other_names(tree: &Path, ino: u64) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    const SIZE: usize = 64 * 1024;
+    let dir = File::open(tree).with_context(|| format!("opening {}", tree.display()))?;
+    let mut buf = vec![0u64; SIZE / 8];
+    let mut args = InoPathArgs { inum: ino, size: SIZE as u64, reserved: [0; 4], fspath: buf.as_mut_ptr() as u64 };
+    // SAFETY: `args` points at `buf`, SIZE bytes that outlive the call; the kernel writes at most `size` bytes.
+    unsafe { btrfs_ioc_ino_paths(dir.as_raw_fd(), &mut args) }
+        .with_context(|| format!("asking the kernel the names of inode {ino} in {}", tree.display()))?;
+    // `struct btrfs_data_container`: four u32 counters, then `elem_cnt` offsets (from the first one) to C strings.
+    let count = (buf[1] & 0xffff_ffff) as usize;
+    let bytes: &[u8] = // SAFETY: `buf` is SIZE initialised bytes, viewed as bytes.
+        unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, SIZE) };
+    let mut names = Vec::new();
+    for i in 0..count.min(SIZE / 8 - 2) {
+        let at = 16 + buf[2 + i] as usize;
+        let Some(rest) = bytes.get(at..) else { break };
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        names.push(PathBuf::from(std::ffi::OsStr::from_bytes(&rest[..end])));
+    }
+    Ok(names)
+}
 nix::ioctl_read!(fs_ioc_getversion, b'v', 1, libc::c_long);
 
 /// A regular file's inode number and generation (`FS_IOC_GETVERSION`): which file it is, across snapshots.
