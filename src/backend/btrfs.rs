@@ -564,7 +564,9 @@ pub(super) fn rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
         return Ok(());
     }
     if !rec.exact {
-        return commit(p, rec);
+        commit(p, rec)?;
+        crate::failpoint::hit("rollback-after-exchange");
+        return Ok(());
     }
     let target = p.gen(rec.to_generation);
     libbtrfsutil::set_subvolume_read_only(&target, false)
