@@ -126,7 +126,8 @@ fn compare(o: &Path, om: &Metadata, n: &Path, nm: &Metadata) -> Result<Option<Ch
     Ok((owner_mode || !times_same).then_some(ChangeKind::Metadata))
 }
 
-fn same_content(a: &Path, b: &Path) -> Result<bool> {
+/// Whether the files `a` and `b` hold the same bytes.
+pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
     let open = |p: &Path| std::fs::File::open(p).with_context(|| format!("opening {}", p.display()));
     let (mut fa, mut fb) = (open(a)?, open(b)?);
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);

@@ -309,7 +309,7 @@ fn same_entry(a: &Path, am: &Option<Metadata>, b: &Path, bm: &Option<Metadata>) 
     }
     let t = am.file_type();
     Ok(if t.is_file() {
-        am.size() == bm.size() && same_bytes(a, b)?
+        am.size() == bm.size() && crate::treediff::same_content(a, b)?
     } else if t.is_symlink() {
         fs::read_link(a).ok() == fs::read_link(b).ok()
     } else if t.is_dir() {
@@ -317,23 +317,6 @@ fn same_entry(a: &Path, am: &Option<Metadata>, b: &Path, bm: &Option<Metadata>) 
     } else {
         am.rdev() == bm.rdev()
     })
-}
-
-fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
-    use std::io::Read;
-    let open = |p: &Path| File::open(p).with_context(|| format!("opening {}", p.display()));
-    let (mut fa, mut fb) = (open(a)?, open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-    loop {
-        let n = fa.read(&mut ba).with_context(|| format!("reading {}", a.display()))?;
-        if n == 0 {
-            return Ok(true);
-        }
-        fb.read_exact(&mut bb[..n]).with_context(|| format!("reading {}", b.display()))?;
-        if ba[..n] != bb[..n] {
-            return Ok(false);
-        }
-    }
 }
 
 /// Copy the tree `from` to the new path `to`, contents cloned, with modes, owners, xattrs and times (no `cp`: this
