@@ -313,9 +313,12 @@ pub(crate) const COMMITTED_SUFFIX: &str = ".committed";
 /// (`gens/<n>.handover`): what the running system wrote to it after that is carried over at the next boot.
 pub(crate) const HANDOVER_SUFFIX: &str = ".handover";
 
+/// The suffix of the read-only view of the root that the boot-time handover compares with (`gens/<n>.handover-view`).
+pub(crate) const HANDOVER_VIEW_SUFFIX: &str = ".handover-view";
+
 /// The generation an entry of a generations directory belongs to (its tree, or one of its snapshots above).
 pub(crate) fn generation_of_entry(name: &str) -> &str {
-    [COMMITTED_SUFFIX, HANDOVER_SUFFIX].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name)
+    [COMMITTED_SUFFIX, HANDOVER_SUFFIX, HANDOVER_VIEW_SUFFIX].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name)
 }
 
 /// The transaction an entry of a stages directory belongs to (its stage, checkpoints or carry-over snapshots).

@@ -461,6 +461,71 @@ fn privileged_boot_carries_the_writes_made_after_the_commit_until_the_shutdown()
     assert_no_leftovers(&img);
 }
 
+/// Boot a mounted image's root again, running `snapinst boot` in its "initramfs"; the boot's output.
+fn boot_with_hook(img: &LoopImage) -> std::process::Output {
+    let name = img.subvolume_name().unwrap().to_path_buf();
+    let mut out = None;
+    img.boot_again_with(|| out = Some(snapinst(["boot", "--root", name.to_str().unwrap(), "--json"])));
+    let out = out.unwrap();
+    assert_code(&out, 0);
+    out
+}
+
+/// A keeping rollback on a running root (btrfs `/`, booted on the generation it rolls back): the running system
+/// goes on writing to the tree the rollback replaced until the shutdown, and the next boot carries those writes into
+/// the rolled-back tree; an edit to a path the rollback put back is a conflict (the rollback's version in the tree).
+#[test]
+fn privileged_boot_carries_the_writes_made_after_a_keeping_rollback() {
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let live = img.root();
+    seed_live_tree(&live);
+    let steps =
+        vec![json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})];
+    let pd = PlanDir::new(&plan("gen1", steps), &[]);
+    assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
+    boot_with_hook(&img);
+    std::fs::create_dir_all(live.join("var/log/app")).unwrap();
+    std::fs::write(live.join("var/log/app/before-rollback.log"), "on the new generation\n").unwrap();
+    let out = rollback(&live, &[], &[]);
+    assert_code(&out, 0);
+    // The running system, after the rollback's commit.
+    std::fs::write(live.join("var/log/app/after-rollback.log"), "written before the shutdown\n").unwrap();
+    std::fs::write(live.join("etc/live.txt"), "one\nedited after the rollback\n").unwrap();
+    std::fs::write(live.join("etc/app.conf"), "plan\nedited after the rollback\n").unwrap();
+    let mounted_at_shutdown = manifest(&live);
+
+    let boot_out = boot_with_hook(&img);
+    let handed = json_lines(&boot_out).into_iter().find(|v| v["event"] == "handed_over").expect("a handed_over event");
+    assert_eq!(conflict_paths(&handed["conflicts"]), ["/etc/app.conf"], "{}", show(&boot_out));
+    let mut want = Expect::new(&mounted_at_shutdown);
+    want.file("/etc/app.conf", b"original\n", 0o644, 0, 0);
+    want.check(&manifest(&live));
+    let kept = PathBuf::from(handed["conflicts"][0]["kept"].as_str().unwrap());
+    assert_eq!(std::fs::read(&kept).unwrap(), b"plan\nedited after the rollback\n");
+    assert_no_leftovers(&img);
+}
+
+/// A rollback before the reboot, on a running root, goes back to the tree the machine still runs on: every write
+/// made to it, before and after the rollback, is there at the next boot, and nothing is handed over.
+#[test]
+fn privileged_rollback_before_the_reboot_keeps_every_write_of_the_running_tree() {
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let live = img.root();
+    seed_live_tree(&live);
+    let steps =
+        vec![json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})];
+    let pd = PlanDir::new(&plan("gen1", steps), &[]);
+    assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
+    std::fs::write(live.join("etc/live.txt"), "one\nafter the commit\n").unwrap();
+    assert_code(&rollback(&live, &[], &[]), 0);
+    std::fs::write(live.join("etc/app.conf"), "original\nafter the rollback\n").unwrap();
+    let mounted_at_shutdown = manifest(&live);
+    let boot_out = boot_with_hook(&img);
+    assert!(json_lines(&boot_out).iter().all(|v| v["event"] != "handed_over"), "{}", show(&boot_out));
+    assert_manifest_eq(&mounted_at_shutdown, &manifest(&live));
+    assert_no_leftovers(&img);
+}
+
 /// A directory target on btrfs: a process that keeps its working directory in the root goes on writing to the tree
 /// the commit replaced; `status` names it.
 #[test]

@@ -16,6 +16,13 @@ use libbtrfsutil::{CreateSnapshotOptions, DeleteSubvolumeOptions, IterateSubvolu
 use nix::fcntl::{renameat2, RenameFlags};
 use std::path::{Path, PathBuf};
 
+mod handover;
+mod keeping_rollback;
+pub(super) use handover::hand_over;
+use handover::keep_handover;
+pub(crate) use handover::HandedOver;
+use keeping_rollback::stage_keeping_rollback;
+
 pub(super) fn is_subvolume(path: &Path) -> bool {
     libbtrfsutil::is_subvolume(path).unwrap_or(false)
 }
@@ -92,6 +99,10 @@ impl Paths {
     /// Generation `n`'s tree as the commit that replaced it left it, while it stayed mounted (read-only).
     fn handover(&self, n: u64) -> PathBuf {
         self.gens_dir.join(format!("{n}{}", crate::state::HANDOVER_SUFFIX))
+    }
+    /// A read-only view of the root taken by `hand_over` while it runs.
+    fn handover_view(&self, n: u64) -> PathBuf {
+        self.gens_dir.join(format!("{n}{}", crate::state::HANDOVER_VIEW_SUFFIX))
     }
 }
 
@@ -197,80 +208,6 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
     fsutil::syncfs(&stage)?;
     done_all.tail_ms = last_look.elapsed().as_millis() as u64;
     Ok((done_all, conflicts))
-}
-
-/// When the tree the commit replaced is the one the running system is mounted from, keep the carry-over's last
-/// look at it (read-only, as `gens/<from>.handover`): what the running system writes to it from then until the
-/// shutdown is what `hand_over` brings into the new tree at the next boot. Idempotent.
-fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
-    let carry = p.carry(&rec.txn);
-    let at = p.handover(rec.from_generation);
-    let running =
-        mounts::is_mount_point(&p.host_root).unwrap_or(false) && subvol_id(&p.host_root).ok() == rec.root_subvol_before;
-    if rec.kind != TxnKind::Apply || !running || !fsutil::exists(&carry) || fsutil::exists(&at) {
-        return Ok(());
-    }
-    let last = (1..=CARRY_ROUNDS).rev().map(|r| carry.join(format!("live-{r}"))).find(|l| is_subvolume(l));
-    let last = last.unwrap_or_else(|| carry.join("base"));
-    CreateSnapshotOptions::new()
-        .readonly(true)
-        .create(&last, &at)
-        .with_context(|| format!("keeping {} as {}", last.display(), at.display()))?;
-    Ok(())
-}
-
-/// What `hand_over` did at a boot.
-pub(crate) struct HandedOver {
-    pub generation: u64,
-    pub paths: usize,
-    pub conflicts: Vec<Conflict>,
-    /// The transaction that made the current generation (its record gets the conflicts).
-    pub txn: Option<String>,
-}
-
-/// At boot, before the root is mounted: the tree the last boot ran on (generation `g`, kept, sealed read-only by
-/// now) received writes after the commit that replaced it, until the shutdown. Carry them into the current tree
-/// (which nothing has mounted yet), with the conflict rule of a commit against what the transactions since `g`
-/// changed (the current tree as committed, against the handover), then drop `gens/<g>.handover`. A crash here is harmless: the next boot does it again, and carrying is idempotent.
-pub(super) fn hand_over(p: &Paths, state: &State, kept_for: &dyn Fn(&str) -> PathBuf) -> Result<Option<HandedOver>> {
-    let Some(g) = state.generations.iter().map(|x| x.generation).find(|&g| is_subvolume(&p.handover(g))) else {
-        return Ok(None);
-    };
-    let handover = p.handover(g);
-    let current = state.generation(state.current);
-    // The current tree descends from g through generations none of whose parents was pruned.
-    let chain = state.ancestors(state.current);
-    let made_from_g = chain.contains(&g)
-        && chain.iter().take_while(|&&x| x != g).all(|&x| state.generation(x).is_some_and(|x| !x.parent_pruned));
-    let (replaced, committed) = (p.gen(g), p.committed(state.current));
-    if state.current == g || !made_from_g || !is_subvolume(&committed) || !is_subvolume(&replaced) {
-        // The machine is back on that tree, or the current tree is not the one made from it: nothing to bring.
-        delete_subvolume(&handover)?;
-        return Ok(None);
-    }
-    if !libbtrfsutil::subvolume_read_only(&replaced).unwrap_or(false) {
-        bail!(
-            "{} is still writable (mounted?); the writes made to it after the commit are not carried",
-            replaced.display()
-        );
-    }
-    let txn = current.and_then(|c| c.txn.clone());
-    let planned = btrfs_send::changes(&handover, &committed)?;
-    let written = btrfs_send::changes(&handover, &replaced)?;
-    let kept = kept_for(txn.as_deref().unwrap_or("boot"));
-    let round = carry::Round {
-        before: &handover,
-        live: &replaced,
-        stage: &p.root,
-        planned: &planned,
-        kept: &kept,
-        incoming_wins: false,
-    };
-    let done = carry::carry(&round, &written)?;
-    crate::failpoint::hit("boot-mid-handover");
-    fsutil::syncfs(&p.root)?;
-    delete_subvolume(&handover)?;
-    Ok(Some(HandedOver { generation: g, paths: done.paths, conflicts: done.conflicts, txn }))
 }
 
 /// Later conflicts on a path replace earlier ones.
@@ -475,90 +412,6 @@ pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept:
     Ok(())
 }
 
-/// The generations a keeping rollback from `from` to `to` reverts, newest first: `from`, its parent, and so on
-/// down to (not including) `to`; None when `to` is not an ancestor of `from`.
-pub(super) fn reverted_generations(state: &State, from: u64, to: u64) -> Option<Vec<u64>> {
-    let chain = state.ancestors(from);
-    let at = chain.iter().position(|&g| g == to)?;
-    Some(chain[..at].to_vec())
-}
-
-/// A rollback that keeps the data: a stage taken from the current tree (as for `apply`), in which what each
-/// rolled-back generation's transaction changed is put back as the generation before it had it (a path the running
-/// system changed since is a conflict: the generation's version goes in, the running system's is kept), then the
-/// carry-over, and the exchange as the commit.
-fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept: &Path) -> Result<()> {
-    let (from, to) = (rec.from_generation, rec.to_generation);
-    let Some(reverted) = reverted_generations(state, from, to) else {
-        bail!(
-            "generation {to} is not an ancestor of generation {from}, so there is nothing to revert on the way: `rollback --exact --to {to}` restores its tree exactly (and drops what was written since)"
-        );
-    };
-    for &g in &reverted {
-        let gen = state.generation(g).expect("a generation on the way back is kept");
-        if gen.parent_pruned {
-            bail!(
-                "the generation that generation {g} was made from was pruned, so what its transaction changed cannot be told apart from what was written since; `rollback --exact --to {to}` restores generation {to} exactly"
-            );
-        }
-        let parent = gen.parent.expect("a reverted generation has a parent");
-        for needed in [p.committed(g), p.gen(parent)] {
-            if !is_subvolume(&needed) {
-                bail!(
-                    "generation {g} cannot be reverted alone: {} is missing (a generation committed by an older snapinst, or pruned); `rollback --exact --to {to}` restores generation {to} exactly",
-                    needed.display()
-                );
-            }
-        }
-    }
-    // The kept trees are compared by the send ioctl, which reads only read-only ones: a tree left writable because
-    // the running system was mounted from it, and is no longer, is sealed now rather than at the next boot.
-    seal(p, state)?;
-    let stage = prepare(p, rec)?;
-    let mut conflicts = Vec::new();
-    for &g in &reverted {
-        let parent = state.generation(g).and_then(|x| x.parent).expect("checked above");
-        let committed = p.committed(g);
-        let before = read_only_view(&p.gen(parent), &p.carry(&rec.txn))?;
-        let reverting = btrfs_send::changes(&committed, &before)?;
-        let since = while_read_only(&stage, || btrfs_send::changes(&committed, &stage))?;
-        let round = carry::Round {
-            before: &committed,
-            live: &before,
-            stage: &stage,
-            planned: &since,
-            kept,
-            incoming_wins: true,
-        };
-        merge_conflicts(&mut conflicts, carry::carry(&round, &reverting)?.conflicts);
-        crate::failpoint::hit("rollback-mid-revert");
-    }
-    let (carried, later) = pre_commit(p, rec, kept)?;
-    merge_conflicts(&mut conflicts, later);
-    rec.carried = Some(carried);
-    rec.conflicts = conflicts;
-    rec.stage = Some(stage);
-    Ok(())
-}
-
-/// `tree` itself when it is read-only, else (the tree the running system is mounted from) a read-only snapshot of it
-/// in `dir`.
-fn read_only_view(tree: &Path, dir: &Path) -> Result<PathBuf> {
-    if libbtrfsutil::subvolume_read_only(tree).unwrap_or(false) {
-        return Ok(tree.to_path_buf());
-    }
-    let name = tree.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let view = dir.join(format!("view-{name}"));
-    if fsutil::exists(&view) {
-        delete_subvolume(&view)?;
-    }
-    CreateSnapshotOptions::new()
-        .readonly(true)
-        .create(tree, &view)
-        .with_context(|| format!("snapshotting {} to {}", tree.display(), view.display()))?;
-    Ok(view)
-}
-
 pub(super) fn rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
     if exchanged(p, rec)? {
         return Ok(());
@@ -579,6 +432,7 @@ pub(super) fn rollback(p: &Paths, rec: &TxnRecord) -> Result<()> {
 pub(super) fn finish_rollback(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
     if rec.exact {
         keep_as_generation(p, &p.gen(rec.to_generation), rec.root_subvol_before, rec.from_generation)?;
+        handover::drop_handovers(p, state)?;
         state.current_subvol = rec.incoming_subvol;
         return Ok(());
     }
@@ -618,7 +472,7 @@ pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
 }
 
 pub(super) fn drop_generation(p: &Paths, n: u64) -> Result<()> {
-    for path in [p.gen(n), p.committed(n), p.handover(n)] {
+    for path in [p.gen(n), p.committed(n), p.handover(n), p.handover_view(n)] {
         if fsutil::exists(&path) {
             delete_subvolume(&path)?;
         }

@@ -132,9 +132,12 @@ impl Worker<'_> {
         }
         let mut descend = whole && is_dir(&live);
         if differs(&before, &live) {
-            // Changed on the stage's side too (and not to what it was: a rollback step puts back files as clones).
+            // Changed on the stage's side too (and not to what it was: a rollback step puts back files as clones),
+            // and not to what the live side has (the same change on both sides, or one carried already: a carry cut
+            // off and done again).
             let both = self.r.planned.paths.contains(rel)
-                && !same_entry(&self.r.before.join(rel), &before, &self.r.stage.join(rel), &staged)?;
+                && !same_entry(&self.r.before.join(rel), &before, &self.r.stage.join(rel), &staged)?
+                && (is_dir(&live) || !same_entry(&self.r.live.join(rel), &live, &self.r.stage.join(rel), &staged)?);
             if both && is_dir(&live) && is_dir(&staged) {
                 // A directory both changed: the entries merge below it; its own metadata stays the stage's.
             } else if both && !self.r.incoming_wins {

@@ -521,7 +521,19 @@ pub(crate) fn hand_over(ctx: &Ctx, state: &State) -> Result<Option<HandedOver>> 
     if ctx.kind != BackendKind::Btrfs {
         return Ok(None);
     }
-    btrfs::hand_over(ctx.btrfs(), state, &|txn| ctx.state.conflicts_path(txn))
+    // The transaction that committed away from generation g last (an apply or a keeping rollback) gets the
+    // conflicts.
+    let kept_for = |g: u64| {
+        let txn = ctx.state.txns().ok().and_then(|all| {
+            all.into_iter()
+                .filter(|t| t.from_generation == g && t.phase == crate::state::Phase::Done && !t.exact)
+                .max_by_key(|t| t.time)
+                .map(|t| t.txn)
+        });
+        let kept = ctx.state.conflicts_path(txn.as_deref().unwrap_or("boot"));
+        (txn, kept)
+    };
+    btrfs::hand_over(ctx.btrfs(), state, &kept_for)
 }
 
 pub(crate) use btrfs::HandedOver;

@@ -1,0 +1,104 @@
+//! The handover of a running root (btrfs `/`): after a commit (an apply or a keeping rollback) the running system
+//! stays mounted from the tree the commit replaced and goes on writing to it until the shutdown. The commit keeps
+//! the carry-over's last look at that tree (`gens/<from>.handover`); `snapinst boot`, before the root is mounted,
+//! carries what was written to it since into the tree about to be mounted, by the commit's conflict rule, and
+//! drops the handover. An exact rollback drops it too: it restores a tree exactly, without what was written since.
+
+use super::*;
+
+/// When the tree the commit replaced is the one the running system is mounted from, keep the carry-over's last
+/// look at it (read-only, as `gens/<from>.handover`): what the running system writes to it from then until the
+/// shutdown is what `hand_over` brings into the new tree at the next boot. Idempotent. (A commit without a
+/// carry-over, an exact rollback, keeps nothing.)
+pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    let carry = p.carry(&rec.txn);
+    let at = p.handover(rec.from_generation);
+    let running =
+        mounts::is_mount_point(&p.host_root).unwrap_or(false) && subvol_id(&p.host_root).ok() == rec.root_subvol_before;
+    if !running || !fsutil::exists(&carry) || fsutil::exists(&at) {
+        return Ok(());
+    }
+    let last = (1..=CARRY_ROUNDS).rev().map(|r| carry.join(format!("live-{r}"))).find(|l| is_subvolume(l));
+    let last = last.unwrap_or_else(|| carry.join("base"));
+    CreateSnapshotOptions::new()
+        .readonly(true)
+        .create(&last, &at)
+        .with_context(|| format!("keeping {} as {}", last.display(), at.display()))?;
+    Ok(())
+}
+
+/// Drop every pending handover (an exact rollback: what the running system writes from now on stays in the tree
+/// it is mounted from, kept as its generation, and is not carried).
+pub(super) fn drop_handovers(p: &Paths, state: &State) -> Result<()> {
+    for g in &state.generations {
+        for path in [p.handover(g.generation), p.handover_view(g.generation)] {
+            if is_subvolume(&path) {
+                delete_subvolume(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `hand_over` did at a boot.
+pub(crate) struct HandedOver {
+    pub generation: u64,
+    pub paths: usize,
+    pub conflicts: Vec<Conflict>,
+    /// The transaction whose commit left the handover (its record gets the conflicts).
+    pub txn: Option<String>,
+}
+
+/// At boot, before the root is mounted: the tree the last boot ran on (generation `g`, kept, sealed read-only by
+/// now) received writes after the commit that replaced it, until the shutdown. Carry them into the current tree
+/// (which nothing has mounted yet), with the conflict rule of a commit against what the transactions since then
+/// changed (the current tree against the handover, through a read-only view of it), then drop
+/// `gens/<g>.handover`. A crash here is harmless: the next boot does it again, and carrying is idempotent.
+/// `kept_for(g)` names the transaction that committed away from generation `g` and where the conflicts' live
+/// versions go.
+pub(in crate::backend) fn hand_over(
+    p: &Paths,
+    state: &State,
+    kept_for: &dyn Fn(u64) -> (Option<String>, PathBuf),
+) -> Result<Option<HandedOver>> {
+    let Some(g) = state.generations.iter().map(|x| x.generation).find(|&g| is_subvolume(&p.handover(g))) else {
+        return Ok(None);
+    };
+    let (handover, replaced) = (p.handover(g), p.gen(g));
+    if state.current == g || !is_subvolume(&replaced) {
+        // The machine is back on that tree, which holds every write itself.
+        drop_handovers(p, state)?;
+        return Ok(None);
+    }
+    if !libbtrfsutil::subvolume_read_only(&replaced).unwrap_or(false) {
+        bail!(
+            "{} is still writable (mounted?); the writes made to it after the commit are not carried",
+            replaced.display()
+        );
+    }
+    let view = p.handover_view(g);
+    if is_subvolume(&view) {
+        delete_subvolume(&view)?;
+    }
+    CreateSnapshotOptions::new()
+        .readonly(true)
+        .create(&p.root, &view)
+        .with_context(|| format!("snapshotting {} to {}", p.root.display(), view.display()))?;
+    let (txn, kept) = kept_for(g);
+    let planned = btrfs_send::changes(&handover, &view)?;
+    let written = btrfs_send::changes(&handover, &replaced)?;
+    let round = carry::Round {
+        before: &handover,
+        live: &replaced,
+        stage: &p.root,
+        planned: &planned,
+        kept: &kept,
+        incoming_wins: false,
+    };
+    let done = carry::carry(&round, &written)?;
+    crate::failpoint::hit("boot-mid-handover");
+    fsutil::syncfs(&p.root)?;
+    delete_subvolume(&view)?;
+    delete_subvolume(&handover)?;
+    Ok(Some(HandedOver { generation: g, paths: done.paths, conflicts: done.conflicts, txn }))
+}
