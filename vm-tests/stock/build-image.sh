@@ -141,6 +141,7 @@ install -D -m 0644 "$guest/snapinst-stocktest.service" "$mnt/etc/systemd/system/
 install -D -m 0644 "$kdeb" "$mnt/root/debs/$(basename "$kdeb")"
 sed "s|@DEB@|/root/debs/$(basename "$kdeb")|" "$guest/kernel-plan.json" >"$mnt/root/kernel-plan.json"
 install -m 0644 "$guest/parts-plan.json" "$mnt/root/parts-plan.json"
+install -m 0644 "$guest/writer-plan.json" "$mnt/root/writer-plan.json"
 
 step "chroot: systemctl enable, update-initramfs"
 for d in proc sys dev; do mkdir -p "$mnt/$d"; done

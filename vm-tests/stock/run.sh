@@ -9,12 +9,15 @@
 # the old one, and every filesystem is as it was before the apply. Then power cuts during that apply (at the
 # commit, and at random instants): every filesystem is before or after, and the machine boots.
 #
-#   sudo vm-tests/stock/run.sh [--layout ext4|btrfs]... [--cuts N] [--rebuild] [--rebuild-rootfs]
+#   sudo vm-tests/stock/run.sh [--layout ext4|btrfs]... [--cuts N] [--no-crash-points] [--only-writer] [--rebuild]
+#                              [--rebuild-rootfs]
 #
 #   --layout L        only this layout (repeatable; default both)
 #   --cuts N          power cuts at random instants of the apply, per layout (default 2)
 #   --no-crash-points leave out the resets at the crash points (the kernel plan's at its commit record, and every
 #                     crash point of an apply and a rollback with a plan that writes into every filesystem)
+#   --only-writer     only the writer run (a writer through an apply and a rollback, each until a reboot: every
+#                     record kept), none of the kernel plan's runs, crash points or power cuts
 #   --rebuild         rebuild the disks even if the cached ones match their inputs
 #   --rebuild-rootfs  debootstrap again (implies --rebuild)
 #
@@ -38,13 +41,14 @@ die() {
 
 . "$here/../debian/lib.sh"
 
-layouts=() cuts=2 crash_points=1 rebuild=0 rebuild_rootfs=0
+layouts=() cuts=2 crash_points=1 main=1 rebuild=0 rebuild_rootfs=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --layout) [ $# -ge 2 ] || die "--layout needs ext4 or btrfs"; layouts+=("$2"); shift ;;
         --cuts) [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || die "--cuts needs a number"; cuts=$2; shift ;;
         --no-crash-points) crash_points=0 ;;
+        --only-writer) main=0 crash_points=0 cuts=0 ;;
         --rebuild) rebuild=1 ;;
         --rebuild-rootfs) rebuild=1 rebuild_rootfs=1 ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -184,5 +188,5 @@ run_dir="$runs/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run_dir"
 ls -1d "$runs"/*/ 2>/dev/null | sort | head -n -6 | xargs -r rm -rf
 exec /usr/bin/python3 -u "$here/scenario.py" --run-dir "$run_dir" --timeout "$timeout_s" --t-start "$t_start" \
-    --cuts "$cuts" --crash-points "$crash_points" --snapinst "$bin_copy" --ovmf-code "$ovmf_code" --ovmf-vars "$ovmf_vars" --old-kernel "$old_kernel" \
+    --cuts "$cuts" --crash-points "$crash_points" --main "$main" --snapinst "$bin_copy" --ovmf-code "$ovmf_code" --ovmf-vars "$ovmf_vars" --old-kernel "$old_kernel" \
     --new-kernel "$new_kernel" "${images[@]}"

@@ -321,6 +321,99 @@ class Layout:
                           "%s, then %s" % (self.new, self.old), "-"))
         os.remove(disk)
 
+    # The writer run's files (vm-tests/stock/guest/snapinst-stocktest): its own, in a directory of /, in /etc (which
+    # the plan changes) and in /home (a filesystem the plan changes), and the file the plan writes too.
+    WRITER_OWN = ("/var/lib/stock-writer/own.log", "/etc/stock-writer.log", "/home/stock-writer.log")
+    WRITER_CONFLICT = "/etc/snapinst-stock.conf"
+    # What the writer plan (guest/writer-plan.json) changes, below which a difference from before the apply is
+    # expected.
+    WRITER_PLAN = ("/etc/snapinst-stock.conf", "/etc/motd", "/boot/snapinst-stock.txt",
+                   "/boot/efi/EFI/snapinst-stock.txt", "/home/stock")
+
+    @staticmethod
+    def writer_files(b):
+        """{path: {"lines", "last", "contiguous", "head"}} from a writer-check boot, the kept copies under
+        "kept:PATH"."""
+        out = {}
+        for l in b.lines:
+            m = re.match(r"^writer-(file|kept) (\S+) lines=(\d+) last=(\d+) contiguous=(\w+) head=(.*)$", l)
+            if m:
+                key = m.group(2) if m.group(1) == "file" else "kept:" + m.group(2)
+                out[key] = {"lines": int(m.group(3)), "last": int(m.group(4)), "contiguous": m.group(5) == "yes",
+                            "head": m.group(6)}
+        return out
+
+    @staticmethod
+    def conflict_paths(b):
+        try:
+            v = json.loads(b.get("conflicts") or "{}")
+        except ValueError:
+            return None
+        return sorted({c["path"] for t in v.get("transactions", []) for c in t.get("conflicts", [])})
+
+    def writer_changes_only(self, got, want, allowed, what):
+        """Every filesystem of `got` is `want` but for the writer's files, `allowed` paths (and what is below them)
+        and their directories."""
+        keep_out = set(self.WRITER_OWN) | {"/var/lib/stock-writer", self.WRITER_CONFLICT} | set(allowed)
+        def full(place, k):
+            return k if place == "/" else place.rstrip("/") + (k if k != "/" else "")
+        def expected(path):
+            return any(path == p or path.startswith(p + "/") or p.startswith(path.rstrip("/") + "/")
+                       for p in keep_out)
+        for place in want:
+            w = {k: e for k, e in want[place].items() if not expected(full(place, k))}
+            g = {k: e for k, e in got.get(place, {}).items() if not expected(full(place, k))}
+            d = manifest.diff(w, g, limit=15)
+            if not self.check(not d, "%s: %s holds nothing else changed or lost" % (what, place)):
+                log("  " + "\n  ".join(d))
+
+    def writer_check_records(self, files, last, what):
+        for f in self.WRITER_OWN:
+            r = files.get(f)
+            self.check(r is not None and r["contiguous"] and r["last"] == last,
+                       "%s: %s holds every record 1..%d, none twice (%s)" % (what, f, last, r))
+
+    def writer_run(self):
+        """A writer through an apply until the reboot, and through a keeping rollback until the next one: every
+        record of its own files is in the tree the machine boots; the file the plan writes too is the one conflict
+        (the plan's version in the tree, the writer's kept, every record in one or the other)."""
+        disk, vars_fd = self.fresh("writer")
+        pre = Disk(disk, self.parts).manifests()
+        b = self.m.boot(disk, vars_fd, "writer-apply")
+        self.booted(b, "writer-apply", self.old)
+        self.check((b.get("apply-rc") or "").split(" ")[0] == "0", "writer apply exits 0 (got %s)" % b.get("apply-rc"))
+        n1 = int(b.get("writer-last") or 0)
+        c = self.m.boot(disk, vars_fd, "writer-check")
+        self.booted(c, "writer-check", self.old)
+        files = self.writer_files(c)
+        self.writer_check_records(files, n1, "after the apply and a reboot")
+        conf = files.get(self.WRITER_CONFLICT) or {}
+        self.check(conf.get("head") == "stock=1", "after the apply %s is the plan's (%s)" % (self.WRITER_CONFLICT, conf))
+        conflicts = self.conflict_paths(c)
+        self.check(conflicts == [self.WRITER_CONFLICT], "the conflicts are exactly %s (got %s)"
+                   % (self.WRITER_CONFLICT, conflicts))
+        kept = [r for k, r in files.items() if k.startswith("kept:") and k.endswith(self.WRITER_CONFLICT)]
+        seen = max([r["last"] for r in kept if r["contiguous"] and r["head"] == "record 1"] or [0])
+        tail = conf.get("lines", 0)  # records appended to the plan's version after the commit (a live commit)
+        self.check(seen + tail >= n1, "every record of %s is in the tree or the kept copy (kept 1..%d, %d in the "
+                   "tree, %d written)" % (self.WRITER_CONFLICT, seen, tail, n1))
+        self.writer_changes_only(Disk(disk, self.parts).manifests(), pre, self.WRITER_PLAN, "after the apply")
+        r = self.m.boot(disk, vars_fd, "writer-rollback")
+        self.booted(r, "writer-rollback")
+        self.check(r.get("rollback-rc") == "0", "writer rollback exits 0 (got %s)" % r.get("rollback-rc"))
+        n2 = int(r.get("writer-last") or 0)
+        c = self.m.boot(disk, vars_fd, "writer-check")
+        self.booted(c, "writer-check", self.old)
+        files = self.writer_files(c)
+        self.writer_check_records(files, n2, "after the rollback and a reboot")
+        conf = files.get(self.WRITER_CONFLICT) or {}
+        self.check(conf.get("head") == "record 1" and conf.get("contiguous"),
+                   "after the rollback %s is the writer's again (%s)" % (self.WRITER_CONFLICT, conf))
+        self.writer_changes_only(Disk(disk, self.parts).manifests(), pre, (), "after the rollback")
+        self.rows.append(("writer", "records: %d through the apply, %d through the rollback" % (n1, n2 - n1),
+                          "every record kept; conflicts %s" % ",".join(conflicts or []), self.old, "-"))
+        os.remove(disk)
+
     def cut_run(self, tag, mode, kill_after=None, start=None, before=None, after=None):
         """Boot `mode` on a fresh disk (or a copy of `start`, a (disk, vars) pair), reset at its crash point or
         killed `kill_after` s into the apply; then boot and check that every filesystem is `before` or `after`."""
@@ -395,6 +488,8 @@ def main():
     ap.add_argument("--t-start", type=float, default=time.time())
     ap.add_argument("--cuts", type=int, default=2)
     ap.add_argument("--crash-points", type=int, default=1)
+    ap.add_argument("--writer", type=int, default=1)
+    ap.add_argument("--main", type=int, default=1)
     ap.add_argument("--snapinst", required=True)
     ap.add_argument("--ovmf-code", required=True)
     ap.add_argument("--ovmf-vars", required=True)
@@ -410,11 +505,14 @@ def main():
         lay = Layout(args, name, image_dir, args.run_dir)
         try:
             lay.install()
-            lay.main_run()
-            if args.crash_points:
+            if args.main:
+                lay.main_run()
+            if args.writer:
+                lay.writer_run()
+            if args.main and args.crash_points:
                 lay.cut_run("kernel-at-commit", "cut=apply-after-commit-record")
                 lay.crash_points(layout_points(args.snapinst, lay.backend))
-            for i in range(args.cuts):
+            for i in range(args.cuts if args.main else 0):
                 lay.cut_run("random-%d" % (i + 1), "apply", kill_after=rng.uniform(0, lay.apply_s))
         except Failure as e:
             lay.failed += 1
