@@ -40,6 +40,9 @@ pub(crate) struct Conflict {
     /// Where the live version is kept (none when the live system removed the path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<PathBuf>,
+    /// The kept copy went when this generation (the one the transaction made current) was pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_with: Option<u64>,
 }
 
 impl Version {
@@ -73,9 +76,12 @@ impl std::fmt::Display for Version {
 impl Conflict {
     /// One line for people: the path, both versions, and where the live one is.
     pub fn line(&self) -> String {
-        let live = match &self.kept {
-            Some(k) => format!("the running system's {} is kept at {}", self.live, k.display()),
-            None => "the running system had removed it".to_string(),
+        let live = match (&self.kept, self.pruned_with) {
+            (Some(k), _) => format!("the running system's {} is kept at {}", self.live, k.display()),
+            (None, Some(n)) => {
+                format!("the running system's {} was kept until generation {n} was pruned", self.live)
+            }
+            (None, None) => "the running system had removed it".to_string(),
         };
         format!("{}: the plan's {} is in the new tree; {live}", self.path.display(), self.plan)
     }
@@ -92,6 +98,7 @@ mod tests {
             plan: Version { kind: "file".into(), size: Some(12) },
             live: Version { kind: "file".into(), size: Some(40) },
             kept: Some("/var/lib/snapinst/conflicts/t1/etc/app.conf".into()),
+            pruned_with: None,
         };
         assert_eq!(
             c.line(),
@@ -99,5 +106,7 @@ mod tests {
         );
         let gone = Conflict { live: Version { kind: "absent".into(), size: None }, kept: None, ..c };
         assert!(gone.line().ends_with("the running system had removed it"));
+        let pruned = Conflict { kept: None, pruned_with: Some(3), ..gone };
+        assert!(pruned.line().ends_with("was kept until generation 3 was pruned"), "{}", pruned.line());
     }
 }

@@ -387,6 +387,35 @@ for_each_backend!(
     rollback_conflict_keeps_the_running_systems_version
 );
 
+/// The kept copies of a transaction's conflicts go when the generation it made current is pruned, and its record
+/// says so; until then they stay.
+#[test]
+fn privileged_conflict_copies_go_with_their_generation() {
+    let img = populated(Backend::Btrfs);
+    let root = img.root();
+    commit_then_write(Backend::Btrfs, &root, true);
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    let s = summary(&json_lines(&out)).clone();
+    let kept = PathBuf::from(s["conflicts"][0]["kept"].as_str().expect("a kept copy"));
+    let txn = s["txn"].as_str().unwrap().to_string();
+    let again = |i: usize| {
+        let steps = vec![json!({"id": "f", "type": "file", "path": format!("/srv/later-{i}"), "content": "x\n"})];
+        let pd = PlanDir::new(&plan(&format!("later-{i}"), steps), &[]);
+        assert_code(&apply(&pd.path, &root, Backend::Btrfs, &["--keep", "1"]), 0);
+    };
+    // The rollback made generation 0 current again; the next commit keeps it as the current one's parent.
+    again(1);
+    assert!(kept.exists(), "the kept copy went before its generation");
+    again(2);
+    assert!(!kept.exists(), "{} stayed after generation 0 was pruned", kept.display());
+    let shown = snapinst(["conflicts", "--root", root.to_str().unwrap(), "--txn", &txn, "--json"]);
+    let v: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let c = &v["transactions"][0]["conflicts"][0];
+    assert_eq!((c["path"].as_str(), c.get("kept"), c["pruned_with"].as_u64()), (Some("/etc/app.conf"), None, Some(0)));
+    assert_no_leftovers(&img);
+}
+
 /// `rollback --exact` restores the kept tree itself: exactly the tree before the generation.
 #[test]
 fn privileged_btrfs_rollback_exact_restores_the_kept_tree() {

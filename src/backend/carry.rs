@@ -290,7 +290,13 @@ impl Worker<'_> {
         };
         let path = Path::new("/").join(rel);
         self.out.conflicts.retain(|c| c.path != path);
-        self.out.conflicts.push(Conflict { path, plan: Version::of(in_tree), live: Version::of(kept), kept: kept_at });
+        self.out.conflicts.push(Conflict {
+            path,
+            plan: Version::of(in_tree),
+            live: Version::of(kept),
+            kept: kept_at,
+            pruned_with: None,
+        });
         Ok(())
     }
 }

@@ -80,7 +80,16 @@ fn live_changed(ctx: &Ctx, rec: &TxnRecord, entries: &[crate::delta::Entry]) -> 
             .with_context(|| format!("keeping the running system's version of /{}", path.display()))?;
         crate::fsutil::syncfs(&kept)?;
         let path = std::path::Path::new("/").join(path);
-        out.push((k, Conflict { path, plan: Version::of(&None), live: Version::of(&Some(m)), kept: Some(kept) }));
+        out.push((
+            k,
+            Conflict {
+                path,
+                plan: Version::of(&None),
+                live: Version::of(&Some(m)),
+                kept: Some(kept),
+                pruned_with: None,
+            },
+        ));
     }
     Ok(out)
 }
@@ -139,6 +148,7 @@ pub(super) fn rollback_conflicts(ctx: &Ctx, rec: &TxnRecord, state: &State) -> R
                 plan: Version::of(&back),
                 live: Version::of(&Some(m)),
                 kept: Some(delta.side("new").join(k.to_string())),
+                pruned_with: None,
             });
         }
     }

@@ -466,6 +466,29 @@ pub(crate) fn drop_generation(ctx: &Ctx, n: u64, state: &State) -> Result<()> {
     for c in ctx.all() {
         c.stager().drop_generation(c, n, state)?;
     }
+    drop_conflict_copies(ctx, n)
+}
+
+/// The kept copies of the conflicts of the transactions that made generation `n` current go with it: each part's
+/// `conflicts/<txn>/` is removed and the record says so (`pruned_with`).
+fn drop_conflict_copies(ctx: &Ctx, n: u64) -> Result<()> {
+    for mut rec in ctx.state.txns()? {
+        if rec.to_generation != n || !rec.conflicts.iter().any(|c| c.kept.is_some()) {
+            continue;
+        }
+        for c in ctx.all() {
+            let dir = c.state.conflicts_path(&rec.txn);
+            if crate::fsutil::exists(&dir) {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+        let gone = |c: &crate::conflicts::Conflict| c.kept.as_ref().is_some_and(|k| !crate::fsutil::exists(k));
+        for conflict in rec.conflicts.iter_mut().filter(|c| gone(c)) {
+            conflict.kept = None;
+            conflict.pruned_with = Some(n);
+        }
+        ctx.state.write_txn(&rec)?;
+    }
     Ok(())
 }
 
