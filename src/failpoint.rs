@@ -34,6 +34,7 @@ pub(crate) const ALL: &[Point] = &[
     Point { name: "rollback-after-exchange", operation: "rollback", backends: &["btrfs"] },
     Point { name: "recover-mid-recovery", operation: "recover", backends: EVERY },
     Point { name: "boot-mid-handover", operation: "boot", backends: &["btrfs"] },
+    Point { name: "boot-mid-carry-back", operation: "boot", backends: &["btrfs"] },
 ];
 
 /// Kill the process here if `SNAPINST_FAILPOINT` names this point (only in `failpoints` builds).

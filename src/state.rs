@@ -96,6 +96,18 @@ pub(crate) struct Pending {
     /// Where to go back to if it does not boot; None when it is itself a fallback (then nothing further is tried).
     pub fallback: Option<u64>,
     pub boots_left: u32,
+    /// Set by a fallback until what the failed boots wrote is carried into the restored tree: a boot cut off before
+    /// that does it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carry_back: Option<CarryBack>,
+}
+
+/// What a fallback still has to carry back: the failed generation, and the fallback's rollback (its record gets the
+/// conflicts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CarryBack {
+    pub generation: u64,
+    pub txn: String,
 }
 
 impl State {
@@ -316,9 +328,16 @@ pub(crate) const HANDOVER_SUFFIX: &str = ".handover";
 /// The suffix of the read-only view of the root that the boot-time handover compares with (`gens/<n>.handover-view`).
 pub(crate) const HANDOVER_VIEW_SUFFIX: &str = ".handover-view";
 
+/// The suffix of a pending btrfs generation's tree as its first counted boot found it (`gens/<n>.booted`): what
+/// the failed-boot fallback compares with to carry the failed boots' writes back.
+pub(crate) const BOOTED_SUFFIX: &str = ".booted";
+
 /// The generation an entry of a generations directory belongs to (its tree, or one of its snapshots above).
 pub(crate) fn generation_of_entry(name: &str) -> &str {
-    [COMMITTED_SUFFIX, HANDOVER_SUFFIX, HANDOVER_VIEW_SUFFIX].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name)
+    [COMMITTED_SUFFIX, HANDOVER_SUFFIX, HANDOVER_VIEW_SUFFIX, BOOTED_SUFFIX]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
 }
 
 /// The transaction an entry of a stages directory belongs to (its stage, checkpoints or carry-over snapshots).

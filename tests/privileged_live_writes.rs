@@ -555,6 +555,61 @@ fn privileged_rollback_before_the_reboot_keeps_every_write_of_the_running_tree()
     assert_no_leftovers(&img);
 }
 
+/// The failed-boot fallback keeps what the failed boots wrote: a generation that never reaches boot-complete is
+/// booted three times, each boot writing its log (a new file, and an append to one the generation before has too)
+/// and an edit to the path the plan changed; the fourth boot falls back (cut off in the middle of carrying back,
+/// the next boot carries again), and the restored tree has every log line, with the one conflict (the plan's path:
+/// the fallback's version in the tree, the failed boots' kept and listed).
+#[test]
+fn privileged_fallback_keeps_what_the_failed_boots_wrote() {
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let live = img.root();
+    seed_live_tree(&live);
+    std::fs::create_dir_all(live.join("var/log")).unwrap();
+    std::fs::write(live.join("var/log/syslog"), "before the apply\n").unwrap();
+    let steps =
+        vec![json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})];
+    let pd = PlanDir::new(&plan("gen1", steps), &[]);
+    assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
+    let at_shutdown = manifest(&live);
+    let mut syslog = String::from("before the apply\n");
+    for n in 1..=3 {
+        boot_with_hook(&img);
+        syslog.push_str(&format!("failed boot {n}\n"));
+        std::fs::write(live.join("var/log/syslog"), &syslog).unwrap();
+        std::fs::write(live.join(format!("var/log/boot-{n}.log")), format!("boot {n}\n")).unwrap();
+        std::fs::write(live.join("etc/app.conf"), format!("plan\nedited in failed boot {n}\n")).unwrap();
+    }
+    // The fourth boot falls back and is cut off in the middle of carrying back; the next one does it again.
+    let name = img.subvolume_name().unwrap().to_path_buf();
+    let mut cut = None;
+    img.boot_again_with(|| {
+        let env = [("SNAPINST_FAILPOINT", "boot-mid-carry-back")];
+        cut = Some(snapinst_env(["boot", "--root", name.to_str().unwrap(), "--json"], &env))
+    });
+    let cut = cut.unwrap();
+    assert!(killed_by_sigkill(&cut), "{}", show(&cut));
+    let out = boot_with_hook(&img);
+    let lines = json_lines(&out);
+    let back = lines.iter().find(|v| v["event"] == "carried_back").expect("a carried_back event");
+    assert_eq!(conflict_paths(&back["conflicts"]), ["/etc/app.conf"], "{}", show(&out));
+    let kept = PathBuf::from(back["conflicts"][0]["kept"].as_str().unwrap());
+    assert_eq!(std::fs::read(&kept).unwrap(), b"plan\nedited in failed boot 3\n");
+
+    let mut want = Expect::new(&at_shutdown);
+    want.file_content("/var/log/syslog", syslog.as_bytes());
+    for n in 1..=3 {
+        want.file(&format!("/var/log/boot-{n}.log"), format!("boot {n}\n").as_bytes(), 0o644, 0, 0);
+    }
+    want.check(&manifest(&live));
+    let st = status_json(&live);
+    assert_eq!(st["current_generation"], json!(0), "{st}");
+    // The restored generation boots fine; bless drops what was kept for its own fallback, and nothing is left.
+    boot_with_hook(&img);
+    assert_code(&snapinst(["bless", "--root", live.to_str().unwrap()]), 0);
+    assert_no_leftovers(&img);
+}
+
 /// A directory target on btrfs: a process that keeps its working directory in the root goes on writing to the tree
 /// the commit replaced; `status` names it.
 #[test]

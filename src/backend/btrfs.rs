@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 
 mod handover;
 mod keeping_rollback;
-pub(super) use handover::hand_over;
 use handover::keep_handover;
 pub(crate) use handover::HandedOver;
+pub(super) use handover::{carry_back_failed_boots, drop_booted, hand_over, keep_booted};
 use keeping_rollback::stage_keeping_rollback;
 
 pub(super) fn is_subvolume(path: &Path) -> bool {
@@ -99,6 +99,10 @@ impl Paths {
     /// Generation `n`'s tree as the commit that replaced it left it, while it stayed mounted (read-only).
     fn handover(&self, n: u64) -> PathBuf {
         self.gens_dir.join(format!("{n}{}", crate::state::HANDOVER_SUFFIX))
+    }
+    /// Pending generation `n`'s tree as its first counted boot found it (read-only).
+    fn booted(&self, n: u64) -> PathBuf {
+        self.gens_dir.join(format!("{n}{}", crate::state::BOOTED_SUFFIX))
     }
     /// A read-only view of the root taken by `hand_over` while it runs.
     fn handover_view(&self, n: u64) -> PathBuf {
@@ -472,7 +476,7 @@ pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
 }
 
 pub(super) fn drop_generation(p: &Paths, n: u64) -> Result<()> {
-    for path in [p.gen(n), p.committed(n), p.handover(n), p.handover_view(n)] {
+    for path in [p.gen(n), p.committed(n), p.handover(n), p.handover_view(n), p.booted(n)] {
         if fsutil::exists(&path) {
             delete_subvolume(&path)?;
         }

@@ -561,6 +561,33 @@ pub(crate) fn hand_over(ctx: &Ctx, state: &State) -> Result<Option<HandedOver>> 
 
 pub(crate) use btrfs::HandedOver;
 
+/// At a counted boot of pending generation `n` (btrfs, before the root is mounted): keep its tree as the first such
+/// boot finds it, for the fallback (see `btrfs::keep_booted`).
+pub(crate) fn keep_booted(ctx: &Ctx, n: u64) -> Result<()> {
+    if ctx.kind != BackendKind::Btrfs {
+        return Ok(());
+    }
+    btrfs::keep_booted(ctx.btrfs(), n)
+}
+
+/// Generation `n` booted fine: drop what `keep_booted` kept.
+pub(crate) fn drop_booted(ctx: &Ctx, n: u64) -> Result<()> {
+    if ctx.kind != BackendKind::Btrfs {
+        return Ok(());
+    }
+    btrfs::drop_booted(ctx.btrfs(), n)
+}
+
+/// After the failed-boot fallback's rollback `txn` (btrfs, before the root is mounted): carry what the failed boots
+/// of generation `failed` wrote into the restored tree (see `btrfs::carry_back_failed_boots`).
+pub(crate) fn carry_back_failed_boots(ctx: &Ctx, failed: u64, txn: &str) -> Result<Option<HandedOver>> {
+    if ctx.kind != BackendKind::Btrfs {
+        return Ok(None);
+    }
+    let done = btrfs::carry_back_failed_boots(ctx.btrfs(), failed, &ctx.state.conflicts_path(txn))?;
+    Ok(done.map(|h| HandedOver { txn: Some(txn.to_string()), ..h }))
+}
+
 /// Cover the state area in the stage with an empty read-only tmpfs: steps neither see nor change it.
 fn hide_state_area(dir: &Path) -> Result<()> {
     use nix::mount::MsFlags;

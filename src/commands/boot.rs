@@ -11,7 +11,7 @@ use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
 use crate::mounts;
-use crate::state::{Pending, State};
+use crate::state::{CarryBack, Pending, State};
 use anyhow::Result;
 use serde_json::json;
 
@@ -22,31 +22,53 @@ fn hand_over(ctx: &Ctx, state: &State, out: &Reporter) {
     match backend::hand_over(ctx, state) {
         Ok(None) => {}
         Ok(Some(h)) => {
-            out.event(
-                "handed_over",
-                json!({"generation": h.generation, "to": state.current, "paths": h.paths, "conflicts": h.conflicts}),
-            );
-            out.say(format!(
-                "snapinst: carried {} paths the running system wrote to generation {} after the commit into generation {}",
+            let said = format!(
+                "carried {} paths the running system wrote to generation {} after the commit into generation {}",
                 h.paths, h.generation, state.current
-            ));
-            for c in &h.conflicts {
-                out.say(format!("snapinst: conflict: {}", c.line()));
-            }
-            if let (Some(txn), false) = (&h.txn, h.conflicts.is_empty()) {
-                let noted = ctx.state.txns().map(|all| all.into_iter().find(|t| &t.txn == txn));
-                if let Ok(Some(mut rec)) = noted {
-                    rec.conflicts.extend(h.conflicts);
-                    if let Err(e) = ctx.state.write_txn(&rec) {
-                        out.say(format!("snapinst: warning: could not record the conflicts in {txn}: {e:#}"));
-                    }
-                }
-            }
+            );
+            report_carried(ctx, out, "handed_over", state.current, said, h);
         }
         Err(e) => out.say(format!(
             "snapinst: warning: what the running system wrote after the last commit could not be carried into generation {} ({e:#}); it is in the previous generation's tree, kept in the state area",
             state.current
         )),
+    }
+}
+
+/// After the fallback's rollback `back.txn` restored generation `fallback`: carry into it what the failed boots of
+/// generation `back.generation` wrote (their logs); never fails the boot, as `hand_over`.
+fn carry_back(ctx: &Ctx, back: &CarryBack, fallback: u64, out: &Reporter) {
+    let failed = back.generation;
+    match backend::carry_back_failed_boots(ctx, failed, &back.txn) {
+        Ok(None) => {}
+        Ok(Some(h)) => {
+            let said = format!(
+                "carried {} paths the failed boots of generation {failed} wrote into generation {fallback}",
+                h.paths
+            );
+            report_carried(ctx, out, "carried_back", fallback, said, h);
+        }
+        Err(e) => out.say(format!(
+            "snapinst: warning: what the failed boots of generation {failed} wrote could not be carried into generation {fallback} ({e:#}); it is in generation {failed}'s tree, kept in the state area"
+        )),
+    }
+}
+
+/// Say what a carry at boot did (event `event`), and add its conflicts to its transaction's record.
+fn report_carried(ctx: &Ctx, out: &Reporter, event: &str, to: u64, said: String, h: backend::HandedOver) {
+    out.event(event, json!({"generation": h.generation, "to": to, "paths": h.paths, "conflicts": h.conflicts}));
+    out.say(format!("snapinst: {said}"));
+    for c in &h.conflicts {
+        out.say(format!("snapinst: conflict: {}", c.line()));
+    }
+    if let (Some(txn), false) = (&h.txn, h.conflicts.is_empty()) {
+        let noted = ctx.state.txns().map(|all| all.into_iter().find(|t| &t.txn == txn));
+        if let Ok(Some(mut rec)) = noted {
+            rec.conflicts.extend(h.conflicts);
+            if let Err(e) = ctx.state.write_txn(&rec) {
+                out.say(format!("snapinst: warning: could not record the conflicts in {txn}: {e:#}"));
+            }
+        }
     }
 }
 
@@ -68,11 +90,24 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?;
     backend::seal(&ctx, &state)?;
     hand_over(&ctx, &state, &out);
+    if let Some(back) = state.pending.as_ref().and_then(|p| p.carry_back.clone()) {
+        // A fallback cut off before it carried back what the failed boots wrote.
+        carry_back(&ctx, &back, state.current, &out);
+        state.pending.as_mut().expect("checked above").carry_back = None;
+        loc.state.save(&state)?;
+    }
     let Some(pending) = state.pending.clone() else { return Ok(Outcome::Done) };
     let note = if pending.generation != state.current {
         state.pending = None;
+        drop_booted(&ctx, pending.generation, &out);
         format!("generation {} is no longer current; nothing is pending", pending.generation)
     } else if pending.boots_left > 0 {
+        if let Err(e) = backend::keep_booted(&ctx, pending.generation) {
+            out.say(format!(
+                "snapinst: warning: could not keep generation {}'s tree as this boot finds it ({e:#}); a fallback would leave what its boots write in its kept tree",
+                pending.generation
+            ));
+        }
         state.pending = Some(Pending { boots_left: pending.boots_left - 1, ..pending.clone() });
         format!(
             "booting generation {} (try {} of {}); `snapinst bless` marks it good",
@@ -90,7 +125,16 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
                 let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?.with_parts(&mounted)?;
                 // Exactly the kept tree: the fallback runs in the initramfs, where the least can go wrong is best.
                 let rec = rollback::switch(&ctx, &mut state, fallback, &parts, true, &out)?;
-                state.pending = Some(Pending { generation: fallback, fallback: None, boots_left: state.boot_tries });
+                let back = CarryBack { generation: pending.generation, txn: rec.txn.clone() };
+                state.pending = Some(Pending {
+                    generation: fallback,
+                    fallback: None,
+                    boots_left: state.boot_tries,
+                    carry_back: Some(back.clone()),
+                });
+                loc.state.save(&state)?;
+                carry_back(&ctx, &back, fallback, &out);
+                state.pending.as_mut().expect("set above").carry_back = None;
                 let waiting = rollback::unmounted_parts(&ctx, &rec);
                 let then = if waiting.is_empty() {
                     String::new()
@@ -107,6 +151,7 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
             }
             None => {
                 state.pending = None;
+                drop_booted(&ctx, pending.generation, &out);
                 format!(
                     "generation {} did not reach boot-complete.target in {} boots either, and there is nothing left to fall back to; it stays current",
                     pending.generation, state.boot_tries
@@ -137,6 +182,10 @@ pub(crate) fn bless(args: &RootArgs) -> Result<Outcome> {
     match state.pending.clone() {
         Some(p) if p.generation == state.current => {
             state.pending = None;
+            match Ctx::new(state.backend, &loc.root, &loc.state) {
+                Ok(ctx) => drop_booted(&ctx, p.generation, &out),
+                Err(e) => out.say(format!("snapinst: warning: {e:#}")),
+            }
             // A generation restored by the fallback keeps the reason in the note, so `status` still says why.
             let note = match (&p.fallback, &state.boot_note) {
                 (None, Some(prev)) => format!("{prev}; generation {} then booted successfully", p.generation),
@@ -147,6 +196,13 @@ pub(crate) fn bless(args: &RootArgs) -> Result<Outcome> {
         _ => out.say(format!("snapinst: generation {} has nothing pending", state.current)),
     }
     Ok(Outcome::Done)
+}
+
+/// Drop generation `n`'s first-boot tree (it booted fine, or is no longer pending); a failure only warns.
+fn drop_booted(ctx: &Ctx, n: u64, out: &Reporter) {
+    if let Err(e) = backend::drop_booted(ctx, n) {
+        out.say(format!("snapinst: warning: could not drop generation {n}'s first-boot tree ({e:#})"));
+    }
 }
 
 fn record(sd: &crate::state::StateDir, state: &mut State, out: &Reporter, note: String) -> Result<()> {

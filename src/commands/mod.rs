@@ -165,6 +165,7 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
         generation: rec.to_generation,
         fallback: Some(rec.from_generation),
         boots_left: state.boot_tries,
+        carry_back: None,
     });
     ctx.state.save(state)?;
     failpoint::hit("apply-before-prune");

@@ -76,29 +76,79 @@ pub(in crate::backend) fn hand_over(
             replaced.display()
         );
     }
-    let view = p.handover_view(g);
-    if is_subvolume(&view) {
-        delete_subvolume(&view)?;
+    let (txn, kept) = kept_for(g);
+    let done = carry_into_root(p, &handover, &replaced, &p.handover_view(g), &kept, "boot-mid-handover")?;
+    delete_subvolume(&handover)?;
+    Ok(Some(HandedOver { generation: g, paths: done.paths, conflicts: done.conflicts, txn }))
+}
+
+/// Carry into the root (not mounted: at boot) what `source` received since `reference` (both read-only), with the
+/// conflict rule of a commit against what the root holds differently from `reference` (seen through the read-only
+/// snapshot `view`, made and dropped here); then sync.
+fn carry_into_root(
+    p: &Paths,
+    reference: &Path,
+    source: &Path,
+    view: &Path,
+    kept: &Path,
+    crash_point: &str,
+) -> Result<carry::Carried> {
+    if is_subvolume(view) {
+        delete_subvolume(view)?;
     }
     CreateSnapshotOptions::new()
         .readonly(true)
-        .create(&p.root, &view)
+        .create(&p.root, view)
         .with_context(|| format!("snapshotting {} to {}", p.root.display(), view.display()))?;
-    let (txn, kept) = kept_for(g);
-    let planned = btrfs_send::changes(&handover, &view)?;
-    let written = btrfs_send::changes(&handover, &replaced)?;
-    let round = carry::Round {
-        before: &handover,
-        live: &replaced,
-        stage: &p.root,
-        planned: &planned,
-        kept: &kept,
-        incoming_wins: false,
-    };
+    let planned = btrfs_send::changes(reference, view)?;
+    let written = btrfs_send::changes(reference, source)?;
+    let round =
+        carry::Round { before: reference, live: source, stage: &p.root, planned: &planned, kept, incoming_wins: false };
     let done = carry::carry(&round, &written)?;
-    crate::failpoint::hit("boot-mid-handover");
+    crate::failpoint::hit(crash_point);
     fsutil::syncfs(&p.root)?;
-    delete_subvolume(&view)?;
-    delete_subvolume(&handover)?;
-    Ok(Some(HandedOver { generation: g, paths: done.paths, conflicts: done.conflicts, txn }))
+    delete_subvolume(view)?;
+    Ok(done)
+}
+
+/// At a counted boot of pending generation `n`, before the root is mounted: keep its tree as the first such boot
+/// finds it, read-only (`gens/<n>.booted`, once): what a fallback compares with to tell what the failed boots
+/// wrote.
+pub(in crate::backend) fn keep_booted(p: &Paths, n: u64) -> Result<()> {
+    let at = p.booted(n);
+    if is_subvolume(&at) {
+        return Ok(());
+    }
+    CreateSnapshotOptions::new()
+        .readonly(true)
+        .create(&p.root, &at)
+        .with_context(|| format!("keeping {} as {}", p.root.display(), at.display()))?;
+    Ok(())
+}
+
+/// The generation booted fine (or is no longer pending): its first boot's tree is not needed any more.
+pub(in crate::backend) fn drop_booted(p: &Paths, n: u64) -> Result<()> {
+    let at = p.booted(n);
+    if is_subvolume(&at) {
+        delete_subvolume(&at)?;
+    }
+    Ok(())
+}
+
+/// After the failed-boot fallback made the root the kept tree of an earlier generation again (before the root is
+/// mounted): carry into it what the failed boots of generation `failed` wrote (their logs, among others), from its
+/// first boot's tree to its tree now (kept, read-only). A path the fallback's tree holds differently from that first
+/// boot (what `failed`'s transaction changed) stays as the fallback has it; the failed boots' version is kept in
+/// `kept` and listed.
+pub(in crate::backend) fn carry_back_failed_boots(p: &Paths, failed: u64, kept: &Path) -> Result<Option<HandedOver>> {
+    let (booted, tree) = (p.booted(failed), p.gen(failed));
+    if !is_subvolume(&booted) || !is_subvolume(&tree) {
+        return Ok(None);
+    }
+    if !libbtrfsutil::subvolume_read_only(&tree).unwrap_or(false) {
+        bail!("{} is still writable (mounted?); what its boots wrote is not carried", tree.display());
+    }
+    let done = carry_into_root(p, &booted, &tree, &p.handover_view(failed), kept, "boot-mid-carry-back")?;
+    delete_subvolume(&booted)?;
+    Ok(Some(HandedOver { generation: failed, paths: done.paths, conflicts: done.conflicts, txn: None }))
 }
