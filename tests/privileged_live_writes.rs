@@ -31,7 +31,9 @@ fn live_changes_plan(root: &Path, extra: Vec<Value>) -> Value {
          touch -d '2020-01-02 03:04:05' etc/dated
          mkfifo srv/pipe
          rm etc/unwanted
-         mkdir -p srv/deep/er/still && echo deep > srv/deep/er/still/file"
+         mkdir -p srv/deep/er/still && echo deep > srv/deep/er/still/file
+         echo j2 >> var/log/journal/system.journal
+         touch var/log/journal/user.journal && chattr +C var/log/journal/user.journal && echo u1 >> var/log/journal/user.journal"
     );
     let mut steps = vec![
         json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
@@ -40,6 +42,17 @@ fn live_changes_plan(root: &Path, extra: Vec<Value>) -> Value {
     ];
     steps.extend(extra);
     plan("live-changes", steps)
+}
+
+/// A journal as systemd keeps it on btrfs: a no-copy-on-write file (`chattr +C`), which btrfs clones only to
+/// another such file.
+fn seed_journal(root: &Path) {
+    let dir = root.join("var/log/journal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let j = dir.join("system.journal");
+    std::fs::File::create(&j).unwrap();
+    run_ok(std::process::Command::new(require_tool("chattr")).arg("+C").arg(&j));
+    std::fs::write(&j, "j1\n").unwrap();
 }
 
 fn seed_live_tree(root: &Path) {
@@ -76,6 +89,7 @@ fn privileged_btrfs_commit_carries_every_live_change_into_the_new_tree() {
     let img = populated(Backend::Btrfs);
     let root = img.root();
     seed_live_tree(&root);
+    seed_journal(&root);
     let pd = PlanDir::new(&live_changes_plan(&root, vec![]), &[]);
     let out = apply(&pd.path, &root, Backend::Btrfs, &[]);
     assert_code(&out, 0);
@@ -309,6 +323,7 @@ fn privileged_crash_mid_carry_over_leaves_the_live_tree_and_no_snapshots() {
     let img = populated(Backend::Btrfs);
     let root = img.root();
     seed_live_tree(&root);
+    seed_journal(&root);
     let pd = PlanDir::new(&live_changes_plan(&root, vec![]), &[]);
     let out = apply_env(&pd.path, &root, Backend::Btrfs, &[], &[("SNAPINST_FAILPOINT", "apply-mid-carry-over")]);
     assert!(killed_by_sigkill(&out), "{}", show(&out));

@@ -420,8 +420,23 @@ fn identity(path: &Path) -> Option<(u64, libc::c_long)> {
     Some((m.ino(), generation))
 }
 
-/// Share `src`'s extents with `dst` (`FICLONE`): no data is copied.
+nix::ioctl_read!(fs_ioc_getflags, b'f', 1, libc::c_long);
+nix::ioctl_write_ptr!(fs_ioc_setflags, b'f', 2, libc::c_long);
+/// `FS_NOCOW_FL` (`chattr +C`): btrfs clones only between files that agree on it.
+const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
+
+/// Share `src`'s extents with `dst` (new and empty) with `FICLONE`: no data is copied. btrfs refuses to clone between
+/// a no-copy-on-write file (as systemd makes its journals) and an ordinary one, so `dst` is given `src`'s
+/// no-copy-on-write flag first, as `chattr +C` must be set while a file is empty.
 fn clone_file(src: &File, dst: &File) -> Result<()> {
+    let mut flags: libc::c_long = 0;
+    // SAFETY: the descriptor is open and `flags` outlives the call (the kernel writes an int into it).
+    let nocow = unsafe { fs_ioc_getflags(src.as_raw_fd(), &mut flags) }.is_ok() && flags & FS_NOCOW_FL != 0;
+    if nocow {
+        let set: libc::c_long = FS_NOCOW_FL;
+        // SAFETY: as above; the kernel reads an int from `set`.
+        unsafe { fs_ioc_setflags(dst.as_raw_fd(), &set) }.context("setting the no-copy-on-write flag (chattr +C)")?;
+    }
     // SAFETY: both descriptors are open for the duration of the call.
     unsafe { ficlone(dst.as_raw_fd(), src.as_raw_fd() as libc::c_ulong) }
         .context("FICLONE (both trees must be on one btrfs filesystem)")?;
