@@ -13,11 +13,36 @@ use anyhow::{bail, Context, Result};
 pub(super) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     let tree = Root::open(&ctx.root)?;
     let mut first = true;
-    Delta::at(&ctx.state.gen_path(rec.to_generation)).swap(&tree, Direction::Forward, || {
+    let delta = Delta::at(&ctx.state.gen_path(rec.to_generation));
+    delta.swap(&tree, Direction::Forward, || {
         if std::mem::take(&mut first) {
             crate::failpoint::hit("apply-mid-merge");
         }
-    })
+    })?;
+    record_swapped_in(ctx, &delta)
+}
+
+/// The name, in a delta's directory, of what its forward swap put in the tree (see `record_swapped_in`).
+const SWAPPED_IN: &str = "swapped-in.json";
+
+/// Each path a delta's forward swap put in the tree, as it was right after (inode number and change time, by entry
+/// index): a rollback tells the running system's later changes from it exactly. (A change time against the commit's
+/// time is ambiguous within a clock tick, and on kernels with fine-grained change times a coarse commit time can be
+/// earlier than the commit's own changes.)
+fn record_swapped_in(ctx: &Ctx, delta: &Delta) -> Result<()> {
+    let mut seen = std::collections::BTreeMap::new();
+    for (k, e) in delta.read_index()?.iter().enumerate() {
+        let crate::delta::Entry::Replace { path, after: true, .. } = e else { continue };
+        if let Ok(m) = std::fs::symlink_metadata(ctx.root.join(path)) {
+            seen.insert(k, identity(&m));
+        }
+    }
+    crate::fsutil::write_json_atomic(&delta.dir.join(SWAPPED_IN), &seen)
+}
+
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.ino(), crate::fsutil::ctime_ns(m))
 }
 
 /// How the new versions get into a staged delta, which decides what makes them durable before its index.
@@ -61,10 +86,12 @@ pub(super) fn write_staged_delta(
 
 /// The paths the delta replaces that the running system changed during the transaction (their change time is not
 /// before the stage was taken), each with its index: conflicts. The delta's version goes into the tree at the
-/// commit; the running system's is copied into the state area first, and listed. (A directory the delta only
-/// merges into is not one.)
+/// commit; the running system's is what the commit's swap moves out of the tree into the delta's old side
+/// (`gens/<n>/old/<k>`, whole, every write until that instant), which is where the conflict says it is kept (and
+/// where a rollback of the generation takes it back from). (A directory the delta only merges into is not one.)
 fn live_changed(ctx: &Ctx, rec: &TxnRecord, entries: &[crate::delta::Entry]) -> Result<Vec<(usize, Conflict)>> {
     let Some(started) = rec.started_ns else { return Ok(Vec::new()) };
+    let old = Delta::at(&ctx.state.gen_path(rec.to_generation)).side("old");
     let mut out = Vec::new();
     for (k, e) in entries.iter().enumerate() {
         let crate::delta::Entry::Replace { path, .. } = e else { continue };
@@ -73,22 +100,11 @@ fn live_changed(ctx: &Ctx, rec: &TxnRecord, entries: &[crate::delta::Entry]) -> 
         if crate::fsutil::ctime_ns(&m) < started {
             continue;
         }
-        let kept = ctx.state.conflicts_path(&rec.txn).join(path);
-        crate::fsutil::remove_any(&kept)?;
-        crate::fsutil::create_dir_durable(kept.parent().expect("a kept path has a parent"))?;
-        crate::fsutil::copy_tree(&live, &kept)
-            .with_context(|| format!("keeping the running system's version of /{}", path.display()))?;
-        crate::fsutil::syncfs(&kept)?;
         let path = std::path::Path::new("/").join(path);
+        let kept = Some(old.join(k.to_string()));
         out.push((
             k,
-            Conflict {
-                path,
-                plan: Version::of(&None),
-                live: Version::of(&Some(m)),
-                kept: Some(kept),
-                pruned_with: None,
-            },
+            Conflict { path, plan: Version::of(&None), live: Version::of(&Some(m)), kept, pruned_with: None },
         ));
     }
     Ok(out)
@@ -129,8 +145,14 @@ pub(super) fn rollback_conflicts(ctx: &Ctx, rec: &TxnRecord, state: &State) -> R
     let mut out = Vec::new();
     for s in rec.swaps.iter().take_while(|s| !s.forward) {
         let delta = Delta::at(&ctx.state.gen_path(s.generation));
-        let Some(committed) = state.generation(s.generation).and_then(|g| g.committed_ns) else { continue };
         if !delta.dir.exists() {
+            continue;
+        }
+        // What the commit put in the tree, exactly; a delta committed by an older snapinst has only its time.
+        let swapped_in: Option<std::collections::BTreeMap<usize, (u64, u64)>> =
+            crate::fsutil::read_json(&delta.dir.join(SWAPPED_IN)).ok();
+        let committed = state.generation(s.generation).and_then(|g| g.committed_ns);
+        if swapped_in.is_none() && committed.is_none() {
             continue;
         }
         for (k, e) in delta.read_index()?.iter().enumerate() {
@@ -139,7 +161,12 @@ pub(super) fn rollback_conflicts(ctx: &Ctx, rec: &TxnRecord, state: &State) -> R
                 continue;
             }
             let Ok(m) = std::fs::symlink_metadata(ctx.root.join(path)) else { continue };
-            if crate::fsutil::ctime_ns(&m) <= committed {
+            let unchanged = match (&swapped_in, committed) {
+                (Some(seen), _) => seen.get(&k) == Some(&identity(&m)),
+                (None, Some(t)) => crate::fsutil::ctime_ns(&m) <= t,
+                (None, None) => true,
+            };
+            if unchanged {
                 continue;
             }
             let back = std::fs::symlink_metadata(delta.side("old").join(k.to_string())).ok();
@@ -180,6 +207,9 @@ pub(super) fn rollback(
                 .with_context(|| {
                     format!("swapping generation {}'s changes {}", s.generation, if s.forward { "in" } else { "out" })
                 })?;
+            if s.forward {
+                record_swapped_in(ctx, &delta)?;
+            }
         }
         *done += 1;
         on_progress(*done)?;
