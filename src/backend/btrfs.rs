@@ -289,6 +289,14 @@ fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) 
         if expected_id.is_some_and(|id| subvol_id(from).ok() != Some(id)) {
             bail!("{} is not the subvolume the root held before; leaving it alone", from.display());
         }
+        if fsutil::exists(&kept) {
+            // A stale tree under the generation's name (one whose deletion a crash undid): the generation's tree
+            // is the one at `from`.
+            if subvol_id(&kept).ok() == subvol_id(&p.host_root).ok() {
+                bail!("{} is the mounted root; leaving it alone", kept.display());
+            }
+            delete_subvolume_uncommitted(&kept)?;
+        }
         if libbtrfsutil::subvolume_read_only(from).unwrap_or(false) {
             libbtrfsutil::set_subvolume_read_only(from, false)
                 .with_context(|| format!("making {} writable to move it", from.display()))?;
@@ -300,16 +308,15 @@ fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) 
         // The tree the running system is mounted from (the root is a mount point, such as `/`) stays writable
         // while it is mounted: the read-only flag would make the running `/` read-only at once. `seal`, run by
         // `snapinst boot` before the root is mounted, makes it read-only then.
-        if mounts::is_mount_point(&p.host_root).unwrap_or(false)
-            && subvol_id(&kept).ok() == subvol_id(&p.host_root).ok()
-        {
-            return Ok(());
+        let mounted = mounts::is_mount_point(&p.host_root).unwrap_or(false)
+            && subvol_id(&kept).ok() == subvol_id(&p.host_root).ok();
+        if !mounted {
+            libbtrfsutil::set_subvolume_read_only(&kept, true)
+                .with_context(|| format!("making {} read-only", kept.display()))?;
         }
-        libbtrfsutil::set_subvolume_read_only(&kept, true)
-            .with_context(|| format!("making {} read-only", kept.display()))?;
-        libbtrfsutil::sync(&p.gens_dir).context("syncing the generations")?;
     }
-    Ok(())
+    // (This commit also makes durable what the caller deleted before, uncommitted.)
+    libbtrfsutil::sync(&p.gens_dir).context("syncing the generations")
 }
 
 /// Make every kept generation read-only that is not (any more) the mounted root. Idempotent.
@@ -337,8 +344,10 @@ pub(super) fn seal(p: &Paths, state: &State) -> Result<()> {
 
 pub(super) fn finish(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
     keep_handover(p, rec)?;
+    // Committed with the kept generation below (one btrfs commit for both, before the record says done; a crash
+    // before it brings the snapshots back, and recovery runs this again).
+    remove_snapshots_uncommitted(&p.carry(&rec.txn))?;
     keep_as_generation(p, &p.stage(rec), rec.root_subvol_before, rec.from_generation)?;
-    remove_snapshots_in(&p.carry(&rec.txn))?;
     state.current_subvol = rec.incoming_subvol;
     Ok(())
 }
@@ -358,18 +367,26 @@ pub(super) fn discard(p: &Paths, rec: &TxnRecord) -> Result<()> {
     delete_subvolume(&stage)
 }
 
-/// Delete every snapshot in `dir`, then `dir` itself (nothing when it does not exist).
+/// Delete every snapshot in `dir`, then `dir` itself (nothing when it does not exist), and commit the deletions.
 pub(super) fn remove_snapshots_in(dir: &Path) -> Result<()> {
+    if !fsutil::exists(dir) {
+        return Ok(());
+    }
+    remove_snapshots_uncommitted(dir)?;
+    // One commit for all of them, so a crash cannot bring one back.
+    let parent = dir.parent().unwrap_or(dir);
+    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
+}
+
+/// `remove_snapshots_in` without the commit: the caller commits (or a crash brings them back, to be removed again).
+fn remove_snapshots_uncommitted(dir: &Path) -> Result<()> {
     if !fsutil::exists(dir) {
         return Ok(());
     }
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         delete_subvolume_uncommitted(&e.with_context(|| format!("reading {}", dir.display()))?.path())?;
     }
-    fsutil::remove_any(dir)?;
-    // One commit for all of them, so a crash cannot bring one back.
-    let parent = dir.parent().unwrap_or(dir);
-    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
+    fsutil::remove_any(dir)
 }
 
 /// Delete the subvolume at `path` (a plain directory there is removed), and commit the deletion.
@@ -443,7 +460,8 @@ pub(super) fn finish_rollback(p: &Paths, rec: &TxnRecord, state: &mut State) -> 
     // The root now holds the target generation with what was written since; its tree as it was kept goes.
     let target = p.gen(rec.to_generation);
     if is_subvolume(&target) && subvol_id(&target).ok() != rec.incoming_subvol {
-        delete_subvolume(&target)?;
+        // Committed by `finish`, with the kept generation.
+        delete_subvolume_uncommitted(&target)?;
     }
     finish(p, rec, state)
 }
