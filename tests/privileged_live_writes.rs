@@ -32,7 +32,7 @@ fn live_changes_plan(root: &Path, extra: Vec<Value>) -> Value {
          mkfifo srv/pipe
          rm etc/unwanted
          mkdir -p srv/deep/er/still && echo deep > srv/deep/er/still/file
-         echo j2 >> var/log/journal/system.journal
+         echo j2 >> var/log/journal/system.journal && echo a2 >> var/log/journal/archived.journal
          touch var/log/journal/user.journal && chattr +C var/log/journal/user.journal && echo u1 >> var/log/journal/user.journal"
     );
     let mut steps = vec![
@@ -46,12 +46,17 @@ fn live_changes_plan(root: &Path, extra: Vec<Value>) -> Value {
 
 /// A journal as systemd keeps it on btrfs: a no-copy-on-write file (`chattr +C`), which btrfs clones only to
 /// another such file.
+/// systemd marks the journal directory too, so new files there take the flag, and takes it off the journals it
+/// archives: `archived.journal` is an ordinary file in the marked directory.
 fn seed_journal(root: &Path) {
     let dir = root.join("var/log/journal");
     std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("archived.journal"), "a1\n").unwrap();
+    let chattr = |p: &Path| run_ok(std::process::Command::new(require_tool("chattr")).arg("+C").arg(p));
+    chattr(&dir);
     let j = dir.join("system.journal");
     std::fs::File::create(&j).unwrap();
-    run_ok(std::process::Command::new(require_tool("chattr")).arg("+C").arg(&j));
+    chattr(&j);
     std::fs::write(&j, "j1\n").unwrap();
 }
 

@@ -426,16 +426,22 @@ nix::ioctl_write_ptr!(fs_ioc_setflags, b'f', 2, libc::c_long);
 const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
 
 /// Share `src`'s extents with `dst` (new and empty) with `FICLONE`: no data is copied. btrfs refuses to clone between
-/// a no-copy-on-write file (as systemd makes its journals) and an ordinary one, so `dst` is given `src`'s
-/// no-copy-on-write flag first, as `chattr +C` must be set while a file is empty.
+/// a no-copy-on-write file and an ordinary one, and a new file takes that flag from its directory (systemd marks its
+/// journal directory `chattr +C`, and takes the flag off the journals it archives), so `dst` is first given
+/// `src`'s no-copy-on-write flag, as it must be while a file is empty.
 fn clone_file(src: &File, dst: &File) -> Result<()> {
-    let mut flags: libc::c_long = 0;
-    // SAFETY: the descriptor is open and `flags` outlives the call (the kernel writes an int into it).
-    let nocow = unsafe { fs_ioc_getflags(src.as_raw_fd(), &mut flags) }.is_ok() && flags & FS_NOCOW_FL != 0;
-    if nocow {
-        let set: libc::c_long = FS_NOCOW_FL;
-        // SAFETY: as above; the kernel reads an int from `set`.
-        unsafe { fs_ioc_setflags(dst.as_raw_fd(), &set) }.context("setting the no-copy-on-write flag (chattr +C)")?;
+    let nocow = |f: &File| -> Option<libc::c_long> {
+        let mut flags: libc::c_long = 0;
+        // SAFETY: the descriptor is open and `flags` outlives the call (the kernel writes an int into it).
+        unsafe { fs_ioc_getflags(f.as_raw_fd(), &mut flags) }.ok().map(|_| flags)
+    };
+    if let (Some(want), Some(has)) = (nocow(src), nocow(dst)) {
+        if (want ^ has) & FS_NOCOW_FL != 0 {
+            let set = (has & !FS_NOCOW_FL) | (want & FS_NOCOW_FL);
+            // SAFETY: as above; the kernel reads an int from `set`.
+            unsafe { fs_ioc_setflags(dst.as_raw_fd(), &set) }
+                .context("giving the copy the no-copy-on-write flag (chattr +C) of the original")?;
+        }
     }
     // SAFETY: both descriptors are open for the duration of the call.
     unsafe { ficlone(dst.as_raw_fd(), src.as_raw_fd() as libc::c_ulong) }
