@@ -120,8 +120,10 @@ class Run:
     def boot(self, mode, name):
         log = os.path.join(self.run_dir, "%s.console.log" % name)
         b = Boot(name, mode, log)
-        append = ("root=/dev/vda rootflags=subvol=@ rw console=ttyS0 systemd.show_status=1 panic=-1 snapinst_vmtest=%s"
-                  % mode)
+        # root=UUID=..., as GRUB writes it: the initramfs hook must find the device itself.
+        uuid = subprocess.check_output(["blkid", "-o", "value", "-s", "UUID", self.disk], text=True).strip()
+        append = ("root=UUID=%s rootflags=subvol=@ rw console=ttyS0 systemd.show_status=1 panic=-1 snapinst_vmtest=%s"
+                  % (uuid, mode))
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
                "-nographic", "-monitor", "none", "-serial", "file:%s" % log, "-nic", "none", "-no-reboot",
                "-kernel", self.kernel, "-initrd", self.initrd, "-append", append,
