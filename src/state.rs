@@ -328,13 +328,16 @@ pub(crate) const HANDOVER_SUFFIX: &str = ".handover";
 /// The suffix of the read-only view of the root that the boot-time handover compares with (`gens/<n>.handover-view`).
 pub(crate) const HANDOVER_VIEW_SUFFIX: &str = ".handover-view";
 
+/// The suffix of the tree as a btrfs generation's commit found it (`gens/<n>.before`).
+pub(crate) const BEFORE_SUFFIX: &str = ".before";
+
 /// The suffix of a pending btrfs generation's tree as its first counted boot found it (`gens/<n>.booted`): what
 /// the failed-boot fallback compares with to carry the failed boots' writes back.
 pub(crate) const BOOTED_SUFFIX: &str = ".booted";
 
 /// The generation an entry of a generations directory belongs to (its tree, or one of its snapshots above).
 pub(crate) fn generation_of_entry(name: &str) -> &str {
-    [COMMITTED_SUFFIX, HANDOVER_SUFFIX, HANDOVER_VIEW_SUFFIX, BOOTED_SUFFIX]
+    [COMMITTED_SUFFIX, BEFORE_SUFFIX, HANDOVER_SUFFIX, HANDOVER_VIEW_SUFFIX, BOOTED_SUFFIX]
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name)
@@ -352,11 +355,35 @@ pub(crate) struct StateDir {
     /// Where the stages (and checkpoints) live when not in `<dir>/stage`: a copy-staged part keeps them in the
     /// root's state area, off its own filesystem.
     pub stages: Option<PathBuf>,
+    /// The state area reached through a private mount of a filesystem's top level: that mount's path, and how a
+    /// user names the top level (`DEVICE:`), for the paths snapinst reports (see `shown`).
+    pub shown_as: Option<(PathBuf, String)>,
 }
 
 impl StateDir {
     pub fn at(dir: PathBuf) -> StateDir {
-        StateDir { dir, stages: None }
+        StateDir { dir, stages: None, shown_as: None }
+    }
+
+    /// A path in the state area as a user can find it: itself, or `DEVICE:/PATH` from the filesystem's top level
+    /// when snapinst reaches the area through a private mount (a btrfs `/`), whose path means nothing outside.
+    pub fn shown(&self, path: &Path) -> PathBuf {
+        match &self.shown_as {
+            Some((top, device)) => match path.strip_prefix(top) {
+                Ok(rest) => PathBuf::from(format!("{device}:/{}", rest.display())),
+                Err(_) => path.to_path_buf(),
+            },
+            None => path.to_path_buf(),
+        }
+    }
+
+    /// `shown` for the kept copies of `conflicts`.
+    pub fn show_kept(&self, conflicts: &mut [crate::conflicts::Conflict]) {
+        for c in conflicts {
+            if let Some(k) = &c.kept {
+                c.kept = Some(self.shown(k));
+            }
+        }
     }
 
     /// The directory of the stages.

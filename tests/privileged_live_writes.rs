@@ -308,9 +308,15 @@ fn privileged_mounted_btrfs_root_new_tree_has_the_writes_made_during_the_transac
     let live = img.root();
     let name = img.subvolume_name().unwrap().to_path_buf();
     seed_live_tree(&live);
-    let files = ["var/lib/writer/own.log", "etc/app.d/live.log"];
-    let (upto, total, _) = apply_while_writing(&live, Backend::Btrfs, &files);
-    for f in files {
+    let files = ["var/lib/writer/own.log", "etc/app.d/live.log", "etc/app.conf"];
+    let (upto, total, lines) = apply_while_writing(&live, Backend::Btrfs, &files);
+    // The conflict's kept copy is named as a user finds it: on the filesystem's top level, by device (the state
+    // area is beside the subvolume, reached through a private mount of the top level).
+    let s = summary(&lines);
+    assert_eq!(conflict_paths(&s["conflicts"]), ["/etc/app.conf"]);
+    let kept = s["conflicts"][0]["kept"].as_str().unwrap();
+    assert!(kept.starts_with("/dev/loop") && kept.contains(":/.snapinst-"), "{kept}");
+    for f in &files[..2] {
         let next = records(&name.join(f));
         assert!(
             (1..=upto).all(|n| next.contains(&n)),
@@ -551,6 +557,36 @@ fn privileged_boot_carries_the_writes_made_after_a_keeping_rollback() {
     want.check(&manifest(&live));
     let kept = PathBuf::from(handed["conflicts"][0]["kept"].as_str().unwrap());
     assert_eq!(std::fs::read(&kept).unwrap(), b"plan\nedited after the rollback\n");
+    assert_no_leftovers(&img);
+}
+
+/// A keeping rollback after the reboot reverts only what the generation's transaction changed: a log the running
+/// system appended to after the commit (carried at the boot) and after the boot is not the generation's change, so
+/// it keeps every line and is no conflict.
+#[test]
+fn privileged_keeping_rollback_after_the_handover_keeps_what_was_carried() {
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let live = img.root();
+    seed_live_tree(&live);
+    std::fs::create_dir_all(live.join("var/log")).unwrap();
+    std::fs::write(live.join("var/log/syslog"), "before the apply\n").unwrap();
+    let steps =
+        vec![json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})];
+    let pd = PlanDir::new(&plan("gen1", steps), &[]);
+    assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
+    std::fs::write(live.join("var/log/syslog"), "before the apply\nafter the commit\n").unwrap();
+    boot_with_hook(&img);
+    let syslog = "before the apply\nafter the commit\nafter the boot\n";
+    std::fs::write(live.join("var/log/syslog"), syslog).unwrap();
+    let now = manifest(&live);
+    let out = rollback(&live, &[], &[]);
+    assert_code(&out, 0);
+    assert_eq!(conflict_paths(&summary(&json_lines(&out))["conflicts"]), Vec::<String>::new(), "{}", show(&out));
+    // The rollback's stage becomes the tree of the next boot.
+    boot_with_hook(&img);
+    let mut want = Expect::new(&now);
+    want.file("/etc/app.conf", b"original\n", 0o644, 0, 0);
+    want.check(&manifest(&live));
     assert_no_leftovers(&img);
 }
 

@@ -100,6 +100,11 @@ impl Paths {
     fn handover(&self, n: u64) -> PathBuf {
         self.gens_dir.join(format!("{n}{}", crate::state::HANDOVER_SUFFIX))
     }
+    /// The tree as generation `n`'s commit found it, the carry-over's last look (read-only): what a keeping rollback
+    /// compares `committed(n)` with to tell what `n`'s transaction changed.
+    fn before(&self, n: u64) -> PathBuf {
+        self.gens_dir.join(format!("{n}{}", crate::state::BEFORE_SUFFIX))
+    }
     /// Pending generation `n`'s tree as its first counted boot found it (read-only).
     fn booted(&self, n: u64) -> PathBuf {
         self.gens_dir.join(format!("{n}{}", crate::state::BOOTED_SUFFIX))
@@ -281,6 +286,23 @@ pub(super) fn commit(p: &Paths, rec: &TxnRecord) -> Result<()> {
     Ok(())
 }
 
+/// Keep the carry-over's last look at the live tree (the tree as the commit found it) as `gens/<to>.before`: moved,
+/// not snapshotted (no btrfs commit of its own: the kept generation's sync commits it). Idempotent.
+fn keep_before(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    let at = p.before(rec.to_generation);
+    let carry = p.carry(&rec.txn);
+    let last = (1..=CARRY_ROUNDS).rev().map(|r| carry.join(format!("live-{r}"))).chain([carry.join("base")]);
+    let Some(last) = last.into_iter().find(|l| is_subvolume(l)) else { return Ok(()) };
+    if fsutil::exists(&at) {
+        return Ok(());
+    }
+    // (A read-only subvolume cannot be moved to another directory.)
+    libbtrfsutil::set_subvolume_read_only(&last, false)
+        .with_context(|| format!("making {} writable to move it", last.display()))?;
+    std::fs::rename(&last, &at).with_context(|| format!("keeping {} as {}", last.display(), at.display()))?;
+    libbtrfsutil::set_subvolume_read_only(&at, true).with_context(|| format!("making {} read-only", at.display()))
+}
+
 /// Keep the subvolume now at `from` (the replaced tree) read-only as generation `n`. Idempotent. (A read-only
 /// subvolume cannot be moved to another directory, so it is moved first and made read-only after.)
 fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) -> Result<()> {
@@ -344,6 +366,9 @@ pub(super) fn seal(p: &Paths, state: &State) -> Result<()> {
 
 pub(super) fn finish(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()> {
     keep_handover(p, rec)?;
+    if rec.kind == TxnKind::Apply {
+        keep_before(p, rec)?;
+    }
     // Committed with the kept generation below (one btrfs commit for both, before the record says done; a crash
     // before it brings the snapshots back, and recovery runs this again).
     remove_snapshots_uncommitted(&p.carry(&rec.txn))?;
@@ -494,7 +519,7 @@ pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
 }
 
 pub(super) fn drop_generation(p: &Paths, n: u64) -> Result<()> {
-    for path in [p.gen(n), p.committed(n), p.handover(n), p.handover_view(n), p.booted(n)] {
+    for path in [p.gen(n), p.committed(n), p.before(n), p.handover(n), p.handover_view(n), p.booted(n)] {
         if fsutil::exists(&path) {
             delete_subvolume(&path)?;
         }

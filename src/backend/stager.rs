@@ -127,7 +127,8 @@ impl Stager for Btrfs {
         btrfs::prepare(ctx.btrfs(), rec)
     }
     fn pre_commit(&self, ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
-        let (carried, conflicts) = btrfs::pre_commit(ctx.btrfs(), rec, &ctx.state.conflicts_path(&rec.txn))?;
+        let (carried, mut conflicts) = btrfs::pre_commit(ctx.btrfs(), rec, &ctx.state.conflicts_path(&rec.txn))?;
+        ctx.state.show_kept(&mut conflicts);
         rec.carried = Some(carried);
         rec.conflicts.extend(conflicts);
         Ok(())
@@ -157,7 +158,9 @@ impl Stager for Btrfs {
         Ok(btrfs::stage_of(ctx.btrfs(), rec))
     }
     fn plan_rollback(&self, ctx: &Ctx, rec: &mut TxnRecord, state: &State) -> Result<()> {
-        btrfs::plan_rollback(ctx.btrfs(), rec, state, &ctx.state.conflicts_path(&rec.txn))
+        btrfs::plan_rollback(ctx.btrfs(), rec, state, &ctx.state.conflicts_path(&rec.txn))?;
+        ctx.state.show_kept(&mut rec.conflicts);
+        Ok(())
     }
     fn rollback(
         &self,

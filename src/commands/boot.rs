@@ -55,7 +55,8 @@ fn carry_back(ctx: &Ctx, back: &CarryBack, fallback: u64, out: &Reporter) {
 }
 
 /// Say what a carry at boot did (event `event`), and add its conflicts to its transaction's record.
-fn report_carried(ctx: &Ctx, out: &Reporter, event: &str, to: u64, said: String, h: backend::HandedOver) {
+fn report_carried(ctx: &Ctx, out: &Reporter, event: &str, to: u64, said: String, mut h: backend::HandedOver) {
+    ctx.state.show_kept(&mut h.conflicts);
     out.event(event, json!({"generation": h.generation, "to": to, "paths": h.paths, "conflicts": h.conflicts}));
     out.say(format!("snapinst: {said}"));
     for c in &h.conflicts {
@@ -75,7 +76,13 @@ fn report_carried(ctx: &Ctx, out: &Reporter, event: &str, to: u64, said: String,
 pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     require_root_user()?;
     mounts::enter_private_namespace()?;
-    let loc = locate(args)?;
+    let mut loc = locate(args)?;
+    // The initramfs hook mounts the filesystem's top level under /run: the paths recorded now are named by device.
+    if let Ok(m) = mounts::mount_of(&loc.state.dir) {
+        if loc.state.shown_as.is_none() && m.fstype == "btrfs" && m.mount_point.starts_with("/run") {
+            loc.state.shown_as = Some((m.mount_point, m.source));
+        }
+    }
     let out = Reporter::new(args.json);
     if !loc.state.exists() {
         out.say(format!("snapinst: {} is not managed; nothing to check at boot", loc.root.display()));

@@ -92,12 +92,10 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
             crate::mounts::enter_private_namespace()?;
             let dir = StateDir::default_for(&crate::topview::root_in_top(&root)?)?;
             let top = crate::topview::of(&root)?;
-            let shown = format!(
-                "{}:/{}",
-                crate::mounts::mount_of(&root)?.source,
-                dir.strip_prefix(&top).unwrap_or(&dir).display()
-            );
-            return Ok(Located { root, state: StateDir::at(dir), state_shown: shown });
+            let source = crate::mounts::mount_of(&root)?.source;
+            let state = StateDir { shown_as: Some((top, source)), ..StateDir::at(dir) };
+            let shown = state.shown(&state.dir).display().to_string();
+            return Ok(Located { root, state, state_shown: shown });
         }
         // The top of a filesystem: nothing beside it is on its filesystem, so the state area goes inside it.
         None if crate::mounts::is_mount_point(&root)? => default_state_inside(&root)?,

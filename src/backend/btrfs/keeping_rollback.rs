@@ -26,19 +26,22 @@ pub(super) fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &Sta
     };
     for &g in &reverted {
         let gen = state.generation(g).expect("a generation on the way back is kept");
-        if gen.parent_pruned {
+        if is_subvolume(&p.before(g)) {
+            // The tree as generation g's commit found it: all that is needed besides the committed one.
+        } else if gen.parent_pruned {
             bail!(
                 "the generation that generation {g} was made from was pruned, so what its transaction changed cannot be told apart from what was written since; `rollback --exact --to {to}` restores generation {to} exactly"
             );
+        } else if !is_subvolume(&p.gen(gen.parent.expect("a reverted generation has a parent"))) {
+            bail!(
+                "generation {g} cannot be reverted alone: the tree it was made from is missing; `rollback --exact --to {to}` restores generation {to} exactly"
+            );
         }
-        let parent = gen.parent.expect("a reverted generation has a parent");
-        for needed in [p.committed(g), p.gen(parent)] {
-            if !is_subvolume(&needed) {
-                bail!(
-                    "generation {g} cannot be reverted alone: {} is missing (a generation committed by an older snapinst, or pruned); `rollback --exact --to {to}` restores generation {to} exactly",
-                    needed.display()
-                );
-            }
+        if !is_subvolume(&p.committed(g)) {
+            bail!(
+                "generation {g} cannot be reverted alone: {} is missing (a generation committed by an older snapinst, or pruned); `rollback --exact --to {to}` restores generation {to} exactly",
+                p.committed(g).display()
+            );
         }
     }
     // The kept trees are compared by the send ioctl, which reads only read-only ones: a tree left writable because
@@ -47,9 +50,17 @@ pub(super) fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &Sta
     let stage = prepare(p, rec)?;
     let mut conflicts = Vec::new();
     for &g in &reverted {
-        let parent = state.generation(g).and_then(|x| x.parent).expect("checked above");
         let committed = p.committed(g);
-        let before = read_only_view(&p.gen(parent), &p.carry(&rec.txn))?;
+        // What g's transaction changed, and how it was before: against the tree as its commit found it (the
+        // generation before g, kept, has also what the running system wrote to it after that commit, until the
+        // reboot, which the handover carried into g and is not g's to revert). Generations committed by an older
+        // snapinst have only the generation before.
+        let before = if is_subvolume(&p.before(g)) {
+            p.before(g)
+        } else {
+            let parent = state.generation(g).and_then(|x| x.parent).expect("checked above");
+            read_only_view(&p.gen(parent), &p.carry(&rec.txn))?
+        };
         let reverting = btrfs_send::changes(&committed, &before)?;
         let since = while_read_only(&stage, || btrfs_send::changes(&committed, &stage))?;
         let round = carry::Round {
