@@ -570,13 +570,17 @@ fn privileged_keeping_rollback_after_the_handover_keeps_what_was_carried() {
     seed_live_tree(&live);
     std::fs::create_dir_all(live.join("var/log")).unwrap();
     std::fs::write(live.join("var/log/syslog"), "before the apply\n").unwrap();
-    let steps =
-        vec![json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})];
+    // The running system writes during the transaction too (carried at the commit: a clone of its file).
+    let during = format!("echo during >> {}/var/log/syslog", live.display());
+    let steps = vec![
+        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", during], "undo": ["true"]}),
+    ];
     let pd = PlanDir::new(&plan("gen1", steps), &[]);
     assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
-    std::fs::write(live.join("var/log/syslog"), "before the apply\nafter the commit\n").unwrap();
+    std::fs::write(live.join("var/log/syslog"), "before the apply\nduring\nafter the commit\n").unwrap();
     boot_with_hook(&img);
-    let syslog = "before the apply\nafter the commit\nafter the boot\n";
+    let syslog = "before the apply\nduring\nafter the commit\nafter the boot\n";
     std::fs::write(live.join("var/log/syslog"), syslog).unwrap();
     let now = manifest(&live);
     let out = rollback(&live, &[], &[]);

@@ -113,6 +113,14 @@ fn differs(a: &Option<Metadata>, b: &Option<Metadata>) -> bool {
     }
 }
 
+/// The same mtime and number of names (what `same_entry` leaves out).
+fn same_mtime_and_links(a: &Option<Metadata>, b: &Option<Metadata>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a.mtime(), a.mtime_nsec(), a.nlink()) == (b.mtime(), b.mtime_nsec(), b.nlink()),
+        (a, b) => a.is_none() && b.is_none(),
+    }
+}
+
 fn is_dir(m: &Option<Metadata>) -> bool {
     m.as_ref().is_some_and(|m| m.is_dir())
 }
@@ -123,7 +131,13 @@ impl Worker<'_> {
         let live = lstat(&self.r.live.join(rel))?;
         let staged = lstat(&self.r.stage.join(rel))?;
         self.visited.insert(rel.to_path_buf());
-        if differs(&before, &live) {
+        // The kernel compares inodes, so a clone (a file the carry-over made, compared with its original in a
+        // rollback or at boot) shows as changed: the same bytes, mode, owner, mtime and number of names are no change.
+        let changed = differs(&before, &live)
+            && !(!is_dir(&live)
+                && same_mtime_and_links(&before, &live)
+                && same_entry(&self.r.before.join(rel), &before, &self.r.live.join(rel), &live)?);
+        if changed {
             for (tree, m) in [(self.r.before, &before), (self.r.live, &live)] {
                 if let Some(m) = m.as_ref().filter(|m| m.is_file() && m.nlink() > 1) {
                     self.siblings.extend(other_names(tree, m.ino())?.into_iter().filter(|n| n != rel));
@@ -131,7 +145,7 @@ impl Worker<'_> {
             }
         }
         let mut descend = whole && is_dir(&live);
-        if differs(&before, &live) {
+        if changed {
             // Changed on the stage's side too (and not to what it was: a rollback step puts back files as clones),
             // and not to what the live side has (the same change on both sides, or one carried already: a carry cut
             // off and done again).

@@ -65,6 +65,8 @@ fn report_carried(ctx: &Ctx, out: &Reporter, event: &str, to: u64, said: String,
     if let (Some(txn), false) = (&h.txn, h.conflicts.is_empty()) {
         let noted = ctx.state.txns().map(|all| all.into_iter().find(|t| &t.txn == txn));
         if let Ok(Some(mut rec)) = noted {
+            // A path the commit already listed is listed once, with its latest kept version.
+            rec.conflicts.retain(|old| h.conflicts.iter().all(|c| c.path != old.path));
             rec.conflicts.extend(h.conflicts);
             if let Err(e) = ctx.state.write_txn(&rec) {
                 out.say(format!("snapinst: warning: could not record the conflicts in {txn}: {e:#}"));
