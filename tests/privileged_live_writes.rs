@@ -36,7 +36,7 @@ fn live_changes_plan(root: &Path, extra: Vec<Value>) -> Value {
          touch var/log/journal/user.journal && chattr +C var/log/journal/user.journal && echo u1 >> var/log/journal/user.journal"
     );
     let mut steps = vec![
-        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        conf_step(),
         json!({"id": "dropin", "type": "file", "path": "/etc/app.d/plan.conf", "content": "p\n", "mode": "0644"}),
         json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", script], "undo": ["true"]}),
     ];
@@ -58,6 +58,24 @@ fn seed_journal(root: &Path) {
     std::fs::File::create(&j).unwrap();
     chattr(&j);
     std::fs::write(&j, "j1\n").unwrap();
+}
+
+/// The plan's edit of the seeded `/etc/app.conf`.
+fn conf_step() -> Value {
+    json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})
+}
+
+/// A btrfs root mounted on its own, as `/` is, with the seeded tree; the image and the mounted root.
+fn running_root() -> (LoopImage, PathBuf) {
+    let img = populated(Backend::Btrfs).mounted_subvolume();
+    let live = img.root();
+    seed_live_tree(&live);
+    (img, live)
+}
+
+fn seed_syslog(root: &Path) {
+    std::fs::create_dir_all(root.join("var/log")).unwrap();
+    std::fs::write(root.join("var/log/syslog"), "before the apply\n").unwrap();
 }
 
 fn seed_live_tree(root: &Path) {
@@ -207,7 +225,7 @@ fn records(path: &Path) -> Vec<u64> {
 /// records written before that step started, the records written in all, and the apply's JSON lines.
 fn apply_while_writing(live: &Path, backend: Backend, files: &[&str]) -> (u64, u64, Vec<Value>) {
     let steps = vec![
-        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        conf_step(),
         json!({"id": "dropin", "type": "file", "path": "/etc/app.d/plan.conf", "content": "p\n", "mode": "0644"}),
         json!({"id": "wait", "type": "host", "do": ["sleep", "2"], "undo": ["true"]}),
     ];
@@ -352,7 +370,7 @@ fn commit_then_write(backend: Backend, root: &Path, touch_conf: bool) -> (Manife
     seed_live_tree(root);
     let m0 = manifest(root);
     let steps = vec![
-        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        conf_step(),
         json!({"id": "dropin", "type": "file", "path": "/etc/app.d/plan.conf", "content": "p\n", "mode": "0644"}),
     ];
     let pd = PlanDir::new(&plan("gen1", steps), &[]);
@@ -465,7 +483,7 @@ fn privileged_boot_carries_the_writes_made_after_the_commit_until_the_shutdown()
     let name = img.subvolume_name().unwrap().to_path_buf();
     seed_live_tree(&live);
     let steps = vec![
-        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
+        conf_step(),
         json!({"id": "dropin", "type": "file", "path": "/etc/app.d/plan.conf", "content": "p\n", "mode": "0644"}),
     ];
     let pd = PlanDir::new(&plan("gen1", steps), &[]);
@@ -531,11 +549,8 @@ fn boot_with_hook(img: &LoopImage) -> std::process::Output {
 /// the rolled-back tree; an edit to a path the rollback put back is a conflict (the rollback's version in the tree).
 #[test]
 fn privileged_boot_carries_the_writes_made_after_a_keeping_rollback() {
-    let img = populated(Backend::Btrfs).mounted_subvolume();
-    let live = img.root();
-    seed_live_tree(&live);
-    let steps =
-        vec![json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})];
+    let (img, live) = running_root();
+    let steps = vec![conf_step()];
     let pd = PlanDir::new(&plan("gen1", steps), &[]);
     assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
     boot_with_hook(&img);
@@ -565,17 +580,12 @@ fn privileged_boot_carries_the_writes_made_after_a_keeping_rollback() {
 /// it keeps every line and is no conflict.
 #[test]
 fn privileged_keeping_rollback_after_the_handover_keeps_what_was_carried() {
-    let img = populated(Backend::Btrfs).mounted_subvolume();
-    let live = img.root();
-    seed_live_tree(&live);
-    std::fs::create_dir_all(live.join("var/log")).unwrap();
-    std::fs::write(live.join("var/log/syslog"), "before the apply\n").unwrap();
+    let (img, live) = running_root();
+    seed_syslog(&live);
     // The running system writes during the transaction too (carried at the commit: a clone of its file).
     let during = format!("echo during >> {}/var/log/syslog", live.display());
-    let steps = vec![
-        json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"}),
-        json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", during], "undo": ["true"]}),
-    ];
+    let steps =
+        vec![conf_step(), json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", during], "undo": ["true"]})];
     let pd = PlanDir::new(&plan("gen1", steps), &[]);
     assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
     std::fs::write(live.join("var/log/syslog"), "before the apply\nduring\nafter the commit\n").unwrap();
@@ -598,11 +608,8 @@ fn privileged_keeping_rollback_after_the_handover_keeps_what_was_carried() {
 /// made to it, before and after the rollback, is there at the next boot, and nothing is handed over.
 #[test]
 fn privileged_rollback_before_the_reboot_keeps_every_write_of_the_running_tree() {
-    let img = populated(Backend::Btrfs).mounted_subvolume();
-    let live = img.root();
-    seed_live_tree(&live);
-    let steps =
-        vec![json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})];
+    let (img, live) = running_root();
+    let steps = vec![conf_step()];
     let pd = PlanDir::new(&plan("gen1", steps), &[]);
     assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
     std::fs::write(live.join("etc/live.txt"), "one\nafter the commit\n").unwrap();
@@ -622,13 +629,9 @@ fn privileged_rollback_before_the_reboot_keeps_every_write_of_the_running_tree()
 /// the fallback's version in the tree, the failed boots' kept and listed).
 #[test]
 fn privileged_fallback_keeps_what_the_failed_boots_wrote() {
-    let img = populated(Backend::Btrfs).mounted_subvolume();
-    let live = img.root();
-    seed_live_tree(&live);
-    std::fs::create_dir_all(live.join("var/log")).unwrap();
-    std::fs::write(live.join("var/log/syslog"), "before the apply\n").unwrap();
-    let steps =
-        vec![json!({"id": "conf", "type": "file", "path": "/etc/app.conf", "content": "plan\n", "mode": "0644"})];
+    let (img, live) = running_root();
+    seed_syslog(&live);
+    let steps = vec![conf_step()];
     let pd = PlanDir::new(&plan("gen1", steps), &[]);
     assert_code(&apply(&pd.path, &live, Backend::Btrfs, &[]), 0);
     let at_shutdown = manifest(&live);
