@@ -160,6 +160,31 @@ fn privileged_btrfs_commit_carries_every_live_change_into_the_new_tree() {
     assert_no_leftovers(&img);
 }
 
+/// overlay: the running system's version of a conflicting path is what the commit's swap moves out of the tree,
+/// whole: a process that holds the file open and writes to it after the conflict was found (even after the commit)
+/// writes into the kept version, which the conflict names.
+#[test]
+fn privileged_overlay_conflict_keeps_the_version_the_swap_moved_out() {
+    use std::io::Write;
+    let img = populated(Backend::Overlay);
+    let root = img.root();
+    seed_live_tree(&root);
+    let mut held = std::fs::OpenOptions::new().append(true).open(root.join("etc/app.conf")).unwrap();
+    let during = format!("echo during >> {}/etc/app.conf", root.display());
+    let steps =
+        vec![conf_step(), json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", during], "undo": ["true"]})];
+    let pd = PlanDir::new(&plan("held", steps), &[]);
+    let out = apply(&pd.path, &root, Backend::Overlay, &[]);
+    assert_code(&out, 0);
+    held.write_all(b"through the open file\n").unwrap();
+    drop(held);
+    let s = summary(&json_lines(&out)).clone();
+    assert_eq!(conflict_paths(&s["conflicts"]), ["/etc/app.conf"], "{}", show(&out));
+    let kept = PathBuf::from(s["conflicts"][0]["kept"].as_str().unwrap());
+    assert_eq!(std::fs::read(&kept).unwrap(), b"original\nduring\nthrough the open file\n");
+    assert_eq!(std::fs::read(root.join("etc/app.conf")).unwrap(), b"plan\n");
+}
+
 /// A writer that appends a numbered record every few milliseconds to each of its files, opening each by its path
 /// every time (as a logger that reopens, or a database writing through its path, does).
 struct Writer {
