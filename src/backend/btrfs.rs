@@ -138,10 +138,7 @@ pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
     remove_snapshots_in(&carry)?;
     fsutil::create_dir_durable(&carry)?;
     let base = carry.join("base");
-    CreateSnapshotOptions::new()
-        .readonly(true)
-        .create(&p.root, &base)
-        .with_context(|| format!("snapshotting {} to {}", p.root.display(), base.display()))?;
+    snapshot_read_only(&p.root, &base)?;
     CreateSnapshotOptions::new()
         .create(&base, &stage)
         .with_context(|| format!("snapshotting {} to {}", base.display(), stage.display()))?;
@@ -181,10 +178,7 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
         }
         done_all.rounds = round;
         let live = carry.join(format!("live-{round}"));
-        CreateSnapshotOptions::new()
-            .readonly(true)
-            .create(&p.root, &live)
-            .with_context(|| format!("snapshotting {} to {}", p.root.display(), live.display()))?;
+        snapshot_read_only(&p.root, &live)?;
         let changed = btrfs_send::changes(&before, &live)?;
         if planned.is_none() {
             planned = Some(while_read_only(&stage, || btrfs_send::changes(&base, &stage))?);
@@ -286,13 +280,31 @@ pub(super) fn commit(p: &Paths, rec: &TxnRecord) -> Result<()> {
     Ok(())
 }
 
+/// A read-only snapshot of the subvolume `from` at `to`.
+fn snapshot_read_only(from: &Path, to: &Path) -> Result<()> {
+    CreateSnapshotOptions::new()
+        .readonly(true)
+        .create(from, to)
+        .with_context(|| format!("snapshotting {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// The carry-over's last look at the live tree (its last round's snapshot, or the base when no round ran), if it is
+/// still there.
+fn last_look(p: &Paths, txn: &str) -> Option<PathBuf> {
+    let carry = p.carry(txn);
+    (1..=CARRY_ROUNDS)
+        .rev()
+        .map(|r| carry.join(format!("live-{r}")))
+        .chain([carry.join("base")])
+        .find(|l| is_subvolume(l))
+}
+
 /// Keep the carry-over's last look at the live tree (the tree as the commit found it) as `gens/<to>.before`: moved,
 /// not snapshotted (no btrfs commit of its own: the kept generation's sync commits it). Idempotent.
 fn keep_before(p: &Paths, rec: &TxnRecord) -> Result<()> {
     let at = p.before(rec.to_generation);
-    let carry = p.carry(&rec.txn);
-    let last = (1..=CARRY_ROUNDS).rev().map(|r| carry.join(format!("live-{r}"))).chain([carry.join("base")]);
-    let Some(last) = last.into_iter().find(|l| is_subvolume(l)) else { return Ok(()) };
+    let Some(last) = last_look(p, &rec.txn) else { return Ok(()) };
     if fsutil::exists(&at) {
         return Ok(());
     }

@@ -11,15 +11,13 @@ use super::*;
 /// shutdown is what `hand_over` brings into the new tree at the next boot. Idempotent. (A commit without a
 /// carry-over, an exact rollback, keeps nothing.)
 pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
-    let carry = p.carry(&rec.txn);
     let at = p.handover(rec.from_generation);
     let running =
         mounts::is_mount_point(&p.host_root).unwrap_or(false) && subvol_id(&p.host_root).ok() == rec.root_subvol_before;
-    if !running || !fsutil::exists(&carry) || fsutil::exists(&at) {
+    let Some(last) = last_look(p, &rec.txn) else { return Ok(()) };
+    if !running || fsutil::exists(&at) {
         return Ok(());
     }
-    let last = (1..=CARRY_ROUNDS).rev().map(|r| carry.join(format!("live-{r}"))).find(|l| is_subvolume(l));
-    let last = last.unwrap_or_else(|| carry.join("base"));
     CreateSnapshotOptions::new()
         .readonly(true)
         .create(&last, &at)
@@ -96,10 +94,7 @@ fn carry_into_root(
     if is_subvolume(view) {
         delete_subvolume(view)?;
     }
-    CreateSnapshotOptions::new()
-        .readonly(true)
-        .create(&p.root, view)
-        .with_context(|| format!("snapshotting {} to {}", p.root.display(), view.display()))?;
+    snapshot_read_only(&p.root, view)?;
     let planned = btrfs_send::changes(reference, view)?;
     let written = btrfs_send::changes(reference, source)?;
     let round =

@@ -93,9 +93,6 @@ fn read_only_view(tree: &Path, dir: &Path) -> Result<PathBuf> {
     if fsutil::exists(&view) {
         delete_subvolume(&view)?;
     }
-    CreateSnapshotOptions::new()
-        .readonly(true)
-        .create(tree, &view)
-        .with_context(|| format!("snapshotting {} to {}", tree.display(), view.display()))?;
+    snapshot_read_only(tree, &view)?;
     Ok(view)
 }
