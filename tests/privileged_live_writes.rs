@@ -715,3 +715,61 @@ fn privileged_status_names_a_process_left_in_the_replaced_tree() {
     assert_eq!(me["command"], "sleep");
     assert!(me["path"].as_str().unwrap().ends_with("gens/0/etc"), "{me}");
 }
+
+/// What the running system changes on the parts while the transaction runs stays beside the plan's changes, on
+/// every kind of part: the ESP stand-in staged by copy, the ext4 `/boot` and the xfs `/srv/www` staged by overlays,
+/// the btrfs `/home` staged by snapshots. The one path of each part both changed is its one conflict (the plan's
+/// version in the tree). Compared whole, as the next boot sees the root.
+fn live_changes_on_the_parts_stay(backend: Backend) {
+    let WithParts { img, root, hello: _, before: _, host: _host } = WithParts::new(backend);
+    let parts = ["boot", "boot/efi", "srv/www", "home"];
+    for p in parts {
+        let d = root.join(p).join("live");
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["keep.cfg", "both.cfg", "gone.cfg"] {
+            std::fs::write(d.join(f), "old\n").unwrap();
+        }
+    }
+    let before = img.booted_manifest();
+    let script = parts
+        .iter()
+        .map(|p| {
+            format!(
+                "cd {r}/{p}/live && echo live >> keep.cfg && echo live >> both.cfg && rm gone.cfg && echo live > new.txt",
+                r = root.display()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" && ");
+    let mut steps = vec![];
+    for p in parts {
+        for f in ["both.cfg", "plan-only.cfg"] {
+            let path = format!("/{p}/live/{f}");
+            steps.push(json!({"id": path, "type": "file", "path": path, "content": "plan\n"}));
+        }
+    }
+    steps.push(json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", format!("set -e; {script}")], "undo": ["true"]}));
+    let pd = PlanDir::new(&plan("live-on-parts", steps), &[]);
+    let out = apply(&pd.path, &root, backend, &[]);
+    assert_code(&out, 0);
+
+    let mut want = Expect::new(&before);
+    for p in parts {
+        let at = |f: &str| format!("/{p}/live/{f}");
+        want.spec(&format!("/{p}/live"), Spec { kind: Some(Kind::Dir), ..Spec::default() })
+            .file_content(&at("keep.cfg"), b"old\nlive\n")
+            .file_content(&at("new.txt"), b"live\n")
+            .remove(&at("gone.cfg"))
+            .file_content(&at("both.cfg"), b"plan\n")
+            .file_content(&at("plan-only.cfg"), b"plan\n");
+    }
+    want.check(&img.booted_manifest());
+    let mut conflicts = conflict_paths(&summary(&json_lines(&out))["conflicts"]);
+    conflicts.sort();
+    let mut expected: Vec<String> = parts.iter().map(|p| format!("/{p}/live/both.cfg")).collect();
+    expected.sort();
+    assert_eq!(conflicts, expected, "{}", show(&out));
+    assert_no_leftovers(&img);
+}
+
+for_staged_backends!(privileged_live_changes_on_the_parts_stay, live_changes_on_the_parts_stay);

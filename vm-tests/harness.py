@@ -117,6 +117,18 @@ class Boot:
         return [j.get("event") for j in self.json_lines(tag)]
 
 
+def last_step_finished(line):
+    """Whether a console line is the apply's `step_finished` event of its last step."""
+    p = MARK + "apply-out "
+    if not line.startswith(p) or '"step_finished"' not in line:
+        return False
+    try:
+        e = json.loads(line[len(p):])
+    except ValueError:
+        return False
+    return e.get("event") == "step_finished" and e.get("index") is not None and e.get("index") == e.get("total")
+
+
 class VM:
     def __init__(self, kernel, initrd, accel, logdir):
         kfile = os.path.join(kernel["dir"], kernel["boot"])
@@ -127,9 +139,11 @@ class VM:
         self.boots = 0
         self.boot_time = []  # host seconds from QEMU start to the "mounted" marker
 
-    def boot(self, disk_dir, layout, mode, name, failpoint=None, cut_delay=None):
+    def boot(self, disk_dir, layout, mode, name, failpoint=None, cut_delay=None, boot_hook=False, after_steps=False):
         """Boot the VM on the disk set in `disk_dir`, laid out as `layout`. With `cut_delay`, SIGKILL QEMU that many
-        seconds after apply-start shows."""
+        seconds after apply-start shows (with `after_steps`: after the apply's last step finished, where its commit
+        phase begins). With `boot_hook`, the live layout runs `snapinst boot` before its root is mounted, as a
+        machine's initramfs does."""
         self.boots += 1
         log_path = os.path.join(self.logdir, "%s.console.log" % name)
         b = Boot(name, log_path)
@@ -139,6 +153,8 @@ class VM:
                   "snapinst.parts=%d" % lay["parts"]]
         if failpoint:
             append.append("snapinst.failpoint=" + failpoint)
+        if boot_hook:
+            append.append("snapinst.boot=1")
         # The disk: cache=none opens the image with O_DIRECT, so QEMU keeps no write-back buffer of its own and a
         # completed guest write is in the host file, while the guest is told it has a volatile write cache and so
         # issues real flushes (FUA/flush, turned into fdatasync on the host). A SIGKILL of QEMU then loses exactly
@@ -179,7 +195,8 @@ class VM:
                 b.lines.append((now, line))
                 if line.startswith(MARK + "mounted") and t_mounted is None:
                     t_mounted = now
-                if cut_delay is not None and deadline is None and line.startswith(MARK + "apply-start"):
+                if cut_delay is not None and deadline is None and (
+                        last_step_finished(line) if after_steps else line.startswith(MARK + "apply-start")):
                     deadline = now + cut_delay
 
         try:
@@ -244,21 +261,21 @@ class Result:
 RECLAIMED = re.compile(r"Reclaimed \d+ unused clusters? \(\d+ bytes\) in (\d+) chains?")
 
 
-def fat_lost_cluster_files(boot, m):
+def fat_lost_cluster_files(boots, m):
     """The paths of the FSCKnnnn.REC files at the top of each FAT part, when the boot's `fsck.vfat -a` reported
     saving exactly that many lost cluster chains (FAT has no journal: a power cut while it is written leaves such
     clusters, and a machine's boot saves them so). Any other count is left to the tree comparison, which fails."""
-    chains = sum(int(x.group(1)) for x in map(RECLAIMED.search, boot.tagged("fsck-vfat-out")) if x)
+    chains = sum(int(x.group(1)) for b in boots for x in map(RECLAIMED.search, b.tagged("fsck-vfat-out")) if x)
     files = [k for k in m for name, fs, _ in artefacts.PARTS
              if fs == "vfat" and re.fullmatch(r"/%s/FSCK\d{4}\.REC" % re.escape(name), k)]
     return files if files and len(files) == chains else []
 
 
-def inspect_image(disk_dir, layout):
-    """(manifest of the root with its parts, entries left in the stage/ of any state area, recovery-failed stamp or
-    None)."""
+def inspect_image(disk_dir, layout, ignore=()):
+    """(manifest of the root with its parts, `ignore`d paths left out, entries left in the stage/ of any state area,
+    recovery-failed stamp or None)."""
     with artefacts.MountedSet(disk_dir, layout) as ms:
-        m = ms.manifest()
+        m = {k: v for k, v in ms.manifest().items() if k not in ignore}
         left = []
         stages = [os.path.join(state, "stage") for state in [ms.state] + ms.part_states]
         part_stages = os.path.join(ms.state, "part-stages")  # a copy-staged part's, in the root's state area
@@ -272,11 +289,14 @@ def inspect_image(disk_dir, layout):
     return m, left, failed
 
 
-def check_recovered(boot, image, layout, before, after, gens=(0, 1), names=("BEFORE", "AFTER")):
+def check_recovered(boot, image, layout, before, after, gens=(0, 1), names=("BEFORE", "AFTER"), ignore=(),
+                    earlier=()):
     """Check a recover boot and the image it left. `before`/`after`: manifests of the trees before and after the
     interrupted transaction (for a rollback: the tree with the plan applied, and the original one), with the
-    current generation each must show in `gens`. Result.state is "before" or "after" relative to that transaction
-    ("neither" is a failure). Returns a Result (problems empty when all is well)."""
+    current generation each must show in `gens`; the paths in `ignore` are left out of the comparison; `earlier`:
+    the boots since the cut before this one (whose fsck.vfat may have saved lost clusters too). Result.state
+    is "before" or "after" relative to that transaction ("neither" is a failure). Returns a Result (problems empty
+    when all is well)."""
     problems = ["kernel: " + l for l in boot.kernel_trouble()[:5]]
     if boot.end != "poweroff":
         problems.append("the recover boot ended by %s, not a clean power-off (QEMU rc %s)" % (boot.end, boot.qemu_rc))
@@ -301,8 +321,8 @@ def check_recovered(boot, image, layout, before, after, gens=(0, 1), names=("BEF
     if not isinstance(lst, dict):
         problems.append("no list --json output")
         lst = {}
-    m, left, stamp = inspect_image(image, layout)
-    rec = fat_lost_cluster_files(boot, m)
+    m, left, stamp = inspect_image(image, layout, ignore)
+    rec = fat_lost_cluster_files(list(earlier) + [boot], m)
     m = {k: v for k, v in m.items() if k not in rec}
     if left:
         problems.append("stage left behind: %r" % left)
@@ -348,6 +368,68 @@ def check_recovered(boot, image, layout, before, after, gens=(0, 1), names=("BEF
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The running system's writes (init.sh's apply-writer mode)
+
+
+def writer_files(layout):
+    """The files the guest's writer appends its numbered records to: one in /etc (a directory the plan changes) and,
+    with parts, one on /srv and one on the ESP (filesystems the plan changes)."""
+    parts = ["/srv/vm-writer.log", "/boot/efi/vm-writer.log"] if LAYOUTS[layout]["parts"] else []
+    return ["/etc/vm-writer.log"] + parts
+
+
+def durable_records(boot):
+    """The last record the writer announced as fsynced (0: none): every record up to it was durable before the boot
+    ended, whatever ended it."""
+    last = 0
+    for _, l in boot.lines:
+        if l.startswith(MARK + "durable "):
+            try:
+                last = max(last, int(l[len(MARK) + len("durable "):].split()[0]))
+            except (ValueError, IndexError):
+                pass
+    return last
+
+
+def read_records(path, torn_tail=False):
+    """(the records in a writer's file, in file order; a problem or None). A missing file has none. Each line must
+    be a record number, each number once, in increasing order; with `torn_tail` (FAT: no journal, so a cut while
+    a record is appended can leave its clusters unwritten) the last line may be anything, and is not counted."""
+    if not os.path.exists(path):
+        return [], None
+    with open(path, "rb") as f:
+        lines = f.read().decode("utf-8", "replace").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if torn_tail and lines and not lines[-1].isdigit():
+        lines.pop()
+    recs = []
+    for i, l in enumerate(lines):
+        if not l.isdigit():
+            return recs, "line %d is %r, not a record number" % (i + 1, l[:40])
+        n = int(l)
+        if recs and n <= recs[-1]:
+            return recs, "record %d follows record %d (a record twice, or out of order)" % (n, recs[-1])
+        recs.append(n)
+    return recs, None
+
+
+def writer_records(disk_dir, layout):
+    """{file: ((records in the tree, problem), (records in generation 0's kept tree, problem) or None)}. Generation
+    0's tree is read on the btrfs backend's own filesystem: what a directory target's running system writes between
+    the commit's last carry-over round and the exchange stays in the replaced tree (docs/transactions.md)."""
+    out = {}
+    with artefacts.MountedSet(disk_dir, layout) as ms:
+        for f in writer_files(layout):
+            kept = None
+            gen0 = os.path.join(ms.state, "gens", "0")
+            if LAYOUTS[layout]["backend"] == "btrfs" and f.startswith("/etc/") and os.path.isdir(gen0):
+                kept = read_records(os.path.join(gen0, f.lstrip("/")))
+            out[f] = (read_records(os.path.join(ms.root, f.lstrip("/")), torn_tail=f.startswith("/boot/efi/")), kept)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The campaign of one layout
 
 
@@ -368,6 +450,8 @@ class Campaign:
         self.counts = {"before": 0, "rolled_back": 0, "during": 0, "after": 0}
         self.fat_repairs = []  # the cuts after which fsck.vfat saved lost clusters of the ESP as files
         self.fp_passed = self.fp_total = 0
+        self.nwriter = 0  # power cuts of an apply while the guest's writer runs
+        self.writer_rows = []  # (case, cut after apply-start or None, tree, durable, in the tree, kept only)
         self.fp_rows = []
         self.passed = self.failed = 0
         self.failures = []
@@ -500,6 +584,99 @@ class Campaign:
                        if res.fat_rec else ""))
             except Exception as e:  # a harness or host problem: record it, go on with the next cut
                 self.fail(case, "exception: %s\n%s" % (e, traceback.format_exc()), [a, r])
+
+    # -- 4. power cuts while the running system writes
+    def writer_cuts(self):
+        """The apply while the guest's writer appends fsynced records, once uncut, then cut at random instants of
+        its commit phase (the carry-over and the exchange): [0, the uncut commit phase + 0.2 s] after its last step
+        finished."""
+        if not self.nwriter:
+            return
+        ref = self.writer_case("writer-ref")
+        if ref is None:
+            return
+        commit_s = ref[1]
+        for i in range(self.nwriter):
+            self.writer_case("writer-cut-%03d" % i, self.rng.uniform(0.0, commit_s + 0.2))
+
+    def writer_case(self, case, delay=None):
+        """One apply with the writer (see init.sh's apply-writer), cut `delay` seconds after apply-start (None:
+        uncut), then the recover boot; the live layout boots twice more, each running `snapinst boot` before the
+        root is mounted, so what a handover carries is in the tree the second one leaves. The tree must be BEFORE
+        or AFTER but for the writer's files, no conflict listed, and every record announced durable before the
+        cut in the tree (a btrfs directory target: in the tree or, written between the last carry-over round and
+        the exchange, in the replaced generation's kept tree). Returns (T, commit phase) of the apply, or None when
+        the case failed."""
+        try:
+            return self._writer_case(case, delay)
+        except Exception as e:  # a harness or host problem: record it, go on with the next case
+            self.fail(case, "exception: %s\n%s" % (e, traceback.format_exc()))
+            return None
+
+    def _writer_case(self, case, delay):
+        self.reset()
+        a = self.vm.boot(self.work, self.layout, "apply-writer", case + "-apply", cut_delay=delay, after_steps=True)
+        boots = [a]
+        if a.end == "poweroff" and a.rc("apply-done") == 0:
+            a.cut_after = None
+        elif delay is None or a.end != "cut":
+            self.fail(case, "the writer's apply boot ended by %s (apply rc %s)" % (a.end, a.rc("apply-done")), boots)
+            return None
+        problems = ["kernel during the apply: " + l for l in a.kernel_trouble()[:5]]
+        if a.has("writer-error"):
+            problems.append("the writer failed: %s" % a.marker("writer-error")[1])
+        durable = durable_records(a)
+        if durable == 0:
+            problems.append("the writer announced no durable record")
+        committed = "committed" in a.events("apply-out")
+        summary = [j for j in a.json_lines("apply-out") if j.get("event") == "summary"]
+        if summary and summary[-1].get("conflicts"):
+            problems.append("conflicts listed %r: the plan changes none of the writer's paths"
+                            % summary[-1]["conflicts"])
+        live = LAYOUTS[self.layout]["root"] == "live"
+        ignore = set(writer_files(self.layout))
+        for n in range(2 if live else 1):
+            r = self.vm.boot(self.work, self.layout, "recover", "%s-recover%d" % (case, n + 1), boot_hook=live)
+            boots.append(r)
+            res = check_recovered(r, self.work, self.layout, self.before, self.after, ignore=ignore,
+                                  earlier=boots[1:-1])
+            if res.problems:
+                break
+        res.problems = problems + res.problems
+        if committed and res.state == "before":
+            res.problems.append("the apply printed `committed` before the cut, yet the tree is BEFORE")
+        in_tree = kept_only = 0
+        for f, ((tree, bad), kept) in sorted(writer_records(self.work, self.layout).items()):
+            if bad:
+                res.problems.append("%s in the tree: %s" % (f, bad))
+            have = set(tree)
+            if kept is not None and res.state == "after":
+                if kept[1]:
+                    res.problems.append("%s in generation 0's kept tree: %s" % (f, kept[1]))
+                kept_only += len(set(kept[0]) - have)
+                have |= set(kept[0])
+            elif tree != list(range(1, len(tree) + 1)):
+                res.problems.append("%s: the tree's records are not 1..N (missing: %s)"
+                                    % (f, sorted(set(range(1, max(tree) + 1)) - set(tree))[:20]))
+            lost = sorted(set(range(1, durable + 1)) - have)
+            if lost:
+                res.problems.append("%s: %d of the %d records announced durable are lost (%s)"
+                                    % (f, len(lost), durable, lost[:20]))
+            in_tree = len(tree) if not in_tree else min(in_tree, len(tree))
+        when = "uncut" if a.cut_after is None else "cut %.3fs after the last step" % a.cut_after
+        if res.problems:
+            self.fail(case, "writer: %s" % when, boots, res)
+            self.writer_rows.append((case, a.cut_after, "FAILED", durable, in_tree, kept_only))
+            return None
+        self.passed += 1
+        self.writer_rows.append((case, a.cut_after, res.state.upper(), durable, in_tree, kept_only))
+        log("%s %s: writer, %s -> %s; %d records durable, %d in the tree%s"
+            % (self.layout, case, when, res.state.upper(), durable, in_tree,
+               ", %d more (written in the commit's last instant) in generation 0's kept tree" % kept_only
+               if kept_only else ""))
+        t0, t1 = a.marker("apply-start"), a.marker("apply-done")
+        commit_s = (summary[-1].get("timings_ms") or {}).get("commit", 0) / 1000.0 if summary else 0.0
+        return (t1[0] - t0[0] if t0 and t1 else 0.0), commit_s
 
     # -- 3. named crash points
     def crash_point(self, case, *args, **kw):
@@ -664,6 +841,9 @@ def main():
     ap.add_argument("--backend", action="append", choices=["btrfs", "overlay"],
                     help="only the layouts of this backend (repeatable)")
     ap.add_argument("--layout", action="append", choices=sorted(LAYOUTS), help="only this layout (repeatable)")
+    ap.add_argument("--writer-cuts", type=int, default=3,
+                    help="power cuts per layout of an apply while a writer in the guest appends fsynced records, aimed"
+                         " at the commit phase (default 3; 0: none, nor the uncut writer run)")
     ap.add_argument("--no-failpoints", action="store_true", help="only the power cuts")
     ap.add_argument("--late", type=float, default=0.0,
                     help="fraction of the cuts aimed at the commit phase instead of [0, T] (default 0)")
@@ -715,6 +895,7 @@ def main():
                      random.Random("%d-%s" % (seed, layout)), failpoints, ncuts)
         # Few cuts seldom land in the commit phase by chance: with parts, half of them are aimed at it.
         c.late = args.late if args.late or not LAYOUTS[layout]["parts"] else 0.5
+        c.nwriter = args.writer_cuts
         results.append(c)
 
     def run_campaign(c):
@@ -722,6 +903,7 @@ def main():
         try:
             c.reference()
             c.cuts()
+            c.writer_cuts()
             if not args.no_failpoints:
                 c.failpoint_matrix()
         except Failure as e:
@@ -780,6 +962,14 @@ def main():
             print("%s: after %d cuts (%s: the number of chains) the recover boot's fsck.vfat -a saved lost clusters"
                   " of the ESP as FSCKnnnn.REC files, as a machine's boot does (FAT has no journal); the trees, those"
                   " files left out, were BEFORE or AFTER" % (c.layout, len(c.fat_repairs), ", ".join(c.fat_repairs)))
+    for c in results:
+        if c.writer_rows:
+            print("%s, the writer (a fsynced record every 20 ms to %s) through the apply, cut in its commit phase:"
+                  % (c.layout, ", ".join(writer_files(c.layout))))
+            print("  %-16s %-9s %-7s %8s %8s %s" % ("case", "cut at", "tree", "durable", "in tree", "in gen 0 only"))
+            for case, at, tree, durable, in_tree, kept_only in c.writer_rows:
+                print("  %-16s %-9s %-7s %8d %8d %d" % (case, "uncut" if at is None else "%.3fs" % at, tree,
+                                                       durable, in_tree, kept_only))
     for c in results:
         if c.fp_rows:
             print("%s crash points:" % c.layout)

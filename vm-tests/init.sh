@@ -2,7 +2,12 @@
 # /init of the snapinst VM-test initramfs (busybox sh). Every line meant for the harness starts with "SNAPINST-VM: ".
 #
 # Kernel command line:
-#   snapinst.mode=recover|apply|apply-failing|rollback   what to do after the boot-time recovery
+#   snapinst.mode=recover|apply|apply-failing|apply-writer|rollback
+#                                                       what to do after the boot-time recovery (apply-writer: the
+#                                                       apply while a writer appends fsynced, numbered records to
+#                                                       $WRITER_FILES, each announced as "durable N" once fsynced)
+#   snapinst.boot=1                                     the live layout: `snapinst boot` first, before the root is
+#                                                       mounted, as the initramfs hook runs it on a machine
 #   snapinst.fs=btrfs|ext4                              the test disk's filesystem (/dev/vda)
 #   snapinst.backend=btrfs|overlay                      passed to `snapinst apply --backend`
 #   snapinst.layout=dir|subvol|top|live                 where the managed root is (see artefacts.LAYOUTS): /mnt/root
@@ -35,7 +40,7 @@ mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 exec </dev/console >/dev/console 2>&1
 
-MODE=recover FS=btrfs BACKEND=btrfs FAILPOINT= LAYOUT=dir PARTS=
+MODE=recover FS=btrfs BACKEND=btrfs FAILPOINT= LAYOUT=dir PARTS= BOOT_HOOK=
 for w in $(cat /proc/cmdline); do
     case "$w" in
         snapinst.mode=*) MODE=${w#snapinst.mode=} ;;
@@ -44,9 +49,33 @@ for w in $(cat /proc/cmdline); do
         snapinst.fs=*) FS=${w#snapinst.fs=} ;;
         snapinst.backend=*) BACKEND=${w#snapinst.backend=} ;;
         snapinst.failpoint=*) FAILPOINT=${w#snapinst.failpoint=} ;;
+        snapinst.boot=*) BOOT_HOOK=${w#snapinst.boot=} ;;
     esac
 done
+export SNAPINST_REGISTRY=/mnt/vmtest/registry
+if [ -n "$FAILPOINT" ]; then
+    export SNAPINST_FAILPOINT="$FAILPOINT" SNAPINST_FAILPOINT_ACTION=reset
+fi
 say "boot mode=$MODE fs=$FS backend=$BACKEND layout=$LAYOUT parts=${PARTS:-0} failpoint=${FAILPOINT:-none} uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+# Run a command with its output (stdout and stderr) on the console, each line tagged "SNAPINST-VM: TAG ".
+# Lines go out as they come, so what a command said before a reset is kept. The status is in $RC.
+tagged() {
+    tag=$1
+    shift
+    rm -f /tmp/fifo
+    mkfifo /tmp/fifo
+    (while IFS= read -r l; do echo "SNAPINST-VM: $tag $l"; done </tmp/fifo) &
+    reader=$!
+    "$@" >/tmp/fifo 2>&1
+    RC=$?
+    wait $reader
+    if [ $RC = 137 ] && [ -n "$FAILPOINT" ]; then
+        # Killed by a failpoint that did not reset the machine itself: reset it now, still without syncing.
+        say "$tag killed by SIGKILL at a failpoint: resetting"
+        echo b >/proc/sysrq-trigger
+    fi
+}
 
 load() { modprobe "$1" || die "modprobe $1 failed"; }
 load virtio_pci
@@ -74,6 +103,10 @@ case "$LAYOUT" in
     dir | subvol) ROOT=/mnt/root ;;
     top) ROOT=/mnt ;;
     live)
+        if [ "$BOOT_HOOK" = 1 ]; then
+            tagged boot-out snapinst boot --root /mnt/root --json
+            say "boot-hook-done rc=$RC"
+        fi
         mkdir -p /sysroot
         mount -t btrfs -o subvol=root /dev/vda /sysroot || die "mount subvol=root failed"
         ROOT=/sysroot
@@ -100,30 +133,6 @@ if [ "$PARTS" = 1 ]; then
 fi
 say "mounted uptime=$(cut -d' ' -f1 /proc/uptime)"
 
-export SNAPINST_REGISTRY=/mnt/vmtest/registry
-if [ -n "$FAILPOINT" ]; then
-    export SNAPINST_FAILPOINT="$FAILPOINT" SNAPINST_FAILPOINT_ACTION=reset
-fi
-
-# Run a command with its output (stdout and stderr) on the console, each line tagged "SNAPINST-VM: TAG ".
-# Lines go out as they come, so what a command said before a reset is kept. The status is in $RC.
-tagged() {
-    tag=$1
-    shift
-    rm -f /tmp/fifo
-    mkfifo /tmp/fifo
-    (while IFS= read -r l; do echo "SNAPINST-VM: $tag $l"; done </tmp/fifo) &
-    reader=$!
-    "$@" >/tmp/fifo 2>&1
-    RC=$?
-    wait $reader
-    if [ $RC = 137 ] && [ -n "$FAILPOINT" ]; then
-        # Killed by a failpoint that did not reset the machine itself: reset it now, still without syncing.
-        say "$tag killed by SIGKILL at a failpoint: resetting"
-        echo b >/proc/sysrq-trigger
-    fi
-}
-
 say "recover-start"
 tagged recover-out snapinst recover --all --json
 if [ $RC = 0 ]; then say "recovered rc=0"; else say "recover-failed rc=$RC"; fi
@@ -140,6 +149,35 @@ case "$MODE" in
         say "apply-start"
         tagged apply-out snapinst apply "$plan" --root "$ROOT" --backend "$BACKEND" --json
         say "apply-done rc=$RC"
+        ;;
+    apply-writer)
+        # The running system writing while the transaction runs: a record every 20 ms to a file in /etc (a
+        # directory the plan changes) and, with parts, one on /srv and one on the ESP (filesystems the plan
+        # changes), each record fsynced before it is announced, so every announced record was durable before any
+        # later power cut.
+        WRITER_FILES="$ROOT/etc/vm-writer.log"
+        [ "$PARTS" = 1 ] && WRITER_FILES="$WRITER_FILES $ROOT/srv/vm-writer.log $ROOT/boot/efi/vm-writer.log"
+        rm -f /tmp/writer.stop
+        (
+            i=0
+            while [ ! -e /tmp/writer.stop ]; do
+                i=$((i + 1))
+                for f in $WRITER_FILES; do
+                    echo "$i" >>"$f" && sync "$f" || { say "writer-error record $i to $f"; exit 1; }
+                done
+                say "durable $i"
+                sleep 0.02
+            done
+            say "writer-stopped last=$i"
+        ) &
+        writer=$!
+        sleep 1
+        say "apply-start"
+        tagged apply-out snapinst apply /mnt/vmtest/plan.json --root "$ROOT" --backend "$BACKEND" --json
+        say "apply-done rc=$RC"
+        sleep 1
+        touch /tmp/writer.stop
+        wait $writer
         ;;
     rollback)
         say "rollback-start"

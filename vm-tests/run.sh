@@ -3,7 +3,7 @@
 # Debian kernel, with the boot-time `snapinst recover --all` checked against whole-tree manifests.
 #
 #   vm-tests/run.sh [--cuts N] [--cuts-with-parts N] [--soak N] [--seed S] [--backend btrfs|overlay]
-#                   [--layout btrfs|overlay|ext4-top|btrfs-live] [--no-failpoints] [--late F]
+#                   [--layout btrfs|overlay|ext4-top|btrfs-live] [--writer-cuts N] [--no-failpoints] [--late F]
 #
 #   --cuts N     power cuts per layout without filesystems mounted inside the root (default 12)
 #   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 6)
@@ -11,6 +11,8 @@
 #   --seed S     seed of the random cut delays (default: random; always printed, so a run can be repeated)
 #   --backend B  only the layouts of this backend (repeatable)
 #   --layout L   only this layout (repeatable)
+#   --writer-cuts N  power cuts per layout of an apply while a writer in the guest appends fsynced records, aimed
+#                at the commit phase (default 3, after one uncut writer run; 0: neither)
 #   --no-failpoints  only the power cuts
 #   --late F     aim a fraction F of the cuts at the commit phase (the end of the apply) instead of [0, T]
 #

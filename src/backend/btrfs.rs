@@ -89,6 +89,10 @@ impl Paths {
     fn carry(&self, txn: &str) -> PathBuf {
         self.stage_dir.join(format!("{txn}{}", crate::state::CARRY_SUFFIX))
     }
+    /// The read-only snapshot of the root taken with the stage: the stage's tree before any step ran.
+    fn base(&self, txn: &str) -> PathBuf {
+        self.carry(txn).join("base")
+    }
     fn gen(&self, n: u64) -> PathBuf {
         self.gens_dir.join(n.to_string())
     }
@@ -137,7 +141,7 @@ pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
     fsutil::create_dir_durable(&p.stage_dir)?;
     remove_snapshots_in(&carry)?;
     fsutil::create_dir_durable(&carry)?;
-    let base = carry.join("base");
+    let base = p.base(&rec.txn);
     snapshot_read_only(&p.root, &base)?;
     CreateSnapshotOptions::new()
         .create(&base, &stage)
@@ -156,7 +160,7 @@ const CARRY_ROUNDS: usize = 5;
 pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(CarryOver, Vec<Conflict>)> {
     let t0 = std::time::Instant::now();
     let carry = p.carry(&rec.txn);
-    let base = carry.join("base");
+    let base = p.base(&rec.txn);
     if !is_subvolume(&base) {
         bail!(
             "the snapshot taken with the stage ({}) is gone, so snapinst cannot tell what the running system changed meanwhile; nothing is committed",
@@ -296,7 +300,7 @@ fn last_look(p: &Paths, txn: &str) -> Option<PathBuf> {
     (1..=CARRY_ROUNDS)
         .rev()
         .map(|r| carry.join(format!("live-{r}")))
-        .chain([carry.join("base")])
+        .chain([p.base(txn)])
         .find(|l| is_subvolume(l))
 }
 
@@ -437,14 +441,16 @@ pub(super) fn delete_subvolume(path: &Path) -> Result<()> {
 /// Delete the subvolume at `path` (a plain directory there is removed); the caller commits the deletion.
 fn delete_subvolume_uncommitted(path: &Path) -> Result<()> {
     if libbtrfsutil::is_subvolume(path).unwrap_or(false) {
-        if libbtrfsutil::subvolume_read_only(path).unwrap_or(false) {
+        let delete = || DeleteSubvolumeOptions::new().recursive(true).delete(path);
+        // Root deletes a read-only subvolume as it is. Clearing the flag first would cost a btrfs commit of its
+        // own, so that is only the fallback, for a kernel that refuses.
+        if delete().is_err() && libbtrfsutil::subvolume_read_only(path).unwrap_or(false) {
             libbtrfsutil::set_subvolume_read_only(path, false)
                 .with_context(|| format!("making {} writable to delete it", path.display()))?;
         }
-        DeleteSubvolumeOptions::new()
-            .recursive(true)
-            .delete(path)
-            .with_context(|| format!("deleting subvolume {}", path.display()))?;
+        if libbtrfsutil::is_subvolume(path).unwrap_or(false) {
+            delete().with_context(|| format!("deleting subvolume {}", path.display()))?;
+        }
     } else {
         fsutil::remove_any(path)?;
     }

@@ -3,10 +3,12 @@
 //! only. FAT has no journal, and a power cut while it is being written leaves lost clusters that `fsck.fat` turns
 //! into `FSCKnnnn.REC` files, so staging writes nothing to it: the stage is a copy of the part's tree on a scratch
 //! filesystem of the part's own type, made and mounted with the part's own options (the same modes and name
-//! rules; see `scratch`), whose image is in the root's state area (`part-stages/<place>/<txn>`). Before the commit
-//! record the copy is compared with the tree (`treediff`) and each changed entry's new version is copied into the
-//! generation's delta on the part, and synced; from there on it is the overlay's way: the commit, `recover` and every
-//! rollback are renames on the part itself (`delta::swap`). What FAT sees of a transaction is the delta written just
+//! rules; see `scratch`), whose image is in the root's state area (`part-stages/<place>/<txn>`). The scratch
+//! filesystem holds a second copy, the base, left as the tree was when the stage was taken. Before the commit record
+//! the stage is compared with the base (`treediff`), so what the running system changed on the part meanwhile is
+//! not the plan's and stays; each entry the plan changed gets its new version copied into the generation's delta
+//! on the part, and synced; from there on it is the overlay's way: the commit, `recover` and every rollback are
+//! renames on the part itself (`delta::swap`), and a path both changed is a conflict. What FAT sees of a transaction is the delta written just
 //! before the commit record, the renames after it, and the deletion of old deltas.
 
 use super::scratch::Scratch;
@@ -26,20 +28,21 @@ pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
     super::require_same_mount(root, state_dir, "the delta is put in place by renames")
 }
 
-/// A transaction's copy stage: its directory (in the root's state area), the scratch filesystem there, and the copy
-/// of the tree on it.
+/// A transaction's copy stage: its directory (in the root's state area), the scratch filesystem there, the copy of
+/// the tree on it that the steps change, and the base: the tree as the stage was taken.
 struct StagePaths {
     dir: PathBuf,
     scratch: Scratch,
     tree: PathBuf,
+    base: PathBuf,
 }
 
 fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> Result<StagePaths> {
     let mount = ctx.mount.as_ref().context("a copy-staged part knows its mount")?;
     let dir = ctx.state.stage_path(&rec.txn);
     let scratch = Scratch::like(&dir, mount);
-    let tree = scratch.mnt.join("tree");
-    Ok(StagePaths { dir, scratch, tree })
+    let (tree, base) = (scratch.mnt.join("tree"), scratch.mnt.join("base"));
+    Ok(StagePaths { dir, scratch, tree, base })
 }
 
 /// The state area's name at the top of the part (it is never copied, compared or replaced).
@@ -58,7 +61,8 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     remove_stage(&s)?;
     fsutil::create_dir_durable(&s.dir)?;
     // The check before the transaction asked for this already; the tree may have grown since.
-    let needed = tree_bytes(&ctx.root, Some(area))? + SPARE_BYTES;
+    // Two copies: the stage and the base.
+    let needed = 2 * tree_bytes(&ctx.root, Some(area))? + SPARE_BYTES;
     let free = fsutil::free_bytes(&s.dir)?;
     if free < needed {
         bail!(
@@ -70,7 +74,8 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
         );
     }
     s.scratch.create()?;
-    copy_without(&ctx.root, area, &s.tree)?;
+    copy_without(&ctx.root, area, &s.base)?;
+    fsutil::copy_tree(&s.base, &s.tree)?;
     Ok(s.tree)
 }
 
@@ -119,12 +124,19 @@ fn tree_bytes(dir: &Path, left_out: Option<&Path>) -> Result<u64> {
 
 /// Returns the paths the running system also changed meanwhile (conflicts).
 pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::conflicts::Conflict>> {
-    let tree = stage_paths(ctx, rec)?.tree;
+    let s = stage_paths(ctx, rec)?;
     let area = state_area(ctx)?;
-    if fsutil::exists(&tree.join(area)) {
+    if fsutil::exists(&s.tree.join(area)) {
         bail!("the stage creates /{}, which is snapinst's state area on {}", area.display(), ctx.root.display());
     }
-    super::compared::write_delta(ctx, rec, &ctx.root, &tree, area)
+    if !fsutil::exists(&s.base) {
+        bail!(
+            "the copy of {} taken with the stage ({}) is gone, so snapinst cannot tell what the plan changed from what the running system changed meanwhile; nothing is committed",
+            ctx.root.display(),
+            s.base.display()
+        );
+    }
+    super::compared::write_delta(ctx, rec, &s.base, &s.tree, area)
 }
 
 pub(super) fn finish(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
@@ -141,11 +153,12 @@ pub(super) fn take_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<()
     super::copy_as_checkpoint(ctx, rec, &stage_paths(ctx, rec)?.tree, n)
 }
 
-/// Make the staged tree a copy of checkpoint `n` again, on a new scratch filesystem.
+/// Make the staged tree a copy of checkpoint `n` again (the base beside it stays as the stage was taken).
 pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<PathBuf> {
     let s = stage_paths(ctx, rec)?;
     let source = super::checkpoint_copy(ctx, rec, n)?;
-    s.scratch.create()?;
+    s.scratch.mount()?;
+    fsutil::remove_any(&s.tree)?;
     fsutil::copy_tree(&source, &s.tree)?;
     Ok(s.tree)
 }

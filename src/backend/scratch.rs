@@ -5,7 +5,8 @@
 //!   it never outlives a crash), mounted with `discard`, so it takes only the blocks the steps write and gives back
 //!   what they delete; sized to the free space of the filesystem it is on, all a delta copied out of it can use;
 //! - a copy stage of a FAT part (see `copy`): a filesystem of the part's own type, made and mounted with the part's
-//!   own options (the same modes and name rules), as large as the part, so that staging writes nothing to the part.
+//!   own options (the same modes and name rules), twice as large as the part (the stage and its base), so that
+//!   staging writes nothing to the part.
 //!
 //! Nothing here mounts in the host's namespace, and nothing in the image is needed once its content is copied out.
 
@@ -59,7 +60,8 @@ impl Scratch {
         self.remove()?;
         fsutil::create_dir_durable(&self.mnt)?;
         let size = match &self.like {
-            Some(like) => fsutil::total_bytes(&like.mount_point)?.max(MIN_LIKE_SIZE),
+            // Room for two copies of the tree (the copy stager's stage and its base); the image is sparse.
+            Some(like) => (2 * fsutil::total_bytes(&like.mount_point)?).max(MIN_LIKE_SIZE),
             None => fsutil::free_bytes(self.mnt.parent().unwrap_or(&self.mnt))?.clamp(MIN_SIZE, MAX_SIZE),
         } & !((1 << 20) - 1);
         std::fs::File::create(&self.image)

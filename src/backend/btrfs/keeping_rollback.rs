@@ -62,7 +62,14 @@ pub(super) fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &Sta
             read_only_view(&p.gen(parent), &p.carry(&rec.txn))?
         };
         let reverting = btrfs_send::changes(&committed, &before)?;
-        let since = while_read_only(&stage, || btrfs_send::changes(&committed, &stage))?;
+        // What the running system changed since g's commit. Until the first generation is reverted the stage is
+        // the base snapshot's tree, which is read-only already; after, the stage itself is compared (making it
+        // read-only and writable again costs two btrfs commits).
+        let since = if g == reverted[0] {
+            btrfs_send::changes(&committed, &p.base(&rec.txn))?
+        } else {
+            while_read_only(&stage, || btrfs_send::changes(&committed, &stage))?
+        };
         let round = carry::Round {
             before: &committed,
             live: &before,
