@@ -748,7 +748,9 @@ fn live_changes_on_the_parts_stay(backend: Backend) {
             steps.push(json!({"id": path, "type": "file", "path": path, "content": "plan\n"}));
         }
     }
-    steps.push(json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", format!("set -e; {script}")], "undo": ["true"]}));
+    steps.push(
+        json!({"id": "live", "type": "host", "do": ["/bin/sh", "-c", format!("set -e; {script}")], "undo": ["true"]}),
+    );
     let pd = PlanDir::new(&plan("live-on-parts", steps), &[]);
     let out = apply(&pd.path, &root, backend, &[]);
     assert_code(&out, 0);

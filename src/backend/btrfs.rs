@@ -297,11 +297,7 @@ fn snapshot_read_only(from: &Path, to: &Path) -> Result<()> {
 /// still there.
 fn last_look(p: &Paths, txn: &str) -> Option<PathBuf> {
     let carry = p.carry(txn);
-    (1..=CARRY_ROUNDS)
-        .rev()
-        .map(|r| carry.join(format!("live-{r}")))
-        .chain([p.base(txn)])
-        .find(|l| is_subvolume(l))
+    (1..=CARRY_ROUNDS).rev().map(|r| carry.join(format!("live-{r}"))).chain([p.base(txn)]).find(|l| is_subvolume(l))
 }
 
 /// Keep the carry-over's last look at the live tree (the tree as the commit found it) as `gens/<to>.before`: moved,
