@@ -332,15 +332,20 @@ class Layout:
 
     @staticmethod
     def writer_files(b):
-        """{path: {"lines", "last", "contiguous", "head"}} from a writer-check boot, the kept copies under
-        "kept:PATH"."""
+        """{path: {"lines", "last", "contiguous", "records" (the set of record numbers), "head"}} from a writer-check
+        boot, the kept copies under "kept:PATH"."""
         out = {}
         for l in b.lines:
-            m = re.match(r"^writer-(file|kept) (\S+) lines=(\d+) last=(\d+) contiguous=(\w+) head=(.*)$", l)
+            m = re.match(r"^writer-(file|kept) (\S+) lines=(\d+) last=(\d+) contiguous=(\w+) ranges=(\S+) head=(.*)$",
+                         l)
             if m:
                 key = m.group(2) if m.group(1) == "file" else "kept:" + m.group(2)
+                recs = set()
+                for r in m.group(6).split(",") if m.group(6) != "-" else []:
+                    lo, hi = r.split("-")
+                    recs.update(range(int(lo), int(hi) + 1))
                 out[key] = {"lines": int(m.group(3)), "last": int(m.group(4)), "contiguous": m.group(5) == "yes",
-                            "head": m.group(6)}
+                            "records": recs, "head": m.group(7)}
         return out
 
     @staticmethod
@@ -350,6 +355,16 @@ class Layout:
         except ValueError:
             return None
         return sorted({c["path"] for t in v.get("transactions", []) for c in t.get("conflicts", [])})
+
+    @staticmethod
+    def newest_conflicts(b):
+        """(plan, conflict paths) of the newest transaction that lists conflicts, from a writer-check boot."""
+        try:
+            v = json.loads(b.get("conflicts") or "{}")
+        except ValueError:
+            return None, None
+        t = (v.get("transactions") or [{}])[0]
+        return t.get("plan"), sorted(c["path"] for c in t.get("conflicts", []))
 
     @staticmethod
     def kept_paths(b, path):
@@ -421,11 +436,23 @@ class Layout:
         files = self.writer_files(c)
         self.writer_check_records(files, n2, "after the rollback and a reboot")
         conf = files.get(self.WRITER_CONFLICT) or {}
-        self.check(conf.get("head") == "record 1" and conf.get("contiguous"),
-                   "after the rollback %s is the writer's again (%s)" % (self.WRITER_CONFLICT, conf))
+        self.check(conf.get("head") == "record 1",
+                   "after the rollback %s is the writer's version again (%s)" % (self.WRITER_CONFLICT, conf))
+        # The writer went on appending to the plan's version through the rollback: the rollback's one conflict,
+        # the version the generation before had in the tree, the running system's kept.
+        plan, rolled = self.newest_conflicts(c)
+        self.check(plan is None and rolled == [self.WRITER_CONFLICT],
+                   "the rollback's conflicts are exactly %s (got %s, plan %s)" % (self.WRITER_CONFLICT, rolled, plan))
+        have = set(conf.get("records", ()))
+        for k in self.kept_paths(c, self.WRITER_CONFLICT):
+            have |= (files.get("kept:" + k) or {}).get("records", set())
+        lost = sorted(set(range(1, n2 + 1)) - have)
+        self.check(not lost, "every record 1..%d of %s is in the tree or a kept copy (missing %d: %s)"
+                   % (n2, self.WRITER_CONFLICT, len(lost), lost[:10]))
         self.writer_changes_only(Disk(disk, self.parts).manifests(), pre, (), "after the rollback")
         self.rows.append(("writer", "records: %d through the apply, %d through the rollback" % (n1, n2 - n1),
-                          "every record kept; conflicts %s" % ",".join(conflicts or []), self.old, "-"))
+                          "every record kept; conflicts %s, then %s" % (",".join(conflicts or []),
+                                                                       ",".join(rolled or [])), self.old, "-"))
         os.remove(disk)
 
     def cut_run(self, tag, mode, kill_after=None, start=None, before=None, after=None):
