@@ -1,6 +1,9 @@
 //! Mount facts and the private mount namespace. snapinst does its mounting (overlay stages, the btrfs top-level
-//! view) in a mount namespace of its own, made private first, so a mount can never leak into the host's namespace,
-//! not even when the process is killed. This module must never mount anything in the host's namespace.
+//! view) in a mount namespace of its own, made a slave of the host's first (as systemd's `PrivateMounts=` does): a
+//! mount of snapinst's can never leak into the host's namespace, not even when the process is killed, and what the
+//! host mounts or unmounts while snapinst runs reaches snapinst's namespace too, so a filesystem the administrator
+//! unmounts is released at once rather than kept busy by snapinst's copy of the mount. This module must never
+//! mount anything in the host's namespace.
 
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, MsFlags};
@@ -13,7 +16,8 @@ static ENTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// shows that namespace as it is now (what the machine has mounted), without snapinst's own mounts.
 static HOST_MOUNTINFO: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
 
-/// Enter a new, private mount namespace (once per process). Must be called before the process starts any thread.
+/// Enter a new mount namespace, a slave of the host's (once per process). Must be called before the process starts
+/// any thread.
 pub(crate) fn enter_private_namespace() -> Result<()> {
     if ENTERED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
@@ -21,8 +25,8 @@ pub(crate) fn enter_private_namespace() -> Result<()> {
     let host = std::fs::File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?;
     let _ = HOST_MOUNTINFO.set(host);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("creating a private mount namespace")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("making the mount namespace private")
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .context("making the mount namespace a slave of the host's")
 }
 
 /// The kernel's id of the mount that holds `path` (statx `STATX_MNT_ID`), without following a final symlink.

@@ -239,7 +239,8 @@ fn contain() -> std::io::Result<()> {
     }
 }
 
-/// In the child: private mount namespace, bind mounts, tmpfs, chroot.
+/// In the child: a mount namespace of its own (a slave of snapinst's, so the host's unmounts reach it too), bind
+/// mounts, tmpfs, chroot.
 fn enter_chroot(s: &ChrootSetup) -> std::io::Result<()> {
     let check = |rc: libc::c_int| {
         if rc == 0 {
@@ -255,7 +256,7 @@ fn enter_chroot(s: &ChrootSetup) -> std::io::Result<()> {
             c"none".as_ptr(),
             c"/".as_ptr(),
             std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         ))?;
         // The stage becomes a mount point of its own (a btrfs stage is a directory of a larger mount), so that
