@@ -200,7 +200,39 @@ pub fn run() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let result = match cli.command {
+    commands::panicked::install_hook();
+    // The root a command changes, recovered if the command panics (a bug): `recover` itself is not run again.
+    let changed_root = match &cli.command {
+        Command::Apply { root, .. }
+        | Command::Resume { root, .. }
+        | Command::Abort { root }
+        | Command::Boot { root }
+        | Command::Bless { root }
+        | Command::Rollback { root, .. } => Some(root.clone()),
+        _ => None,
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.command)));
+    crate::topview::cleanup();
+    match result {
+        Ok(Ok(outcome)) => ExitCode::from(outcome.code()),
+        Ok(Err(e)) => {
+            let code = commands::error_code(&e);
+            for line in format!("{e:#}").lines() {
+                eprintln!("snapinst: {line}");
+            }
+            ExitCode::from(code)
+        }
+        Err(_) => {
+            let code = commands::panicked::after_panic(changed_root.as_ref());
+            crate::topview::cleanup();
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Run the command.
+fn dispatch(command: Command) -> anyhow::Result<Outcome> {
+    match command {
         Command::Apply { plan, root, backend, keep, boot_tries, dry_run, confirm, yes, keep_failed, exclude_mount } => {
             let opts = commands::apply::ApplyOptions {
                 backend: backend.fixed(),
@@ -238,17 +270,6 @@ pub fn run() -> ExitCode {
                 .iter()
                 .for_each(|p| println!("{}\t{}\t{}", p.name, p.operation, p.backends.join(",")));
             Ok(Outcome::Done)
-        }
-    };
-    crate::topview::cleanup();
-    match result {
-        Ok(outcome) => ExitCode::from(outcome.code()),
-        Err(e) => {
-            let code = commands::error_code(&e);
-            for line in format!("{e:#}").lines() {
-                eprintln!("snapinst: {line}");
-            }
-            ExitCode::from(code)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Named crash points for the crash-consistency tests. In a build with the `failpoints` feature, reaching the point
 //! named by `SNAPINST_FAILPOINT` kills the process with SIGKILL, with no cleanup at all (or, with
-//! `SNAPINST_FAILPOINT_ACTION=reset` in a test VM, resets the machine without syncing). In a normal build [`hit`]
+//! `SNAPINST_FAILPOINT_ACTION=reset` in a test VM, resets the machine without syncing; with `panic`, panics, as a
+//! bug would). In a normal build [`hit`]
 //! compiles to nothing. Every point is listed in [`ALL`], so the test matrix cannot forget one.
 
 /// A crash point: its name, the operation that reaches it, and the backends on which it is reached.
@@ -37,16 +38,30 @@ pub(crate) const ALL: &[Point] = &[
     Point { name: "boot-mid-carry-back", operation: "boot", backends: &["btrfs"] },
 ];
 
+/// Set once the point has fired in this process by a panic: the recovery after it runs to the end.
+static DISARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// No point fires from now on in this process (the recovery after a panic).
+pub(crate) fn disarm() {
+    DISARMED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Kill the process here if `SNAPINST_FAILPOINT` names this point (only in `failpoints` builds).
 #[inline]
 pub(crate) fn hit(name: &str) {
     debug_assert!(ALL.iter().any(|p| p.name == name), "unknown failpoint {name}");
     #[cfg(feature = "failpoints")]
-    if std::env::var("SNAPINST_FAILPOINT").is_ok_and(|v| v == name) {
+    if !DISARMED.load(std::sync::atomic::Ordering::SeqCst)
+        && std::env::var("SNAPINST_FAILPOINT").is_ok_and(|v| v == name)
+    {
         if std::env::var("SNAPINST_FAILPOINT_ACTION").is_ok_and(|v| v == "reset") {
             // A power cut inside a test VM: reset the machine at once, without syncing anything.
             eprintln!("snapinst: failpoint {name}: resetting the machine");
             let _ = std::fs::write("/proc/sysrq-trigger", b"b");
+        }
+        if std::env::var("SNAPINST_FAILPOINT_ACTION").is_ok_and(|v| v == "panic") {
+            // A bug: the panic unwinds to the top, which recovers the transaction.
+            panic!("failpoint {name}");
         }
         eprintln!("snapinst: failpoint {name}: killing the process");
         // SAFETY: raising SIGKILL on ourselves; nothing is borrowed across the call.

@@ -5,6 +5,7 @@
 pub(crate) mod apply;
 pub(crate) mod boot;
 pub(crate) mod guard;
+pub(crate) mod panicked;
 pub(crate) mod recover;
 pub(crate) mod resume;
 pub(crate) mod rollback;
