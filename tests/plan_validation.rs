@@ -193,6 +193,18 @@ validate_case!(validate_bad_service, "service: not a unit, both enable and mask"
 validate_case!(validate_package_nothing_to_do, "package: nothing to do, purge without remove");
 validate_case!(validate_package_bad_debs_and_names, "package: missing .deb, bad package name");
 validate_case!(validate_unknown_field, "unknown field");
+
+/// One message per problem: a .deb that cannot be read is that one problem, not also "the step has nothing to do".
+#[test]
+fn validate_missing_deb_is_one_problem() {
+    let pd = PlanDir::raw(&with_step(json!({"id": "x", "type": "package", "debs": ["debs/missing_1.0_all.deb"]})), &[]);
+    let out = validate(&pd);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("step \"x\"")).collect();
+    assert_eq!(lines.len(), 1, "one message for the one problem:\n{}", show(&out));
+    assert!(lines[0].contains("cannot read") && lines[0].contains("missing_1.0_all.deb"), "{}", lines[0]);
+}
 validate_case!(validate_missing_field, "missing field");
 validate_case!(validate_duplicate_id, "duplicate id");
 validate_case!(validate_bad_mode_999, "bad mode 999");

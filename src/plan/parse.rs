@@ -281,6 +281,9 @@ impl Checker {
     }
 
     fn package(&mut self, at: At, p: spec::PackageSpec) -> Option<Action> {
+        // Asked of what the plan gives, not of what is left once a .deb that cannot be read is reported.
+        let given = |list: &Option<Vec<String>>| list.as_ref().is_some_and(|l| !l.is_empty());
+        let nothing_given = !given(&p.debs) && !given(&p.apt) && !given(&p.remove);
         let is_deb: fn(&str) -> bool = |d| d.ends_with(".deb");
         let debs = self.names(at, "debs", p.debs.unwrap_or_default(), is_deb, "a path to a .deb file");
         let debs: Option<Vec<PathBuf>> =
@@ -289,7 +292,7 @@ impl Checker {
         let remove = self.names(at, "remove", p.remove.unwrap_or_default(), is_package_name, "a package name");
         let purge = p.purge.unwrap_or(false);
         let (debs, apt, remove) = (debs?, apt?, remove?);
-        if debs.is_empty() && apt.is_empty() && remove.is_empty() {
+        if nothing_given {
             self.problem(at, "debs", "the step has nothing to do (give \"debs\", \"apt\" or \"remove\")");
         }
         if purge && remove.is_empty() {
