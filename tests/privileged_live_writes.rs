@@ -719,7 +719,8 @@ fn privileged_status_names_a_process_left_in_the_replaced_tree() {
 /// What the running system changes on the parts while the transaction runs stays beside the plan's changes, on
 /// every kind of part: the ESP stand-in staged by copy, the ext4 `/boot` and the xfs `/srv/www` staged by overlays,
 /// the btrfs `/home` staged by snapshots. The one path of each part both changed is its one conflict (the plan's
-/// version in the tree). Compared whole, as the next boot sees the root.
+/// version in the tree). A keeping rollback after it lists as conflicts exactly the plan's paths the running system
+/// changed after the commit. Compared whole, as the next boot sees the root.
 fn live_changes_on_the_parts_stay(backend: Backend) {
     let WithParts { img, root, hello: _, before: _, host: _host } = WithParts::new(backend);
     let parts = ["boot", "boot/efi", "srv/www", "home"];
@@ -771,6 +772,32 @@ fn live_changes_on_the_parts_stay(backend: Backend) {
     let mut expected: Vec<String> = parts.iter().map(|p| format!("/{p}/live/both.cfg")).collect();
     expected.sort();
     assert_eq!(conflicts, expected, "{}", show(&out));
+    assert_no_leftovers(&img);
+
+    // After the commit the running system edits one of the plan's files on each part. The rollback puts back what
+    // the plan changed: the edited files are its conflicts (the running system's version kept), the rest none,
+    // and every live change made during the transaction stays.
+    for p in parts {
+        let f = root.join(p).join("live/plan-only.cfg");
+        std::fs::write(&f, "plan\nlater\n").unwrap();
+    }
+    let out = rollback(&root, &[], &[]);
+    assert_code(&out, 0);
+    let mut conflicts = conflict_paths(&summary(&json_lines(&out))["conflicts"]);
+    conflicts.sort();
+    let mut expected: Vec<String> = parts.iter().map(|p| format!("/{p}/live/plan-only.cfg")).collect();
+    expected.sort();
+    assert_eq!(conflicts, expected, "{}", show(&out));
+    let mut want = Expect::new(&before);
+    for p in parts {
+        let at = |f: &str| format!("/{p}/live/{f}");
+        want.spec(&format!("/{p}/live"), Spec { kind: Some(Kind::Dir), ..Spec::default() })
+            .file_content(&at("keep.cfg"), b"old\nlive\n")
+            .file_content(&at("new.txt"), b"live\n")
+            .remove(&at("gone.cfg"))
+            .file_content(&at("both.cfg"), b"old\nlive\n");
+    }
+    want.check(&img.booted_manifest());
     assert_no_leftovers(&img);
 }
 

@@ -9,6 +9,7 @@ use crate::delta::{Delta, Direction};
 use crate::inroot::Root;
 use crate::state::{PlannedSwap, State, TxnRecord};
 use anyhow::{bail, Context, Result};
+use std::path::Path;
 
 pub(super) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     let tree = Root::open(&ctx.root)?;
@@ -25,24 +26,48 @@ pub(super) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
 /// The name, in a delta's directory, of what its forward swap put in the tree (see `record_swapped_in`).
 const SWAPPED_IN: &str = "swapped-in.json";
 
-/// Each path a delta's forward swap put in the tree, as it was right after (inode number and change time, by entry
-/// index): a rollback tells the running system's later changes from it exactly. (A change time against the commit's
-/// time is ambiguous within a clock tick, and on kernels with fine-grained change times a coarse commit time can be
-/// earlier than the commit's own changes.)
+/// Each path a delta's forward swap put in the tree, as it was right after (its `identity`, by entry index): a
+/// rollback tells the running system's later changes from it exactly. (A change time against the commit's time is
+/// ambiguous within a clock tick, and on kernels with fine-grained change times a coarse commit time can be earlier
+/// than the commit's own changes.)
 fn record_swapped_in(ctx: &Ctx, delta: &Delta) -> Result<()> {
     let mut seen = std::collections::BTreeMap::new();
     for (k, e) in delta.read_index()?.iter().enumerate() {
         let crate::delta::Entry::Replace { path, after: true, .. } = e else { continue };
-        if let Ok(m) = std::fs::symlink_metadata(ctx.root.join(path)) {
-            seen.insert(k, identity(&m));
+        let at = ctx.root.join(path);
+        if let Ok(m) = std::fs::symlink_metadata(&at) {
+            seen.insert(k, identity(ctx, &at, &m));
         }
     }
     crate::fsutil::write_json_atomic(&delta.dir.join(SWAPPED_IN), &seen)
 }
 
-fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+/// What tells a path's version from any later one: its inode number and change time; on FAT and exfat (the copy
+/// stager's), whose inode numbers are made afresh at every mount and whose change time is not kept, its
+/// modification time and a digest of its content (a FAT part is an ESP: a few small files).
+fn identity(ctx: &Ctx, path: &Path, m: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    (m.ino(), crate::fsutil::ctime_ns(m))
+    if ctx.kind != crate::state::BackendKind::Copy {
+        return (m.ino(), crate::fsutil::ctime_ns(m));
+    }
+    let mtime_ns = (m.mtime() as u64).wrapping_mul(1_000_000_000).wrapping_add(m.mtime_nsec() as u64);
+    (mtime_ns, content_digest(path, m))
+}
+
+/// The first 8 bytes of the SHA-256 of a regular file's content and its size (0 for anything else, or a file that
+/// cannot be read).
+fn content_digest(path: &Path, m: &std::fs::Metadata) -> u64 {
+    use sha2::Digest;
+    if !m.is_file() {
+        return 0;
+    }
+    let Ok(mut f) = std::fs::File::open(path) else { return 0 };
+    let mut h = sha2::Sha256::new();
+    h.update(m.len().to_le_bytes());
+    if std::io::copy(&mut f, &mut h).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(h.finalize()[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
 }
 
 /// How the new versions get into a staged delta, which decides what makes them durable before its index.
@@ -60,7 +85,7 @@ pub(super) fn write_staged_delta(
     rec: &TxnRecord,
     entries: &[crate::delta::Entry],
     how: Put,
-    mut put: impl FnMut(&std::path::Path, &std::path::Path) -> Result<()>,
+    mut put: impl FnMut(&Path, &Path) -> Result<()>,
 ) -> Result<Vec<Conflict>> {
     let mut conflicts = live_changed(ctx, rec, entries)?;
     let d = Delta::at(&ctx.state.gen_path(rec.to_generation));
@@ -100,7 +125,7 @@ fn live_changed(ctx: &Ctx, rec: &TxnRecord, entries: &[crate::delta::Entry]) -> 
         if crate::fsutil::ctime_ns(&m) < started {
             continue;
         }
-        let path = std::path::Path::new("/").join(path);
+        let path = Path::new("/").join(path);
         let kept = Some(old.join(k.to_string()));
         out.push((
             k,
@@ -160,9 +185,10 @@ pub(super) fn rollback_conflicts(ctx: &Ctx, rec: &TxnRecord, state: &State) -> R
             if !seen.insert(path.clone()) {
                 continue;
             }
-            let Ok(m) = std::fs::symlink_metadata(ctx.root.join(path)) else { continue };
+            let at = ctx.root.join(path);
+            let Ok(m) = std::fs::symlink_metadata(&at) else { continue };
             let unchanged = match (&swapped_in, committed) {
-                (Some(seen), _) => seen.get(&k) == Some(&identity(&m)),
+                (Some(seen), _) => seen.get(&k) == Some(&identity(ctx, &at, &m)),
                 (None, Some(t)) => crate::fsutil::ctime_ns(&m) <= t,
                 (None, None) => true,
             };
@@ -171,7 +197,7 @@ pub(super) fn rollback_conflicts(ctx: &Ctx, rec: &TxnRecord, state: &State) -> R
             }
             let back = std::fs::symlink_metadata(delta.side("old").join(k.to_string())).ok();
             out.push(Conflict {
-                path: std::path::Path::new("/").join(path),
+                path: Path::new("/").join(path),
                 plan: Version::of(&back),
                 live: Version::of(&Some(m)),
                 kept: Some(delta.side("new").join(k.to_string())),
