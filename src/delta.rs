@@ -58,11 +58,42 @@ impl Delta {
         Delta { dir: dir.to_path_buf() }
     }
 
-    /// Create the directory layout (idempotent).
+    /// Create the directory layout (idempotent). It is made under a name of its own (`<dir>.building`) and renamed
+    /// into place, so a crash never leaves a delta with one side only; one an older snapinst left half-made is
+    /// completed.
     pub fn create(&self) -> Result<()> {
-        fsutil::create_dir_durable(&self.dir.join("old"))?;
-        fsutil::create_dir_durable(&self.dir.join("new"))?;
+        if self.dir.is_dir() {
+            return self.complete();
+        }
+        let building = self.building();
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        fsutil::create_dir_durable(parent)?;
+        fsutil::remove_any(&building)?;
+        for side in ["old", "new"] {
+            std::fs::create_dir_all(building.join(side))
+                .with_context(|| format!("creating {}", building.join(side).display()))?;
+        }
+        fsutil::sync_dir(&building)?;
+        crate::failpoint::hit("apply-mid-delta-create");
+        std::fs::rename(&building, &self.dir)
+            .with_context(|| format!("renaming {} to {}", building.display(), self.dir.display()))?;
+        fsutil::sync_dir(parent)
+    }
+
+    /// Make a side that is missing (an empty side, as a crash could leave it) exist.
+    fn complete(&self) -> Result<()> {
+        for side in ["old", "new"] {
+            if !self.side(side).is_dir() {
+                fsutil::create_dir_durable(&self.side(side))?;
+            }
+        }
         Ok(())
+    }
+
+    /// Where `create` builds the layout before renaming it into place.
+    fn building(&self) -> PathBuf {
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.dir.with_file_name(format!("{name}.building"))
     }
 
     pub fn side(&self, which: &str) -> PathBuf {
@@ -88,6 +119,8 @@ impl Delta {
             Direction::Forward => ("new", "old"),
             Direction::Backward => ("old", "new"),
         };
+        // A side missing from a delta made by an older snapinst before a crash has nothing in it.
+        self.complete()?;
         let src = open_plain_dir(&self.side(src_name))?;
         let stash = open_plain_dir(&self.side(stash_name))?;
         let order: Vec<usize> = match direction {
@@ -123,8 +156,9 @@ impl Delta {
         Ok(())
     }
 
-    /// Remove the delta's storage.
+    /// Remove the delta's storage (and a layout a crash left half-built).
     pub fn remove(&self) -> Result<()> {
+        fsutil::remove_any(&self.building())?;
         fsutil::remove_any(&self.dir)
     }
 }

@@ -326,3 +326,33 @@ backend_tests!(
     first_transaction_with_parts_killed_after_its_record,
     btrfs => Btrfs, overlay => Overlay
 );
+
+/// A journal delta that a crash of an older snapinst left with one side only (its `old/` made durable, its `new/`
+/// not yet): recovery takes the missing side as empty, and the tree is exactly as before.
+#[test]
+fn privileged_recover_takes_a_missing_delta_side_as_empty() {
+    let backend = Backend::Journal;
+    let img = populated(backend);
+    let root = img.root();
+    let host = host_tempdir();
+    let hello = Hello::new(backend, "", host.path());
+    hello.prepare(&root);
+    let before = img.booted_manifest();
+    let out = apply_env(&hello.plan_dir(&hello.plan()).path, &root, backend, KEEP, &[(FP, "apply-after-stage")]);
+    assert!(killed_by_sigkill(&out), "the apply stops at its crash point:\n{}", show(&out));
+    let gens = img.state_dir().join("gens");
+    let deltas: Vec<_> = std::fs::read_dir(&gens)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("old").is_dir() && p.join("new").is_dir())
+        .collect();
+    assert_eq!(deltas.len(), 1, "the transaction's delta in {}: {deltas:?}", gens.display());
+    std::fs::remove_dir(deltas[0].join("new")).unwrap();
+
+    let r = recover(&root);
+    assert_code(&r, 0);
+    assert_eq!(recovered_actions(&r), ["rolled_back"], "{}", show(&r));
+    assert_manifest_eq(&before, &img.booted_manifest());
+    assert_no_leftovers(&img);
+}
