@@ -716,6 +716,34 @@ fn privileged_status_names_a_process_left_in_the_replaced_tree() {
     assert!(me["path"].as_str().unwrap().ends_with("gens/0/etc"), "{me}");
 }
 
+/// The tree `before` with, in each part's `live/`, the running system's changes (`keep.cfg` appended to, `new.txt`
+/// made, `gone.cfg` removed), `both.cfg` holding `both` and `plan-only.cfg` holding `plan_only` (None: absent).
+fn want_on_parts(before: &Manifest, parts: &[&str], both: &[u8], plan_only: Option<&[u8]>) -> Expect {
+    let mut want = Expect::new(before);
+    for p in parts {
+        let at = |f: &str| format!("/{p}/live/{f}");
+        want.spec(&format!("/{p}/live"), Spec { kind: Some(Kind::Dir), ..Spec::default() })
+            .file_content(&at("keep.cfg"), b"old\nlive\n")
+            .file_content(&at("new.txt"), b"live\n")
+            .remove(&at("gone.cfg"))
+            .file_content(&at("both.cfg"), both);
+        if let Some(content) = plan_only {
+            want.file_content(&at("plan-only.cfg"), content);
+        }
+    }
+    want
+}
+
+/// The summary of `out` lists as conflicts exactly `live/<file>` of each part.
+#[track_caller]
+fn assert_conflicts_on_parts(out: &std::process::Output, parts: &[&str], file: &str) {
+    let mut conflicts = conflict_paths(&summary(&json_lines(out))["conflicts"]);
+    conflicts.sort();
+    let mut expected: Vec<String> = parts.iter().map(|p| format!("/{p}/live/{file}")).collect();
+    expected.sort();
+    assert_eq!(conflicts, expected, "{}", show(out));
+}
+
 /// What the running system changes on the parts while the transaction runs stays beside the plan's changes, on
 /// every kind of part: the ESP stand-in staged by copy, the ext4 `/boot` and the xfs `/srv/www` staged by overlays,
 /// the btrfs `/home` staged by snapshots. The one path of each part both changed is its one conflict (the plan's
@@ -756,22 +784,8 @@ fn live_changes_on_the_parts_stay(backend: Backend) {
     let out = apply(&pd.path, &root, backend, &[]);
     assert_code(&out, 0);
 
-    let mut want = Expect::new(&before);
-    for p in parts {
-        let at = |f: &str| format!("/{p}/live/{f}");
-        want.spec(&format!("/{p}/live"), Spec { kind: Some(Kind::Dir), ..Spec::default() })
-            .file_content(&at("keep.cfg"), b"old\nlive\n")
-            .file_content(&at("new.txt"), b"live\n")
-            .remove(&at("gone.cfg"))
-            .file_content(&at("both.cfg"), b"plan\n")
-            .file_content(&at("plan-only.cfg"), b"plan\n");
-    }
-    want.check(&img.booted_manifest());
-    let mut conflicts = conflict_paths(&summary(&json_lines(&out))["conflicts"]);
-    conflicts.sort();
-    let mut expected: Vec<String> = parts.iter().map(|p| format!("/{p}/live/both.cfg")).collect();
-    expected.sort();
-    assert_eq!(conflicts, expected, "{}", show(&out));
+    want_on_parts(&before, &parts, b"plan\n", Some(b"plan\n")).check(&img.booted_manifest());
+    assert_conflicts_on_parts(&out, &parts, "both.cfg");
     assert_no_leftovers(&img);
 
     // After the commit the running system edits one of the plan's files on each part. The rollback puts back what
@@ -783,21 +797,8 @@ fn live_changes_on_the_parts_stay(backend: Backend) {
     }
     let out = rollback(&root, &[], &[]);
     assert_code(&out, 0);
-    let mut conflicts = conflict_paths(&summary(&json_lines(&out))["conflicts"]);
-    conflicts.sort();
-    let mut expected: Vec<String> = parts.iter().map(|p| format!("/{p}/live/plan-only.cfg")).collect();
-    expected.sort();
-    assert_eq!(conflicts, expected, "{}", show(&out));
-    let mut want = Expect::new(&before);
-    for p in parts {
-        let at = |f: &str| format!("/{p}/live/{f}");
-        want.spec(&format!("/{p}/live"), Spec { kind: Some(Kind::Dir), ..Spec::default() })
-            .file_content(&at("keep.cfg"), b"old\nlive\n")
-            .file_content(&at("new.txt"), b"live\n")
-            .remove(&at("gone.cfg"))
-            .file_content(&at("both.cfg"), b"old\nlive\n");
-    }
-    want.check(&img.booted_manifest());
+    assert_conflicts_on_parts(&out, &parts, "plan-only.cfg");
+    want_on_parts(&before, &parts, b"old\nlive\n", None).check(&img.booted_manifest());
     assert_no_leftovers(&img);
 }
 
