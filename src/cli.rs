@@ -2,6 +2,7 @@
 //! (0 committed or nothing to do, 1 rolled back, 2 bad plan or usage, 3 recovery needed). Errors are printed with
 //! their whole context chain.
 
+use crate::commands::recover::PartsMayWait;
 use crate::commands::{self, Outcome};
 use crate::state::BackendKind;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -206,9 +207,10 @@ pub fn run() -> ExitCode {
         Command::Apply { root, .. }
         | Command::Resume { root, .. }
         | Command::Abort { root }
-        | Command::Boot { root }
         | Command::Bless { root }
-        | Command::Rollback { root, .. } => Some(root.clone()),
+        | Command::Rollback { root, .. } => Some((root.clone(), PartsMayWait::No)),
+        // In the initramfs the filesystems inside the root are not mounted yet.
+        Command::Boot { root } => Some((root.clone(), PartsMayWait::Yes)),
         _ => None,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.command)));
@@ -223,7 +225,7 @@ pub fn run() -> ExitCode {
             ExitCode::from(code)
         }
         Err(_) => {
-            let code = commands::panicked::after_panic(changed_root.as_ref());
+            let code = commands::panicked::after_panic(changed_root);
             crate::topview::cleanup();
             ExitCode::from(code)
         }

@@ -8,6 +8,7 @@
 use super::{locate, recover};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
+use anyhow::bail;
 use serde_json::json;
 use std::sync::Mutex;
 
@@ -32,14 +33,14 @@ pub(crate) fn install_hook() {
     }));
 }
 
-/// After a command panicked: recover `root` (the root of a command that changes one; None for one that changes
-/// nothing) and return the exit code.
-pub(crate) fn after_panic(root: Option<&RootArgs>) -> u8 {
+/// After a command panicked: recover `root` (the root of a command that changes one, and whether its parts may be
+/// left to wait for their mounts; None for a command that changes nothing) and return the exit code.
+pub(crate) fn after_panic(root: Option<(RootArgs, recover::PartsMayWait)>) -> u8 {
     let msg = LAST_PANIC.lock().ok().and_then(|mut l| l.take()).unwrap_or_else(|| "(no message)".to_string());
-    let Some(args) = root else { return 1 };
+    let Some((args, may_wait)) = root else { return 1 };
     crate::failpoint::disarm();
     let out = Reporter::new(args.json);
-    let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recover_left(args, &out)));
+    let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recover_left(&args, may_wait, &out)));
     let (txn, outcome, code) = match recovered {
         Ok(Ok(None)) => {
             out.say("snapinst: no transaction was left in progress; nothing was changed");
@@ -72,14 +73,20 @@ pub(crate) fn after_panic(root: Option<&RootArgs>) -> u8 {
 
 /// Recover the transaction the panicking command left unfinished on the root of `args`, if any: (its id, whether
 /// it was rolled forward).
-fn recover_left(args: &RootArgs, out: &Reporter) -> anyhow::Result<Option<(String, bool)>> {
+fn recover_left(
+    args: &RootArgs,
+    may_wait: recover::PartsMayWait,
+    out: &Reporter,
+) -> anyhow::Result<Option<(String, bool)>> {
     let loc = locate(args)?;
     if !loc.state.exists() {
         return Ok(None);
     }
     let left: Vec<String> = loc.state.unfinished()?.into_iter().map(|t| t.txn).collect();
     let Some(txn) = left.last().cloned() else { return Ok(None) };
-    recover::recover_root(&loc.root, &loc.state, out, recover::PartsMayWait::No)?;
+    if recover::recover_root(&loc.root, &loc.state, out, may_wait)? > 0 {
+        bail!("transaction {txn} waits for the filesystems inside the root; `snapinst recover` finishes it once they are mounted");
+    }
     let rec = loc.state.txns()?.into_iter().find(|t| t.txn == txn);
     let forward = rec.and_then(|r| r.outcome).is_some_and(|o| o.starts_with("committed"));
     Ok(Some((txn, forward)))
