@@ -587,19 +587,23 @@ class Campaign:
 
     # -- 4. power cuts while the running system writes
     def writer_cuts(self):
-        """The apply while the guest's writer appends fsynced records, once uncut, then cut at random instants of
-        its commit phase (the carry-over and the exchange): [0, the uncut commit phase + 0.2 s] after its last step
-        finished."""
+        """The apply while the guest's writer appends fsynced records, once uncut; on btrfs once reset right after
+        the exchange (`apply-after-exchange`); then cut at random instants of its commit phase (the carry-over and
+        the exchange): [0, the uncut commit phase + 0.2 s] after its last step finished."""
         if not self.nwriter:
             return
         ref = self.writer_case("writer-ref")
         if ref is None:
             return
         commit_s = ref[1]
+        if self.backend == "btrfs":
+            # The machine reset right after the exchange: on a running root everything written to the replaced
+            # tree since the carry-over's last look is carried at the boots after it.
+            self.writer_case("writer-after-exchange", failpoint="apply-after-exchange")
         for i in range(self.nwriter):
             self.writer_case("writer-cut-%03d" % i, self.rng.uniform(0.0, commit_s + 0.2))
 
-    def writer_case(self, case, delay=None):
+    def writer_case(self, case, delay=None, failpoint=None):
         """One apply with the writer (see init.sh's apply-writer), cut `delay` seconds after apply-start (None:
         uncut), then the recover boot; the live layout boots twice more, each running `snapinst boot` before the
         root is mounted, so what a handover carries is in the tree the second one leaves. The tree must be BEFORE
@@ -608,16 +612,19 @@ class Campaign:
         the exchange, in the replaced generation's kept tree). Returns (T, commit phase) of the apply, or None when
         the case failed."""
         try:
-            return self._writer_case(case, delay)
+            return self._writer_case(case, delay, failpoint)
         except Exception as e:  # a harness or host problem: record it, go on with the next case
             self.fail(case, "exception: %s\n%s" % (e, traceback.format_exc()))
             return None
 
-    def _writer_case(self, case, delay):
+    def _writer_case(self, case, delay, failpoint):
         self.reset()
-        a = self.vm.boot(self.work, self.layout, "apply-writer", case + "-apply", cut_delay=delay, after_steps=True)
+        a = self.vm.boot(self.work, self.layout, "apply-writer", case + "-apply", cut_delay=delay, after_steps=True,
+                         failpoint=failpoint)
         boots = [a]
-        if a.end == "poweroff" and a.rc("apply-done") == 0:
+        if failpoint and a.end == "reset":
+            a.cut_after = None
+        elif a.end == "poweroff" and a.rc("apply-done") == 0 and not failpoint:
             a.cut_after = None
         elif delay is None or a.end != "cut":
             self.fail(case, "the writer's apply boot ended by %s (apply rc %s)" % (a.end, a.rc("apply-done")), boots)
@@ -650,7 +657,7 @@ class Campaign:
             if bad:
                 res.problems.append("%s in the tree: %s" % (f, bad))
             have = set(tree)
-            if kept is not None and res.state == "after":
+            if kept is not None and res.state == "after" and LAYOUTS[self.layout]["root"] != "live":
                 if kept[1]:
                     res.problems.append("%s in generation 0's kept tree: %s" % (f, kept[1]))
                 kept_only += len(set(kept[0]) - have)
@@ -663,13 +670,14 @@ class Campaign:
                 res.problems.append("%s: %d of the %d records announced durable are lost (%s)"
                                     % (f, len(lost), durable, lost[:20]))
             in_tree = len(tree) if not in_tree else min(in_tree, len(tree))
-        when = "uncut" if a.cut_after is None else "cut %.3fs after the last step" % a.cut_after
+        when = "reset at %s" % failpoint if failpoint else \
+            "uncut" if a.cut_after is None else "cut %.3fs after the last step" % a.cut_after
         if res.problems:
             self.fail(case, "writer: %s" % when, boots, res)
-            self.writer_rows.append((case, a.cut_after, "FAILED", durable, in_tree, kept_only))
+            self.writer_rows.append((case, "reset" if failpoint else a.cut_after, "FAILED", durable, in_tree, kept_only))
             return None
         self.passed += 1
-        self.writer_rows.append((case, a.cut_after, res.state.upper(), durable, in_tree, kept_only))
+        self.writer_rows.append((case, "reset" if failpoint else a.cut_after, res.state.upper(), durable, in_tree, kept_only))
         log("%s %s: writer, %s -> %s; %d records durable, %d in the tree%s"
             % (self.layout, case, when, res.state.upper(), durable, in_tree,
                ", %d more (written in the commit's last instant) in generation 0's kept tree" % kept_only
@@ -968,7 +976,8 @@ def main():
                   % (c.layout, ", ".join(writer_files(c.layout))))
             print("  %-16s %-9s %-7s %8s %8s %s" % ("case", "cut at", "tree", "durable", "in tree", "in gen 0 only"))
             for case, at, tree, durable, in_tree, kept_only in c.writer_rows:
-                print("  %-16s %-9s %-7s %8d %8d %d" % (case, "uncut" if at is None else "%.3fs" % at, tree,
+                print("  %-16s %-9s %-7s %8d %8d %d" % (case, "uncut" if at is None else
+                                                       at if isinstance(at, str) else "%.3fs" % at, tree,
                                                        durable, in_tree, kept_only))
     for c in results:
         if c.fp_rows:

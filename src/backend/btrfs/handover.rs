@@ -12,8 +12,12 @@ use super::*;
 /// carry-over, an exact rollback, keeps nothing.)
 pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
     let at = p.handover(rec.from_generation);
-    let running =
-        mounts::is_mount_point(&p.host_root).unwrap_or(false) && subvol_id(&p.host_root).ok() == rec.root_subvol_before;
+    // The replaced tree is the running system's when the root is mounted from it; and when the root is mounted from
+    // the new tree already, the machine was rebooted after the exchange (a crash before the transaction was done,
+    // finished now by `snapinst recover`): until then it ran on the replaced tree, and wrote to it.
+    let mounted =
+        if mounts::is_mount_point(&p.host_root).unwrap_or(false) { subvol_id(&p.host_root).ok() } else { None };
+    let running = mounted.is_some() && (mounted == rec.root_subvol_before || mounted == rec.incoming_subvol);
     let Some(last) = last_look(p, &rec.txn) else { return Ok(()) };
     if !running || fsutil::exists(&at) {
         return Ok(());
