@@ -8,8 +8,9 @@
 //! the stage is compared with the base (`treediff`), so what the running system changed on the part meanwhile is
 //! not the plan's and stays; each entry the plan changed gets its new version copied into the generation's delta
 //! on the part, and synced; from there on it is the overlay's way: the commit, `recover` and every rollback are
-//! renames on the part itself (`delta::swap`), and a path both changed is a conflict. What FAT sees of a transaction is the delta written just
-//! before the commit record, the renames after it, and the deletion of old deltas.
+//! renames on the part itself (`delta::swap`), and a path both changed is a conflict. What FAT sees of a
+//! transaction is the delta written just before the commit record, the renames after it, and the deletion of old
+//! deltas.
 
 use super::scratch::Scratch;
 use super::Ctx;
