@@ -3,6 +3,7 @@
 //! A conflict is listed in the transaction record, the `summary` event, `status`, `list --json` and
 //! `snapinst conflicts`; this module says what one is and how it reads, and what a carry-over did.
 
+use crate::pathbytes::PathText;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -32,13 +33,14 @@ pub(crate) struct Version {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Conflict {
     /// The path in the root (`/etc/app.conf`).
+    #[serde(with = "crate::pathbytes::one")]
     pub path: PathBuf,
     /// The plan's version: what the new tree holds.
     pub plan: Version,
     /// The live system's version.
     pub live: Version,
     /// Where the live version is kept (none when the live system removed the path).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::pathbytes::maybe")]
     pub kept: Option<PathBuf>,
     /// The kept copy went when this generation (the one the transaction made current) was pruned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,13 +79,13 @@ impl Conflict {
     /// One line for people: the path, both versions, and where the live one is.
     pub fn line(&self) -> String {
         let live = match (&self.kept, self.pruned_with) {
-            (Some(k), _) => format!("the running system's {} is kept at {}", self.live, k.display()),
+            (Some(k), _) => format!("the running system's {} is kept at {}", self.live, k.escaped()),
             (None, Some(n)) => {
                 format!("the running system's {} was kept until generation {n} was pruned", self.live)
             }
             (None, None) => "the running system had removed it".to_string(),
         };
-        format!("{}: the plan's {} is in the new tree; {live}", self.path.display(), self.plan)
+        format!("{}: the plan's {} is in the new tree; {live}", self.path.escaped(), self.plan)
     }
 }
 

@@ -9,6 +9,7 @@
 
 use crate::fsutil;
 use crate::inroot::Root;
+use crate::pathbytes::PathText;
 use crate::plan::RootPath;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -35,9 +36,19 @@ pub(crate) struct Meta {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Entry {
     /// The path is replaced whole: `before`/`after` say whether it exists on each side.
-    Replace { path: PathBuf, before: bool, after: bool },
+    Replace {
+        #[serde(with = "crate::pathbytes::one")]
+        path: PathBuf,
+        before: bool,
+        after: bool,
+    },
     /// A directory that exists on both sides with changed contents or metadata.
-    Meta { path: PathBuf, before: Meta, after: Meta },
+    Meta {
+        #[serde(with = "crate::pathbytes::one")]
+        path: PathBuf,
+        before: Meta,
+        after: Meta,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +82,12 @@ impl Delta {
         fsutil::remove_any(&building)?;
         for side in ["old", "new"] {
             std::fs::create_dir_all(building.join(side))
-                .with_context(|| format!("creating {}", building.join(side).display()))?;
+                .with_context(|| format!("creating {}", building.join(side).escaped()))?;
         }
         fsutil::sync_dir(&building)?;
         crate::failpoint::hit("apply-mid-delta-create");
         std::fs::rename(&building, &self.dir)
-            .with_context(|| format!("renaming {} to {}", building.display(), self.dir.display()))?;
+            .with_context(|| format!("renaming {} to {}", building.escaped(), self.dir.escaped()))?;
         fsutil::sync_dir(parent)
     }
 
@@ -136,7 +147,7 @@ impl Delta {
                 Direction::Backward => (*before, *after),
             };
             swap_entry(tree, &RootPath::from_rel(path), &k.to_string(), want, had, &src, &stash)
-                .with_context(|| format!("moving /{} ({src_name} -> tree, tree -> {stash_name})", path.display()))?;
+                .with_context(|| format!("moving /{} ({src_name} -> tree, tree -> {stash_name})", path.escaped()))?;
             after_each();
         }
         let mut metas: Vec<(&PathBuf, &Meta)> = entries
@@ -206,7 +217,7 @@ fn present<P: ?Sized + nix::NixPath>(dir: &OwnedFd, name: &P) -> Result<bool> {
 
 fn open_plain_dir(path: &Path) -> Result<OwnedFd> {
     let fd = nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .with_context(|| format!("opening {}", path.display()))?;
+        .with_context(|| format!("opening {}", path.escaped()))?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

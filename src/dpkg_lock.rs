@@ -7,6 +7,7 @@
 //! small child process of snapinst (`snapinst hold-dpkg-locks ROOT`) holds them, and nothing snapinst itself
 //! reads can drop them. The child lives until snapinst closes its stdin or dies.
 
+use crate::pathbytes::PathText;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{fcntl, FcntlArg};
 use std::fs::{File, OpenOptions};
@@ -90,7 +91,7 @@ fn take(root: &Path) -> Result<Vec<File>> {
             .truncate(false)
             .mode(0o640)
             .open(&path)
-            .with_context(|| format!("opening dpkg's lock {}", path.display()))?;
+            .with_context(|| format!("opening dpkg's lock {}", path.escaped()))?;
         let mut lock = whole_file_lock();
         if fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&lock)).is_err() {
             let holder = match fcntl(file.as_raw_fd(), FcntlArg::F_GETLK(&mut lock)) {
@@ -99,8 +100,8 @@ fn take(root: &Path) -> Result<Vec<File>> {
             };
             bail!(
                 "the package manager is using {} ({holder} holds {}): wait for it to finish, then run snapinst again",
-                root.display(),
-                path.display()
+                root.escaped(),
+                path.escaped()
             );
         }
         files.push(file);

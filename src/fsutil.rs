@@ -2,6 +2,7 @@
 //! replacement (temp + fsync + rename + fsync of the directory), directory fsync, existence checks that do not
 //! follow symlinks, and free space. Nothing here decides policy.
 
+use crate::pathbytes::PathText;
 use anyhow::{Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -20,11 +21,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        .with_context(|| format!("creating {}", tmp.escaped()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", tmp.escaped()))?;
+    f.sync_all().with_context(|| format!("syncing {}", tmp.escaped()))?;
     drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.escaped(), path.escaped()))?;
     sync_dir(dir)
 }
 
@@ -35,18 +36,18 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
 }
 
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.escaped()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.escaped()))
 }
 
 /// fsync a directory, making the renames and creations inside it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.escaped()))
 }
 
 /// Create a directory (and parents) and make its entry durable.
 pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.escaped()))?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }
@@ -62,29 +63,29 @@ pub(crate) fn exists(path: &Path) -> bool {
 pub(crate) fn remove_any(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display())),
-        Ok(_) => fs::remove_file(path).with_context(|| format!("removing {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", path.escaped())),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).with_context(|| format!("removing {}", path.escaped())),
+        Ok(_) => fs::remove_file(path).with_context(|| format!("removing {}", path.escaped())),
     }
 }
 
 /// Bytes available to root on the filesystem holding `path`.
 pub(crate) fn free_bytes(path: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(path).with_context(|| format!("reading free space of {}", path.display()))?;
+    let st = nix::sys::statvfs::statvfs(path).with_context(|| format!("reading free space of {}", path.escaped()))?;
     Ok(st.blocks_free() as u64 * st.fragment_size() as u64)
 }
 
 /// The size of the filesystem holding `path`, in bytes.
 pub(crate) fn total_bytes(path: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(path).with_context(|| format!("reading the size of {}", path.display()))?;
+    let st = nix::sys::statvfs::statvfs(path).with_context(|| format!("reading the size of {}", path.escaped()))?;
     Ok(st.blocks() as u64 * st.fragment_size() as u64)
 }
 
 /// `syncfs` on the filesystem holding `path`.
 pub(crate) fn syncfs(path: &Path) -> Result<()> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("opening {}", path.escaped()))?;
     nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f))
-        .with_context(|| format!("syncing the filesystem of {}", path.display()))
+        .with_context(|| format!("syncing the filesystem of {}", path.escaped()))
 }
 
 /// `cp -a` of the tree `from` to the new path `to`, staying on `from`'s filesystem: keeps whiteouts (character
@@ -99,8 +100,8 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     if !out.status.success() {
         anyhow::bail!(
             "cp -a {} {} failed: {}",
-            from.display(),
-            to.display(),
+            from.escaped(),
+            to.escaped(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

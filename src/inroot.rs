@@ -2,6 +2,7 @@
 //! so `..` and symlinks (absolute or relative, including ones an earlier step or script made) are resolved as if
 //! the root were `/`. Nothing here may resolve a plan path with plain path joins.
 
+use crate::pathbytes::PathText;
 use crate::plan::RootPath;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -23,7 +24,7 @@ pub(crate) struct Root {
 impl Root {
     pub fn open(path: &Path) -> Result<Root> {
         let fd = nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .with_context(|| format!("opening root directory {}", path.display()))?;
+            .with_context(|| format!("opening root directory {}", path.escaped()))?;
         // SAFETY: `open` just returned this descriptor and nothing else owns it.
         Ok(Root { path: path.to_path_buf(), fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
@@ -48,7 +49,7 @@ impl Root {
     /// Open the directory at `rel` (symlinks followed, inside the root).
     pub fn open_dir(&self, rel: &Path) -> Result<OwnedFd> {
         self.resolve(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY)
-            .with_context(|| format!("opening directory /{} inside {}", rel.display(), self.path.display()))
+            .with_context(|| format!("opening directory /{} inside {}", rel.escaped(), self.path.escaped()))
     }
 
     /// The parent directory of `path` and the last component's name, ready for `*at` calls.
@@ -63,12 +64,12 @@ impl Root {
         let dir = match self.resolve(parent, OFlag::O_DIRECTORY | OFlag::O_RDONLY) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("resolving {path} inside {}", self.path.display())),
+            Err(e) => return Err(e).with_context(|| format!("resolving {path} inside {}", self.path.escaped())),
         };
         match fstatat(Some(dir.as_raw_fd()), path.file_name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("inspecting {path} inside {}", self.path.display())),
+            Err(e) => Err(e).with_context(|| format!("inspecting {path} inside {}", self.path.escaped())),
         }
     }
 
@@ -89,7 +90,7 @@ impl Root {
                     missing.push(p);
                 }
                 Err(Errno::ENOTDIR) => bail!("{p} exists and is not a directory"),
-                Err(e) => return Err(e).with_context(|| format!("resolving {p} inside {}", self.path.display())),
+                Err(e) => return Err(e).with_context(|| format!("resolving {p} inside {}", self.path.escaped())),
             }
         }
         missing.reverse();
@@ -108,11 +109,11 @@ impl Root {
         let fd = match self.resolve(path.rel(), OFlag::O_RDONLY | OFlag::O_NOCTTY) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("opening {path} inside {}", self.path.display())),
+            Err(e) => return Err(e).with_context(|| format!("opening {path} inside {}", self.path.escaped())),
         };
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)
-            .with_context(|| format!("reading {path} inside {}", self.path.display()))?;
+            .with_context(|| format!("reading {path} inside {}", self.path.escaped()))?;
         Ok(Some(bytes))
     }
 
@@ -125,7 +126,7 @@ impl Root {
         match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
             Ok(target) => Ok(Some(target)),
             Err(Errno::ENOENT) | Err(Errno::EINVAL) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading symlink {path} inside {}", self.path.display())),
+            Err(e) => Err(e).with_context(|| format!("reading symlink {path} inside {}", self.path.escaped())),
         }
     }
 
@@ -142,7 +143,7 @@ impl Root {
     pub fn is_empty_dir(&self, path: &RootPath) -> Result<bool> {
         let fd = self
             .resolve(path.rel(), OFlag::O_DIRECTORY | OFlag::O_RDONLY)
-            .with_context(|| format!("opening directory {path} inside {}", self.path.display()))?;
+            .with_context(|| format!("opening directory {path} inside {}", self.path.escaped()))?;
         let mut dir = nix::dir::Dir::from_fd(fd.into_raw_fd()).with_context(|| format!("reading {path}"))?;
         let empty = dir.iter().filter_map(|e| e.ok()).all(|e| [&b"."[..], b".."].contains(&e.file_name().to_bytes()));
         Ok(empty)

@@ -14,6 +14,7 @@ mod fsutil;
 mod inroot;
 mod lock;
 mod mounts;
+mod pathbytes;
 mod plan;
 mod reboot_required;
 mod registry;

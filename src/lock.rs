@@ -2,6 +2,7 @@
 //! The holder writes its pid into the file so a second caller can name it. The kernel drops the lock when the
 //! holder dies, so a lock left by a killed process never blocks anyone.
 
+use crate::pathbytes::PathText;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
@@ -21,7 +22,7 @@ impl RootLock {
             .create(true)
             .truncate(false)
             .open(path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
+            .with_context(|| format!("opening lock file {}", path.escaped()))?;
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(locked) => locked,
             Err((mut file, _)) => {
@@ -30,7 +31,7 @@ impl RootLock {
                 let holder = holder.trim();
                 bail!(
                     "another snapinst transaction on {} is running (pid {}); wait for it to finish",
-                    root.display(),
+                    root.escaped(),
                     if holder.is_empty() { "unknown" } else { holder }
                 );
             }

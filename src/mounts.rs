@@ -5,6 +5,7 @@
 //! unmounts is released at once rather than kept busy by snapinst's copy of the mount. This module must never
 //! mount anything in the host's namespace.
 
+use crate::pathbytes::PathText;
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, MsFlags};
 use std::os::unix::ffi::OsStrExt;
@@ -37,10 +38,10 @@ pub(crate) fn mount_id(path: &Path) -> Result<u64> {
     let rc =
         unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, libc::STATX_MNT_ID, &mut buf) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statx {}", path.display()));
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statx {}", path.escaped()));
     }
     if buf.stx_mask & libc::STATX_MNT_ID == 0 {
-        bail!("the kernel did not report the mount id of {}", path.display());
+        bail!("the kernel did not report the mount id of {}", path.escaped());
     }
     Ok(buf.stx_mnt_id)
 }
@@ -74,7 +75,7 @@ pub(crate) fn mount_of(path: &Path) -> Result<MountInfo> {
     text.lines()
         .filter_map(parse_mountinfo_line)
         .find(|m| m.id == id)
-        .with_context(|| format!("finding the mount of {} in /proc/self/mountinfo", path.display()))
+        .with_context(|| format!("finding the mount of {} in /proc/self/mountinfo", path.escaped()))
 }
 
 /// Every mount of this namespace, in the kernel's order (a mount comes after the one it is mounted on).
@@ -106,7 +107,7 @@ pub(crate) fn unmount_below(dir: &Path) -> Result<()> {
         // A path mounted over twice shows twice; after the first unmount the second may already be gone.
         match nix::mount::umount2(&p, nix::mount::MntFlags::empty()) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-            Err(e) => return Err(e).with_context(|| format!("unmounting {}", p.display())),
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", p.escaped())),
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! while a generation committed to a running root waits for its boot, and takes its own entry back when that is no
 //! longer so. Only a root whose `run` is a mounted filesystem (the tmpfs of a running system) is marked.
 
+use crate::pathbytes::PathText;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -19,10 +20,10 @@ fn paths(root: &Path) -> Option<(PathBuf, PathBuf)> {
 pub(crate) fn mark(root: &Path) -> Result<()> {
     let Some((flag, pkgs)) = paths(root) else { return Ok(()) };
     std::fs::write(&flag, "*** System restart required ***\n")
-        .with_context(|| format!("writing {}", flag.display()))?;
+        .with_context(|| format!("writing {}", flag.escaped()))?;
     let listed = std::fs::read_to_string(&pkgs).unwrap_or_default();
     if !listed.lines().any(|l| l == WHO) {
-        std::fs::write(&pkgs, format!("{listed}{WHO}\n")).with_context(|| format!("writing {}", pkgs.display()))?;
+        std::fs::write(&pkgs, format!("{listed}{WHO}\n")).with_context(|| format!("writing {}", pkgs.escaped()))?;
     }
     Ok(())
 }
@@ -39,6 +40,6 @@ pub(crate) fn unmark(root: &Path) -> Result<()> {
         crate::fsutil::remove_any(&pkgs)?;
         crate::fsutil::remove_any(&flag)
     } else {
-        std::fs::write(&pkgs, rest).with_context(|| format!("writing {}", pkgs.display()))
+        std::fs::write(&pkgs, rest).with_context(|| format!("writing {}", pkgs.escaped()))
     }
 }

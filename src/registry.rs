@@ -11,8 +11,10 @@ const REGISTRY_DIR: &str = "/var/lib/snapinst/roots";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Registered {
+    #[serde(with = "crate::pathbytes::one")]
     pub root: PathBuf,
     /// None when the root uses the default state area (found again by the same rule).
+    #[serde(default, with = "crate::pathbytes::maybe")]
     pub state_dir: Option<PathBuf>,
 }
 

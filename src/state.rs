@@ -5,6 +5,7 @@
 //! touches the root.
 
 use crate::fsutil;
+use crate::pathbytes::PathText;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -45,7 +46,7 @@ pub(crate) struct Generation {
     pub plan: Option<String>,
     pub txn: Option<String>,
     /// The filesystems inside the root (relative to it) that this generation's transaction staged as parts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "crate::pathbytes::many")]
     pub parts: Vec<PathBuf>,
     /// The generation this one's transaction started from was pruned: `parent` is an older one, so what the
     /// transaction changed can no longer be told from the two trees alone.
@@ -61,6 +62,7 @@ pub(crate) struct Generation {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct State {
     pub v: u32,
+    #[serde(with = "crate::pathbytes::one")]
     pub root: PathBuf,
     pub backend: BackendKind,
     pub current: u64,
@@ -212,8 +214,10 @@ pub(crate) struct TxnRecord {
     pub plan: Option<String>,
     pub plan_sha256: Option<String>,
     pub backend: BackendKind,
+    #[serde(with = "crate::pathbytes::one")]
     pub root: PathBuf,
     /// Where the steps run (the stage subvolume, the overlay mount, or the root itself for journal).
+    #[serde(default, with = "crate::pathbytes::maybe")]
     pub stage: Option<PathBuf>,
     pub phase: Phase,
     pub pid: u32,
@@ -234,7 +238,7 @@ pub(crate) struct TxnRecord {
     #[serde(default)]
     pub part_swaps_done: std::collections::BTreeMap<String, usize>,
     /// The filesystems inside the root (relative to it) staged as parts of this transaction, outermost first.
-    #[serde(default)]
+    #[serde(default, with = "crate::pathbytes::many")]
     pub parts: Vec<PathBuf>,
     /// How each part was staged (by its path relative to the root), so that recovery treats its stage as it was
     /// made. A record without it is from before the snapshot stager: its parts were staged as their type says.
@@ -252,7 +256,7 @@ pub(crate) struct TxnRecord {
     #[serde(default)]
     pub failed_step: Option<String>,
     /// `--keep-failed`: the plan file (absolute), to read again on resume.
-    #[serde(default)]
+    #[serde(default, with = "crate::pathbytes::maybe")]
     pub plan_file: Option<PathBuf>,
     /// `--keep-failed`: how many of the plan's steps are done; checkpoints 0..=steps_done exist.
     #[serde(default)]
@@ -370,7 +374,11 @@ impl StateDir {
     pub fn shown(&self, path: &Path) -> PathBuf {
         match &self.shown_as {
             Some((top, device)) => match path.strip_prefix(top) {
-                Ok(rest) => PathBuf::from(format!("{device}:/{}", rest.display())),
+                Ok(rest) => {
+                    let mut shown = std::ffi::OsString::from(format!("{device}:/"));
+                    shown.push(rest);
+                    PathBuf::from(shown)
+                }
                 Err(_) => path.to_path_buf(),
             },
             None => path.to_path_buf(),
@@ -396,10 +404,12 @@ impl StateDir {
         let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
             bail!(
                 "{} has no parent directory to hold the state area; pass --state-dir DIR (outside the root, on the same filesystem)",
-                root.display()
+                root.escaped()
             );
         };
-        Ok(parent.join(format!(".snapinst-{}", name.to_string_lossy())))
+        let mut area = std::ffi::OsString::from(".snapinst-");
+        area.push(name);
+        Ok(parent.join(area))
     }
 
     pub fn lock_path(&self) -> PathBuf {
@@ -468,7 +478,7 @@ impl StateDir {
             return Ok(out);
         };
         for e in rd {
-            let e = e.with_context(|| format!("listing {}", dir.display()))?;
+            let e = e.with_context(|| format!("listing {}", dir.escaped()))?;
             let name = e.file_name();
             let name = name.to_string_lossy();
             if name.ends_with(".json") && !name.starts_with('.') {

@@ -8,6 +8,7 @@
 //! steps compares the directory underneath each with the stage's, so that a script's write there fails the
 //! transaction out loud, naming the path and the mount. It only reads; it never writes anything.
 
+use crate::pathbytes::PathText;
 use crate::plan::{Action, Plan, RootPath};
 use crate::state::BackendKind;
 use crate::{mounts, topview, treediff};
@@ -63,7 +64,7 @@ pub(crate) struct Mounted {
 impl Mounted {
     /// `ext4 mounted at /boot (/dev/sda2)`.
     pub fn describe(&self) -> String {
-        format!("{} mounted at /{} ({})", self.fstype, self.rel.display(), self.source)
+        format!("{} mounted at /{} ({})", self.fstype, self.rel.escaped(), self.source)
     }
 }
 
@@ -153,7 +154,7 @@ impl Layout {
                 if let Some(why) = self.why_not(path, replaces) {
                     problems.push(format!(
                         "{}: step \"{}\" (#{}) field \"{field}\": {why}",
-                        plan_file.display(),
+                        plan_file.escaped(),
                         step.id,
                         i + 1
                     ));
@@ -178,12 +179,12 @@ impl Layout {
         }
         for area in &self.state_areas {
             if p.starts_with(area) {
-                return Some(format!("{path} is inside snapinst's state area /{}", area.display()));
+                return Some(format!("{path} is inside snapinst's state area /{}", area.escaped()));
             }
             if replaces && area.starts_with(p) {
                 return Some(format!(
                     "{path} holds snapinst's state area /{}; a step cannot replace it",
-                    area.display()
+                    area.escaped()
                 ));
             }
         }
@@ -240,7 +241,7 @@ impl Layout {
                     "a step {} {}, which is on {}: snapinst does not stage that filesystem ({}), and the write would \
                      be hidden under the mount (make the change with a host step, or unmount it first)",
                     c.kind.word(),
-                    shown.display(),
+                    shown.escaped(),
                     u.describe(),
                     u.unstaged_because.as_deref().unwrap_or("?")
                 );
@@ -281,7 +282,7 @@ pub(crate) fn split_by_mounted(root: &Path, rels: &[PathBuf]) -> (Vec<PathBuf>, 
 
 /// `/boot, /srv/www`: in-root paths as a message names them.
 pub(crate) fn shown(rels: &[PathBuf]) -> String {
-    rels.iter().map(|p| format!("/{}", p.display())).collect::<Vec<_>>().join(", ")
+    rels.iter().map(|p| format!("/{}", p.escaped())).collect::<Vec<_>>().join(", ")
 }
 
 /// The paths a step names, with their field and whether the step may replace what is at them.

@@ -6,6 +6,7 @@
 //! `cleanup` removes their directories before the process exits.
 
 use crate::mounts;
+use crate::pathbytes::PathText;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -24,21 +25,21 @@ pub(crate) fn of(path: &Path) -> Result<PathBuf> {
     }
     let dir = view_dir("top", views.len())?;
     nix::mount::mount(Some(source.as_str()), &dir, Some("btrfs"), nix::mount::MsFlags::empty(), Some("subvolid=5"))
-        .with_context(|| format!("mounting the top level of {source} at {}", dir.display()))?;
+        .with_context(|| format!("mounting the top level of {source} at {}", dir.escaped()))?;
     views.push((source, dir.clone()));
     Ok(dir)
 }
 
 /// `root` without the filesystems mounted inside it: a non-recursive bind, mounted once per process.
 pub(crate) fn bare(root: &Path) -> Result<PathBuf> {
-    let key = format!("bare:{}", root.display());
+    let key = format!("bare:{}", root.escaped());
     let mut views = VIEWS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, dir)) = views.iter().find(|(s, _)| *s == key) {
         return Ok(dir.clone());
     }
     let dir = view_dir("bare", views.len())?;
     nix::mount::mount(Some(root), &dir, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-        .with_context(|| format!("binding {} (without its mounts) at {}", root.display(), dir.display()))?;
+        .with_context(|| format!("binding {} (without its mounts) at {}", root.escaped(), dir.escaped()))?;
     views.push((key, dir.clone()));
     Ok(dir)
 }
@@ -47,20 +48,20 @@ pub(crate) fn bare(root: &Path) -> Result<PathBuf> {
 fn view_dir(kind: &str, n: usize) -> Result<PathBuf> {
     let base = if Path::new("/run").is_dir() { PathBuf::from(BASE) } else { std::env::temp_dir().join("snapinst") };
     let dir = base.join(format!("{kind}.{}.{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.escaped()))?;
     Ok(dir)
 }
 
 /// The path of `p` inside its btrfs filesystem, relative to the top level.
 pub(crate) fn fs_path(p: &Path) -> Result<PathBuf> {
-    let p = p.canonicalize().with_context(|| format!("resolving {}", p.display()))?;
+    let p = p.canonicalize().with_context(|| format!("resolving {}", p.escaped()))?;
     let subvol_root = p
         .ancestors()
         .find(|a| libbtrfsutil::is_subvolume(a).unwrap_or(false))
-        .with_context(|| format!("finding the btrfs subvolume holding {}", p.display()))?;
+        .with_context(|| format!("finding the btrfs subvolume holding {}", p.escaped()))?;
     let rel = p.strip_prefix(subvol_root).expect("an ancestor is a prefix");
     let sub = libbtrfsutil::subvolume_path(subvol_root)
-        .with_context(|| format!("finding the subvolume path of {}", subvol_root.display()))?;
+        .with_context(|| format!("finding the subvolume path of {}", subvol_root.escaped()))?;
     Ok(sub.join(rel))
 }
 

@@ -4,6 +4,7 @@
 //! unchanged (a file a btrfs snapshot shares untouched) is taken as unchanged without reading it; otherwise both contents are compared. Used by `apply --dry-run` and
 //! `apply --confirm`, which are the only callers that pay for a walk of the whole tree.
 
+use crate::pathbytes::PathText;
 use anyhow::{Context, Result};
 use std::fs::Metadata;
 use std::io::Read;
@@ -47,10 +48,10 @@ pub(crate) fn diff(old: &Path, new: &Path, skip: &[PathBuf]) -> Result<Vec<Chang
 
 fn names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
+        .with_context(|| format!("reading {}", dir.escaped()))?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading {}", dir.display()))?;
+        .with_context(|| format!("reading {}", dir.escaped()))?;
     names.sort();
     Ok(names)
 }
@@ -128,12 +129,12 @@ fn compare(o: &Path, om: &Metadata, n: &Path, nm: &Metadata) -> Result<Option<Ch
 
 /// Whether the files `a` and `b` hold the same bytes.
 pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
-    let open = |p: &Path| std::fs::File::open(p).with_context(|| format!("opening {}", p.display()));
+    let open = |p: &Path| std::fs::File::open(p).with_context(|| format!("opening {}", p.escaped()));
     let (mut fa, mut fb) = (open(a)?, open(b)?);
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
-        let na = read_full(&mut fa, &mut ba).with_context(|| format!("reading {}", a.display()))?;
-        let nb = read_full(&mut fb, &mut bb).with_context(|| format!("reading {}", b.display()))?;
+        let na = read_full(&mut fa, &mut ba).with_context(|| format!("reading {}", a.escaped()))?;
+        let nb = read_full(&mut fb, &mut bb).with_context(|| format!("reading {}", b.escaped()))?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -183,7 +184,7 @@ mod tests {
         let got: Vec<(ChangeKind, String)> = diff(&old, &new, &[PathBuf::from("etc/skipped")])
             .unwrap()
             .into_iter()
-            .map(|c| (c.kind, c.path.display().to_string()))
+            .map(|c| (c.kind, c.path.escaped().to_string()))
             .collect();
         std::fs::remove_dir_all(&base).unwrap();
         assert_eq!(

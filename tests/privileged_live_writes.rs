@@ -687,7 +687,7 @@ fn privileged_fallback_keeps_what_the_failed_boots_wrote() {
     let mut want = Expect::new(&at_shutdown);
     want.file_content("/var/log/syslog", syslog.as_bytes());
     for n in 1..=3 {
-        want.file(&format!("/var/log/boot-{n}.log"), format!("boot {n}\n").as_bytes(), 0o644, 0, 0);
+        want.file(format!("/var/log/boot-{n}.log"), format!("boot {n}\n").as_bytes(), 0o644, 0, 0);
     }
     want.check(&manifest(&live));
     let st = status_json(&live);
@@ -722,13 +722,13 @@ fn want_on_parts(before: &Manifest, parts: &[&str], both: &[u8], plan_only: Opti
     let mut want = Expect::new(before);
     for p in parts {
         let at = |f: &str| format!("/{p}/live/{f}");
-        want.spec(&format!("/{p}/live"), Spec { kind: Some(Kind::Dir), ..Spec::default() })
-            .file_content(&at("keep.cfg"), b"old\nlive\n")
-            .file_content(&at("new.txt"), b"live\n")
-            .remove(&at("gone.cfg"))
-            .file_content(&at("both.cfg"), both);
+        want.spec(format!("/{p}/live"), Spec { kind: Some(Kind::Dir), ..Spec::default() })
+            .file_content(at("keep.cfg"), b"old\nlive\n")
+            .file_content(at("new.txt"), b"live\n")
+            .remove(at("gone.cfg"))
+            .file_content(at("both.cfg"), both);
         if let Some(content) = plan_only {
-            want.file_content(&at("plan-only.cfg"), content);
+            want.file_content(at("plan-only.cfg"), content);
         }
     }
     want

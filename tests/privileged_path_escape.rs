@@ -71,14 +71,14 @@ fn write_steps(h: &str, with_evil: bool) -> Vec<Value> {
 
 fn expect_writes(e: &mut Expect, h: &str, with_evil: bool) {
     e.dir_any(h)
-        .dir(&format!("{h}/sub"), 0o755, 0, 0)
-        .file(&format!("{h}/pwned"), b"pwned2\n", 0o644, 0, 0)
-        .file(&format!("{h}/pwned-rel"), b"pwned3\n", 0o644, 0, 0)
+        .dir(format!("{h}/sub"), 0o755, 0, 0)
+        .file(format!("{h}/pwned"), b"pwned2\n", 0o644, 0, 0)
+        .file(format!("{h}/pwned-rel"), b"pwned3\n", 0o644, 0, 0)
         .file("/sentinel", b"pwned4\n", 0o644, 0, 0)
         .dir("/sibling-dir", 0o755, 0, 0)
         .symlink(&format!("{h}/ln"), "/etc/shadow");
     if with_evil {
-        e.dir(&format!("{h}/via-evil"), 0o755, 0, 0).file(&format!("{h}/pwned-abs"), b"pwned1\n", 0o644, 0, 0);
+        e.dir(format!("{h}/via-evil"), 0o755, 0, 0).file(format!("{h}/pwned-abs"), b"pwned1\n", 0o644, 0, 0);
     }
 }
 
@@ -207,7 +207,7 @@ fn dir_through_dangling_symlink(backend: Backend) {
         Some(1) => assert_manifest_eq(&before, &after),
         Some(0) => {
             let mut want = Expect::new(&before);
-            want.dir_any(&h).dir(&format!("{h}/sub"), 0o755, 0, 0).file(&format!("{h}/sub/f"), b"x\n", 0o644, 0, 0);
+            want.dir_any(&h).dir(format!("{h}/sub"), 0o755, 0, 0).file(format!("{h}/sub/f"), b"x\n", 0o644, 0, 0);
             want.check(&after);
         }
         _ => panic!("unexpected exit\n{}", show(&out)),

@@ -10,6 +10,7 @@ use super::{btrfs_send, carry};
 use crate::conflicts::{CarryOver, Conflict};
 use crate::fsutil;
 use crate::mounts;
+use crate::pathbytes::PathText;
 use crate::state::{State, TxnKind, TxnRecord};
 use anyhow::{bail, Context, Result};
 use libbtrfsutil::{CreateSnapshotOptions, DeleteSubvolumeOptions, IterateSubvolume};
@@ -29,25 +30,25 @@ pub(super) fn is_subvolume(path: &Path) -> bool {
 
 pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
     if !is_subvolume(root) {
-        bail!("{} is not a btrfs subvolume; the btrfs backend needs the root to be one", root.display());
+        bail!("{} is not a btrfs subvolume; the btrfs backend needs the root to be one", root.escaped());
     }
     let nested: Vec<PathBuf> = IterateSubvolume::new(root)
         .iter_with_id()
-        .with_context(|| format!("listing subvolumes below {}", root.display()))?
+        .with_context(|| format!("listing subvolumes below {}", root.escaped()))?
         .map(|r| r.map(|(p, _)| p))
         .collect::<Result<_, _>>()
-        .with_context(|| format!("listing subvolumes below {}", root.display()))?;
+        .with_context(|| format!("listing subvolumes below {}", root.escaped()))?;
     if !nested.is_empty() {
-        let list: Vec<String> = nested.iter().map(|p| format!("/{}", p.display())).collect();
+        let list: Vec<String> = nested.iter().map(|p| format!("/{}", p.escaped())).collect();
         bail!(
             "{} contains nested subvolumes ({}); a snapshot does not carry them, so snapinst refuses to stage it",
-            root.display(),
+            root.escaped(),
             list.join(", ")
         );
     }
     let parent = state_dir.ancestors().find(|a| a.exists()).unwrap_or(state_dir);
     if mounts::mount_of(parent)?.fstype != "btrfs" {
-        bail!("the state directory {} is not on a btrfs filesystem", state_dir.display());
+        bail!("the state directory {} is not on a btrfs filesystem", state_dir.escaped());
     }
     Ok(())
 }
@@ -120,7 +121,7 @@ impl Paths {
 }
 
 fn subvol_id(path: &Path) -> Result<u64> {
-    libbtrfsutil::subvolume_id(path).with_context(|| format!("reading the subvolume id of {}", path.display()))
+    libbtrfsutil::subvolume_id(path).with_context(|| format!("reading the subvolume id of {}", path.escaped()))
 }
 
 /// A btrfs stage is a snapshot somewhere in the state area, and takes the root's subvolume name only at its commit,
@@ -135,7 +136,7 @@ pub(super) fn stage_env(root: &Path) -> Result<Vec<(String, String)>> {
 /// Take the stage: a read-only snapshot of the root (the base, kept to find what the live tree changes
 /// meanwhile), and the stage as a writable snapshot of it, so both are the tree of one instant.
 pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
-    libbtrfsutil::sync(&p.root).with_context(|| format!("syncing {}", p.root.display()))?;
+    libbtrfsutil::sync(&p.root).with_context(|| format!("syncing {}", p.root.escaped()))?;
     let stage = p.stage(rec);
     let carry = p.carry(&rec.txn);
     fsutil::create_dir_durable(&p.stage_dir)?;
@@ -145,7 +146,7 @@ pub(super) fn prepare(p: &Paths, rec: &mut TxnRecord) -> Result<PathBuf> {
     snapshot_read_only(&p.root, &base)?;
     CreateSnapshotOptions::new()
         .create(&base, &stage)
-        .with_context(|| format!("snapshotting {} to {}", base.display(), stage.display()))?;
+        .with_context(|| format!("snapshotting {} to {}", base.escaped(), stage.escaped()))?;
     rec.root_subvol_before = Some(subvol_id(&p.root)?);
     rec.incoming_subvol = Some(subvol_id(&stage)?);
     Ok(stage)
@@ -164,7 +165,7 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
     if !is_subvolume(&base) {
         bail!(
             "the snapshot taken with the stage ({}) is gone, so snapinst cannot tell what the running system changed meanwhile; nothing is committed",
-            base.display()
+            base.escaped()
         );
     }
     let stage = p.stage(rec);
@@ -236,7 +237,7 @@ fn keep_committed(p: &Paths, stage: &Path, n: u64) -> Result<()> {
     CreateSnapshotOptions::new()
         .readonly(true)
         .create(stage, &at)
-        .with_context(|| format!("keeping the committed tree as {}", at.display()))?;
+        .with_context(|| format!("keeping the committed tree as {}", at.escaped()))?;
     Ok(())
 }
 
@@ -244,9 +245,9 @@ fn keep_committed(p: &Paths, stage: &Path, n: u64) -> Result<()> {
 /// of it): after a sync (cheap when nothing is dirty), the subvolume's last transaction is not after the
 /// snapshot's. Costs no snapshot, so a commit with nothing to carry pays almost nothing.
 fn unchanged_since(root: &Path, snap: &Path) -> Result<bool> {
-    libbtrfsutil::sync(root).with_context(|| format!("syncing {}", root.display()))?;
+    libbtrfsutil::sync(root).with_context(|| format!("syncing {}", root.escaped()))?;
     let info = |p: &Path| {
-        libbtrfsutil::subvolume_info(p).with_context(|| format!("reading the subvolume information of {}", p.display()))
+        libbtrfsutil::subvolume_info(p).with_context(|| format!("reading the subvolume information of {}", p.escaped()))
     };
     Ok(info(root)?.generation() <= info(snap)?.otransid())
 }
@@ -254,10 +255,10 @@ fn unchanged_since(root: &Path, snap: &Path) -> Result<bool> {
 /// Run `f` with the subvolume `path` read-only (the send ioctl reads only read-only snapshots).
 fn while_read_only<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     libbtrfsutil::set_subvolume_read_only(path, true)
-        .with_context(|| format!("making {} read-only to compare it", path.display()))?;
+        .with_context(|| format!("making {} read-only to compare it", path.escaped()))?;
     let out = f();
     libbtrfsutil::set_subvolume_read_only(path, false)
-        .with_context(|| format!("making {} writable again", path.display()))?;
+        .with_context(|| format!("making {} writable again", path.escaped()))?;
     out
 }
 
@@ -267,14 +268,14 @@ pub(super) fn exchanged(p: &Paths, rec: &TxnRecord) -> Result<bool> {
     match (rec.root_subvol_before, rec.incoming_subvol) {
         (_, Some(incoming)) if now == incoming => Ok(true),
         (Some(before), _) if now == before => Ok(false),
-        _ => bail!("the root {} is subvolume {now}, neither the one before nor the one staged", p.root.display()),
+        _ => bail!("the root {} is subvolume {now}, neither the one before nor the one staged", p.root.escaped()),
     }
 }
 
 fn exchange(a: &Path, b: &Path) -> Result<()> {
     renameat2(None, a, None, b, RenameFlags::RENAME_EXCHANGE)
-        .with_context(|| format!("exchanging {} and {}", a.display(), b.display()))?;
-    libbtrfsutil::sync(b).with_context(|| format!("syncing {}", b.display()))
+        .with_context(|| format!("exchanging {} and {}", a.escaped(), b.escaped()))?;
+    libbtrfsutil::sync(b).with_context(|| format!("syncing {}", b.escaped()))
 }
 
 pub(super) fn commit(p: &Paths, rec: &TxnRecord) -> Result<()> {
@@ -289,7 +290,7 @@ fn snapshot_read_only(from: &Path, to: &Path) -> Result<()> {
     CreateSnapshotOptions::new()
         .readonly(true)
         .create(from, to)
-        .with_context(|| format!("snapshotting {} to {}", from.display(), to.display()))?;
+        .with_context(|| format!("snapshotting {} to {}", from.escaped(), to.escaped()))?;
     Ok(())
 }
 
@@ -310,9 +311,9 @@ fn keep_before(p: &Paths, rec: &TxnRecord) -> Result<()> {
     }
     // (A read-only subvolume cannot be moved to another directory.)
     libbtrfsutil::set_subvolume_read_only(&last, false)
-        .with_context(|| format!("making {} writable to move it", last.display()))?;
-    std::fs::rename(&last, &at).with_context(|| format!("keeping {} as {}", last.display(), at.display()))?;
-    libbtrfsutil::set_subvolume_read_only(&at, true).with_context(|| format!("making {} read-only", at.display()))
+        .with_context(|| format!("making {} writable to move it", last.escaped()))?;
+    std::fs::rename(&last, &at).with_context(|| format!("keeping {} as {}", last.escaped(), at.escaped()))?;
+    libbtrfsutil::set_subvolume_read_only(&at, true).with_context(|| format!("making {} read-only", at.escaped()))
 }
 
 /// Keep the subvolume now at `from` (the replaced tree) read-only as generation `n`. Idempotent. (A read-only
@@ -321,22 +322,22 @@ fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) 
     let kept = p.gen(n);
     if fsutil::exists(from) {
         if expected_id.is_some_and(|id| subvol_id(from).ok() != Some(id)) {
-            bail!("{} is not the subvolume the root held before; leaving it alone", from.display());
+            bail!("{} is not the subvolume the root held before; leaving it alone", from.escaped());
         }
         if fsutil::exists(&kept) {
             // A stale tree under the generation's name (one whose deletion a crash undid): the generation's tree
             // is the one at `from`.
             if subvol_id(&kept).ok() == subvol_id(&p.host_root).ok() {
-                bail!("{} is the mounted root; leaving it alone", kept.display());
+                bail!("{} is the mounted root; leaving it alone", kept.escaped());
             }
             delete_subvolume_uncommitted(&kept)?;
         }
         if libbtrfsutil::subvolume_read_only(from).unwrap_or(false) {
             libbtrfsutil::set_subvolume_read_only(from, false)
-                .with_context(|| format!("making {} writable to move it", from.display()))?;
+                .with_context(|| format!("making {} writable to move it", from.escaped()))?;
         }
         fsutil::create_dir_durable(&p.gens_dir)?;
-        std::fs::rename(from, &kept).with_context(|| format!("keeping {} as generation {n}", from.display()))?;
+        std::fs::rename(from, &kept).with_context(|| format!("keeping {} as generation {n}", from.escaped()))?;
     }
     if is_subvolume(&kept) {
         // The tree the running system is mounted from (the root is a mount point, such as `/`) stays writable
@@ -346,7 +347,7 @@ fn keep_as_generation(p: &Paths, from: &Path, expected_id: Option<u64>, n: u64) 
             && subvol_id(&kept).ok() == subvol_id(&p.host_root).ok();
         if !mounted {
             libbtrfsutil::set_subvolume_read_only(&kept, true)
-                .with_context(|| format!("making {} read-only", kept.display()))?;
+                .with_context(|| format!("making {} read-only", kept.escaped()))?;
         }
     }
     // (This commit also makes durable what the caller deleted before, uncommitted.)
@@ -366,7 +367,7 @@ pub(super) fn seal(p: &Paths, state: &State) -> Result<()> {
             && !libbtrfsutil::subvolume_read_only(&path).unwrap_or(true)
         {
             libbtrfsutil::set_subvolume_read_only(&path, true)
-                .with_context(|| format!("making {} read-only", path.display()))?;
+                .with_context(|| format!("making {} read-only", path.escaped()))?;
             changed = true;
         }
     }
@@ -399,7 +400,7 @@ pub(super) fn discard(p: &Paths, rec: &TxnRecord) -> Result<()> {
         return Ok(());
     }
     if rec.incoming_subvol.is_some() && rec.incoming_subvol != subvol_id(&stage).ok() {
-        bail!("{} is not the stage snapinst made; leaving it alone", stage.display());
+        bail!("{} is not the stage snapinst made; leaving it alone", stage.escaped());
     }
     delete_subvolume(&stage)
 }
@@ -412,7 +413,7 @@ pub(super) fn remove_snapshots_in(dir: &Path) -> Result<()> {
     remove_snapshots_uncommitted(dir)?;
     // One commit for all of them, so a crash cannot bring one back.
     let parent = dir.parent().unwrap_or(dir);
-    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
+    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.escaped()))
 }
 
 /// `remove_snapshots_in` without the commit: the caller commits (or a crash brings them back, to be removed again).
@@ -420,8 +421,8 @@ fn remove_snapshots_uncommitted(dir: &Path) -> Result<()> {
     if !fsutil::exists(dir) {
         return Ok(());
     }
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        delete_subvolume_uncommitted(&e.with_context(|| format!("reading {}", dir.display()))?.path())?;
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.escaped()))? {
+        delete_subvolume_uncommitted(&e.with_context(|| format!("reading {}", dir.escaped()))?.path())?;
     }
     fsutil::remove_any(dir)
 }
@@ -431,7 +432,7 @@ pub(super) fn delete_subvolume(path: &Path) -> Result<()> {
     delete_subvolume_uncommitted(path)?;
     // Commit the deletion, so a crash cannot bring the subvolume back.
     let parent = path.parent().unwrap_or(path);
-    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.display()))
+    libbtrfsutil::sync(parent).with_context(|| format!("syncing {}", parent.escaped()))
 }
 
 /// Delete the subvolume at `path` (a plain directory there is removed); the caller commits the deletion.
@@ -442,10 +443,10 @@ fn delete_subvolume_uncommitted(path: &Path) -> Result<()> {
         // own, so that is only the fallback, for a kernel that refuses.
         if delete().is_err() && libbtrfsutil::subvolume_read_only(path).unwrap_or(false) {
             libbtrfsutil::set_subvolume_read_only(path, false)
-                .with_context(|| format!("making {} writable to delete it", path.display()))?;
+                .with_context(|| format!("making {} writable to delete it", path.escaped()))?;
         }
         if libbtrfsutil::is_subvolume(path).unwrap_or(false) {
-            delete().with_context(|| format!("deleting subvolume {}", path.display()))?;
+            delete().with_context(|| format!("deleting subvolume {}", path.escaped()))?;
         }
     } else {
         fsutil::remove_any(path)?;
@@ -465,7 +466,7 @@ pub(super) fn plan_rollback(p: &Paths, rec: &mut TxnRecord, state: &State, kept:
     }
     let target = p.gen(rec.to_generation);
     if !is_subvolume(&target) {
-        bail!("generation {} has no kept tree at {}", rec.to_generation, target.display());
+        bail!("generation {} has no kept tree at {}", rec.to_generation, target.escaped());
     }
     rec.root_subvol_before = Some(subvol_id(&p.root)?);
     rec.incoming_subvol = Some(subvol_id(&target)?);
@@ -556,7 +557,7 @@ pub(super) fn remove_leftover(p: &Paths, dir: &Path, name: &str) -> Result<()> {
         return remove_snapshots_in(&path);
     }
     if subvol_id(&path).ok() == subvol_id(&p.host_root).ok() {
-        bail!("{} is the mounted root; leaving it alone", path.display());
+        bail!("{} is the mounted root; leaving it alone", path.escaped());
     }
     delete_subvolume(&path)
 }
@@ -580,7 +581,7 @@ pub(super) fn snapshot_as_checkpoint(stage: &Path, dir: &Path, n: usize) -> Resu
     CreateSnapshotOptions::new()
         .readonly(true)
         .create(stage, &target)
-        .with_context(|| format!("taking checkpoint {}", target.display()))?;
+        .with_context(|| format!("taking checkpoint {}", target.escaped()))?;
     Ok(())
 }
 
@@ -588,7 +589,7 @@ pub(super) fn snapshot_as_checkpoint(stage: &Path, dir: &Path, n: usize) -> Resu
 pub(super) fn restore_checkpoint(p: &Paths, rec: &mut TxnRecord, n: usize) -> Result<PathBuf> {
     let source = checkpoints(p, &rec.txn).join(n.to_string());
     if !fsutil::exists(&source) {
-        bail!("checkpoint {} is missing", source.display());
+        bail!("checkpoint {} is missing", source.escaped());
     }
     let stage = p.stage(rec);
     if fsutil::exists(&stage) {
@@ -596,7 +597,7 @@ pub(super) fn restore_checkpoint(p: &Paths, rec: &mut TxnRecord, n: usize) -> Re
     }
     CreateSnapshotOptions::new()
         .create(&source, &stage)
-        .with_context(|| format!("restoring {} from {}", stage.display(), source.display()))?;
+        .with_context(|| format!("restoring {} from {}", stage.escaped(), source.escaped()))?;
     rec.incoming_subvol = Some(subvol_id(&stage)?);
     Ok(stage)
 }

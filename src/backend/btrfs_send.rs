@@ -5,6 +5,7 @@
 //! only the directory: a path named as the target of a rename or a link is marked `whole`, so that whoever uses
 //! the set looks below it as well. Nothing here changes a file.
 
+use crate::pathbytes::PathText;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -69,8 +70,8 @@ nix::ioctl_write_ptr!(btrfs_ioc_send, 0x94, 38, SendArgs);
 /// btrfs filesystem, `snapshot` taken from `parent`'s subvolume or from a snapshot of it).
 pub(super) fn changes(parent: &Path, snapshot: &Path) -> Result<Changes> {
     let parent_id = libbtrfsutil::subvolume_id(parent)
-        .with_context(|| format!("reading the subvolume id of {}", parent.display()))?;
-    let dir = File::open(snapshot).with_context(|| format!("opening {}", snapshot.display()))?;
+        .with_context(|| format!("reading the subvolume id of {}", parent.escaped()))?;
+    let dir = File::open(snapshot).with_context(|| format!("opening {}", snapshot.escaped()))?;
     let (reader, writer) = nix::unistd::pipe().context("making a pipe for the send stream")?;
     let parser = std::thread::spawn(move || parse(File::from(reader)));
     let args = SendArgs {
@@ -87,9 +88,9 @@ pub(super) fn changes(parent: &Path, snapshot: &Path) -> Result<Changes> {
     drop(writer);
     let parsed = parser.join().map_err(|_| anyhow::anyhow!("the send stream reader panicked"))?;
     sent.with_context(|| {
-        format!("asking the kernel what changed from {} to {} (btrfs send)", parent.display(), snapshot.display())
+        format!("asking the kernel what changed from {} to {} (btrfs send)", parent.escaped(), snapshot.escaped())
     })?;
-    parsed.with_context(|| format!("reading the send stream from {} to {}", parent.display(), snapshot.display()))
+    parsed.with_context(|| format!("reading the send stream from {} to {}", parent.escaped(), snapshot.escaped()))
 }
 
 /// Read a version 1 send stream from `input` into the paths it names.
@@ -209,9 +210,9 @@ mod tests {
             command(C_END, &[]),
         ]);
         let c = parse(&s[..]).unwrap();
-        let names: Vec<_> = c.paths.iter().map(|p| p.display().to_string()).collect();
+        let names: Vec<_> = c.paths.iter().map(|p| p.escaped().to_string()).collect();
         assert_eq!(names, ["etc/b", "etc/old", "o257-7-0", "var/lib/orders.db"]);
-        let whole: Vec<_> = c.whole.iter().map(|p| p.display().to_string()).collect();
+        let whole: Vec<_> = c.whole.iter().map(|p| p.escaped().to_string()).collect();
         assert_eq!(whole, ["etc/b", "var/lib/orders.db"]);
         assert_eq!(c.links.get(Path::new("etc/b")), Some(&PathBuf::from("etc/a")));
         assert!(c.touches_below(Path::new("var")));

@@ -11,6 +11,7 @@
 
 use super::btrfs_send::Changes;
 use crate::conflicts::{Conflict, Version};
+use crate::pathbytes::PathText;
 use anyhow::{bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -60,7 +61,7 @@ pub(super) fn carry(round: &Round, changed: &Changes) -> Result<Carried> {
         }
         let whole = changed.whole.contains(rel);
         w.path(rel, whole, changed.links.get(rel))
-            .with_context(|| format!("carrying /{} over into the stage", rel.display()))?;
+            .with_context(|| format!("carrying /{} over into the stage", rel.escaped()))?;
         if whole {
             whole_done = Some(rel.clone());
         }
@@ -68,7 +69,7 @@ pub(super) fn carry(round: &Round, changed: &Changes) -> Result<Carried> {
     // The other names of hard-linked files that changed: the kernel names a changed file by one of its names.
     while let Some(rel) = w.siblings.pop() {
         if !w.visited.contains(&rel) {
-            w.path(&rel, false, None).with_context(|| format!("carrying /{} over into the stage", rel.display()))?;
+            w.path(&rel, false, None).with_context(|| format!("carrying /{} over into the stage", rel.escaped()))?;
         }
     }
     // Directory times last: making entries in a directory changes its mtime.
@@ -95,7 +96,7 @@ fn lstat(path: &Path) -> Result<Option<Metadata>> {
     match fs::symlink_metadata(path) {
         Ok(m) => Ok(Some(m)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", path.escaped())),
     }
 }
 
@@ -169,7 +170,7 @@ impl Worker<'_> {
         if descend {
             for name in self.child_names(rel)? {
                 let child = rel.join(name);
-                self.path(&child, true, None).with_context(|| format!("carrying /{} over", child.display()))?;
+                self.path(&child, true, None).with_context(|| format!("carrying /{} over", child.escaped()))?;
             }
         }
         Ok(())
@@ -183,8 +184,8 @@ impl Worker<'_> {
             if !is_dir(&lstat(&dir)?) {
                 continue;
             }
-            for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-                names.insert(e.with_context(|| format!("reading {}", dir.display()))?.file_name());
+            for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.escaped()))? {
+                names.insert(e.with_context(|| format!("reading {}", dir.escaped()))?.file_name());
             }
         }
         Ok(names)
@@ -224,7 +225,7 @@ impl Worker<'_> {
             let fresh = !is_dir(staged);
             if fresh {
                 crate::fsutil::remove_any(&target)?;
-                fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
+                fs::create_dir(&target).with_context(|| format!("creating {}", target.escaped()))?;
             }
             copy_attributes(&source, &target, live)?;
             self.times.push((rel.to_path_buf(), live.clone()));
@@ -234,7 +235,7 @@ impl Worker<'_> {
         let tmp = self.tmp_name(&target);
         if let Some(existing) = self.existing_link(live, link_hint) {
             fs::hard_link(self.r.stage.join(&existing), &tmp)
-                .with_context(|| format!("linking {} to /{}", tmp.display(), existing.display()))?;
+                .with_context(|| format!("linking {} to /{}", tmp.escaped(), existing.escaped()))?;
         } else {
             make_entry(&source, &tmp, live)?;
             copy_attributes(&source, &tmp, live)?;
@@ -243,10 +244,10 @@ impl Worker<'_> {
         if is_dir(staged) {
             crate::fsutil::remove_any(&target)?;
         }
-        fs::rename(&tmp, &target).with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
+        fs::rename(&tmp, &target).with_context(|| format!("renaming {} to {}", tmp.escaped(), target.escaped()))?;
         if crate::fsutil::exists(&tmp) {
             // Renaming a link onto another link of the same file leaves both names.
-            fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+            fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.escaped()))?;
         }
         if live.nlink() > 1 {
             self.made.entry(live.ino()).or_insert_with(|| rel.to_path_buf());
@@ -296,9 +297,9 @@ impl Worker<'_> {
             None => None,
             Some(_) => {
                 fs::create_dir_all(copy.parent().expect("a kept path has a parent"))
-                    .with_context(|| format!("making room for {}", copy.display()))?;
+                    .with_context(|| format!("making room for {}", copy.escaped()))?;
                 clone_tree(&from.join(rel), &copy)
-                    .with_context(|| format!("keeping the running system's version of /{}", rel.display()))?;
+                    .with_context(|| format!("keeping the running system's version of /{}", rel.escaped()))?;
                 Some(copy)
             }
         };
@@ -345,11 +346,11 @@ fn same_entry(a: &Path, am: &Option<Metadata>, b: &Path, bm: &Option<Metadata>) 
 /// Copy the tree `from` to the new path `to`, contents cloned, with modes, owners, xattrs and times (no `cp`: this
 /// runs in the initramfs too).
 fn clone_tree(from: &Path, to: &Path) -> Result<()> {
-    let m = fs::symlink_metadata(from).with_context(|| format!("inspecting {}", from.display()))?;
+    let m = fs::symlink_metadata(from).with_context(|| format!("inspecting {}", from.escaped()))?;
     if m.is_dir() {
-        fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
-        for e in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-            let name = e.with_context(|| format!("reading {}", from.display()))?.file_name();
+        fs::create_dir(to).with_context(|| format!("creating {}", to.escaped()))?;
+        for e in fs::read_dir(from).with_context(|| format!("reading {}", from.escaped()))? {
+            let name = e.with_context(|| format!("reading {}", from.escaped()))?.file_name();
             clone_tree(&from.join(&name), &to.join(&name))?;
         }
     } else {
@@ -363,23 +364,23 @@ fn clone_tree(from: &Path, to: &Path) -> Result<()> {
 fn make_entry(from: &Path, to: &Path, m: &Metadata) -> Result<()> {
     let t = m.file_type();
     if t.is_file() {
-        let src = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+        let src = File::open(from).with_context(|| format!("opening {}", from.escaped()))?;
         let dst = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(to)
-            .with_context(|| format!("creating {}", to.display()))?;
-        clone_file(&src, &dst).with_context(|| format!("cloning {} to {}", from.display(), to.display()))?;
+            .with_context(|| format!("creating {}", to.escaped()))?;
+        clone_file(&src, &dst).with_context(|| format!("cloning {} to {}", from.escaped(), to.escaped()))?;
     } else if t.is_symlink() {
-        let target = fs::read_link(from).with_context(|| format!("reading the link {}", from.display()))?;
-        std::os::unix::fs::symlink(&target, to).with_context(|| format!("creating the link {}", to.display()))?;
+        let target = fs::read_link(from).with_context(|| format!("reading the link {}", from.escaped()))?;
+        std::os::unix::fs::symlink(&target, to).with_context(|| format!("creating the link {}", to.escaped()))?;
     } else if t.is_fifo() || t.is_char_device() || t.is_block_device() || t.is_socket() {
         let kind = nix::sys::stat::SFlag::from_bits_truncate(m.mode() & libc::S_IFMT);
         let perm = nix::sys::stat::Mode::from_bits_truncate(0o600);
-        nix::sys::stat::mknod(to, kind, perm, m.rdev()).with_context(|| format!("creating {}", to.display()))?;
+        nix::sys::stat::mknod(to, kind, perm, m.rdev()).with_context(|| format!("creating {}", to.escaped()))?;
     } else {
-        bail!("{} is of a type snapinst cannot make", from.display());
+        bail!("{} is of a type snapinst cannot make", from.escaped());
     }
     Ok(())
 }
@@ -400,12 +401,12 @@ nix::ioctl_readwrite!(btrfs_ioc_ino_paths, 0x94, 35, InoPathArgs);
 fn other_names(tree: &Path, ino: u64) -> Result<Vec<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
     const SIZE: usize = 64 * 1024;
-    let dir = File::open(tree).with_context(|| format!("opening {}", tree.display()))?;
+    let dir = File::open(tree).with_context(|| format!("opening {}", tree.escaped()))?;
     let mut buf = vec![0u64; SIZE / 8];
     let mut args = InoPathArgs { inum: ino, size: SIZE as u64, reserved: [0; 4], fspath: buf.as_mut_ptr() as u64 };
     // SAFETY: `args` points at `buf`, SIZE bytes that outlive the call; the kernel writes at most `size` bytes.
     unsafe { btrfs_ioc_ino_paths(dir.as_raw_fd(), &mut args) }
-        .with_context(|| format!("asking the kernel the names of inode {ino} in {}", tree.display()))?;
+        .with_context(|| format!("asking the kernel the names of inode {ino} in {}", tree.escaped()))?;
     // `struct btrfs_data_container`: four u32 counters, then `elem_cnt` offsets (from the first one) to C strings.
     let count = (buf[1] & 0xffff_ffff) as usize;
     let bytes: &[u8] = // SAFETY: `buf` is SIZE initialised bytes, viewed as bytes.
@@ -466,30 +467,30 @@ fn clone_file(src: &File, dst: &File) -> Result<()> {
 /// Give `to` the owner, mode and xattrs of `from` (whose metadata is `m`); times are set apart.
 fn copy_attributes(from: &Path, to: &Path, m: &Metadata) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::os::unix::fs::lchown(to, Some(m.uid()), Some(m.gid())).with_context(|| format!("chown {}", to.display()))?;
+    std::os::unix::fs::lchown(to, Some(m.uid()), Some(m.gid())).with_context(|| format!("chown {}", to.escaped()))?;
     let symlink = m.file_type().is_symlink();
     if !symlink {
         fs::set_permissions(to, fs::Permissions::from_mode(m.mode() & 0o7777))
-            .with_context(|| format!("chmod {}", to.display()))?;
+            .with_context(|| format!("chmod {}", to.escaped()))?;
     }
     let names = |p: &Path| -> Result<Vec<std::ffi::OsString>> {
         match xattr::list(p) {
             Ok(l) => Ok(l.collect()),
             Err(e) if symlink && e.raw_os_error() == Some(libc::EPERM) => Ok(Vec::new()),
-            Err(e) => Err(e).with_context(|| format!("listing the xattrs of {}", p.display())),
+            Err(e) => Err(e).with_context(|| format!("listing the xattrs of {}", p.escaped())),
         }
     };
     let wanted = names(from)?;
     for name in names(to)? {
         if !wanted.contains(&name) {
-            xattr::remove(to, &name).with_context(|| format!("removing an xattr of {}", to.display()))?;
+            xattr::remove(to, &name).with_context(|| format!("removing an xattr of {}", to.escaped()))?;
         }
     }
     for name in &wanted {
         if let Some(value) =
-            xattr::get(from, name).with_context(|| format!("reading an xattr of {}", from.display()))?
+            xattr::get(from, name).with_context(|| format!("reading an xattr of {}", from.escaped()))?
         {
-            xattr::set(to, name, &value).with_context(|| format!("setting an xattr of {}", to.display()))?;
+            xattr::set(to, name, &value).with_context(|| format!("setting an xattr of {}", to.escaped()))?;
         }
     }
     Ok(())
@@ -501,5 +502,5 @@ fn set_times(path: &Path, m: &Metadata) -> Result<()> {
     let atime = TimeSpec::new(m.atime(), m.atime_nsec());
     let mtime = TimeSpec::new(m.mtime(), m.mtime_nsec());
     utimensat(None, path, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
-        .with_context(|| format!("setting the times of {}", path.display()))
+        .with_context(|| format!("setting the times of {}", path.escaped()))
 }

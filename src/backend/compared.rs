@@ -7,6 +7,7 @@
 use super::Ctx;
 use crate::delta::{self, Entry};
 use crate::fsutil;
+use crate::pathbytes::PathText;
 use crate::state::TxnRecord;
 use crate::treediff::{self, Change, ChangeKind};
 use anyhow::{Context, Result};
@@ -27,7 +28,7 @@ pub(super) fn write_delta(
     let entries = entries_of(&changes, before, stage)?;
     super::delta_gens::write_staged_delta(ctx, rec, &entries, super::delta_gens::Put::Written, |path, dest| {
         fsutil::copy_tree(&stage.join(path), dest)
-            .with_context(|| format!("copying /{} into the delta", path.display()))
+            .with_context(|| format!("copying /{} into the delta", path.escaped()))
     })
 }
 
@@ -45,7 +46,7 @@ fn entries_of(changes: &[Change], tree: &Path, stage: &Path) -> Result<Vec<Entry
         if c.kind == ChangeKind::Metadata && fs::symlink_metadata(stage.join(&rel)).is_ok_and(|m| m.is_dir()) {
             let meta = |root: &Path| -> Result<delta::Meta> {
                 let path = root.join(&rel);
-                delta::read_meta(&fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?)
+                delta::read_meta(&fs::File::open(&path).with_context(|| format!("opening {}", path.escaped()))?)
             };
             entries.push(Entry::Meta { before: meta(tree)?, after: meta(stage)?, path: rel });
             continue;
@@ -80,8 +81,8 @@ mod tests {
         entries
             .iter()
             .map(|e| match e {
-                Entry::Replace { path, before, after } => format!("replace {} {before} {after}", path.display()),
-                Entry::Meta { path, .. } => format!("meta {}", path.display()),
+                Entry::Replace { path, before, after } => format!("replace {} {before} {after}", path.escaped()),
+                Entry::Meta { path, .. } => format!("meta {}", path.escaped()),
             })
             .collect()
     }

@@ -16,6 +16,7 @@ use super::scratch::Scratch;
 use super::Ctx;
 use crate::delta;
 use crate::fsutil;
+use crate::pathbytes::PathText;
 use crate::state::TxnRecord;
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -68,9 +69,9 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     if free < needed {
         bail!(
             "staging {} takes a copy of its tree ({} KiB) in {}, which has {} KiB free",
-            ctx.root.display(),
+            ctx.root.escaped(),
             needed / 1024,
-            s.dir.display(),
+            s.dir.escaped(),
             free / 1024
         );
     }
@@ -90,23 +91,23 @@ fn remove_stage(s: &StagePaths) -> Result<()> {
 fn copy_without(root: &Path, left_out: &Path, to: &Path) -> Result<()> {
     let tmp = to.with_extension("tmp");
     fsutil::remove_any(&tmp)?;
-    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    for e in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.escaped()))?;
+    for e in fs::read_dir(root).with_context(|| format!("reading {}", root.escaped()))? {
         let name = e?.file_name();
         if Path::new(&name) != left_out {
             fsutil::copy_tree(&root.join(&name), &tmp.join(&name))?;
         }
     }
-    let root_meta = delta::read_meta(&fs::File::open(root).with_context(|| format!("opening {}", root.display()))?)?;
+    let root_meta = delta::read_meta(&fs::File::open(root).with_context(|| format!("opening {}", root.escaped()))?)?;
     delta::set_meta(&fs::File::open(&tmp)?, &root_meta).context("giving the copy the tree's own metadata")?;
-    fs::rename(&tmp, to).with_context(|| format!("renaming {} into place", tmp.display()))
+    fs::rename(&tmp, to).with_context(|| format!("renaming {} into place", tmp.escaped()))
 }
 
 /// The bytes the tree at `dir` takes on disk, leaving out its entry `left_out`; never crosses into another mount.
 fn tree_bytes(dir: &Path, left_out: Option<&Path>) -> Result<u64> {
-    let dev = fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?.dev();
+    let dev = fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.escaped()))?.dev();
     let mut total = 0;
-    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.escaped()))? {
         let e = e?;
         if left_out.is_some_and(|l| Path::new(&e.file_name()) == l) {
             continue;
@@ -128,13 +129,13 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::confli
     let s = stage_paths(ctx, rec)?;
     let area = state_area(ctx)?;
     if fsutil::exists(&s.tree.join(area)) {
-        bail!("the stage creates /{}, which is snapinst's state area on {}", area.display(), ctx.root.display());
+        bail!("the stage creates /{}, which is snapinst's state area on {}", area.escaped(), ctx.root.escaped());
     }
     if !fsutil::exists(&s.base) {
         bail!(
             "the copy of {} taken with the stage ({}) is gone, so snapinst cannot tell what the plan changed from what the running system changed meanwhile; nothing is committed",
-            ctx.root.display(),
-            s.base.display()
+            ctx.root.escaped(),
+            s.base.escaped()
         );
     }
     super::compared::write_delta(ctx, rec, &s.base, &s.tree, area)

@@ -23,6 +23,7 @@ mod scratch;
 mod snapshot;
 mod stager;
 
+use crate::pathbytes::PathText;
 use crate::state::{BackendKind, State, StateDir, TxnRecord};
 use crate::steps::ChangeGuard;
 use anyhow::{bail, Context, Result};
@@ -82,7 +83,7 @@ impl Ctx {
 
     /// How each part is staged, by its path relative to the root (for the transaction record).
     pub fn part_kinds(&self) -> std::collections::BTreeMap<String, BackendKind> {
-        self.parts.iter().map(|p| (p.rel.to_string_lossy().into_owned(), p.ctx.kind)).collect()
+        self.parts.iter().map(|p| (part_key(&p.rel), p.ctx.kind)).collect()
     }
 
     fn with_parts_staged(
@@ -97,18 +98,18 @@ impl Ctx {
                 if !crate::mounts::is_mount_point(&root).unwrap_or(false) {
                     bail!(
                         "nothing is mounted at {}, where the transaction's part /{} is: mount that filesystem first",
-                        root.display(),
-                        rel.display()
+                        root.escaped(),
+                        rel.escaped()
                     );
                 }
                 let mut state = StateDir::at(root.join(crate::submounts::PART_STATE_DIR));
                 let mount = crate::mounts::mount_of(&root)?;
-                let kind = match recorded.get(rel.to_string_lossy().as_ref()) {
+                let kind = match recorded.get(&part_key(rel)) {
                     Some(&kind) => kind,
                     None => crate::submounts::part_backend(&mount.fstype, &root),
                 };
                 if stager::of(kind).stages_off_its_filesystem() {
-                    state.stages = Some(self.state.dir.join("part-stages").join(escaped(rel)));
+                    state.stages = Some(self.state.dir.join("part-stages").join(part_file_name(rel)));
                 }
                 let mut ctx = Ctx::new(kind, &root, &state)?;
                 ctx.mount = Some(mount);
@@ -148,9 +149,19 @@ impl Ctx {
     }
 }
 
-/// A part's place inside the root as one file name (`boot/efi` -> `boot%2Fefi`).
-fn escaped(rel: &Path) -> String {
-    rel.to_string_lossy().replace('%', "%25").replace('/', "%2F")
+/// A part's place inside the root as one file name (`boot/efi` -> `boot%2Fefi`; a byte that is not UTF-8 as `%HH`).
+fn part_file_name(rel: &Path) -> String {
+    let mut name = String::new();
+    for chunk in std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).utf8_chunks() {
+        name.push_str(&chunk.valid().replace('%', "%25").replace('/', "%2F"));
+        chunk.invalid().iter().for_each(|b| name.push_str(&format!("%{b:02X}")));
+    }
+    name
+}
+
+/// A part's key in a record's maps: its path relative to the root, as text (lossless, see `pathbytes`).
+pub(crate) fn part_key(rel: &Path) -> String {
+    rel.escaped().to_string()
 }
 
 /// Whether the part mounted at `root` is staged by btrfs snapshots (see `snapshot`).
@@ -185,12 +196,12 @@ pub(crate) fn check_usable(kind: BackendKind, root: &Path, state_dir: &Path) -> 
     {
         bail!(
             "the state directory {} is inside the root {}; for the btrfs backend it must be outside it (on the same filesystem)",
-            state_dir.display(),
-            root.display()
+            state_dir.escaped(),
+            root.escaped()
         );
     }
     if root == state_dir {
-        bail!("the state directory cannot be the root itself ({})", root.display());
+        bail!("the state directory cannot be the root itself ({})", root.escaped());
     }
     stager::of(kind).check_usable(root, state_dir)
 }
@@ -211,7 +222,7 @@ pub(crate) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     for p in &ctx.parts {
         p.ctx.state.create()?;
         let part_stage =
-            p.ctx.stager().prepare(&p.ctx, rec).with_context(|| format!("staging /{}", p.rel.display()))?;
+            p.ctx.stager().prepare(&p.ctx, rec).with_context(|| format!("staging /{}", p.rel.escaped()))?;
         bind_part(&part_stage, &stage, p)?;
     }
     Ok(stage)
@@ -222,7 +233,7 @@ pub(crate) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
 fn bind_part(part_stage: &Path, stage: &Path, p: &Part) -> Result<()> {
     let at = stage.join(&p.rel);
     nix::mount::mount(Some(part_stage), &at, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .with_context(|| format!("mounting the stage of /{} at {}", p.rel.display(), at.display()))
+        .with_context(|| format!("mounting the stage of /{} at {}", p.rel.escaped(), at.escaped()))
 }
 
 /// Take the parts' stages off the root's stage, deepest first (idempotent: nothing is mounted after a crash).
@@ -248,13 +259,13 @@ pub(crate) fn guard(ctx: &Ctx, rec: &TxnRecord) -> Result<Box<dyn ChangeGuard>> 
 pub(crate) fn pre_commit(ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
     unbind_parts(ctx, rec)?;
     rec.conflicts.clear();
-    ctx.stager().pre_commit(ctx, rec).with_context(|| format!("preparing the commit of {}", ctx.root.display()))?;
+    ctx.stager().pre_commit(ctx, rec).with_context(|| format!("preparing the commit of {}", ctx.root.escaped()))?;
     for p in &ctx.parts {
         let mine = rec.conflicts.len();
         p.ctx
             .stager()
             .pre_commit(&p.ctx, rec)
-            .with_context(|| format!("preparing the commit of {}", p.ctx.root.display()))?;
+            .with_context(|| format!("preparing the commit of {}", p.ctx.root.escaped()))?;
         for c in &mut rec.conflicts[mine..] {
             c.path = Path::new("/").join(&p.rel).join(c.path.strip_prefix("/").unwrap_or(&c.path));
         }
@@ -265,7 +276,7 @@ pub(crate) fn pre_commit(ctx: &Ctx, rec: &mut TxnRecord) -> Result<()> {
 /// Put the staged tree of every part in place. Idempotent: recovery calls it again after a crash.
 pub(crate) fn commit(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     for c in ctx.all() {
-        c.stager().commit(c, rec).with_context(|| format!("committing {}", c.root.display()))?;
+        c.stager().commit(c, rec).with_context(|| format!("committing {}", c.root.escaped()))?;
     }
     Ok(())
 }
@@ -335,14 +346,14 @@ fn copy_as_checkpoint(ctx: &Ctx, rec: &TxnRecord, from: &Path, n: usize) -> Resu
     let tmp = dir.join(format!(".{n}.tmp"));
     crate::fsutil::remove_any(&tmp)?;
     crate::fsutil::copy_tree(from, &tmp)?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("putting checkpoint {} in place", target.display()))
+    std::fs::rename(&tmp, &target).with_context(|| format!("putting checkpoint {} in place", target.escaped()))
 }
 
 /// Where checkpoint `n` kept by [`copy_as_checkpoint`] is; refused when it is missing.
 fn checkpoint_copy(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result<PathBuf> {
     let source = ctx.state.checkpoints_path(&rec.txn).join(n.to_string());
     if !source.is_dir() {
-        bail!("checkpoint {} is missing", source.display());
+        bail!("checkpoint {} is missing", source.escaped());
     }
     Ok(source)
 }
@@ -421,7 +432,7 @@ pub(crate) fn rollback(
         on_progress(rec)
     })?;
     for p in &ctx.parts {
-        let key = p.rel.to_string_lossy().into_owned();
+        let key = part_key(&p.rel);
         let mut done = rec.part_swaps_done.get(&key).copied().unwrap_or(0);
         // A generation that was committed before this filesystem was a part has no delta on it.
         p.ctx
@@ -430,7 +441,7 @@ pub(crate) fn rollback(
                 rec.part_swaps_done.insert(key.clone(), d);
                 on_progress(rec)
             })
-            .with_context(|| format!("rolling back /{}", p.rel.display()))?;
+            .with_context(|| format!("rolling back /{}", p.rel.escaped()))?;
     }
     Ok(())
 }
@@ -479,7 +490,7 @@ fn drop_conflict_copies(ctx: &Ctx, n: u64) -> Result<()> {
         for c in ctx.all() {
             let dir = c.state.conflicts_path(&rec.txn);
             if crate::fsutil::exists(&dir) {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.escaped()))?;
             }
         }
         let gone = |c: &crate::conflicts::Conflict| c.kept.as_ref().is_some_and(|k| !crate::fsutil::exists(k));
@@ -593,7 +604,7 @@ fn hide_state_area(dir: &Path) -> Result<()> {
     use nix::mount::MsFlags;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     nix::mount::mount(Some("snapinst-state"), dir, Some("tmpfs"), flags, Some("mode=0700,size=4k"))
-        .with_context(|| format!("hiding the state area in the stage ({})", dir.display()))
+        .with_context(|| format!("hiding the state area in the stage ({})", dir.escaped()))
 }
 
 /// Refuse a state area on another mount than the root: moving things between them must be a rename.
@@ -602,8 +613,8 @@ fn require_same_mount(root: &Path, state_dir: &Path, why: &str) -> Result<()> {
     if crate::mounts::mount_of(holder)?.id != crate::mounts::mount_of(root)?.id {
         bail!(
             "the state directory {} is not on the same mount as the root {}; {why}",
-            state_dir.display(),
-            root.display()
+            state_dir.escaped(),
+            root.escaped()
         );
     }
     Ok(())

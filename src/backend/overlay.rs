@@ -14,6 +14,7 @@ use crate::delta::{self, Entry};
 use crate::fsutil;
 use crate::inroot::Root;
 use crate::mounts;
+use crate::pathbytes::PathText;
 use crate::plan::RootPath;
 use crate::state::TxnRecord;
 use anyhow::{bail, Context, Result};
@@ -42,8 +43,8 @@ pub(super) fn check_usable(root: &Path, state_dir: &Path) -> Result<()> {
     if !available() {
         bail!("this kernel has no overlayfs (not in /proc/filesystems)");
     }
-    if root.to_string_lossy().contains([',', ':', '\\']) {
-        bail!("{} contains a ',', ':' or '\\', which overlayfs mount options cannot carry", root.display());
+    if std::os::unix::ffi::OsStrExt::as_bytes(root.as_os_str()).iter().any(|b| b",:\\".contains(b)) {
+        bail!("{} contains a ',', ':' or '\\', which overlayfs mount options cannot carry", root.escaped());
     }
     super::require_same_mount(root, state_dir, "the overlay merge needs renames")
 }
@@ -88,21 +89,22 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
 }
 
 fn mount(ctx: &Ctx, s: &StagePaths) -> Result<PathBuf> {
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={},{OPTIONS}",
-        ctx.root.display(),
-        s.upper.display(),
-        s.work.display()
-    );
+    // The options carry the paths' bytes as they are (a name need not be UTF-8).
+    let mut data = std::ffi::OsString::new();
+    for (key, path) in [("lowerdir=", &ctx.root), (",upperdir=", &s.upper), (",workdir=", &s.work)] {
+        data.push(key);
+        data.push(path.as_os_str());
+    }
+    data.push(format!(",{OPTIONS}"));
     let source = stage_source(&ctx.root);
     nix::mount::mount(
         Some(source.as_str()),
         &s.merged,
         Some("overlay"),
         nix::mount::MsFlags::empty(),
-        Some(data.as_str()),
+        Some(data.as_os_str()),
     )
-    .with_context(|| format!("mounting overlay on {} ({data})", s.merged.display()))?;
+    .with_context(|| format!("mounting overlay on {} ({})", s.merged.escaped(), data.escaped()))?;
     if let Some(area) = &ctx.state_area {
         super::hide_state_area(&s.merged.join(area))?;
     }
@@ -145,7 +147,7 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::confli
             fsutil::remove_any(&tmp)?;
             fsutil::remove_any(&s.copied)?;
             fsutil::copy_tree(&s.upper, &tmp).context("copying the upper layer to the root's filesystem")?;
-            fs::rename(&tmp, &s.copied).with_context(|| format!("renaming {} into place", tmp.display()))?;
+            fs::rename(&tmp, &s.copied).with_context(|| format!("renaming {} into place", tmp.escaped()))?;
             scratch.remove()?;
             s.copied.clone()
         }
@@ -157,7 +159,7 @@ pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::confli
     super::delta_gens::write_staged_delta(ctx, rec, &entries, super::delta_gens::Put::Renamed, |path, dest| {
         let src = upper.join(path);
         sanitize(&src)?;
-        fs::rename(&src, dest).with_context(|| format!("moving {} into the delta", src.display()))
+        fs::rename(&src, dest).with_context(|| format!("moving {} into the delta", src.escaped()))
     })
 }
 
@@ -174,7 +176,7 @@ fn xattr_is(path: &Path, name: &str, value: &[u8]) -> bool {
 fn index_dir(upper: &Path, tree: &Root, rel: &Path, guarded: Option<&Path>, entries: &mut Vec<Entry>) -> Result<()> {
     let dir = upper.join(rel);
     let mut names: Vec<_> = fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
+        .with_context(|| format!("reading {}", dir.escaped()))?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<Result<_, _>>()?;
     names.sort();
@@ -184,7 +186,7 @@ fn index_dir(upper: &Path, tree: &Root, rel: &Path, guarded: Option<&Path>, entr
         let m = fs::symlink_metadata(&up)?;
         for bad in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
             if xattr::get(&up, bad).ok().flatten().is_some() {
-                bail!("the upper layer has {bad} on /{}; snapinst cannot merge it", path.display());
+                bail!("the upper layer has {bad} on /{}; snapinst cannot merge it", path.escaped());
             }
         }
         let rp = RootPath::from_rel(&path);
@@ -195,8 +197,8 @@ fn index_dir(upper: &Path, tree: &Root, rel: &Path, guarded: Option<&Path>, entr
             if path.starts_with(area) || (area.starts_with(&path) && !descend) {
                 bail!(
                     "the stage replaces /{}, which is or holds snapinst's state area /{}",
-                    path.display(),
-                    area.display()
+                    path.escaped(),
+                    area.escaped()
                 );
             }
         }
@@ -228,7 +230,7 @@ fn sanitize(path: &Path) -> Result<()> {
         for name in xattr::list(path)? {
             if name.to_string_lossy().starts_with("trusted.overlay.") {
                 xattr::remove(path, &name)
-                    .with_context(|| format!("stripping overlay xattrs of {}", path.display()))?;
+                    .with_context(|| format!("stripping overlay xattrs of {}", path.escaped()))?;
             }
         }
     }

@@ -10,6 +10,7 @@
 //!
 //! Nothing here mounts in the host's namespace, and nothing in the image is needed once its content is copied out.
 
+use crate::pathbytes::PathText;
 use crate::{fsutil, mounts};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -66,7 +67,7 @@ impl Scratch {
         } & !((1 << 20) - 1);
         std::fs::File::create(&self.image)
             .and_then(|f| f.set_len(size))
-            .with_context(|| format!("creating the sparse scratch image {}", self.image.display()))?;
+            .with_context(|| format!("creating the sparse scratch image {}", self.image.escaped()))?;
         let (program, args): (String, &[&str]) = match &self.like {
             None => (
                 "mkfs.ext4".into(),
@@ -90,7 +91,7 @@ impl Scratch {
             .output()
             .with_context(|| format!("running {program} for a scratch filesystem of the stage"))?;
         if !out.status.success() {
-            bail!("{program} {} failed: {}", self.image.display(), String::from_utf8_lossy(&out.stderr).trim());
+            bail!("{program} {} failed: {}", self.image.escaped(), String::from_utf8_lossy(&out.stderr).trim());
         }
         self.mount()
     }
@@ -101,7 +102,7 @@ impl Scratch {
             return Ok(());
         }
         if !self.image.is_file() {
-            bail!("the scratch image {} is missing", self.image.display());
+            bail!("the scratch image {} is missing", self.image.escaped());
         }
         let device = attach(&self.image)?;
         let path = device.path().context("the loop device has no path")?;
@@ -113,9 +114,9 @@ impl Scratch {
             .with_context(|| {
                 format!(
                     "mounting the scratch image {} ({}) at {}",
-                    self.image.display(),
-                    path.display(),
-                    self.mnt.display()
+                    self.image.escaped(),
+                    path.escaped(),
+                    self.mnt.escaped()
                 )
             })?;
         // The mount holds the device now; autoclear detaches it when the mount goes.
@@ -158,7 +159,7 @@ fn attach(image: &Path) -> Result<loopdev::LoopDevice> {
         };
         match device.with().autoclear(true).attach(image) {
             Ok(()) => return Ok(device),
-            Err(e) => last = format!("attaching {}: {e}", image.display()),
+            Err(e) => last = format!("attaching {}: {e}", image.escaped()),
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

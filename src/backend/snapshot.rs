@@ -14,6 +14,7 @@ use super::btrfs::{
 use super::Ctx;
 use crate::fsutil;
 use crate::mounts;
+use crate::pathbytes::PathText;
 use crate::state::TxnRecord;
 use anyhow::{Context, Result};
 use libbtrfsutil::{CreateSnapshotOptions, IterateSubvolume};
@@ -59,10 +60,10 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     CreateSnapshotOptions::new()
         .readonly(true)
         .create(&ctx.root, &s.base)
-        .with_context(|| format!("snapshotting {} to {}", ctx.root.display(), s.base.display()))?;
+        .with_context(|| format!("snapshotting {} to {}", ctx.root.escaped(), s.base.escaped()))?;
     CreateSnapshotOptions::new()
         .create(&s.base, &s.tree)
-        .with_context(|| format!("snapshotting {} to {}", s.base.display(), s.tree.display()))?;
+        .with_context(|| format!("snapshotting {} to {}", s.base.escaped(), s.tree.escaped()))?;
     super::hide_state_area(&s.tree.join(state_area(ctx)?))?;
     Ok(s.tree)
 }
@@ -107,7 +108,7 @@ pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result
     }
     CreateSnapshotOptions::new()
         .create(&source, &s.tree)
-        .with_context(|| format!("restoring {} from {}", s.tree.display(), source.display()))?;
+        .with_context(|| format!("restoring {} from {}", s.tree.escaped(), source.escaped()))?;
     super::hide_state_area(&s.tree.join(state_area(ctx)?))?;
     Ok(s.tree)
 }

@@ -9,6 +9,8 @@ use crate::dpkg_lock::DpkgLocks;
 use crate::events::Reporter;
 use crate::inroot::Root;
 use crate::lock::RootLock;
+use crate::pathbytes;
+use crate::pathbytes::PathText;
 use crate::plan::{Action, Plan, Step};
 use crate::state::{BackendKind, HostUndo, Phase, State, StateDir, TxnKind, TxnRecord};
 use crate::steps::{self, StepContext, StepFailure};
@@ -110,7 +112,7 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     let ctx = Ctx::new(kind, &loc.root, &loc.state)
         .and_then(|c| c.with_parts(&layout.part_rels()))
         .map_err(|e| Refused(format!("{e:#}")))?;
-    let plan_file = std::path::absolute(plan_file).with_context(|| format!("resolving {}", plan_file.display()))?;
+    let plan_file = std::path::absolute(plan_file).with_context(|| format!("resolving {}", plan_file.escaped()))?;
     let txn = Transaction {
         ctx: &ctx,
         out: &out,
@@ -131,10 +133,10 @@ pub(crate) fn refuse_if_busy(sd: &StateDir, root: &Path) -> Result<()> {
             "transaction {} (plan \"{}\") on {} is kept after its step \"{}\" failed; finish it with `snapinst resume --root {}` or throw it away with `snapinst abort --root {}`",
             t.txn,
             t.plan.as_deref().unwrap_or("?"),
-            root.display(),
+            root.escaped(),
             t.failed_step.as_deref().unwrap_or("?"),
-            root.display(),
-            root.display()
+            root.escaped(),
+            root.escaped()
         ));
     }
     Ok(())
@@ -146,9 +148,9 @@ pub(crate) fn refuse_if_interrupted(sd: &StateDir, root: &Path) -> Result<()> {
         return Err(NeedsRecovery(format!(
             "transaction {} on {} was interrupted ({:?}); run `snapinst recover --root {}` first",
             t.txn,
-            root.display(),
+            root.escaped(),
             t.phase,
-            root.display()
+            root.escaped()
         ))
         .into());
     }
@@ -163,7 +165,7 @@ pub(super) fn check_keepable(plan_file: &Path, plan: &Plan, kind: BackendKind) -
     if let Some((i, s)) = plan.steps.iter().enumerate().find(|(_, s)| matches!(s.action, Action::Host { .. })) {
         return refuse(format!(
             "{}: step \"{}\" (#{}) field \"type\": a host step acts outside the stage, so no checkpoint can take it back; --keep-failed is not possible with host steps",
-            plan_file.display(),
+            plan_file.escaped(),
             s.id,
             i + 1
         ));
@@ -175,7 +177,7 @@ fn choose_backend(root: &Path, asked: Option<BackendKind>, prior: Option<&State>
     match (asked, prior) {
         (Some(a), Some(p)) if a != p.backend && p.generations.len() > 1 => refuse(format!(
             "{} is managed with the {} backend (it has generations); it cannot switch to {a}",
-            root.display(),
+            root.escaped(),
             p.backend
         )),
         (Some(a), _) => Ok(a),
@@ -193,8 +195,8 @@ fn excluded_mounts(root: &Path, given: &[std::path::PathBuf]) -> Result<Vec<std:
         if rel.as_os_str().is_empty() || !at.is_dir() || !mounts::is_mount_point(&at)? {
             return refuse(format!(
                 "--exclude-mount {}: no filesystem is mounted at {} (give the mount point as a path inside the root)",
-                p.display(),
-                at.display()
+                p.escaped(),
+                at.escaped()
             ));
         }
         rels.push(rel);
@@ -223,7 +225,7 @@ fn refuse_exchange_under_mounts(kind: BackendKind, root: &Path, layout: &Layout)
     refuse(format!(
         "filesystems are mounted inside {} ({}); the btrfs backend commits by renaming the root's subvolume, and \
          they would stay with the replaced tree: unmount them first, or manage a subvolume mounted on its own",
-        root.display(),
+        root.escaped(),
         crate::submounts::shown(&points)
     ))
 }
@@ -249,7 +251,7 @@ fn check_plan_fits(
                 format!(
                     "{}: step \"{}\" (#{}) field \"type\": the journal backend cannot undo what a {} step does; \
                      use the btrfs or overlay backend",
-                    plan_file.display(),
+                    plan_file.escaped(),
                     s.id,
                     i + 1,
                     s.action.type_name()
@@ -292,7 +294,7 @@ fn check_plan_fits(
     if have < need {
         return refuse(format!(
             "not enough free space on the filesystem of {}: the transaction needs {} MiB, {} MiB are free",
-            holder.display(),
+            holder.escaped(),
             need.div_ceil(1 << 20),
             have >> 20
         ));
@@ -330,12 +332,12 @@ impl Transaction<'_> {
         self.out.event(
             "started",
             json!({"txn": rec.txn, "plan": self.plan.name, "version": self.plan.version, "backend": self.ctx.kind.to_string(),
-                   "root": self.ctx.root, "steps": total}),
+                   "root": pathbytes::json(&self.ctx.root), "steps": total}),
         );
         self.out.say(format!(
             "snapinst: applying plan \"{}\" to {} ({} backend, transaction {})",
             self.plan.name,
-            self.ctx.root.display(),
+            self.ctx.root.escaped(),
             self.ctx.kind,
             rec.txn
         ));
@@ -415,7 +417,7 @@ impl Transaction<'_> {
             return Err(e.context(NeedsRecovery(format!(
                 "transaction {} passed its commit point but could not finish; run `snapinst recover --root {}`",
                 rec.txn,
-                self.ctx.root.display()
+                self.ctx.root.escaped()
             ))));
         }
         let commit_ms = t2.elapsed().as_millis() as u64;
@@ -511,10 +513,10 @@ impl Transaction<'_> {
     fn announce_unstaged(&self, txn: &str) {
         let kinds = self.ctx.part_kinds();
         for p in &self.layout.parts {
-            let staged_by = kinds.get(p.rel.to_string_lossy().as_ref()).map_or("?".to_string(), |k| k.to_string());
+            let staged_by = kinds.get(&backend::part_key(&p.rel)).map_or("?".to_string(), |k| k.to_string());
             self.out.event(
                 "part",
-                json!({"txn": txn, "path": Path::new("/").join(&p.rel), "fstype": p.fstype, "source": p.source,
+                json!({"txn": txn, "path": pathbytes::json(&Path::new("/").join(&p.rel)), "fstype": p.fstype, "source": p.source,
                        "staged_by": staged_by.to_string()}),
             );
             self.out.say(format!("snapinst: {} is staged with the root ({staged_by})", p.describe()));
@@ -523,7 +525,7 @@ impl Transaction<'_> {
             let why = u.unstaged_because.as_deref().unwrap_or("?");
             self.out.event(
                 "unstaged_mount",
-                json!({"txn": txn, "path": Path::new("/").join(&u.rel), "fstype": u.fstype, "source": u.source,
+                json!({"txn": txn, "path": pathbytes::json(&Path::new("/").join(&u.rel)), "fstype": u.fstype, "source": u.source,
                        "reason": why}),
             );
             self.out.say(format!(
@@ -562,7 +564,7 @@ impl Transaction<'_> {
         rec.error = Some(reason.to_string());
         rec.outcome = Some("kept".to_string());
         set_phase(self.sd(), rec, Phase::Kept)?;
-        let root = self.ctx.root.display();
+        let root = self.ctx.root.escaped();
         self.out.event(
             "kept",
             json!({"txn": rec.txn, "reason": reason, "failed_step": rec.failed_step, "checkpoints": rec.checkpoints}),
@@ -584,7 +586,7 @@ impl Transaction<'_> {
             let msg = format!(
                 "transaction {} failed ({reason}) and could not be rolled back cleanly: {e:#}; run `snapinst recover --root {}`",
                 rec.txn,
-                self.ctx.root.display()
+                self.ctx.root.escaped()
             );
             self.summary(rec, "needs_recovery", None, [timings[0], timings[1], 0]);
             return Err(NeedsRecovery(msg).into());
@@ -600,7 +602,7 @@ impl Transaction<'_> {
         self.out.event("rolled_back", json!({"txn": rec.txn, "reason": reason}));
         self.out.say(format!(
             "snapinst: {reason}; the transaction was rolled back, {} is unchanged",
-            self.ctx.root.display()
+            self.ctx.root.escaped()
         ));
         self.summary(rec, outcome, None, [timings[0], timings[1], 0]);
         Ok(Outcome::RolledBack)
@@ -609,7 +611,7 @@ impl Transaction<'_> {
     fn summary(&self, rec: &TxnRecord, outcome: &str, generation: Option<u64>, t: [u64; 3]) {
         self.out.event(
             "summary",
-            json!({"txn": rec.txn, "outcome": outcome, "generation": generation, "parts": rec.parts,
+            json!({"txn": rec.txn, "outcome": outcome, "generation": generation, "parts": pathbytes::json_list(&rec.parts),
                    "conflicts": rec.conflicts, "timings_ms": {"prepare": t[0], "steps": t[1], "commit": t[2]}}),
         );
     }
@@ -646,8 +648,8 @@ pub(super) fn show_changes(out: &Reporter, ctx: &Ctx, txn: &str, stage: &Path) -
     let mut counts = std::collections::BTreeMap::new();
     for c in &changes {
         *counts.entry(c.kind.word()).or_insert(0u64) += 1;
-        out.event("change", json!({"txn": txn, "kind": c.kind, "path": c.path}));
-        out.text(format!("{:<9} {}", c.kind.word(), c.path.display()));
+        out.event("change", json!({"txn": txn, "kind": c.kind, "path": pathbytes::json(&c.path)}));
+        out.text(format!("{:<9} {}", c.kind.word(), c.path.escaped()));
     }
     out.event("changes", json!({"txn": txn, "counts": counts}));
     let total: Vec<String> = ["added", "modified", "removed", "metadata"]
@@ -660,7 +662,7 @@ pub(super) fn show_changes(out: &Reporter, ctx: &Ctx, txn: &str, stage: &Path) -
 
 /// Ask on the terminal whether to commit; anything but yes is no.
 fn ask_to_commit(root: &Path) -> bool {
-    eprint!("snapinst: commit these changes to {}? [y/N] ", root.display());
+    eprint!("snapinst: commit these changes to {}? [y/N] ", root.escaped());
     let mut answer = String::new();
     if std::io::stdin().read_line(&mut answer).is_err() {
         return false;

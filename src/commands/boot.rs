@@ -11,6 +11,7 @@ use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
 use crate::mounts;
+use crate::pathbytes::PathText;
 use crate::state::{CarryBack, Pending, State};
 use anyhow::Result;
 use serde_json::json;
@@ -87,7 +88,7 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     }
     let out = Reporter::new(args.json);
     if !loc.state.exists() {
-        out.say(format!("snapinst: {} is not managed; nothing to check at boot", loc.root.display()));
+        out.say(format!("snapinst: {} is not managed; nothing to check at boot", loc.root.escaped()));
         return Ok(Outcome::Done);
     }
     if recover::recover_root(&loc.root, &loc.state, &out, recover::PartsMayWait::Yes)? > 0 {
@@ -179,13 +180,13 @@ pub(crate) fn bless(args: &RootArgs) -> Result<Outcome> {
     let loc = match locate(args) {
         Ok(loc) if loc.state.exists() => loc,
         _ => {
-            out.say(format!("snapinst: {} is not managed by snapinst; nothing to bless", args.root.display()));
+            out.say(format!("snapinst: {} is not managed by snapinst; nothing to bless", args.root.escaped()));
             return Ok(Outcome::Done);
         }
     };
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     let Some(mut state) = loc.state.load()? else {
-        out.say(format!("snapinst: {} is not managed; nothing to bless", loc.root.display()));
+        out.say(format!("snapinst: {} is not managed; nothing to bless", loc.root.escaped()));
         return Ok(Outcome::Done);
     };
     match state.pending.clone() {

@@ -8,6 +8,7 @@
 use super::{locate, refuse, Outcome};
 use crate::backend;
 use crate::cli::RootArgs;
+use crate::pathbytes::PathText;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -25,7 +26,7 @@ pub(crate) fn dpkg_guard() -> Result<Outcome> {
         Err(e) => {
             eprintln!(
                 "snapinst: warning: cannot tell whether a generation of {} waits for its boot ({e:#}); letting dpkg run",
-                root.display()
+                root.escaped()
             );
             Ok(Outcome::Done)
         }
@@ -47,7 +48,7 @@ fn pending(root: &std::path::Path) -> Result<Option<String>> {
          disagree with the files. Reboot first; or make the change through snapinst (`snapinst apply` with a \
          `package` step), which stages it on generation {generation}; or give up the pending generation \
          (`snapinst rollback --root {}`)",
-        loc.root.display(),
-        loc.root.display()
+        loc.root.escaped(),
+        loc.root.escaped()
     )))
 }

@@ -13,6 +13,7 @@ pub(crate) mod status;
 
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
+use crate::pathbytes::PathText;
 use crate::state::{Generation, Pending, Phase, State, StateDir, TxnRecord};
 use crate::{failpoint, fsutil, plan};
 use anyhow::Result;
@@ -64,7 +65,7 @@ pub(crate) fn error_code(e: &anyhow::Error) -> u8 {
 pub(crate) fn validate(plan: &Path) -> Result<Outcome> {
     match plan::load(plan) {
         Ok(p) => {
-            eprintln!("{}: plan \"{}\" is valid ({} steps)", plan.display(), p.name, p.steps.len());
+            eprintln!("{}: plan \"{}\" is valid ({} steps)", plan.escaped(), p.name, p.steps.len());
             Ok(Outcome::Done)
         }
         Err(problems) => refuse(problems.to_string()),
@@ -82,12 +83,12 @@ pub(crate) struct Located {
 
 pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
     let root = match std::fs::metadata(&args.root) {
-        Err(e) => return refuse(format!("the root {} cannot be used: {e}", args.root.display())),
-        Ok(m) if !m.is_dir() => return refuse(format!("the root {} is not a directory", args.root.display())),
-        Ok(_) => args.root.canonicalize().map_err(|e| Refused(format!("resolving {}: {e}", args.root.display())))?,
+        Err(e) => return refuse(format!("the root {} cannot be used: {e}", args.root.escaped())),
+        Ok(m) if !m.is_dir() => return refuse(format!("the root {} is not a directory", args.root.escaped())),
+        Ok(_) => args.root.canonicalize().map_err(|e| Refused(format!("resolving {}: {e}", args.root.escaped())))?,
     };
     let state_dir = match &args.state_dir {
-        Some(d) => std::path::absolute(d).map_err(|e| Refused(format!("resolving {}: {e}", d.display())))?,
+        Some(d) => std::path::absolute(d).map_err(|e| Refused(format!("resolving {}: {e}", d.escaped())))?,
         None if mounted_btrfs_subvolume(&root)? => {
             // Beside the root's subvolume, reached through a private mount of the filesystem's top level.
             crate::mounts::enter_private_namespace()?;
@@ -95,7 +96,7 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
             let top = crate::topview::of(&root)?;
             let source = crate::mounts::mount_of(&root)?.source;
             let state = StateDir { shown_as: Some((top, source)), ..StateDir::at(dir) };
-            let shown = state.shown(&state.dir).display().to_string();
+            let shown = state.shown(&state.dir).escaped().to_string();
             return Ok(Located { root, state, state_shown: shown });
         }
         // The top of a filesystem: nothing beside it is on its filesystem, so the state area goes inside it.
@@ -103,7 +104,7 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
         None => StateDir::default_for(&root).map_err(|e| Refused(format!("{e:#}")))?,
     };
     let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
-    Ok(Located { root, state_shown: state_dir.display().to_string(), state: StateDir::at(state_dir) })
+    Ok(Located { root, state_shown: state_dir.escaped().to_string(), state: StateDir::at(state_dir) })
 }
 
 /// The state area of a root that is the top of its filesystem: `<root>/var/lib/snapinst/state` where `<root>/var/lib`

@@ -8,11 +8,13 @@ use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
+use crate::pathbytes;
+use crate::pathbytes::PathText;
 use crate::state::{Phase, State, StateDir, TxnKind, TxnRecord};
 use crate::{failpoint, fsutil, mounts, registry, submounts};
 use anyhow::{Context, Result};
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The stamp a failed recovery leaves in the state area.
 pub(crate) const FAILED_STAMP: &str = "recovery-failed";
@@ -28,7 +30,7 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
             let args = RootArgs { root: r.root, state_dir: r.state_dir, json: args.json };
             match locate(&args) {
                 Ok(loc) => targets.push((loc.root, loc.state)),
-                Err(e) => out.say(format!("snapinst: skipping registered root {}: {e:#}", args.root.display())),
+                Err(e) => out.say(format!("snapinst: skipping registered root {}: {e:#}", args.root.escaped())),
             }
         }
         targets
@@ -42,8 +44,8 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
             if !all {
                 out.say(format!(
                     "snapinst: {} has no state area at {}; nothing to recover",
-                    root.display(),
-                    sd.dir.display()
+                    root.escaped(),
+                    sd.dir.escaped()
                 ));
             }
             continue;
@@ -56,9 +58,9 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
             Err(e) if e.downcast_ref::<Refused>().is_some() && !all => return Err(e),
             Err(e) if e.downcast_ref::<Refused>().is_some() => out.say(format!("snapinst: {e:#}")),
             Err(e) => {
-                let msg = format!("recovering {} failed: {e:#}", root.display());
+                let msg = format!("recovering {} failed: {e:#}", root.escaped());
                 let _ = fsutil::write_atomic(&sd.dir.join(FAILED_STAMP), format!("{msg}\n").as_bytes());
-                out.event("recovery_failed", json!({"root": root, "error": msg}));
+                out.event("recovery_failed", json!({"root": pathbytes::json(&root), "error": msg}));
                 failed.push(msg);
             }
         }
@@ -82,19 +84,23 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
     let _lock = RootLock::acquire(&sd.lock_path(), root).map_err(|e| Refused(format!("{e:#}")))?;
     let unfinished = sd.unfinished()?;
     if unfinished.is_empty() {
-        out.event("recovered", json!({"root": root, "txn": null, "action": "nothing"}));
-        out.say(format!("snapinst: {}: nothing to recover", root.display()));
+        out.event("recovered", json!({"root": pathbytes::json(root), "txn": null, "action": "nothing"}));
+        out.say(format!("snapinst: {}: nothing to recover", root.escaped()));
     }
     let mut waiting = 0;
     for mut rec in unfinished {
         let (_, unmounted) = submounts::split_by_mounted(root, &rec.parts);
         if may_wait == PartsMayWait::Yes && !unmounted.is_empty() {
             waiting += 1;
-            let named: Vec<String> = unmounted.iter().map(|p| format!("/{}", p.display())).collect();
-            out.event("recovered", json!({"root": root, "txn": rec.txn, "action": "waiting", "parts": named}));
+            let named: Vec<PathBuf> = unmounted.iter().map(|p| Path::new("/").join(p)).collect();
+            out.event(
+                "recovered",
+                json!({"root": pathbytes::json(root), "txn": rec.txn, "action": "waiting",
+                       "parts": pathbytes::json_list(&named)}),
+            );
             out.say(format!(
                 "snapinst: {}: transaction {} waits for {} to be mounted; `snapinst recover` finishes it then",
-                root.display(),
+                root.escaped(),
                 rec.txn,
                 submounts::shown(&unmounted)
             ));
@@ -107,8 +113,8 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
             TxnKind::Rollback => rollback::recover(&ctx, &mut rec, &mut state),
         }
         .with_context(|| format!("recovering transaction {}", rec.txn))?;
-        out.event("recovered", json!({"root": root, "txn": rec.txn, "action": action}));
-        out.say(format!("snapinst: {}: transaction {} {}", root.display(), rec.txn, action.replace('_', " ")));
+        out.event("recovered", json!({"root": pathbytes::json(root), "txn": rec.txn, "action": action}));
+        out.say(format!("snapinst: {}: transaction {} {}", root.escaped(), rec.txn, action.replace('_', " ")));
     }
     if let Some(state) = sd.load()? {
         // Leftovers of parts that are not mounted now wait for the next sweep with them mounted.
@@ -116,7 +122,7 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
         let ctx = Ctx::new(state.backend, root, sd)?.with_parts(&mounted)?;
         if waiting == 0 {
             for path in backend::sweep(&ctx, &state)? {
-                out.say(format!("snapinst: removed leftover {}", path.display()));
+                out.say(format!("snapinst: removed leftover {}", path.escaped()));
             }
         }
     }

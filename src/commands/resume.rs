@@ -9,6 +9,8 @@ use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
+use crate::pathbytes;
+use crate::pathbytes::PathText;
 use crate::plan::Plan;
 use crate::state::{Phase, StateDir, TxnRecord};
 use crate::{mounts, plan, sandbox};
@@ -28,7 +30,7 @@ fn open_kept(args: &RootArgs) -> Result<Kept> {
     require_root_user()?;
     let loc = locate(args)?;
     if !loc.state.exists() {
-        return refuse(format!("{} has no state area: no transaction was ever kept", loc.root.display()));
+        return refuse(format!("{} has no state area: no transaction was ever kept", loc.root.escaped()));
     }
     mounts::enter_private_namespace()?;
     let lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
@@ -37,7 +39,7 @@ fn open_kept(args: &RootArgs) -> Result<Kept> {
     let Some(rec) = loc.state.kept()? else {
         return refuse(format!(
             "no transaction is kept on {} (`apply --keep-failed` keeps one when a step fails)",
-            loc.root.display()
+            loc.root.escaped()
         ));
     };
     let ctx = Ctx::new(rec.backend, &loc.root, &loc.state)
@@ -51,13 +53,13 @@ fn start_index(plan_file: &Path, plan: &Plan, rec: &TxnRecord, from: Option<&str
     let find = |id: &str| plan.steps.iter().position(|s| s.id == id);
     let done = rec.checkpoints.unwrap_or(0);
     let start = match from {
-        Some(id) => find(id).ok_or_else(|| Refused(format!("{}: there is no step \"{id}\"", plan_file.display())))?,
+        Some(id) => find(id).ok_or_else(|| Refused(format!("{}: there is no step \"{id}\"", plan_file.escaped())))?,
         None => {
             let failed = rec.failed_step.as_deref().unwrap_or("");
             find(failed).ok_or_else(|| {
                 Refused(format!(
                     "{}: the failed step \"{failed}\" is not in the plan any more; say where to start with --from STEP",
-                    plan_file.display()
+                    plan_file.escaped()
                 ))
             })?
         }
@@ -82,7 +84,7 @@ pub(crate) fn resume(
     Confirm::check_terminal(confirm)?;
     let Kept { ctx, mut rec, _lock, _dpkg } = open_kept(args)?;
     let plan_file: PathBuf = match plan_override.or(rec.plan_file.as_deref()) {
-        Some(p) => std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?,
+        Some(p) => std::path::absolute(p).with_context(|| format!("resolving {}", p.escaped()))?,
         None => return refuse(format!("transaction {} does not record its plan file; give it with --plan", rec.txn)),
     };
     let plan = plan::load(&plan_file).map_err(|p| Refused(p.to_string()))?;
@@ -107,7 +109,7 @@ pub(crate) fn resume(
         "snapinst: resuming transaction {} of plan \"{}\" on {} at step \"{}\" (#{}), from the checkpoint before it",
         rec.txn,
         plan.name,
-        ctx.root.display(),
+        ctx.root.escaped(),
         plan.steps[start].id,
         start + 1
     ));
@@ -143,7 +145,7 @@ pub(crate) fn abort(args: &RootArgs) -> Result<Outcome> {
     rec.outcome = Some("aborted".to_string());
     set_phase(&ctx.state, &mut rec, Phase::Done)?;
     out.event("aborted", json!({"txn": rec.txn}));
-    out.say(format!("snapinst: transaction {} was thrown away; {} is unchanged", rec.txn, ctx.root.display()));
+    out.say(format!("snapinst: transaction {} was thrown away; {} is unchanged", rec.txn, ctx.root.escaped()));
     Ok(Outcome::Done)
 }
 
@@ -156,7 +158,7 @@ pub(crate) fn diff(args: &RootArgs) -> Result<Outcome> {
         rec.txn,
         rec.plan.as_deref().unwrap_or("?"),
         rec.failed_step.as_deref().unwrap_or("?"),
-        ctx.root.display()
+        ctx.root.escaped()
     ));
     show_changes(&out, &ctx, &rec.txn, &stage)?;
     Ok(Outcome::Done)
@@ -165,7 +167,7 @@ pub(crate) fn diff(args: &RootArgs) -> Result<Outcome> {
 /// For `status`: the kept transaction, if any.
 pub(crate) fn kept_summary(sd: &StateDir) -> Result<Option<serde_json::Value>> {
     Ok(sd.kept()?.map(|t| {
-        json!({"txn": t.txn, "plan": t.plan, "plan_file": t.plan_file, "failed_step": t.failed_step,
+        json!({"txn": t.txn, "plan": t.plan, "plan_file": t.plan_file.as_deref().map(pathbytes::json), "failed_step": t.failed_step,
                "error": t.error, "steps_done": t.checkpoints})
     }))
 }

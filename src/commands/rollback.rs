@@ -8,6 +8,8 @@ use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
+use crate::pathbytes;
+use crate::pathbytes::PathText;
 use crate::state::{Phase, State, TxnKind, TxnRecord};
 use crate::{failpoint, mounts};
 use anyhow::Result;
@@ -20,7 +22,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>, exact: bool) -> Result<Outco
     let out = Reporter::new(args.json);
     mounts::enter_private_namespace()?;
     let Some(_) = loc.state.load()? else {
-        return refuse(format!("snapinst has no generations for {}: nothing to roll back", loc.root.display()));
+        return refuse(format!("snapinst has no generations for {}: nothing to roll back", loc.root.escaped()));
     };
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     let _dpkg = crate::dpkg_lock::DpkgLocks::acquire(&loc.root).map_err(|e| Refused(format!("{e:#}")))?;
@@ -55,9 +57,9 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>, exact: bool) -> Result<Outco
         return refuse(format!(
             "generations of {} hold changes to the filesystem mounted at /{}, and nothing is mounted at {} now; \
              mount it first",
-            loc.root.display(),
-            rel.display(),
-            loc.root.join(rel).display()
+            loc.root.escaped(),
+            rel.escaped(),
+            loc.root.join(rel).escaped()
         ));
     }
     let ctx = Ctx::new(state.backend, &loc.root, &loc.state)
@@ -78,7 +80,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>, exact: bool) -> Result<Outco
     let ms = t0.elapsed().as_millis() as u64;
     out.event(
         "summary",
-        json!({"txn": rec.txn, "outcome": "committed", "generation": target, "parts": rec.parts,
+        json!({"txn": rec.txn, "outcome": "committed", "generation": target, "parts": pathbytes::json_list(&rec.parts),
                "conflicts": rec.conflicts, "timings_ms": {"prepare": 0, "steps": 0, "commit": ms}}),
     );
     Ok(Outcome::Done)
@@ -104,7 +106,7 @@ pub(crate) fn switch(
     ctx.state.write_txn(&rec)?;
     out.event(
         "started",
-        json!({"txn": rec.txn, "kind": "rollback", "backend": state.backend.to_string(), "root": root,
+        json!({"txn": rec.txn, "kind": "rollback", "backend": state.backend.to_string(), "root": pathbytes::json(root),
                "from_generation": state.current, "to_generation": target}),
     );
     failpoint::hit("rollback-after-record");
@@ -119,7 +121,7 @@ pub(crate) fn switch(
         out.event("conflict", json!({"txn": rec.txn, "conflict": c}));
         out.say(format!("snapinst: conflict: {}", c.line()));
     }
-    out.say(format!("snapinst: switching {} from generation {} to {target}", root.display(), state.current));
+    out.say(format!("snapinst: switching {} from generation {} to {target}", root.escaped(), state.current));
     set_phase(&ctx.state, &mut rec, Phase::Committing)?;
     failpoint::hit("rollback-after-commit-record");
     let finished = match carry_out(ctx, &mut rec, state) {
@@ -128,7 +130,7 @@ pub(crate) fn switch(
             return Err(e.context(NeedsRecovery(format!(
                 "rollback {} was interrupted by an error; run `snapinst recover --root {}`",
                 rec.txn,
-                root.display()
+                root.escaped()
             ))))
         }
     };

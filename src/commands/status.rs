@@ -7,6 +7,7 @@ use crate::backend;
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock;
+use crate::pathbytes;
 use crate::state::State;
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -19,17 +20,17 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
     let unfinished = loc.state.unfinished()?;
     let in_progress = unfinished.first().map(|t| {
         json!({"txn": t.txn, "kind": t.kind, "state": t.phase, "pid": holder,
-               "interrupted": holder.is_none(), "plan": t.plan, "parts": t.parts})
+               "interrupted": holder.is_none(), "plan": t.plan, "parts": pathbytes::json_list(&t.parts)})
     });
     let recovery_failed = std::fs::read_to_string(loc.state.dir.join(FAILED_STAMP)).ok().map(|s| s.trim().to_string());
     let next_boot_differs = state.as_ref().is_some_and(|s| backend::next_boot_differs(s.backend, &loc.root, s));
     let value = json!({
         "v": 1,
-        "root": loc.root,
+        "root": pathbytes::json(&loc.root),
         "state_dir": loc.state_shown,
         "backend": state.as_ref().map(|s| s.backend.to_string()),
         // The filesystems inside the root that kept generations staged as parts (relative to the root).
-        "parts": state.as_ref().map(|s| s.parts()).unwrap_or_default(),
+        "parts": pathbytes::json_list(&state.as_ref().map(|s| s.parts()).unwrap_or_default()),
         "current_generation": state.as_ref().map(|s| s.current).unwrap_or(0),
         "in_progress": in_progress,
         "kept": super::resume::kept_summary(&loc.state)?,
@@ -139,7 +140,7 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
                 .iter()
                 .map(|g| {
                     json!({"generation": g.generation, "time": g.time, "plan": g.plan,
-                                "parent": g.parent, "current": g.generation == current, "parts": g.parts})
+                                "parent": g.parent, "current": g.generation == current, "parts": pathbytes::json_list(&g.parts)})
                 })
                 .collect()
         })
@@ -152,7 +153,7 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
             json!({"txn": t.txn, "kind": t.kind, "time": t.time, "plan": t.plan, "state": t.phase,
                         "outcome": t.outcome, "failed_step": t.failed_step,
                         "from_generation": t.from_generation, "to_generation": t.to_generation,
-                        "parts": t.parts, "carried": t.carried, "conflicts": t.conflicts})
+                        "parts": pathbytes::json_list(&t.parts), "carried": t.carried, "conflicts": t.conflicts})
         })
         .collect();
     let value =
@@ -202,7 +203,7 @@ fn in_kept_trees(gens: &std::path::Path) -> Vec<Value> {
         let held = links.iter().filter_map(|l| std::fs::read_link(l).ok()).find(|t| t.starts_with(&gens));
         if let Some(path) = held {
             let command = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
-            out.push(json!({"pid": pid, "command": command, "path": path}));
+            out.push(json!({"pid": pid, "command": command, "path": pathbytes::json(&path)}));
         }
     }
     out

@@ -6,6 +6,7 @@ mod parse;
 mod schema_check;
 pub(crate) mod spec;
 
+use crate::pathbytes::PathText;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,7 +51,7 @@ impl RootPath {
 
 impl std::fmt::Display for RootPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "/{}", self.0.display())
+        write!(f, "/{}", self.0.escaped())
     }
 }
 

@@ -7,6 +7,7 @@
 use super::schema_check::Schema;
 use super::spec::{self, PrincipalSpec, StepKind};
 use super::{Action, Attrs, Command, Content, Plan, Principal, RootPath, Step, UnitChange};
+use crate::pathbytes::PathText;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -28,7 +29,7 @@ impl std::fmt::Display for PlanProblems {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}: {}", self.file.display(), p)?;
+            write!(f, "{}: {}", self.file.escaped(), p)?;
         }
         Ok(())
     }
@@ -353,11 +354,11 @@ impl Checker {
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Some(path),
             Ok(_) => {
-                self.problem(at, field, format!("\"{}\" is not a regular file", path.display()));
+                self.problem(at, field, format!("\"{}\" is not a regular file", path.escaped()));
                 None
             }
             Err(e) => {
-                self.problem(at, field, format!("cannot read \"{}\": {e}", path.display()));
+                self.problem(at, field, format!("cannot read \"{}\": {e}", path.escaped()));
                 None
             }
         }

@@ -4,6 +4,7 @@
 
 use super::{accounts, ChangeGuard};
 use crate::inroot::Root;
+use crate::pathbytes::PathText;
 use crate::plan::{Attrs, Content, Principal, RootPath};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{renameat, AtFlags, OFlag};
@@ -126,14 +127,16 @@ fn modes_fixed_by_mount(dir: &OwnedFd) -> bool {
     [MSDOS_SUPER_MAGIC, EXFAT_SUPER_MAGIC].contains(&f_type)
 }
 
-/// Where a new version of `path` is prepared: the guard's scratch directory, or the parent itself.
-fn temp_place(guard: &dyn ChangeGuard, parent: &OwnedFd, path: &RootPath) -> Result<(OwnedFd, OsString)> {
-    let mut name = OsString::from(format!(".snapinst-{}.", std::process::id()));
-    name.push(path.file_name());
+/// Where a new version of a path is prepared: the guard's scratch directory, or the parent itself, under a short
+/// name of its own (a name built from the path's could pass the 255 bytes a file name may have).
+fn temp_place(guard: &dyn ChangeGuard, parent: &OwnedFd) -> Result<(OwnedFd, OsString)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = OsString::from(format!(".snapinst-{}.{n}", std::process::id()));
     match guard.scratch() {
         Some(dir) => {
             let fd = nix::fcntl::open(dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-                .with_context(|| format!("opening {}", dir.display()))?;
+                .with_context(|| format!("opening {}", dir.escaped()))?;
             // SAFETY: `open` just returned this descriptor and nothing else owns it.
             Ok((unsafe { OwnedFd::from_raw_fd(fd) }, name))
         }
@@ -159,7 +162,7 @@ fn replace_with(
     make_parents(root, guard, path)?;
     refuse_dir(root, path)?;
     let (parent, name) = root.parent_of(path)?;
-    let (tmp_dir, tmp) = temp_place(guard, &parent, path)?;
+    let (tmp_dir, tmp) = temp_place(guard, &parent)?;
     let _ = unlinkat(Some(tmp_dir.as_raw_fd()), tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
     create(&tmp_dir, &tmp)?;
     guard.before_replace(root, path, false)?;
@@ -188,8 +191,8 @@ pub(super) fn file(
         match content {
             Content::Inline(bytes) => f.write_all(bytes).with_context(|| format!("writing {path}"))?,
             Content::Source(src) => {
-                let mut s = std::fs::File::open(src).with_context(|| format!("opening source {}", src.display()))?;
-                std::io::copy(&mut s, &mut f).with_context(|| format!("copying {} to {path}", src.display()))?;
+                let mut s = std::fs::File::open(src).with_context(|| format!("opening source {}", src.escaped()))?;
+                std::io::copy(&mut s, &mut f).with_context(|| format!("copying {} to {path}", src.escaped()))?;
             }
         }
         drop(f);

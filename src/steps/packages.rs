@@ -7,6 +7,7 @@
 use super::commands::{judge, run_staged};
 use super::StepFailure;
 use crate::inroot::Root;
+use crate::pathbytes::PathText;
 use crate::plan::{Command, PackageSpec, RootPath};
 use crate::sandbox::SHARE_DIR;
 use anyhow::{Context, Result};
@@ -86,19 +87,19 @@ struct Inbox {
 impl Inbox {
     fn fill(txn: &str, debs: &[PathBuf]) -> Result<Inbox> {
         let base = if Path::new("/run").is_dir() { PathBuf::from("/run/snapinst") } else { std::env::temp_dir() };
-        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.escaped()))?;
         let dir = base.join(format!("debs-{txn}-{}", std::process::id()));
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing the leftover {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing the leftover {}", dir.escaped()))?;
         }
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
             .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+            .with_context(|| format!("creating {}", dir.escaped()))?;
         let mut inbox = Inbox { dir, names: Vec::new() };
         for (i, deb) in debs.iter().enumerate() {
             let file = deb.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let name = format!("{i:03}-{file}");
-            std::fs::copy(deb, inbox.dir.join(&name)).with_context(|| format!("copying {}", deb.display()))?;
+            std::fs::copy(deb, inbox.dir.join(&name)).with_context(|| format!("copying {}", deb.escaped()))?;
             inbox.names.push(name);
         }
         Ok(inbox)

@@ -170,7 +170,8 @@ fn install_links(root: &Root, unit: &str) -> Result<(Vec<Link>, Vec<String>)> {
             ),
         }
     }
-    let target = format!("/{}", file.rel().display());
+    // A unit file's name is the unit's name, which is text: the link target is written as it is.
+    let target = format!("/{}", file.rel().to_string_lossy());
     let mut links = Vec::new();
     for (list, kind) in [(&install.wanted_by, "wants"), (&install.required_by, "requires")] {
         for by in list {

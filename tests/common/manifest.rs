@@ -278,8 +278,8 @@ impl Expect {
     }
 
     /// Sets the spec of one path (replacing whatever was expected there).
-    pub fn spec(&mut self, path: &str, spec: Spec) -> &mut Self {
-        let p = PathBuf::from(path);
+    pub fn spec(&mut self, path: impl AsRef<Path>, spec: Spec) -> &mut Self {
+        let p = path.as_ref().to_path_buf();
         let p2 = p.clone();
         self.forget_links_to(&move |l| l == p2);
         self.want.insert(p, Want::Spec(spec));
@@ -287,13 +287,13 @@ impl Expect {
     }
 
     /// Exactly `entry` at `path` (as another manifest has it), mtime included.
-    pub fn entry(&mut self, path: &str, entry: Entry) -> &mut Self {
-        self.want.insert(PathBuf::from(path), Want::Exact(entry));
+    pub fn entry(&mut self, path: impl AsRef<Path>, entry: Entry) -> &mut Self {
+        self.want.insert(path.as_ref().to_path_buf(), Want::Exact(entry));
         self
     }
 
     /// A regular file with exactly this content, mode and owner, no xattrs and no hard links.
-    pub fn file(&mut self, path: &str, content: &[u8], mode: u32, uid: u32, gid: u32) -> &mut Self {
+    pub fn file(&mut self, path: impl AsRef<Path>, content: &[u8], mode: u32, uid: u32, gid: u32) -> &mut Self {
         self.spec(
             path,
             Spec {
@@ -310,13 +310,13 @@ impl Expect {
     }
 
     /// A regular file with this content; metadata not checked.
-    pub fn file_content(&mut self, path: &str, content: &[u8]) -> &mut Self {
+    pub fn file_content(&mut self, path: impl AsRef<Path>, content: &[u8]) -> &mut Self {
         self.spec(path, Spec { kind: Some(Kind::File), content: Some(content.to_vec()), ..Spec::default() })
     }
 
     /// A directory with this mode and owner; missing ancestors become directories of any mode.
-    pub fn dir(&mut self, path: &str, mode: u32, uid: u32, gid: u32) -> &mut Self {
-        self.parents(path);
+    pub fn dir(&mut self, path: impl AsRef<Path>, mode: u32, uid: u32, gid: u32) -> &mut Self {
+        self.parents(path.as_ref());
         self.spec(
             path,
             Spec { kind: Some(Kind::Dir), mode: Some(mode), uid: Some(uid), gid: Some(gid), ..Spec::default() },
@@ -324,16 +324,16 @@ impl Expect {
     }
 
     /// A directory of any mode and owner (and its missing ancestors).
-    pub fn dir_any(&mut self, path: &str) -> &mut Self {
-        self.parents(path);
-        if !self.want.contains_key(Path::new(path)) {
+    pub fn dir_any(&mut self, path: impl AsRef<Path>) -> &mut Self {
+        self.parents(path.as_ref());
+        if !self.want.contains_key(path.as_ref()) {
             self.spec(path, Spec { kind: Some(Kind::Dir), ..Spec::default() });
         }
         self
     }
 
-    fn parents(&mut self, path: &str) {
-        let mut anc: Vec<PathBuf> = Path::new(path).ancestors().skip(1).map(Path::to_path_buf).collect();
+    fn parents(&mut self, path: &Path) {
+        let mut anc: Vec<PathBuf> = path.ancestors().skip(1).map(Path::to_path_buf).collect();
         anc.reverse();
         for a in anc {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.want.entry(a) {
@@ -357,8 +357,8 @@ impl Expect {
     }
 
     /// The path and everything below it are gone.
-    pub fn remove(&mut self, path: &str) -> &mut Self {
-        let p = PathBuf::from(path);
+    pub fn remove(&mut self, path: impl AsRef<Path>) -> &mut Self {
+        let p = path.as_ref().to_path_buf();
         let gone: Vec<PathBuf> = self.want.keys().filter(|k| k.starts_with(&p)).cloned().collect();
         for g in &gone {
             self.want.remove(g);

@@ -195,23 +195,23 @@ impl Hello {
     /// Adds the plan's effects on the root to `e`.
     pub fn expect(&self, e: &mut Expect) {
         let t = &self.tag;
-        e.dir(&format!("/opt/hello{t}"), 0o755, 0, 0)
-            .file(&format!("/etc/hello{t}.conf"), b"greeting=hi\n", 0o644, 0, 0)
-            .file(&format!("/opt/hello{t}/hello.sh"), HELLO_SH, 0o755, SVC_UID, SVC_GID)
+        e.dir(format!("/opt/hello{t}"), 0o755, 0, 0)
+            .file(format!("/etc/hello{t}.conf"), b"greeting=hi\n", 0o644, 0, 0)
+            .file(format!("/opt/hello{t}/hello.sh"), HELLO_SH, 0o755, SVC_UID, SVC_GID)
             .symlink(&format!("/usr/local/bin/hello{t}"), &format!("/opt/hello{t}/hello.sh"))
             .symlink(&format!("/opt/hello{t}/current"), "hello.sh")
-            .remove(&format!("/etc/hello{t}.old"))
-            .remove(&format!("/srv/old{t}"))
-            .file(&format!("/etc/motd{t}"), format!("welcome {t}\n").as_bytes(), 0o644, 0, 0)
-            .dir(&format!("/var/lib/hello{t}"), 0o750, SVC_UID, SVC_GID)
-            .dir(&format!("/opt/deep{t}/a/b"), 0o700, 0, 0);
+            .remove(format!("/etc/hello{t}.old"))
+            .remove(format!("/srv/old{t}"))
+            .file(format!("/etc/motd{t}"), format!("welcome {t}\n").as_bytes(), 0o644, 0, 0)
+            .dir(format!("/var/lib/hello{t}"), 0o750, SVC_UID, SVC_GID)
+            .dir(format!("/opt/deep{t}/a/b"), 0o700, 0, 0);
         if self.backend.allows_run() {
-            e.file(&format!("/var/lib/hello{t}/state"), b"installed\n", 0o640, 0, 0);
+            e.file(format!("/var/lib/hello{t}/state"), b"installed\n", 0o640, 0, 0);
         }
         for d in &self.parts {
-            e.file(&format!("{d}/hello{t}.img"), format!("image {t} on {d}\n").as_bytes(), 0o644, 0, 0);
+            e.file(format!("{d}/hello{t}.img"), format!("image {t} on {d}\n").as_bytes(), 0o644, 0, 0);
             if self.backend.allows_run() {
-                e.file_content(&format!("{d}/grub/grub.cfg"), format!("menuentry hello{t}\n").as_bytes());
+                e.file_content(format!("{d}/grub/grub.cfg"), format!("menuentry hello{t}\n").as_bytes());
             }
         }
     }

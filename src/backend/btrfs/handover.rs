@@ -5,6 +5,7 @@
 //! drops the handover. An exact rollback drops it too: it restores a tree exactly, without what was written since.
 
 use super::*;
+use crate::pathbytes::PathText;
 
 /// When the tree the commit replaced is the one the running system is mounted from, keep the carry-over's last
 /// look at it (read-only, as `gens/<from>.handover`): what the running system writes to it from then until the
@@ -25,7 +26,7 @@ pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
     CreateSnapshotOptions::new()
         .readonly(true)
         .create(&last, &at)
-        .with_context(|| format!("keeping {} as {}", last.display(), at.display()))?;
+        .with_context(|| format!("keeping {} as {}", last.escaped(), at.escaped()))?;
     Ok(())
 }
 
@@ -75,7 +76,7 @@ pub(in crate::backend) fn hand_over(
     if !libbtrfsutil::subvolume_read_only(&replaced).unwrap_or(false) {
         bail!(
             "{} is still writable (mounted?); the writes made to it after the commit are not carried",
-            replaced.display()
+            replaced.escaped()
         );
     }
     let (txn, kept) = kept_for(g);
@@ -121,7 +122,7 @@ pub(in crate::backend) fn keep_booted(p: &Paths, n: u64) -> Result<()> {
     CreateSnapshotOptions::new()
         .readonly(true)
         .create(&p.root, &at)
-        .with_context(|| format!("keeping {} as {}", p.root.display(), at.display()))?;
+        .with_context(|| format!("keeping {} as {}", p.root.escaped(), at.escaped()))?;
     Ok(())
 }
 
@@ -145,7 +146,7 @@ pub(in crate::backend) fn carry_back_failed_boots(p: &Paths, failed: u64, kept: 
         return Ok(None);
     }
     if !libbtrfsutil::subvolume_read_only(&tree).unwrap_or(false) {
-        bail!("{} is still writable (mounted?); what its boots wrote is not carried", tree.display());
+        bail!("{} is still writable (mounted?); what its boots wrote is not carried", tree.escaped());
     }
     let done = carry_into_root(p, &booted, &tree, &p.handover_view(failed), kept, "boot-mid-carry-back")?;
     delete_subvolume(&booted)?;

@@ -4,6 +4,7 @@
 //! here: it exchanges the kept tree itself.
 
 use super::*;
+use crate::pathbytes::PathText;
 
 /// The generations a keeping rollback from `from` to `to` reverts, newest first: `from`, its parent, and so on
 /// down to (not including) `to`; None when `to` is not an ancestor of `from`.
@@ -40,7 +41,7 @@ pub(super) fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &Sta
         if !is_subvolume(&p.committed(g)) {
             bail!(
                 "generation {g} cannot be reverted alone: {} is missing (a generation committed by an older snapinst, or pruned); `rollback --exact --to {to}` restores generation {to} exactly",
-                p.committed(g).display()
+                p.committed(g).escaped()
             );
         }
     }
