@@ -99,6 +99,10 @@ enum Command {
         /// With --confirm: print the changes and commit without asking.
         #[arg(long, requires = "confirm")]
         yes: bool,
+        /// List the kept transaction's steps (id, outcome, how many paths each changed, where a resume can start)
+        /// and change nothing.
+        #[arg(long, conflicts_with_all = ["from", "confirm"])]
+        list: bool,
     },
     /// Throw away a transaction kept by `apply --keep-failed`.
     Abort {
@@ -205,7 +209,7 @@ pub fn run() -> ExitCode {
     // The root a command changes, recovered if the command panics (a bug): `recover` itself is not run again.
     let changed_root = match &cli.command {
         Command::Apply { root, .. }
-        | Command::Resume { root, .. }
+        | Command::Resume { root, list: false, .. }
         | Command::Abort { root }
         | Command::Bless { root }
         | Command::Rollback { root, .. } => Some((root.clone(), PartsMayWait::No)),
@@ -247,7 +251,8 @@ fn dispatch(command: Command) -> anyhow::Result<Outcome> {
             };
             commands::apply::run(&plan, &root, &opts)
         }
-        Command::Resume { root, from, plan, confirm, yes } => {
+        Command::Resume { root, plan, list: true, .. } => commands::resume::list(&root, plan.as_deref()),
+        Command::Resume { root, from, plan, confirm, yes, list: false } => {
             let confirm = commands::apply::Confirm::from_flags(confirm, yes);
             commands::resume::resume(&root, from.as_deref(), plan.as_deref(), confirm)
         }

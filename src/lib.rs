@@ -3,6 +3,7 @@
 //! program; `main.rs` only calls [`run`].
 
 mod backend;
+mod census;
 mod cli;
 mod commands;
 mod conflicts;

@@ -205,6 +205,14 @@ pub(crate) struct HostUndo {
     pub env: std::collections::BTreeMap<String, String>,
 }
 
+/// A step a kept transaction ran, and how many paths of the stage it changed (None: they could not be counted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StepRun {
+    pub step: String,
+    pub failed: bool,
+    pub changed: Option<usize>,
+}
+
 /// The write-ahead record of one transaction.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TxnRecord {
@@ -261,6 +269,9 @@ pub(crate) struct TxnRecord {
     /// `--keep-failed`: how many of the plan's steps are done; checkpoints 0..=steps_done exist.
     #[serde(default)]
     pub checkpoints: Option<usize>,
+    /// `--keep-failed`: the steps run in the stage, in order (the last one may have failed), for `resume --list`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps_run: Vec<StepRun>,
     /// When the stage was taken (nanoseconds since the epoch, by the clock file times are set from): a path of the
     /// tree whose change time is not before it was changed by the running system during the transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -301,6 +312,7 @@ impl TxnRecord {
             part_swaps_done: Default::default(),
             parts: Vec::new(),
             part_kinds: Default::default(),
+            steps_run: Vec::new(),
             host_undo: Vec::new(),
             exact: false,
             boot_pending: false,

@@ -138,6 +138,97 @@ fn resume_from_an_earlier_step(backend: Backend) {
     assert_no_leftovers(&img);
 }
 
+/// `resume --list --json`: (step, outcome, changed, resumable) of each step.
+fn listed(root: &Path) -> Vec<(String, String, Option<u64>, bool)> {
+    let out = root_cmd("resume", root, &["--list"]);
+    assert_code(&out, 0);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", show(&out)));
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            assert_eq!(s["index"], i + 1);
+            let t = |k: &str| s[k].as_str().unwrap().to_string();
+            (t("step"), t("outcome"), s["changed"].as_u64(), s["resumable"].as_bool().unwrap())
+        })
+        .collect()
+}
+
+fn resume_list_says_what_each_step_did(backend: Backend) {
+    let img = populated(backend);
+    let root = img.root();
+    let before = manifest(&root);
+    let failing = |c: &str| {
+        plan(
+            "app",
+            vec![
+                json!({"id": "a", "type": "file", "path": "/opt/app/a.conf", "content": "one\n"}),
+                json!({"id": "b", "type": "run", "command": sh("echo b >> /opt/app/log")}),
+                json!({"id": "c", "type": "run", "command": sh(c)}),
+                json!({"id": "d", "type": "file", "path": "/opt/app/d.conf", "content": "four\n"}),
+            ],
+        )
+    };
+    let pd = PlanDir::new(&failing("touch /opt/app/p1 /opt/app/p2; exit 1"), &[]);
+    assert_code(&apply(&pd.path, &root, backend, &["--keep-failed"]), 1);
+    let s = |id: &str, outcome: &str, changed: Option<u64>, resumable: bool| {
+        (id.to_string(), outcome.to_string(), changed, resumable)
+    };
+    // a: the directory and the file; b: the log (the directory's times do not count); c: two files, then failed.
+    let want = vec![
+        s("a", "done", Some(2), true),
+        s("b", "done", Some(1), true),
+        s("c", "failed", Some(2), true),
+        s("d", "not_run", None, false),
+    ];
+    // The state area but its lock file, which each command that takes the lock writes its pid into.
+    let state_area = || {
+        let mut m = manifest_all(&img.state_dir());
+        m.remove(Path::new("/lock"));
+        m
+    };
+    let state_before = state_area();
+    assert_eq!(listed(&root), want);
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_manifest_eq(&state_before, &state_area());
+
+    // The text table: a row per step, and where a resume can start.
+    let out = snapinst(["resume", "--root", root.to_str().unwrap(), "--list"]);
+    assert_code(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows: Vec<Vec<&str>> = text.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["1", "a", "done", "2", "--from", "a"],
+            vec!["2", "b", "done", "1", "--from", "b"],
+            vec!["3", "c", "failed", "2", "--from", "c"],
+            vec!["4", "d", "not", "run", "-"],
+        ],
+        "{text}"
+    );
+
+    // Resumed from "b", failing again at "c": the counts are the new run's.
+    write_plan(&pd, &failing("echo c >> /opt/app/log; touch /opt/app/p3; exit 1"));
+    assert_code(&root_cmd("resume", &root, &["--from", "b"]), 1);
+    let want = vec![
+        s("a", "done", Some(2), true),
+        s("b", "done", Some(1), true),
+        s("c", "failed", Some(2), true),
+        s("d", "not_run", None, false),
+    ];
+    assert_eq!(listed(&root), want);
+    // --list and --from do not go together.
+    assert_code(&root_cmd("resume", &root, &["--list", "--from", "a"]), 2);
+    assert_code(&root_cmd("abort", &root, &[]), 0);
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_no_leftovers(&img);
+}
+
+for_staged_backends!(resume_list_says_what_each_step_did, resume_list_says_what_each_step_did);
+
 fn resume_that_fails_again_stays_kept_then_abort(backend: Backend) {
     let img = populated(backend);
     let root = img.root();

@@ -4,6 +4,7 @@
 
 use super::{finish_commit, locate, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
+use crate::census::Census;
 use crate::cli::RootArgs;
 use crate::dpkg_lock::DpkgLocks;
 use crate::events::Reporter;
@@ -12,14 +13,14 @@ use crate::lock::RootLock;
 use crate::pathbytes;
 use crate::pathbytes::PathText;
 use crate::plan::{Action, Plan, Step};
-use crate::state::{BackendKind, HostUndo, Phase, State, StateDir, TxnKind, TxnRecord};
+use crate::state::{BackendKind, HostUndo, Phase, State, StateDir, StepRun, TxnKind, TxnRecord};
 use crate::steps::{self, StepContext, StepFailure};
 use crate::submounts::{Layout, Selection};
 use crate::{failpoint, fsutil, mounts, plan, registry, sandbox, treediff};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What `apply` was asked besides the plan and the root.
@@ -448,6 +449,8 @@ impl Transaction<'_> {
         let stage_env = backend::stage_env(self.ctx).map_err(|e| format!("{e:#}"))?;
         let txn = rec.txn.clone();
         let total = self.plan.steps.len();
+        let mut census = StepCensus::new(self, stage);
+        rec.steps_run.truncate(first);
         for (i, step) in self.plan.steps.iter().enumerate().skip(first) {
             let n = i + 1;
             if sandbox::interrupted() {
@@ -484,6 +487,11 @@ impl Transaction<'_> {
                     self.out.say(format!("[{n}/{total}] {} done in {ms} ms", step.id));
                     failpoint::hit("apply-mid-step");
                     if self.keep_failed.is_some() {
+                        rec.steps_run.push(StepRun {
+                            step: step.id.clone(),
+                            failed: false,
+                            changed: census.after_step(),
+                        });
                         backend::take_checkpoint(self.ctx, rec, n)
                             .and_then(|()| {
                                 rec.checkpoints = Some(n);
@@ -502,6 +510,13 @@ impl Transaction<'_> {
                         self.out.say(output.trim_end());
                     }
                     rec.failed_step = Some(step.id.clone());
+                    if self.keep_failed.is_some() {
+                        rec.steps_run.push(StepRun {
+                            step: step.id.clone(),
+                            failed: true,
+                            changed: census.after_step(),
+                        });
+                    }
                     return Err(format!("step \"{}\" failed: {message}", step.id));
                 }
             }
@@ -683,4 +698,43 @@ pub(crate) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
         anyhow::bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// With `--keep-failed`: a census of the stage before the steps and after each, to count what each step changed.
+/// A census that fails (say, a path too long to reach) makes the count unknown, and says so once.
+struct StepCensus<'a> {
+    stage: &'a Path,
+    skip: Vec<PathBuf>,
+    last: Option<Census>,
+    out: &'a Reporter,
+}
+
+impl<'a> StepCensus<'a> {
+    /// A census of `stage` as it is now, when the transaction keeps checkpoints (else it counts nothing).
+    fn new(t: &'a Transaction<'a>, stage: &'a Path) -> StepCensus<'a> {
+        let mut c = StepCensus { stage, skip: t.layout.not_compared(), last: None, out: t.out };
+        if t.keep_failed.is_some() {
+            c.last = c.take();
+        }
+        c
+    }
+
+    fn take(&self) -> Option<Census> {
+        match Census::take(self.stage, &self.skip) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.out.say(format!("snapinst: warning: the paths each step changes cannot be counted: {e:#}"));
+                None
+            }
+        }
+    }
+
+    /// How many paths the step just run changed.
+    fn after_step(&mut self) -> Option<usize> {
+        let before = self.last.take()?;
+        let now = self.take()?;
+        let changed = now.changed_since(&before);
+        self.last = Some(now);
+        Some(changed)
+    }
 }

@@ -164,6 +164,80 @@ pub(crate) fn diff(args: &RootArgs) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
+/// `resume --list`: the kept transaction's steps, each with its outcome, how many paths of the stage it changed,
+/// and whether a resume can start at it (the checkpoint before it exists). The steps after the failed one come from
+/// the plan file (`--plan`, or the one recorded), when it can still be read.
+pub(crate) fn list(args: &RootArgs, plan_override: Option<&Path>) -> Result<Outcome> {
+    let Kept { rec, .. } = open_kept(args)?;
+    let out = Reporter::new(args.json);
+    let done = rec.checkpoints.unwrap_or(0);
+    let mut steps: Vec<serde_json::Value> = Vec::new();
+    let mut row = |id: &str, outcome: &str, changed: Option<usize>| {
+        let index = steps.len() + 1;
+        let resumable = index <= done + 1;
+        steps.push(json!({"index": index, "step": id, "outcome": outcome, "changed": changed, "resumable": resumable}));
+    };
+    let recorded: Vec<(String, &str, Option<usize>)> = if rec.steps_run.is_empty() {
+        // A record from before the steps were recorded: the outcomes without the counts.
+        Vec::new()
+    } else {
+        rec.steps_run.iter().map(|s| (s.step.clone(), if s.failed { "failed" } else { "done" }, s.changed)).collect()
+    };
+    for (id, outcome, changed) in &recorded {
+        row(id, outcome, *changed);
+    }
+    let plan_file = plan_override.or(rec.plan_file.as_deref());
+    let plan = plan_file.and_then(|p| plan::load(p).ok());
+    match &plan {
+        Some(plan) => {
+            for (i, s) in plan.steps.iter().enumerate().skip(recorded.len()) {
+                let outcome = if i < done {
+                    "done"
+                } else if rec.failed_step.as_deref() == Some(s.id.as_str()) && i == done {
+                    "failed"
+                } else {
+                    "not_run"
+                };
+                row(&s.id, outcome, None);
+            }
+        }
+        None => out.say(format!(
+            "snapinst: the plan file {} cannot be read: the steps not run yet are not listed",
+            plan_file.map_or("(none recorded)".to_string(), |p| p.escaped().to_string())
+        )),
+    }
+    let value = json!({"v": 1, "txn": rec.txn, "plan": rec.plan, "plan_file": plan_file.map(pathbytes::json),
+                       "failed_step": rec.failed_step, "steps": steps});
+    out.result(&value, || {
+        let mut text = format!(
+            "transaction {} of plan \"{}\", kept after step \"{}\" failed\n",
+            rec.txn,
+            rec.plan.as_deref().unwrap_or("?"),
+            rec.failed_step.as_deref().unwrap_or("?")
+        );
+        let width = steps.iter().filter_map(|s| s["step"].as_str()).map(str::len).max().unwrap_or(4).max(4);
+        text.push_str(&format!("{:>3}  {:<width$}  {:<8}  {:>7}  resume\n", "#", "step", "outcome", "changed"));
+        for s in &steps {
+            let changed = s["changed"].as_u64().map_or("?".to_string(), |n| n.to_string());
+            let changed = if s["outcome"] == "not_run" { "-".to_string() } else { changed };
+            let resume = if s["resumable"] == true {
+                format!("--from {}", s["step"].as_str().unwrap_or(""))
+            } else {
+                String::new()
+            };
+            text.push_str(&format!(
+                "{:>3}  {:<width$}  {:<8}  {:>7}  {resume}\n",
+                s["index"],
+                s["step"].as_str().unwrap_or(""),
+                s["outcome"].as_str().unwrap_or("").replace('_', " "),
+                changed
+            ));
+        }
+        text
+    });
+    Ok(Outcome::Done)
+}
+
 /// For `status`: the kept transaction, if any.
 pub(crate) fn kept_summary(sd: &StateDir) -> Result<Option<serde_json::Value>> {
     Ok(sd.kept()?.map(|t| {
