@@ -21,6 +21,7 @@ pub(crate) const ALL: &[Point] = &[
     Point { name: "apply-after-record", operation: "apply", backends: EVERY },
     Point { name: "apply-after-stage", operation: "apply", backends: EVERY },
     Point { name: "apply-mid-delta-create", operation: "apply", backends: &["overlay", "journal"] },
+    Point { name: "apply-mid-save", operation: "apply", backends: &["journal"] },
     Point { name: "apply-mid-step", operation: "apply", backends: EVERY },
     Point { name: "apply-after-steps", operation: "apply", backends: EVERY },
     Point { name: "apply-mid-carry-over", operation: "apply", backends: &["btrfs"] },

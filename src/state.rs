@@ -196,13 +196,16 @@ pub(crate) struct PlannedSwap {
     pub forward: bool,
 }
 
-/// A host step's undo, recorded before the step runs.
+/// A step's undo, recorded before the step runs: a host step's (run on the host), or a journal run step's (run
+/// chrooted in the root, after the restore).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct HostUndo {
+pub(crate) struct StepUndo {
     pub step: String,
     pub argv: Vec<String>,
     pub timeout_s: u64,
     pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_root: bool,
 }
 
 /// A step a kept transaction ran, and how many paths of the stage it changed (None: they could not be counted).
@@ -252,8 +255,9 @@ pub(crate) struct TxnRecord {
     /// made. A record without it is from before the snapshot stager: its parts were staged as their type says.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub part_kinds: std::collections::BTreeMap<String, BackendKind>,
-    #[serde(default)]
-    pub host_undo: Vec<HostUndo>,
+    /// The undos of the steps run so far (a record from before run-step undos calls them `host_undo`).
+    #[serde(default, alias = "host_undo")]
+    pub undos: Vec<StepUndo>,
     /// rollback: restore the target generation's tree exactly (btrfs), dropping what was written since; without
     /// it a rollback reverts only what the rolled-back generations changed. Records from before are exact.
     #[serde(default = "exact_by_default")]
@@ -313,7 +317,7 @@ impl TxnRecord {
             parts: Vec::new(),
             part_kinds: Default::default(),
             steps_run: Vec::new(),
-            host_undo: Vec::new(),
+            undos: Vec::new(),
             exact: false,
             boot_pending: false,
             failed_step: None,

@@ -293,6 +293,8 @@ fn named_paths(action: &Action) -> Vec<(&'static str, &RootPath, bool)> {
             vec![("path", path, true)]
         }
         Action::User { user } => user.home.iter().filter(|_| user.create_home).map(|h| ("home", h, false)).collect(),
+        // A declared path is moved aside whole on the journal backend.
+        Action::Run { changes, .. } => changes.iter().map(|p| ("changes", p, true)).collect(),
         _ => Vec::new(),
     }
 }

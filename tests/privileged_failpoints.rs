@@ -46,7 +46,8 @@ fn failpoint_names() -> Vec<String> {
 fn hint(name: &str, backend: Backend, layout: Layout) -> Option<State> {
     let n = name.to_lowercase().replace('_', "-");
     let after_any = ["after-exchange", "mid-merge", "prune", "post-commit"];
-    let before_any = ["before-commit", "pre-commit", "after-lock", "after-stage", "mid-step", "after-steps", "discard"];
+    let before_any =
+        ["before-commit", "pre-commit", "after-lock", "after-stage", "mid-save", "mid-step", "after-steps", "discard"];
     if after_any.iter().any(|k| n.contains(k)) {
         Some(State::After)
     } else if before_any.iter().any(|k| n.contains(k)) {

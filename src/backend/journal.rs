@@ -1,7 +1,8 @@
 //! The journal backend, the fallback when the root has neither btrfs nor overlayfs: steps write straight into the
 //! root, and before each change the guard records the path in the transaction's delta (write-ahead) and moves the
-//! original aside into it. A failure swaps the delta backwards; a commit keeps it as the generation. `run` steps
-//! are refused on this backend (their effects cannot be journaled); this module must never let a change happen
+//! original aside into it. A failure swaps the delta backwards; a commit keeps it as the generation. A `run` step is
+//! accepted only with the paths it changes declared: each is moved aside the same way and an identical copy put in
+//! its place for the command (what it writes elsewhere is not undone). This module must never let a change happen
 //! before its entry is durable.
 
 use super::Ctx;
@@ -108,6 +109,35 @@ impl ChangeGuard for JournalGuard {
 
     fn scratch(&self) -> Option<&Path> {
         Some(&self.scratch)
+    }
+
+    fn save_in_place(&mut self, root: &Root, path: &RootPath) -> Result<()> {
+        // What a missing path's command creates starts at its outermost missing ancestor.
+        let mut target = path.clone();
+        for above in path.rel().ancestors().skip(1).take_while(|a| !a.as_os_str().is_empty()) {
+            let above = RootPath::from_rel(above);
+            if root.lstat(&above)?.is_some() {
+                break;
+            }
+            target = above;
+        }
+        let covered = |p: &Path| self.seen.get(p).is_some_and(|&k| matches!(self.entries[k], Entry::Replace { .. }));
+        if target.rel().ancestors().any(covered) {
+            return Ok(()); // saved whole already, by this step or an earlier one
+        }
+        let existed = root.lstat(&target)?.is_some();
+        self.before_replace(root, &target, false)?;
+        crate::failpoint::hit("apply-mid-save");
+        if existed {
+            let k = self.seen[target.rel()];
+            let original = self.delta.side("old").join(k.to_string());
+            let (dir, name) = root.parent_of(&target)?;
+            // cp reaches the parent through this process's descriptor (its own /proc/self is cp's).
+            let place = Path::new("/proc").join(std::process::id().to_string()).join("fd");
+            let place = place.join(dir.as_raw_fd().to_string()).join(name);
+            fsutil::copy_tree(&original, &place).with_context(|| format!("giving {target} back to the command"))?;
+        }
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use crate::lock::RootLock;
 use crate::pathbytes;
 use crate::pathbytes::PathText;
 use crate::plan::{Action, Plan, Step};
-use crate::state::{BackendKind, HostUndo, Phase, State, StateDir, StepRun, TxnKind, TxnRecord};
+use crate::state::{BackendKind, Phase, State, StateDir, StepRun, StepUndo, TxnKind, TxnRecord};
 use crate::steps::{self, StepContext, StepFailure};
 use crate::submounts::{Layout, Selection};
 use crate::{failpoint, fsutil, mounts, plan, registry, sandbox, treediff};
@@ -247,10 +247,17 @@ fn check_plan_fits(
             .steps
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.action.runs_in_root())
+            .filter(|(_, s)| s.action.changes_undeclared())
             .map(|(i, s)| {
+                let how = match s.action {
+                    Action::Run { .. } => {
+                        " unless it declares the paths it writes: add \"changes\": [\"/opt/app\", \"/etc/app.conf\"] \
+                         (they are saved before it runs and restored if the transaction fails), or"
+                    }
+                    _ => ";",
+                };
                 format!(
-                    "{}: step \"{}\" (#{}) field \"type\": the journal backend cannot undo what a {} step does; \
+                    "{}: step \"{}\" (#{}) field \"type\": the journal backend cannot undo what a {} step does{how} \
                      use the btrfs or overlay backend",
                     plan_file.escaped(),
                     s.id,
@@ -469,13 +476,13 @@ impl Transaction<'_> {
                 continue;
             }
             let t = Instant::now();
-            let mut record_undo = |s: &Step| self.record_host_undo(rec, s);
+            let mut record_undo = |s: &Step| self.record_undo(rec, s);
             let mut ctx = StepContext {
                 root: &root,
                 txn: &txn,
                 stage_env: &stage_env,
                 guard: guard.as_mut(),
-                record_host_undo: &mut record_undo,
+                record_undo: &mut record_undo,
             };
             match steps::apply(step, &mut ctx) {
                 Ok(_) => {
@@ -561,17 +568,22 @@ impl Transaction<'_> {
         now.check_stage(&self.ctx.root, stage)
     }
 
-    fn record_host_undo(&self, rec: &mut TxnRecord, step: &Step) -> Result<()> {
-        if let Action::Host { undo, .. } = &step.action {
-            rec.host_undo.push(HostUndo {
-                step: step.id.clone(),
-                argv: undo.argv.clone(),
-                timeout_s: undo.timeout.as_secs(),
-                env: undo.env.clone(),
-            });
-            self.sd().write_txn(rec)?;
-        }
-        Ok(())
+    /// Record a step's undo before the step runs: a host step's, and on the journal backend a run step's (a stage
+    /// is discarded whole, so there a run step's undo has nothing to do).
+    fn record_undo(&self, rec: &mut TxnRecord, step: &Step) -> Result<()> {
+        let (undo, in_root) = match &step.action {
+            Action::Host { undo, .. } => (undo, false),
+            Action::Run { undo: Some(undo), .. } if self.ctx.kind == BackendKind::Journal => (undo, true),
+            _ => return Ok(()),
+        };
+        rec.undos.push(StepUndo {
+            step: step.id.clone(),
+            argv: undo.argv.clone(),
+            timeout_s: undo.timeout.as_secs(),
+            env: undo.env.clone(),
+            in_root,
+        });
+        self.sd().write_txn(rec)
     }
 
     /// Keep the failed transaction: its stage and checkpoints stay for `resume` or `abort`; the root is unchanged.
@@ -685,12 +697,12 @@ fn ask_to_commit(root: &Path) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-/// Discard a transaction's stage and undo its host steps (newest first). Idempotent; used by recovery too.
+/// Discard a transaction's stage, then run the undos of its steps (newest first). Idempotent; used by recovery too.
 pub(crate) fn discard(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
     backend::discard(ctx, rec).context("discarding the stage")?;
     let mut failures = Vec::new();
-    for undo in rec.host_undo.iter().rev() {
-        if let Err(e) = steps::run_host_undo(&rec.txn, undo) {
+    for undo in rec.undos.iter().rev() {
+        if let Err(e) = steps::run_undo(&rec.txn, &ctx.root, undo) {
             failures.push(format!("{e:#}"));
         }
     }

@@ -79,17 +79,53 @@ pub(crate) struct Command {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Action {
-    Dir { path: RootPath, attrs: Attrs },
-    File { path: RootPath, content: Content, attrs: Attrs },
-    Symlink { path: RootPath, target: String },
-    Remove { path: RootPath, recursive: bool, missing_ok: bool },
-    Run { command: Command },
-    Verify { command: Command, expect_exit: i32, expect_stdout: Option<String> },
-    Host { run: Command, undo: Command },
-    Group { group: GroupSpec },
-    User { user: UserSpec },
-    Service { unit: String, change: UnitChange },
-    Package { packages: PackageSpec },
+    Dir {
+        path: RootPath,
+        attrs: Attrs,
+    },
+    File {
+        path: RootPath,
+        content: Content,
+        attrs: Attrs,
+    },
+    Symlink {
+        path: RootPath,
+        target: String,
+    },
+    Remove {
+        path: RootPath,
+        recursive: bool,
+        missing_ok: bool,
+    },
+    /// `changes`: the paths the command writes (none nested in another), saved before it runs on the journal
+    /// backend; `undo`: run in the root after they were restored, when the transaction fails (journal backend).
+    Run {
+        command: Command,
+        changes: Vec<RootPath>,
+        undo: Option<Command>,
+    },
+    Verify {
+        command: Command,
+        expect_exit: i32,
+        expect_stdout: Option<String>,
+    },
+    Host {
+        run: Command,
+        undo: Command,
+    },
+    Group {
+        group: GroupSpec,
+    },
+    User {
+        user: UserSpec,
+    },
+    Service {
+        unit: String,
+        change: UnitChange,
+    },
+    Package {
+        packages: PackageSpec,
+    },
 }
 
 /// A system group to ensure in the root's /etc/group and /etc/gshadow.
@@ -166,9 +202,14 @@ fn file_len(p: &Path) -> u64 {
 }
 
 impl Action {
-    /// Whether the step runs programs inside the root, so it needs a staged root (not the journal backend).
-    pub fn runs_in_root(&self) -> bool {
-        matches!(self, Action::Run { .. } | Action::Package { .. })
+    /// Whether the step runs programs inside the root that change it in ways the journal backend cannot take back:
+    /// a package step, or a run step that does not declare the paths it changes.
+    pub fn changes_undeclared(&self) -> bool {
+        match self {
+            Action::Run { changes, .. } => changes.is_empty(),
+            Action::Package { .. } => true,
+            _ => false,
+        }
     }
 
     pub fn type_name(&self) -> &'static str {

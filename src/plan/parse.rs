@@ -219,7 +219,11 @@ impl Checker {
                     missing_ok: r.missing_ok.unwrap_or(false),
                 })
             }
-            StepKind::Run(r) => Some(Action::Run { command: command(r.command, r.timeout_s, r.env) }),
+            StepKind::Run(r) => {
+                let changes = self.change_paths(at, r.changes)?;
+                let undo = r.undo.map(|argv| command(argv, r.timeout_s, r.env.clone()));
+                Some(Action::Run { command: command(r.command, r.timeout_s, r.env), changes, undo })
+            }
             StepKind::Verify(v) => Some(Action::Verify {
                 command: command(v.command, v.timeout_s, v.env),
                 expect_exit: i32::from(v.expect_exit.unwrap_or(0)),
@@ -372,6 +376,28 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// A run step's `changes`: each an absolute path inside the root; one inside another declared path is dropped
+    /// (saving the outer one saves it).
+    fn change_paths(&mut self, at: At, raw: Option<Vec<String>>) -> Option<Vec<RootPath>> {
+        let raw = raw.unwrap_or_default();
+        let mut paths = Vec::new();
+        let mut ok = true;
+        for (k, p) in raw.iter().enumerate() {
+            match self.root_path(at, &format!("changes[{k}]"), p) {
+                Some(p) => paths.push(p),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let all = paths.clone();
+        paths.retain(|p| !all.iter().any(|q| q.rel() != p.rel() && p.rel().starts_with(q.rel())));
+        paths.sort_by(|a, b| a.rel().cmp(b.rel()));
+        paths.dedup_by(|a, b| a.rel() == b.rel());
+        Some(paths)
     }
 
     fn attrs(

@@ -128,6 +128,16 @@ pub(crate) struct RunSpec {
     pub timeout_s: Option<u64>,
     /// Added to the command's environment.
     pub env: Option<BTreeMap<String, String>>,
+    /// The paths the command writes (absolute inside the root; files, or directories with everything below them).
+    /// The journal backend needs them: each is saved before the command runs and restored exactly when the
+    /// transaction fails. Writes anywhere else are not undone. The staged backends discard the whole stage and do
+    /// not need them.
+    #[schemars(length(min = 1))]
+    pub changes: Option<Vec<String>>,
+    /// Journal backend: a command run chrooted in the root when the transaction fails, after the declared paths
+    /// were restored (the undos of several steps run newest first), for effects the restore cannot take back.
+    #[schemars(length(min = 1))]
+    pub undo: Option<Argv>,
 }
 
 /// Run a check chrooted in the staged root; the transaction fails when it does not pass.

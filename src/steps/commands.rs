@@ -4,7 +4,7 @@ use super::StepFailure;
 use crate::inroot::Root;
 use crate::plan::Command;
 use crate::sandbox::{self, Finished, OnSignal, Place};
-use crate::state::HostUndo;
+use crate::state::StepUndo;
 use anyhow::{bail, Result};
 use std::time::Duration;
 
@@ -79,12 +79,13 @@ pub(super) fn run_on_host(txn: &str, cmd: &Command) -> Result<String, StepFailur
     judge(run(Place::Host, txn, cmd)?, cmd, 0)
 }
 
-/// Run a recorded host undo; an error names the step.
-pub(crate) fn run_host_undo(txn: &str, undo: &HostUndo) -> Result<()> {
+/// Run a recorded undo: a host step's on the host, a run step's chrooted in `root`. An error names the step.
+pub(crate) fn run_undo(txn: &str, root: &std::path::Path, undo: &StepUndo) -> Result<()> {
     let cmd = Command { argv: undo.argv.clone(), timeout: Duration::from_secs(undo.timeout_s), env: undo.env.clone() };
-    match judge(sandbox::run(&cmd, Place::Host, txn, OnSignal::Finish)?, &cmd, 0) {
+    let (place, kind) = if undo.in_root { (Place::Chroot(root), "run") } else { (Place::Host, "host") };
+    match judge(sandbox::run(&cmd, place, txn, OnSignal::Finish)?, &cmd, 0) {
         Ok(_) => Ok(()),
-        Err(f) if f.output.is_empty() => bail!("undo of host step \"{}\" failed: {}", undo.step, f.message),
-        Err(f) => bail!("undo of host step \"{}\" failed: {}\n{}", undo.step, f.message, f.output.trim_end()),
+        Err(f) if f.output.is_empty() => bail!("undo of {kind} step \"{}\" failed: {}", undo.step, f.message),
+        Err(f) => bail!("undo of {kind} step \"{}\" failed: {}\n{}", undo.step, f.message, f.output.trim_end()),
     }
 }

@@ -14,7 +14,7 @@ use crate::inroot::Root;
 use crate::plan::{Action, RootPath, Step};
 use anyhow::Result;
 
-pub(crate) use commands::run_host_undo;
+pub(crate) use commands::run_undo;
 
 /// Told before every change a file step makes, so the original can be kept (journal backend).
 pub(crate) trait ChangeGuard {
@@ -24,6 +24,9 @@ pub(crate) trait ChangeGuard {
     fn before_meta(&mut self, root: &Root, path: &RootPath) -> Result<()>;
     /// A directory on the root's filesystem, outside the root, for temporary files; None to use the parent.
     fn scratch(&self) -> Option<&std::path::Path>;
+    /// A command is about to change `path` (a file, or a directory with everything below it) in place: keep the
+    /// original, and leave an identical copy at `path` for the command.
+    fn save_in_place(&mut self, root: &Root, path: &RootPath) -> Result<()>;
 }
 
 /// The guard of snapshot backends: the stage is thrown away whole, nothing to keep.
@@ -38,6 +41,9 @@ impl ChangeGuard for NoGuard {
     }
     fn scratch(&self) -> Option<&std::path::Path> {
         None
+    }
+    fn save_in_place(&mut self, _: &Root, _: &RootPath) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -55,8 +61,8 @@ pub(crate) struct StepContext<'a> {
     /// What the commands run in the stage are told about it (`backend::stage_env`).
     pub stage_env: &'a [(String, String)],
     pub guard: &'a mut dyn ChangeGuard,
-    /// Called with a `host` step's undo before the step runs (write-ahead).
-    pub record_host_undo: &'a mut dyn FnMut(&Step) -> Result<()>,
+    /// Called with a step that has an undo (`host`, a journal `run`) before the step runs (write-ahead).
+    pub record_undo: &'a mut dyn FnMut(&Step) -> Result<()>,
 }
 
 /// Carry out one step. Ok holds the command output (empty for file steps).
@@ -75,7 +81,13 @@ pub(crate) fn apply(step: &Step, ctx: &mut StepContext) -> Result<String, StepFa
         Action::Remove { path, recursive, missing_ok } => {
             files::remove(ctx.root, ctx.guard, path, *recursive, *missing_ok).map_err(plain).map(|_| String::new())
         }
-        Action::Run { command } => commands::run_in_root(ctx.root, ctx.stage_env, ctx.txn, command),
+        Action::Run { command, changes, .. } => {
+            for path in changes {
+                ctx.guard.save_in_place(ctx.root, path).map_err(plain)?;
+            }
+            (ctx.record_undo)(step).map_err(plain)?;
+            commands::run_in_root(ctx.root, ctx.stage_env, ctx.txn, command)
+        }
         Action::Verify { command, expect_exit, expect_stdout } => {
             commands::verify(ctx.root, ctx.stage_env, ctx.txn, command, *expect_exit, expect_stdout.as_deref())
         }
@@ -86,7 +98,7 @@ pub(crate) fn apply(step: &Step, ctx: &mut StepContext) -> Result<String, StepFa
         }
         Action::Package { packages } => packages::apply(ctx.root, ctx.stage_env, ctx.txn, packages),
         Action::Host { run, .. } => {
-            (ctx.record_host_undo)(step).map_err(plain)?;
+            (ctx.record_undo)(step).map_err(plain)?;
             commands::run_on_host(ctx.txn, run)
         }
     }

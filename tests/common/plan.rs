@@ -95,7 +95,7 @@ impl Hello {
         fix_mtimes(root);
     }
 
-    /// The steps, in order. The journal backend gets no `run` step.
+    /// The steps, in order. The journal backend gets no `run` step that does not declare its changes.
     pub fn steps(&self) -> Vec<Value> {
         let t = &self.tag;
         let host = self.host.display();
@@ -121,10 +121,9 @@ impl Hello {
                    "mode": "0750", "owner": "svc", "group": "svc"}),
             json!({"id": "deep", "type": "dir", "path": format!("/opt/deep{t}/a/b"), "mode": "0700"}),
         ];
-        if self.backend.allows_run() {
-            v.push(json!({"id": "post", "type": "run", "timeout_s": 60, "command":
-                sh(&format!("echo installed > /var/lib/hello{t}/state && chmod 0640 /var/lib/hello{t}/state"))}));
-        }
+        // The journal backend takes a run step that declares what it changes.
+        v.push(json!({"id": "post", "type": "run", "timeout_s": 60, "changes": [format!("/var/lib/hello{t}/state")],
+            "command": sh(&format!("echo installed > /var/lib/hello{t}/state && chmod 0640 /var/lib/hello{t}/state"))}));
         for (k, d) in self.parts.iter().enumerate() {
             v.push(json!({"id": format!("part{k}"), "type": "file", "path": format!("{d}/hello{t}.img"),
                           "content": format!("image {t} on {d}\n"), "mode": "0644"}));
@@ -205,9 +204,7 @@ impl Hello {
             .file(format!("/etc/motd{t}"), format!("welcome {t}\n").as_bytes(), 0o644, 0, 0)
             .dir(format!("/var/lib/hello{t}"), 0o750, SVC_UID, SVC_GID)
             .dir(format!("/opt/deep{t}/a/b"), 0o700, 0, 0);
-        if self.backend.allows_run() {
-            e.file(format!("/var/lib/hello{t}/state"), b"installed\n", 0o640, 0, 0);
-        }
+        e.file(format!("/var/lib/hello{t}/state"), b"installed\n", 0o640, 0, 0);
         for d in &self.parts {
             e.file(format!("{d}/hello{t}.img"), format!("image {t} on {d}\n").as_bytes(), 0o644, 0, 0);
             if self.backend.allows_run() {
