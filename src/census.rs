@@ -9,14 +9,23 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// What tells a non-directory's contents changed: inode, size, modification and change times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Content {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     kind: u32,
     mode: u32,
     uid: u32,
     gid: u32,
-    /// (inode, size, mtime, ctime): None for a directory.
-    content: Option<(u64, u64, (i64, i64), (i64, i64))>,
+    /// None for a directory.
+    content: Option<Content>,
 }
 
 impl Seen {
