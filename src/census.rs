@@ -30,8 +30,12 @@ struct Seen {
 
 impl Seen {
     fn of(m: &std::fs::Metadata) -> Seen {
-        let content =
-            (!m.is_dir()).then(|| (m.ino(), m.size(), (m.mtime(), m.mtime_nsec()), (m.ctime(), m.ctime_nsec())));
+        let content = (!m.is_dir()).then(|| Content {
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        });
         Seen { kind: m.mode() & libc::S_IFMT, mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), content }
     }
 }
