@@ -1,5 +1,6 @@
 //! What a command tells its user: with `--json`, JSON Lines events on stdout (each with `"v":1` and `"event"`);
-//! always, human progress on stderr. Nothing else in snapinst prints progress.
+//! always, human progress on stderr (a progress bar for a long download, on a terminal only). Nothing else in
+//! snapinst prints progress.
 
 use serde_json::{json, Value};
 use std::io::Write;
@@ -47,4 +48,23 @@ impl Reporter {
             print!("{}", human());
         }
     }
+}
+
+/// The progress of a download of `total` bytes (when the server said) on stderr; drawn only on a terminal.
+pub(crate) fn download_progress(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let template = if total.is_some() {
+        "{msg} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec}, {eta} left"
+    } else {
+        "{msg} {bytes} {bytes_per_sec}"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(format!("fetching {what}"));
+    bar
 }

@@ -292,6 +292,7 @@ fn named_paths(action: &Action) -> Vec<(&'static str, &RootPath, bool)> {
         Action::File { path, .. } | Action::Symlink { path, .. } | Action::Remove { path, .. } => {
             vec![("path", path, true)]
         }
+        Action::Fetch { fetch } => vec![("path", &fetch.path, true)],
         Action::User { user } => user.home.iter().filter(|_| user.create_home).map(|h| ("home", h, false)).collect(),
         // A declared path is moved aside whole on the journal backend.
         Action::Run { changes, .. } => changes.iter().map(|p| ("changes", p, true)).collect(),

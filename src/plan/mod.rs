@@ -126,6 +126,21 @@ pub(crate) enum Action {
     Package {
         packages: PackageSpec,
     },
+    Fetch {
+        fetch: Fetch,
+    },
+}
+
+/// A download the fetch step makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Fetch {
+    pub url: String,
+    pub path: RootPath,
+    /// Lowercase hex.
+    pub sha256: String,
+    pub extract: Option<spec::ArchiveKind>,
+    pub attrs: Attrs,
+    pub timeout: Duration,
 }
 
 /// A system group to ensure in the root's /etc/group and /etc/gshadow.
@@ -225,6 +240,7 @@ impl Action {
             Action::User { .. } => "user",
             Action::Service { .. } => "service",
             Action::Package { .. } => "package",
+            Action::Fetch { .. } => "fetch",
         }
     }
 }

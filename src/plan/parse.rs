@@ -240,6 +240,7 @@ impl Checker {
             StepKind::User(u) => self.user(at, u),
             StepKind::Service(s) => self.service(at, s),
             StepKind::Package(p) => self.package(at, p),
+            StepKind::Fetch(f) => self.fetch(at, f),
         }
     }
 
@@ -376,6 +377,33 @@ impl Checker {
                 None
             }
         }
+    }
+
+    fn fetch(&mut self, at: At, f: spec::FetchSpec) -> Option<Action> {
+        let path = self.root_path(at, "path", &f.path);
+        let scheme_ok = ["http://", "https://"].iter().any(|s| f.url.to_ascii_lowercase().starts_with(s));
+        if !scheme_ok {
+            self.problem(at, "url", format!("\"{}\" is not an http:// or https:// URL", f.url));
+        }
+        let sha_ok = f.sha256.len() == 64 && f.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !sha_ok {
+            self.problem(at, "sha256", format!("\"{}\" is not a SHA-256 (64 hex digits)", f.sha256));
+        }
+        let attrs = self.attrs(at, f.mode, f.owner, f.group);
+        let (path, attrs) = (path?, attrs?);
+        if !scheme_ok || !sha_ok {
+            return None;
+        }
+        Some(Action::Fetch {
+            fetch: super::Fetch {
+                url: f.url,
+                path,
+                sha256: f.sha256.to_ascii_lowercase(),
+                extract: f.extract,
+                attrs,
+                timeout: Duration::from_secs(f.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S)),
+            },
+        })
     }
 
     /// A run step's `changes`: each an absolute path inside the root; one inside another declared path is dropped

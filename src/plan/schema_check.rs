@@ -2,7 +2,7 @@
 //! unknown field, missing field and wrong JSON type is reported at once, in words an administrator reads: "must be
 //! a list of strings", "must be a whole number from 0 to 65533". Only the parts of JSON Schema that the generated
 //! schema uses are understood: `$ref`, `anyOf`, `type`, `properties`, `required`, `items`, `additionalProperties`,
-//! `minimum`, `maximum`, `minLength`, `minItems`.
+//! `minimum`, `maximum`, `minLength`, `minItems`, `enum`.
 
 use serde_json::{Map, Value};
 
@@ -112,6 +112,9 @@ impl Schema {
         if let Some(alts) = s["anyOf"].as_array() {
             return alts.iter().any(|a| self.fits(v, a));
         }
+        if let Some(allowed) = s["enum"].as_array() {
+            return allowed.contains(v);
+        }
         if !types(s).iter().any(|t| is_type(v, t)) {
             return false;
         }
@@ -140,6 +143,10 @@ impl Schema {
         if let Some(alts) = s["anyOf"].as_array() {
             let parts: Vec<String> = alts.iter().filter(|a| a["type"] != "null").map(|a| self.describe(a)).collect();
             return parts.join(" or ");
+        }
+        if let Some(allowed) = s["enum"].as_array() {
+            let names: Vec<String> = allowed.iter().map(Value::to_string).collect();
+            return format!("one of {}", names.join(", "));
         }
         let parts: Vec<String> =
             types(s).into_iter().filter(|t| *t != "null").map(|t| self.describe_type(s, t)).collect();

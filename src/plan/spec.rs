@@ -58,6 +58,7 @@ pub(crate) enum StepKind {
     User(UserSpec),
     Service(ServiceSpec),
     Package(PackageSpec),
+    Fetch(FetchSpec),
 }
 
 /// An owner or group: a name looked up in the root's /etc/passwd or /etc/group, or a number.
@@ -112,6 +113,41 @@ pub(crate) struct RemoveSpec {
     pub recursive: Option<bool>,
     /// A missing path is not an error (default false).
     pub missing_ok: Option<bool>,
+}
+
+/// Download a URL into the root, checked against its SHA-256: as a file, or unpacked into a directory.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct FetchSpec {
+    /// An http:// or https:// URL.
+    pub url: String,
+    /// Absolute path inside the root: the file, or with `extract` the directory that becomes the archive's
+    /// contents (it replaces a directory already there).
+    pub path: String,
+    /// The SHA-256 of what the URL serves (the archive, with `extract`), 64 hex digits.
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: String,
+    /// Unpack the download, an archive of this kind, into `path`.
+    pub extract: Option<ArchiveKind>,
+    /// Octal mode of the file (default 0644), or of the directory with `extract` (default 0755).
+    pub mode: Option<String>,
+    pub owner: Option<PrincipalSpec>,
+    pub group: Option<PrincipalSpec>,
+    /// Seconds the whole download may take (default 300).
+    #[schemars(range(min = 1))]
+    pub timeout_s: Option<u64>,
+}
+
+/// The archive kinds a fetch step unpacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub(crate) enum ArchiveKind {
+    #[serde(rename = "tar")]
+    Tar,
+    #[serde(rename = "tar.gz")]
+    TarGz,
+    #[serde(rename = "tar.xz")]
+    TarXz,
+    #[serde(rename = "zip")]
+    Zip,
 }
 
 /// A command: program and arguments.

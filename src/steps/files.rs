@@ -177,6 +177,24 @@ pub(super) fn file(
     content: &Content,
     attrs: &Attrs,
 ) -> Result<()> {
+    file_written(root, guard, path, attrs, |f| match content {
+        Content::Inline(bytes) => f.write_all(bytes).with_context(|| format!("writing {path}")),
+        Content::Source(src) => {
+            let mut s = std::fs::File::open(src).with_context(|| format!("opening source {}", src.escaped()))?;
+            std::io::copy(&mut s, f).with_context(|| format!("copying {} to {path}", src.escaped()))?;
+            Ok(())
+        }
+    })
+}
+
+/// A new file at `path` whose contents `write` writes (into a temporary file, renamed into place when it is done).
+pub(super) fn file_written(
+    root: &Root,
+    guard: &mut dyn ChangeGuard,
+    path: &RootPath,
+    attrs: &Attrs,
+    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
     let (uid, gid) = owner_ids(root, attrs)?;
     replace_with(root, guard, path, |dir, tmp| {
         let fd = nix::fcntl::openat(
@@ -188,17 +206,51 @@ pub(super) fn file(
         .with_context(|| format!("creating a temporary file for {path}"))?;
         // SAFETY: `openat` just returned this descriptor and nothing else owns it.
         let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-        match content {
-            Content::Inline(bytes) => f.write_all(bytes).with_context(|| format!("writing {path}"))?,
-            Content::Source(src) => {
-                let mut s = std::fs::File::open(src).with_context(|| format!("opening source {}", src.escaped()))?;
-                std::io::copy(&mut s, &mut f).with_context(|| format!("copying {} to {path}", src.escaped()))?;
-            }
-        }
+        write(&mut f)?;
         drop(f);
         set_owner_mode(dir, tmp, uid, gid, attrs.mode.unwrap_or(DEFAULT_FILE_MODE), attrs.mode.is_some())
             .with_context(|| format!("setting mode and owner of {path}"))
     })
+}
+
+/// A directory at `path` that `fill` fills (given the host path of a new, empty temporary directory, with a free
+/// name beside it for its own temporary file), then renamed into place; a directory already at `path` is replaced
+/// whole. The directory gets the mode (default 0755) and owner of `attrs`.
+pub(super) fn dir_filled(
+    root: &Root,
+    guard: &mut dyn ChangeGuard,
+    path: &RootPath,
+    attrs: &Attrs,
+    fill: impl FnOnce(&std::path::Path, &std::path::Path) -> Result<()>,
+) -> Result<()> {
+    let (uid, gid) = owner_ids(root, attrs)?;
+    make_parents(root, guard, path)?;
+    let existing = root.lstat(path)?;
+    if existing.as_ref().is_some_and(|st| !is_dir(st)) {
+        bail!("{path} exists and is not a directory");
+    }
+    let (parent, name) = root.parent_of(path)?;
+    let (tmp_dir, tmp) = temp_place(guard, &parent)?;
+    let (_, beside) = temp_place(guard, &parent)?;
+    nix::sys::stat::mkdirat(Some(tmp_dir.as_raw_fd()), tmp.as_os_str(), Mode::from_bits_truncate(0o700))
+        .with_context(|| format!("creating a temporary directory for {path}"))?;
+    // This process's own descriptor, so that a child process (or a library) reaches it by path.
+    let fd_dir = std::path::Path::new("/proc").join(std::process::id().to_string()).join("fd");
+    let at = fd_dir.join(tmp_dir.as_raw_fd().to_string());
+    let filled = fill(&at.join(&tmp), &at.join(&beside));
+    let _ = unlinkat(Some(tmp_dir.as_raw_fd()), beside.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    if let Err(e) = filled {
+        let _ = remove_tree(&tmp_dir, &tmp);
+        return Err(e);
+    }
+    set_owner_mode(&tmp_dir, &tmp, uid, gid, attrs.mode.unwrap_or(DEFAULT_DIR_MODE), attrs.mode.is_some())
+        .with_context(|| format!("setting mode and owner of {path}"))?;
+    guard.before_replace(root, path, false)?;
+    if root.lstat(path)?.is_some() {
+        remove_tree(&parent, name).with_context(|| format!("removing the directory {path} replaces"))?;
+    }
+    renameat(Some(tmp_dir.as_raw_fd()), tmp.as_os_str(), Some(parent.as_raw_fd()), name)
+        .with_context(|| format!("putting {path} in place"))
 }
 
 /// Replace the contents of the existing file `path`, keeping its mode and owner (account databases).

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod commands;
+mod fetch;
 mod files;
 mod packages;
 mod units;
@@ -97,6 +98,7 @@ pub(crate) fn apply(step: &Step, ctx: &mut StepContext) -> Result<String, StepFa
             units::change(ctx.root, ctx.guard, unit, *change).map_err(plain).map(|_| String::new())
         }
         Action::Package { packages } => packages::apply(ctx.root, ctx.stage_env, ctx.txn, packages),
+        Action::Fetch { fetch } => fetch::fetch(ctx.root, ctx.guard, fetch).map_err(plain).map(|_| String::new()),
         Action::Host { run, .. } => {
             (ctx.record_undo)(step).map_err(plain)?;
             commands::run_on_host(ctx.txn, run)

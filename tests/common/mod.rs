@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 mod debian;
+mod http;
 mod image;
 mod leftovers;
 mod manifest;
@@ -20,6 +21,8 @@ mod tree;
 
 #[allow(unused_imports)]
 pub use debian::*;
+#[allow(unused_imports)]
+pub use http::*;
 pub use image::*;
 pub use leftovers::*;
 pub use manifest::*;
