@@ -49,6 +49,48 @@ pub(crate) struct RootArgs {
     pub json: bool,
 }
 
+/// How a transaction that applies a plan (`apply`, `upgrade`) is staged, kept and shown.
+#[derive(clap::Args)]
+pub(crate) struct TxnFlags {
+    /// How to stage the transaction.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Generations to keep.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    keep: u64,
+    /// Boots a new generation of a running root gets to reach boot-complete.target before the previous
+    /// one is restored.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    boot_tries: u32,
+    /// Run the steps in a stage, print what they change, then discard it.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print what the transaction changes and ask before the commit (needs a terminal, or --yes).
+    #[arg(long, conflicts_with = "dry_run")]
+    confirm: bool,
+    /// With --confirm: print the changes and commit without asking.
+    #[arg(long, requires = "confirm")]
+    yes: bool,
+    /// Leave the filesystem mounted at PATH (inside the root, e.g. /srv) out of the transaction instead of
+    /// staging it; a step that writes there fails. Repeatable.
+    #[arg(long = "exclude-mount", value_name = "PATH")]
+    exclude_mount: Vec<PathBuf>,
+}
+
+impl TxnFlags {
+    fn options(self, keep_failed: bool) -> commands::apply::ApplyOptions {
+        commands::apply::ApplyOptions {
+            backend: self.backend.fixed(),
+            keep: self.keep as usize,
+            boot_tries: self.boot_tries,
+            dry_run: self.dry_run,
+            confirm: commands::apply::Confirm::from_flags(self.confirm, self.yes),
+            keep_failed,
+            exclude_mounts: self.exclude_mount,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Apply a plan as one transaction.
@@ -56,32 +98,22 @@ enum Command {
         plan: PathBuf,
         #[command(flatten)]
         root: RootArgs,
-        /// How to stage the transaction.
-        #[arg(long, value_enum, default_value = "auto")]
-        backend: BackendChoice,
-        /// Generations to keep.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
-        keep: u64,
-        /// Boots a new generation of a running root gets to reach boot-complete.target before the previous
-        /// one is restored.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-        boot_tries: u32,
-        /// Run the steps in a stage, print what they change, then discard it.
-        #[arg(long)]
-        dry_run: bool,
-        /// Print what the transaction changes and ask before the commit (needs a terminal, or --yes).
-        #[arg(long, conflicts_with = "dry_run")]
-        confirm: bool,
-        /// With --confirm: print the changes and commit without asking.
-        #[arg(long, requires = "confirm")]
-        yes: bool,
+        #[command(flatten)]
+        flags: TxnFlags,
         /// When a step fails, keep the stage (checkpointed after every step) for `resume` or `abort`.
         #[arg(long, conflicts_with = "dry_run")]
         keep_failed: bool,
-        /// Leave the filesystem mounted at PATH (inside the root, e.g. /srv) out of the transaction instead of
-        /// staging it; a step that writes there fails. Repeatable.
-        #[arg(long = "exclude-mount", value_name = "PATH")]
-        exclude_mount: Vec<PathBuf>,
+    },
+    /// Upgrade the whole system as one transaction: `apt-get update` and `apt-get full-upgrade` from the root's
+    /// own apt sources, in the stage (the one-step plan `{"type": "package", "upgrade": true}`).
+    Upgrade {
+        #[command(flatten)]
+        root: RootArgs,
+        #[command(flatten)]
+        flags: TxnFlags,
+        /// Seconds each apt-get command may take before it is killed.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_s: u64,
     },
     /// Continue a transaction kept by `apply --keep-failed`, reading its plan file again.
     Resume {
@@ -209,6 +241,7 @@ pub fn run() -> ExitCode {
     // The root a command changes, recovered if the command panics (a bug): `recover` itself is not run again.
     let changed_root = match &cli.command {
         Command::Apply { root, .. }
+        | Command::Upgrade { root, .. }
         | Command::Resume { root, list: false, .. }
         | Command::Abort { root }
         | Command::Bless { root }
@@ -239,17 +272,11 @@ pub fn run() -> ExitCode {
 /// Run the command.
 fn dispatch(command: Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::Apply { plan, root, backend, keep, boot_tries, dry_run, confirm, yes, keep_failed, exclude_mount } => {
-            let opts = commands::apply::ApplyOptions {
-                backend: backend.fixed(),
-                keep: keep as usize,
-                boot_tries,
-                dry_run,
-                confirm: commands::apply::Confirm::from_flags(confirm, yes),
-                keep_failed,
-                exclude_mounts: exclude_mount,
-            };
-            commands::apply::run(&plan, &root, &opts)
+        Command::Apply { plan, root, flags, keep_failed } => {
+            commands::apply::run(&plan, &root, &flags.options(keep_failed))
+        }
+        Command::Upgrade { root, flags, timeout_s } => {
+            commands::apply::upgrade(&root, &flags.options(false), timeout_s)
         }
         Command::Resume { root, plan, list: true, .. } => commands::resume::list(&root, plan.as_deref()),
         Command::Resume { root, from, plan, confirm, yes, list: false } => {

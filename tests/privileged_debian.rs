@@ -408,3 +408,98 @@ fn account_steps_match_useradd() {
         assert_eq!(ours, &theirs, "/etc/{file}: snapinst (left) and useradd (right) differ");
     }
 }
+
+/// `dpkg-query`'s version of `package` in the root.
+fn version_of(root: &Path, package: &str) -> String {
+    assert_tool_ok(root, &["dpkg-query", "-W", "-f=${Version}", package])
+}
+
+/// The root's only apt source is the flat repository `repo`, copied to /srv/upgrade.
+fn use_only_repo(root: &Path, repo: &Path) {
+    let _ = fs::remove_dir_all(root.join("srv/upgrade"));
+    run_ok(std::process::Command::new("cp").arg("-a").arg(repo).arg(root.join("srv/upgrade")));
+    fs::write(root.join("etc/apt/sources.list"), "deb [trusted=yes] file:/srv/upgrade ./\n").unwrap();
+    for e in fs::read_dir(root.join("etc/apt/sources.list.d")).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+}
+
+fn upgrade_cmd(root: &Path, backend: Backend, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["upgrade", "--root", root.to_str().unwrap(), "--backend", backend.name(), "--json"];
+    args.extend(extra);
+    snapinst(args)
+}
+
+/// `snapinst upgrade`: the whole system upgraded from the root's own sources as one transaction. A new version
+/// whose postinst fails rolls the whole upgrade back (the packages that did upgrade too); a good one commits,
+/// `--dry-run` shows it first, and a rollback returns to the old versions.
+fn whole_system_upgrade(backend: Backend) {
+    let img = debian_image(backend);
+    let root = img.root();
+    let fx = debian_fixture();
+    for deb in ["snapinst-test-upgrade_1.0_all.deb", "snapinst-test-fragile_1.0_all.deb"] {
+        fs::copy(fx.debs.join(deb), root.join("var/tmp").join(deb)).unwrap();
+        assert_tool_ok(&root, &["dpkg", "-i", &format!("/var/tmp/{deb}")]);
+        fs::remove_file(root.join("var/tmp").join(deb)).unwrap();
+    }
+
+    use_only_repo(&root, &fx.upgrade_bad);
+    let before = manifest(&root);
+    let out = upgrade_cmd(&root, backend, &[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("snapinst-test-fragile 2.0: postinst exits 1"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_eq!(version_of(&root, "snapinst-test-upgrade"), "1.0", "the package that did upgrade went back too");
+
+    use_only_repo(&root, &fx.upgrade_good);
+    let before = manifest(&root);
+    let out = upgrade_cmd(&root, backend, &["--dry-run"]);
+    assert_code(&out, 0);
+    let lines = json_lines(&out);
+    let changed: Vec<&str> = events(&lines, "change").iter().filter_map(|c| c["path"].as_str()).collect();
+    assert!(changed.contains(&"/usr/share/snapinst-test-upgrade/NEWS"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+
+    let out = upgrade_cmd(&root, backend, &[]);
+    assert_code(&out, 0);
+    assert_eq!(summary(&json_lines(&out))["outcome"], "committed");
+    assert_eq!(version_of(&root, "snapinst-test-upgrade"), "2.0");
+    assert_eq!(version_of(&root, "snapinst-test-fragile"), "1.0");
+    assert_eq!(
+        fs::read_to_string(root.join("usr/share/snapinst-test-upgrade/VERSION")).unwrap(),
+        "snapinst-test-upgrade 2.0\n"
+    );
+    assert_eq!(assert_tool_ok(&root, &["dpkg", "--audit"]), "");
+
+    assert_code(&root_rollback(&root), 0);
+    assert_manifest_eq(&before, &manifest(&root));
+    assert_eq!(version_of(&root, "snapinst-test-upgrade"), "1.0");
+}
+
+fn root_rollback(root: &Path) -> std::process::Output {
+    snapinst(["rollback", "--root", root.to_str().unwrap(), "--json"])
+}
+
+for_staged_backends!(upgrade_on_debian, whole_system_upgrade);
+
+/// An upgrade a root cannot do is refused before anything runs: no apt-get in the root, or the journal backend.
+#[test]
+fn privileged_upgrade_refusals() {
+    require_root();
+    let img = populated(Backend::Overlay);
+    let root = img.root();
+    let before = manifest(&root);
+    let out = upgrade_cmd(&root, Backend::Overlay, &[]);
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("step \"upgrade\" (#1) field \"upgrade\": the root has no /usr/bin/apt-get"), "{err}");
+    assert_manifest_eq(&before, &manifest(&root));
+
+    let img = debian_image(Backend::Journal);
+    let root = img.root();
+    let before = manifest(&root);
+    let out = upgrade_cmd(&root, Backend::Journal, &[]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("the journal backend cannot undo what a package step does"), "{}", show(&out));
+    assert_manifest_eq(&before, &manifest(&root));
+}

@@ -68,10 +68,26 @@ impl Confirm {
 const SPACE_MARGIN: u64 = 16 << 20;
 
 pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Result<Outcome> {
+    let plan = plan::load(plan_file).map_err(|p| Refused(p.to_string()))?;
+    let plan_file = std::path::absolute(plan_file).with_context(|| format!("resolving {}", plan_file.escaped()))?;
+    run_plan(&plan, &plan_file, args, opts)
+}
+
+/// `snapinst upgrade`: the one-step plan that upgrades the whole system from the root's own apt sources.
+pub(crate) fn upgrade(args: &RootArgs, opts: &ApplyOptions, timeout_s: u64) -> Result<Outcome> {
+    let value = json!({"name": "upgrade", "version": "1", "steps": [
+        {"id": "upgrade", "type": "package", "upgrade": true, "timeout_s": timeout_s}
+    ]});
+    let shown_as = Path::new("(snapinst upgrade)");
+    let plan = plan::from_value(&value, shown_as).map_err(|p| Refused(p.to_string()))?;
+    run_plan(&plan, shown_as, args, opts)
+}
+
+/// Apply `plan`, read from `plan_file` (absolute; for messages, and recorded for `resume` with --keep-failed).
+fn run_plan(plan: &Plan, plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Result<Outcome> {
     if std::env::var_os("SNAPINST").is_some_and(|v| v == "1") {
         return refuse("refusing to start a transaction from inside a snapinst step (SNAPINST=1 is set)");
     }
-    let plan = plan::load(plan_file).map_err(|p| Refused(p.to_string()))?;
     Confirm::check_terminal(opts.confirm)?;
     require_root_user()?;
     let loc = locate(args)?;
@@ -85,14 +101,14 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     let state_area = backend::state_area(&loc.root, &loc.state.dir);
     let layout = Layout::read(&loc.root, state_area.as_deref(), kind, Selection::AllBut(&excluded))?;
     refuse_exchange_under_mounts(kind, &loc.root, &layout)?;
-    check_plan_fits(plan_file, &plan, kind, &loc.state.dir, &loc.root, &layout)?;
+    check_plan_fits(plan_file, plan, kind, &loc.state.dir, &loc.root, &layout)?;
     if opts.confirm.is_some() && kind == BackendKind::Journal {
         return refuse(
             "--confirm needs a staged root to compare with the live one; the journal backend changes the root in place",
         );
     }
     if opts.keep_failed {
-        check_keepable(plan_file, &plan, kind)?;
+        check_keepable(plan_file, plan, kind)?;
     }
     loc.state.create()?;
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
@@ -113,17 +129,44 @@ pub(crate) fn run(plan_file: &Path, args: &RootArgs, opts: &ApplyOptions) -> Res
     let ctx = Ctx::new(kind, &loc.root, &loc.state)
         .and_then(|c| c.with_parts(&layout.part_rels()))
         .map_err(|e| Refused(format!("{e:#}")))?;
-    let plan_file = std::path::absolute(plan_file).with_context(|| format!("resolving {}", plan_file.escaped()))?;
     let txn = Transaction {
         ctx: &ctx,
         out: &out,
-        plan: &plan,
+        plan,
         dry_run: opts.dry_run,
         confirm: opts.confirm,
-        keep_failed: opts.keep_failed.then_some(plan_file.as_path()),
+        keep_failed: opts.keep_failed.then_some(plan_file),
         layout: &layout,
     };
     txn.run(&mut state)
+}
+
+/// Refuse a package step that needs a tool the root does not have (`dpkg`, `apt-get`): its own tools do the work.
+fn refuse_missing_tools(plan_file: &Path, plan: &Plan, root: &Path) -> Result<()> {
+    let mut problems = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let Action::Package { packages } = &step.action else { continue };
+        for (field, tool) in packages.tools_needed() {
+            if root.join(tool).symlink_metadata().is_err() {
+                let so = match field {
+                    "remove" => "its packages cannot be removed",
+                    "upgrade" => "it cannot be upgraded",
+                    _ => "its packages cannot be installed",
+                };
+                problems.push(format!(
+                    "{}: step \"{}\" (#{}) field \"{field}\": the root has no /{tool}, so {so}",
+                    plan_file.escaped(),
+                    step.id,
+                    i + 1
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        refuse(problems.join("\n"))
+    }
 }
 
 /// Refuse to start while another transaction is unfinished (exit 3: recover it) or kept (exit 2: resume or abort).
@@ -270,6 +313,7 @@ fn check_plan_fits(
             return refuse(problems.join("\n"));
         }
     }
+    refuse_missing_tools(plan_file, plan, root)?;
     let holder = state_dir.ancestors().find(|a| a.exists()).unwrap_or(root);
     // With the state area inside the root, an overlay stage writes what changes twice: on its scratch filesystem,
     // then in the delta copied from it.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub(crate) use parse::load;
+pub(crate) use parse::{from_value, load};
 
 /// A validated install plan.
 #[derive(Debug, Clone)]
@@ -186,7 +186,29 @@ pub(crate) struct PackageSpec {
     pub apt: Vec<String>,
     pub remove: Vec<String>,
     pub purge: bool,
+    /// `apt-get update` and `apt-get full-upgrade`, last.
+    pub upgrade: bool,
     pub timeout: Duration,
+}
+
+impl PackageSpec {
+    /// The fields that need the root's own tool (`dpkg`, `apt-get`) to do their work.
+    pub fn tools_needed(&self) -> Vec<(&'static str, &'static str)> {
+        let mut needed = Vec::new();
+        if !self.remove.is_empty() {
+            needed.push(("remove", "usr/bin/dpkg"));
+        }
+        if !self.debs.is_empty() {
+            needed.push(("debs", "usr/bin/dpkg"));
+        }
+        if !self.apt.is_empty() {
+            needed.push(("apt", "usr/bin/apt-get"));
+        }
+        if self.upgrade {
+            needed.push(("upgrade", "usr/bin/apt-get"));
+        }
+        needed
+    }
 }
 
 /// A file step's content: inline text, or a source file (already resolved against the plan's directory).

@@ -45,8 +45,19 @@ pub(crate) fn load(file: &Path) -> Result<Plan, PlanProblems> {
         .map_err(|e| fail(format!("not valid JSON at line {} column {}: {e}", e.line(), e.column())))?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    check(&value, &bytes, base, file)
+}
+
+/// Validate a plan snapinst made itself (`snapinst upgrade`), shown as `shown_as` in messages; its files (it has
+/// none) would be relative to the working directory.
+pub(crate) fn from_value(value: &Value, shown_as: &Path) -> Result<Plan, PlanProblems> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    check(value, &bytes, PathBuf::from("."), shown_as)
+}
+
+fn check(value: &Value, bytes: &[u8], base: PathBuf, file: &Path) -> Result<Plan, PlanProblems> {
     let mut checker = Checker { base, problems: Vec::new(), schema: Schema::new(spec::schema()) };
-    let plan = checker.plan(&value, hex::encode(Sha256::digest(&bytes)));
+    let plan = checker.plan(value, hex::encode(Sha256::digest(bytes)));
     match plan {
         Some(plan) if checker.problems.is_empty() => Ok(plan),
         _ => Err(PlanProblems { file: file.to_path_buf(), problems: checker.problems }),
@@ -289,7 +300,8 @@ impl Checker {
     fn package(&mut self, at: At, p: spec::PackageSpec) -> Option<Action> {
         // Asked of what the plan gives, not of what is left once a .deb that cannot be read is reported.
         let given = |list: &Option<Vec<String>>| list.as_ref().is_some_and(|l| !l.is_empty());
-        let nothing_given = !given(&p.debs) && !given(&p.apt) && !given(&p.remove);
+        let upgrade = p.upgrade.unwrap_or(false);
+        let nothing_given = !given(&p.debs) && !given(&p.apt) && !given(&p.remove) && !upgrade;
         let is_deb: fn(&str) -> bool = |d| d.ends_with(".deb");
         let debs = self.names(at, "debs", p.debs.unwrap_or_default(), is_deb, "a path to a .deb file");
         let debs: Option<Vec<PathBuf>> =
@@ -299,13 +311,17 @@ impl Checker {
         let purge = p.purge.unwrap_or(false);
         let (debs, apt, remove) = (debs?, apt?, remove?);
         if nothing_given {
-            self.problem(at, "debs", "the step has nothing to do (give \"debs\", \"apt\" or \"remove\")");
+            self.problem(
+                at,
+                "debs",
+                "the step has nothing to do (give \"debs\", \"apt\", \"remove\" or \"upgrade\": true)",
+            );
         }
         if purge && remove.is_empty() {
             self.problem(at, "purge", "only applies to \"remove\"");
         }
         let timeout = Duration::from_secs(p.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
-        Some(Action::Package { packages: super::PackageSpec { debs, apt, remove, purge, timeout } })
+        Some(Action::Package { packages: super::PackageSpec { debs, apt, remove, purge, upgrade, timeout } })
     }
 
     /// A list whose every element passes `ok`.

@@ -253,7 +253,8 @@ pub(crate) struct ServiceSpec {
     pub mask: Option<bool>,
 }
 
-/// Install and remove Debian packages with the root's own dpkg and apt: `remove`, then `debs`, then `apt`.
+/// Install, remove and upgrade Debian packages with the root's own dpkg and apt: `remove`, then `debs`, then `apt`,
+/// then `upgrade`.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub(crate) struct PackageSpec {
     /// .deb files, relative to the plan file's directory.
@@ -264,6 +265,9 @@ pub(crate) struct PackageSpec {
     pub remove: Option<Vec<String>>,
     /// Purge the removed packages (default false).
     pub purge: Option<bool>,
+    /// Upgrade the whole system from the root's own apt sources (`apt-get update`, then `apt-get full-upgrade`),
+    /// after the rest (default false).
+    pub upgrade: Option<bool>,
     /// Seconds before each command is killed (default 300).
     #[schemars(range(min = 1))]
     pub timeout_s: Option<u64>,

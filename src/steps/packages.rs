@@ -1,7 +1,7 @@
 //! The `package` step: Debian packages installed and removed with the staged root's own dpkg and apt, run in the
 //! sandbox like a `run` step. Removals go first, then the plan's local .deb files (copied to a private host
 //! directory that the sandbox shows read-only inside the root, so the stage never holds them), then packages from
-//! the root's apt sources. A failing command (a maintainer script, a missing dependency) fails the step, and the
+//! the root's apt sources, then (`upgrade`) the whole system upgraded from them (`apt-get full-upgrade`). A failing command (a maintainer script, a missing dependency) fails the step, and the
 //! staged root, dpkg database included, is discarded with the transaction.
 
 use super::commands::{judge, run_staged};
@@ -37,17 +37,27 @@ pub(super) fn apply(
         let names: Vec<String> = inbox.names.iter().map(|n| format!("{SHARE_DIR}/{n}")).collect();
         step(args(&["dpkg", "--force-confdef", "--force-confold", "--install"], &names), Some(&inbox.dir))?;
     }
-    if !spec.apt.is_empty() {
+    if !spec.apt.is_empty() || spec.upgrade {
         if !has_apt_sources(root).map_err(plain)? {
+            let what = if spec.apt.is_empty() {
+                "the root cannot be upgraded"
+            } else {
+                "\"apt\" packages cannot be fetched; give them as \"debs\" instead"
+            };
             return Err(plain(anyhow::anyhow!(
-                "the root has no apt sources (/etc/apt/sources.list or /etc/apt/sources.list.d/), so \"apt\" \
-                 packages cannot be fetched; give them as \"debs\" instead"
+                "the root has no apt sources (/etc/apt/sources.list or /etc/apt/sources.list.d/), so {what}"
             )));
         }
         step(args(&["apt-get", "-q", "update"], &[]), None)?;
-        let install =
-            ["apt-get", "-q", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold", "install"];
-        step(args(&install, &spec.apt), None)?;
+    }
+    // A changed configuration file keeps the administrator's version (`--force-confold`), never asking.
+    let apt_get =
+        ["apt-get", "-q", "-y", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"];
+    if !spec.apt.is_empty() {
+        step(args(&[&apt_get[..], &["--no-install-recommends", "install"]].concat(), &spec.apt), None)?;
+    }
+    if spec.upgrade {
+        step(args(&[&apt_get[..], &["full-upgrade"]].concat(), &[]), None)?;
     }
     Ok(output)
 }

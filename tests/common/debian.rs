@@ -14,6 +14,10 @@ pub struct DebianFixture {
     pub debs: PathBuf,
     /// A flat apt repository holding hello.
     pub repo: PathBuf,
+    /// Flat apt repositories with newer versions of the upgrade tests' packages (1.0 of each is in `debs`): all
+    /// good, and one whose new version's postinst fails.
+    pub upgrade_good: PathBuf,
+    pub upgrade_bad: PathBuf,
 }
 
 /// The fixture, made (or found in the cache) once per test binary.
@@ -29,7 +33,13 @@ pub fn debian_fixture() -> &'static DebianFixture {
                 .find_map(|l| l.strip_prefix(&format!("{key}=")).map(PathBuf::from))
                 .unwrap_or_else(|| panic!("{} printed no {key}= line:\n{}", script.display(), show(&out)))
         };
-        DebianFixture { root: field("root"), debs: field("debs"), repo: field("repo") }
+        DebianFixture {
+            root: field("root"),
+            debs: field("debs"),
+            repo: field("repo"),
+            upgrade_good: field("upgrade_good"),
+            upgrade_bad: field("upgrade_bad"),
+        }
     })
 }
 
