@@ -121,4 +121,144 @@ mod tests {
             ]
         );
     }
+
+    /// Random operation scripts against the delta: for a random tree and a random script of changes to a copy of
+    /// it (files written, removed, made, changed in type, chmodded, symlinked, moved), the delta the comparison
+    /// makes, swapped forward onto the original, gives exactly the changed tree, and swapped back gives exactly
+    /// the original. `PROPTEST_CASES` sets how many scripts (CI runs the default, bounded count).
+    mod delta_round_trip {
+        use super::*;
+        use crate::delta::{Delta, Direction};
+        use crate::inroot::Root;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+        const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Write(Vec<usize>, u8),
+            Remove(Vec<usize>),
+            Mkdir(Vec<usize>),
+            Chmod(Vec<usize>, u32),
+            Symlink(Vec<usize>, usize),
+            Move(Vec<usize>, Vec<usize>),
+        }
+
+        fn path_of(ix: &[usize]) -> PathBuf {
+            ix.iter().map(|i| NAMES[i % NAMES.len()]).collect()
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let p = proptest::collection::vec(0..NAMES.len(), 1..4);
+            prop_oneof![
+                (p.clone(), any::<u8>()).prop_map(|(p, b)| Op::Write(p, b)),
+                p.clone().prop_map(Op::Remove),
+                p.clone().prop_map(Op::Mkdir),
+                (p.clone(), prop_oneof![Just(0o600u32), Just(0o755), Just(0o4711)]).prop_map(|(p, m)| Op::Chmod(p, m)),
+                (p.clone(), 0..NAMES.len()).prop_map(|(p, t)| Op::Symlink(p, t)),
+                (p.clone(), p).prop_map(|(a, b)| Op::Move(a, b)),
+            ]
+        }
+
+        /// Do `op` in `tree` where it can be done (a missing parent or a clash makes it a no-op).
+        fn run(tree: &Path, op: &Op) {
+            let _ = match op {
+                Op::Write(p, b) => fs::write(tree.join(path_of(p)), vec![*b; 1 + *b as usize % 7]),
+                Op::Remove(p) => {
+                    let at = tree.join(path_of(p));
+                    match fs::symlink_metadata(&at) {
+                        Ok(m) if m.is_dir() => fs::remove_dir_all(at),
+                        Ok(_) => fs::remove_file(at),
+                        Err(e) => Err(e),
+                    }
+                }
+                Op::Mkdir(p) => fs::create_dir(tree.join(path_of(p))),
+                Op::Chmod(p, m) => {
+                    let at = tree.join(path_of(p));
+                    match fs::symlink_metadata(&at) {
+                        Ok(md) if !md.file_type().is_symlink() => {
+                            fs::set_permissions(at, fs::Permissions::from_mode(*m))
+                        }
+                        _ => Ok(()),
+                    }
+                }
+                Op::Symlink(p, t) => std::os::unix::fs::symlink(NAMES[*t], tree.join(path_of(p))),
+                Op::Move(a, b) => {
+                    let (a, b) = (path_of(a), path_of(b));
+                    if b.starts_with(&a) {
+                        Ok(())
+                    } else {
+                        fs::rename(tree.join(a), tree.join(b))
+                    }
+                }
+            };
+        }
+
+        /// Kind, mode, contents or target, and (for a non-directory) modification time of every path.
+        fn manifest(tree: &Path) -> BTreeMap<PathBuf, String> {
+            let mut m = BTreeMap::new();
+            let mut stack = vec![PathBuf::new()];
+            while let Some(rel) = stack.pop() {
+                for e in fs::read_dir(tree.join(&rel)).unwrap() {
+                    let e = e.unwrap();
+                    let p = rel.join(e.file_name());
+                    let md = fs::symlink_metadata(tree.join(&p)).unwrap();
+                    let what = if md.is_dir() {
+                        stack.push(p.clone());
+                        format!("dir {:o}", md.mode() & 0o7777)
+                    } else if md.file_type().is_symlink() {
+                        format!("symlink {:?}", fs::read_link(tree.join(&p)).unwrap())
+                    } else {
+                        let body = fs::read(tree.join(&p)).unwrap();
+                        format!("file {:o} {body:?} {}.{}", md.mode() & 0o7777, md.mtime(), md.mtime_nsec())
+                    };
+                    m.insert(p, what);
+                }
+            }
+            m
+        }
+
+        fn round_trip(base_ops: &[Op], script: &[Op]) -> Result<(), TestCaseError> {
+            let t = tempfile::tempdir().unwrap();
+            let (base, stage, tree) = (t.path().join("base"), t.path().join("stage"), t.path().join("tree"));
+            fs::create_dir(&base).unwrap();
+            for o in base_ops {
+                run(&base, o);
+            }
+            fsutil::copy_tree(&base, &stage).unwrap();
+            for o in script {
+                run(&stage, o);
+            }
+            fsutil::copy_tree(&base, &tree).unwrap();
+            let changes = treediff::diff(&base, &stage, &[]).unwrap();
+            let entries = entries_of(&changes, &base, &stage).unwrap();
+            let d = Delta::at(&t.path().join("delta"));
+            d.create().unwrap();
+            for (k, e) in entries.iter().enumerate() {
+                if let Entry::Replace { path, after: true, .. } = e {
+                    fsutil::copy_tree(&stage.join(path), &d.side("new").join(k.to_string())).unwrap();
+                }
+            }
+            d.write_index(&entries).unwrap();
+            let root = Root::open(&tree).unwrap();
+            d.swap(&root, Direction::Forward, || {}).unwrap();
+            prop_assert_eq!(manifest(&tree), manifest(&stage), "forward: {:?}", entries);
+            d.swap(&root, Direction::Backward, || {}).unwrap();
+            prop_assert_eq!(manifest(&tree), manifest(&base), "backward: {:?}", entries);
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: crate::plan::fuzz_cases(48), ..ProptestConfig::default() })]
+            #[test]
+            fn a_delta_swaps_forward_and_back_exactly(
+                base in proptest::collection::vec(op(), 0..24),
+                script in proptest::collection::vec(op(), 1..16),
+            ) {
+                round_trip(&base, &script)?;
+            }
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! downstream works on these types and never re-checks strings. Nothing here touches the filesystem but reading the
 //! plan and its source files.
 
+#[cfg(test)]
+mod fuzzing;
 mod parse;
 mod schema_check;
 pub(crate) mod spec;
@@ -12,6 +14,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub(crate) use parse::{from_value, load};
+
+/// How many random cases a property test runs: `PROPTEST_CASES` when set, else `default`.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 /// A validated install plan.
 #[derive(Debug, Clone)]
