@@ -25,17 +25,19 @@ IMAGE_SIZE = 512 << 20
 
 # Modules the VM needs (by name) when they are not built in: the virtio disk, crc32c, btrfs (with the checksum
 # algorithms it asks for), ext4, xfs and vfat with its code page and character sets (parts), overlayfs and loop (the
-# scratch layer of a filesystem's top). Their
+# scratch layer of a filesystem's top), and device-mapper's log-writes target (the crash-state logs). Their
 # dependencies and soft dependencies are added from modules.dep, modules.softdep and modules.alias.
 WANTED_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "crc32c_intel", "libcrc32c", "btrfs",
-                  "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "xfs", "vfat", "nls_cp437", "nls_utf8", "nls_ascii", "overlay", "loop"]
+                  "xxhash_generic", "blake2b_generic", "sha256_generic", "ext4", "xfs", "vfat", "nls_cp437", "nls_utf8", "nls_ascii", "overlay", "loop",
+                  "dm_mod", "dm_log_writes"]
 
 # The programs snapinst runs besides itself, for a root that is a filesystem's top (its scratch layer): mkfs.ext4
 # and GNU cp (busybox's cp does not keep the trusted.overlay.* attributes); mkfs.vfat for the scratch filesystem of
 # the ESP's copy stage; and fsck.vfat, which the guest's init runs on the ESP before mounting it, as a Debian
-# machine's boot does (fstab pass 1). Copied with their libraries; the busybox applet of the same name is replaced.
+# machine's boot does (fstab pass 1); dmsetup, which sets up the log-writes target. Copied with their libraries; the
+# busybox applet of the same name is replaced.
 GUEST_TOOLS = {"sbin/mkfs.ext4": "/sbin/mke2fs", "bin/cp": "/bin/cp", "sbin/mkfs.vfat": "/sbin/mkfs.fat",
-               "sbin/fsck.vfat": "/sbin/fsck.fat"}
+               "sbin/fsck.vfat": "/sbin/fsck.fat", "sbin/dmsetup": "/sbin/dmsetup"}
 GUEST_FILES = ["/etc/mke2fs.conf"]
 
 # How a test disk set is laid out, per campaign: the backend, the filesystem of the first disk (vda), where the
@@ -50,6 +52,8 @@ LAYOUTS = {
     "overlay": {"backend": "overlay", "fs": "ext4", "root": "dir", "parts": False},
     "ext4-top": {"backend": "overlay", "fs": "ext4", "root": "top", "parts": True},
     "btrfs-live": {"backend": "btrfs", "fs": "btrfs", "root": "live", "parts": True},
+    # Only for the crash-state logs by default (`--layout journal` runs the power cuts on it too).
+    "journal": {"backend": "journal", "fs": "ext4", "root": "dir", "parts": False, "cuts": False},
 }
 # Mounted in this order at /boot (vdb), /srv (vdc) and /boot/efi (vdd, inside /boot, as on a UEFI machine).
 PARTS = [("boot", "ext4", 128 << 20), ("srv", "xfs", 320 << 20), ("boot/efi", "vfat", 64 << 20)]

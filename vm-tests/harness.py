@@ -139,7 +139,8 @@ class VM:
         self.boots = 0
         self.boot_time = []  # host seconds from QEMU start to the "mounted" marker
 
-    def boot(self, disk_dir, layout, mode, name, failpoint=None, cut_delay=None, boot_hook=False, after_steps=False):
+    def boot(self, disk_dir, layout, mode, name, failpoint=None, cut_delay=None, boot_hook=False, after_steps=False,
+             extra_disks=(), extra_append=()):
         """Boot the VM on the disk set in `disk_dir`, laid out as `layout`. With `cut_delay`, SIGKILL QEMU that many
         seconds after apply-start shows (with `after_steps`: after the apply's last step finished, where its commit
         phase begins). With `boot_hook`, the live layout runs `snapinst boot` before its root is mounted, as a
@@ -155,6 +156,7 @@ class VM:
             append.append("snapinst.failpoint=" + failpoint)
         if boot_hook:
             append.append("snapinst.boot=1")
+        append += list(extra_append)
         # The disk: cache=none opens the image with O_DIRECT, so QEMU keeps no write-back buffer of its own and a
         # completed guest write is in the host file, while the guest is told it has a volatile write cache and so
         # issues real flushes (FUA/flush, turned into fdatasync on the host). A SIGKILL of QEMU then loses exactly
@@ -164,7 +166,7 @@ class VM:
         # data, and a test of durability must not drop the guest's barriers. (A real disk could also lose or
         # reorder completed-but-unflushed writes; QEMU does not simulate that, so this is a lower bound.)
         drives = []
-        for disk in artefacts.disks(layout):
+        for disk in artefacts.disks(layout) + list(extra_disks):
             drives += ["-drive", "file=%s,format=raw,if=virtio,cache=none,aio=threads" % os.path.join(disk_dir, disk)]
         cmd = self.base + ["-append", " ".join(append)] + drives + ["-serial", "file:" + log_path]
         if os.path.exists(log_path):
@@ -804,6 +806,76 @@ class Campaign:
 # --------------------------------------------------------------------------------------------------------------
 
 
+# The crash point of the killed apply in a log-writes run, per backend: one past its commit point, so that the
+# recover after it has work to do (finish the commit).
+LOGWRITES_POINT = {"btrfs": "apply-after-exchange", "overlay": "apply-mid-merge", "journal": "apply-after-commit-record"}
+LOGWRITES_LAYOUTS = ["btrfs", "overlay", "journal"]
+LOG_SIZE = 2 << 30
+
+
+class LogwritesRun:
+    """One log-writes run of a layout: a VM boot that logs every block write of an apply, a rollback, an apply
+    killed at a crash point and the recover after it (see logwrites.py), then every FLUSH/FUA state of the log (or
+    every entry's) recovered and checked on the host."""
+
+    def __init__(self, layout, vm, pristine, workdir, logdir, snapinst, every):
+        self.layout, self.vm, self.pristine, self.snapinst, self.every = layout, vm, pristine, snapinst, every
+        self.work = os.path.join(workdir, "logwrites-" + layout)
+        self.logdir = os.path.join(logdir, "logwrites-" + layout)
+        os.makedirs(self.logdir, exist_ok=True)
+        self.result = None
+        self.passed = self.failed = 0
+        self.failures = []
+        self.elapsed = 0.0
+
+    def fail(self, msg):
+        self.failed += 1
+        self.failures.append("logwrites %s: %s (logs: %s)" % (self.layout, msg, self.logdir))
+        log("FAIL logwrites %s: %s" % (self.layout, msg))
+
+    def run(self):
+        t0 = time.monotonic()
+        lay = LAYOUTS[self.layout]
+        os.makedirs(self.work, exist_ok=True)
+        subprocess.run(["cp", "--sparse=always", "--reflink=auto", os.path.join(self.pristine, "vda.img"),
+                        os.path.join(self.work, "vda.img")], check=True)
+        with open(os.path.join(self.work, "log.img"), "wb") as f:
+            f.truncate(LOG_SIZE)
+        self.vm.logdir = self.logdir
+        b = self.vm.boot(self.work, self.layout, "logwrites", "logwrites", extra_disks=["log.img"],
+                         extra_append=["snapinst.lwpoint=" + LOGWRITES_POINT[lay["backend"]]])
+        want = {"apply-done": 0, "rollback-done": 0, "killed-done": 137, "lwrecover-done": 0}
+        got = {k: b.rc(k) for k in want}
+        trouble = b.kernel_trouble()[:5]
+        if b.end != "poweroff" or got != want or not b.has("mark end") or trouble:
+            self.fail("the logged boot went wrong: ended by %s, exit codes %s (want %s), kernel %s"
+                      % (b.end, got, want, trouble))
+            self.elapsed = time.monotonic() - t0
+            return
+        out = os.path.join(self.logdir, "result.json")
+        cmd = ["unshare", "-m", "--propagation", "private", sys.executable, "-B",
+               os.path.join(os.path.dirname(os.path.abspath(__file__)), "logwrites.py"), "check",
+               "--layout", self.layout, "--fs", lay["fs"], "--root", lay["root"],
+               "--log", os.path.join(self.work, "log.img"), "--disk", os.path.join(self.pristine, "vda.img"),
+               "--before", os.path.join(self.pristine, "before.json"), "--snapinst", self.snapinst, "--out", out]
+        if self.every:
+            cmd.append("--every")
+        with open(os.path.join(self.logdir, "replay.log"), "w") as f:
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        if r.returncode != 0 or not os.path.exists(out):
+            self.fail("the replay failed (exit %d); see replay.log" % r.returncode)
+        else:
+            with open(out) as f:
+                self.result = json.load(f)
+            if self.result["bad"]:
+                self.fail("%d of %d states bad: %s" % (self.result["bad"], self.result["states"],
+                                                      "; ".join(self.result["problems"][:3])))
+            else:
+                self.passed += 1
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.elapsed = time.monotonic() - t0
+
+
 def parse_failpoints(snapinst):
     r = subprocess.run([snapinst, "failpoints"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:
@@ -846,7 +918,7 @@ def main():
                     help="power cuts per layout with filesystems mounted inside the root (default 6)")
     ap.add_argument("--soak", type=int, default=None, help="a long run: N power cuts per layout")
     ap.add_argument("--seed", type=int, default=None, help="seed of the cut delays (default: random, printed)")
-    ap.add_argument("--backend", action="append", choices=["btrfs", "overlay"],
+    ap.add_argument("--backend", action="append", choices=["btrfs", "overlay", "journal"],
                     help="only the layouts of this backend (repeatable)")
     ap.add_argument("--layout", action="append", choices=sorted(LAYOUTS), help="only this layout (repeatable)")
     ap.add_argument("--writer-cuts", type=int, default=3,
@@ -857,6 +929,11 @@ def main():
                     help="fraction of the cuts aimed at the commit phase instead of [0, T] (default 0)")
     ap.add_argument("--jobs", type=int, default=2,
                     help="layouts run at once, each in a VM of its own (default 2: one per core)")
+    ap.add_argument("--no-logwrites", action="store_true",
+                    help="skip the crash-state logs (every FLUSH/FUA state of a logged apply, rollback and recover)")
+    ap.add_argument("--logwrites-only", action="store_true", help="only the crash-state logs (no power cuts)")
+    ap.add_argument("--logwrites-every", action="store_true",
+                    help="check a state after every entry of the logs, not only after each FLUSH/FUA (long)")
     ap.add_argument("--snapinst", required=True, help="the failpoints build of snapinst")
     ap.add_argument("--cache", required=True)
     args = ap.parse_args()
@@ -874,11 +951,14 @@ def main():
 
     kernel = artefacts.ensure_kernel(args.cache)
     initrd, ikey = artefacts.ensure_initrd(args.cache, kernel, snapinst)
-    layouts = [l for l in LAYOUTS if (not args.layout or l in args.layout) and
-               (not args.backend or LAYOUTS[l]["backend"] in args.backend)]
-    if not layouts:
+    chosen = [l for l in LAYOUTS if (not args.layout or l in args.layout) and
+              (not args.backend or LAYOUTS[l]["backend"] in args.backend)]
+    layouts = [l for l in chosen if (LAYOUTS[l].get("cuts", True) or (args.layout and l in args.layout))
+               and not args.logwrites_only]
+    lw_layouts = [] if args.no_logwrites else [l for l in LOGWRITES_LAYOUTS if l in chosen]
+    if not layouts and not lw_layouts:
         raise SystemExit("vm-tests: no layout matches --layout %s --backend %s" % (args.layout, args.backend))
-    images = {l: artefacts.ensure_image(args.cache, l) for l in layouts}
+    images = {l: artefacts.ensure_image(args.cache, l) for l in sorted(set(layouts) | set(lw_layouts))}
     log("artefacts ready in %s (kernel %s, initramfs %s, %s)" % (args.cache, kernel["kver"], ikey, accel_name))
 
     run_id = time.strftime("%Y%m%d-%H%M%S")
@@ -920,10 +1000,20 @@ def main():
             c.fail("campaign", "exception: %s\n%s" % (e, traceback.format_exc()))
         c.elapsed = time.monotonic() - t0
 
-    # The layouts with parts take longest: start them first.
+    lw_runs = [LogwritesRun(l, VM(kernel, initrd, accel, logdir), images[l][0], workdir, logdir, snapinst,
+                            args.logwrites_every) for l in lw_layouts]
+
+    def run_logwrites(r):
+        try:
+            r.run()
+        except Exception as e:
+            r.fail("exception: %s\n%s" % (e, traceback.format_exc()))
+
+    # The layouts with parts take longest: start them first; the crash-state logs after the campaigns.
     order = sorted(results, key=lambda c: not LAYOUTS[c.layout]["parts"])
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         list(pool.map(run_campaign, order))
+        list(pool.map(run_logwrites, lw_runs))
     boots = sum(c.vm.boots for c in results)
     boot_times = sorted(t for c in results for t in c.vm.boot_time)
 
@@ -984,11 +1074,22 @@ def main():
             print("%s crash points:" % c.layout)
             for name, op, state, action in c.fp_rows:
                 print("  %-30s %-38s %-24s %s" % (name, op, state, action))
-    passed = sum(c.passed for c in results)
-    failed = sum(c.failed for c in results)
+    if lw_runs:
+        print("crash states of the logged runs (dm-log-writes: an apply, a rollback, an apply killed at a crash point"
+              " and its recover), %s:" % ("after every entry" if args.logwrites_every else "after every FLUSH/FUA"))
+        print("  %-8s %8s %9s %8s %7s %6s %4s %8s  %s" % ("layout", "entries", "flush/fua", "states", "before", "after",
+                                                      "bad", "time", "at the marks"))
+        for r in lw_runs:
+            x = r.result or {}
+            print("  %-8s %8s %9s %8s %7s %6s %4s %8s  %s" % (
+                r.layout, x.get("entries", "-"), x.get("flush_fua", "-"), x.get("states", "-"), x.get("before", "-"),
+                x.get("after", "-"), x.get("bad", "-") if r.result else "FAIL", fmt_s(r.elapsed),
+                ", ".join("%s=%s" % kv for kv in (x.get("marks") or {}).items())))
+    passed = sum(c.passed for c in results) + sum(r.passed for r in lw_runs)
+    failed = sum(c.failed for c in results) + sum(r.failed for r in lw_runs)
     if failed:
         print("failures:")
-        for c in results:
+        for c in list(results) + lw_runs:
             for f in c.failures:
                 print("  " + f.splitlines()[0])
     print("total time %s; logs in %s" % (fmt_s(total), logdir))

@@ -2,10 +2,16 @@
 # /init of the snapinst VM-test initramfs (busybox sh). Every line meant for the harness starts with "SNAPINST-VM: ".
 #
 # Kernel command line:
-#   snapinst.mode=recover|apply|apply-failing|apply-writer|rollback
+#   snapinst.mode=recover|apply|apply-failing|apply-writer|rollback|logwrites
 #                                                       what to do after the boot-time recovery (apply-writer: the
 #                                                       apply while a writer appends fsynced, numbered records to
 #                                                       $WRITER_FILES, each announced as "durable N" once fsynced)
+#                                                       logwrites: every block write to /dev/vda logged to /dev/vdb
+#                                                       by device-mapper's log-writes target, with a mark after each
+#                                                       part: an apply of plan-logwrites.json (apply-done), a
+#                                                       rollback (rollback-done), an apply killed at
+#                                                       snapinst.lwpoint (killed), a recover (recover-done), end
+#   snapinst.lwpoint=NAME                               logwrites: the crash point of the killed apply
 #   snapinst.boot=1                                     the live layout: `snapinst boot` first, before the root is
 #                                                       mounted, as the initramfs hook runs it on a machine
 #   snapinst.fs=btrfs|ext4                              the test disk's filesystem (/dev/vda)
@@ -40,7 +46,7 @@ mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 exec </dev/console >/dev/console 2>&1
 
-MODE=recover FS=btrfs BACKEND=btrfs FAILPOINT= LAYOUT=dir PARTS= BOOT_HOOK=
+MODE=recover FS=btrfs BACKEND=btrfs FAILPOINT= LAYOUT=dir PARTS= BOOT_HOOK= LWPOINT=
 for w in $(cat /proc/cmdline); do
     case "$w" in
         snapinst.mode=*) MODE=${w#snapinst.mode=} ;;
@@ -50,6 +56,7 @@ for w in $(cat /proc/cmdline); do
         snapinst.backend=*) BACKEND=${w#snapinst.backend=} ;;
         snapinst.failpoint=*) FAILPOINT=${w#snapinst.failpoint=} ;;
         snapinst.boot=*) BOOT_HOOK=${w#snapinst.boot=} ;;
+        snapinst.lwpoint=*) LWPOINT=${w#snapinst.lwpoint=} ;;
     esac
 done
 export SNAPINST_REGISTRY=/mnt/vmtest/registry
@@ -97,7 +104,26 @@ wait_disk() {
     done
 }
 wait_disk /dev/vda
-mount -t "$FS" /dev/vda /mnt || die "mount /dev/vda failed"
+DISK=/dev/vda
+if [ "$MODE" = logwrites ]; then
+    # Every write to vda, in order, with its flush and FUA flags, logged to vdb (no udev here: dmsetup makes the
+    # node itself).
+    load dm_mod
+    load dm_log_writes
+    wait_disk /dev/vdb
+    export DM_DISABLE_UDEV=1
+    dmsetup create lw --noudevsync --table "0 $(blockdev --getsz /dev/vda) log-writes /dev/vda /dev/vdb" ||
+        die "dmsetup create log-writes failed"
+    DISK=/dev/mapper/lw
+    wait_disk $DISK
+fi
+# A mark in the log (logwrites), said on the console too.
+mark() {
+    dmsetup message lw 0 mark "$1" || die "dmsetup message lw mark $1 failed"
+    say "mark $1"
+}
+[ "$MODE" = logwrites ] && mark start
+mount -t "$FS" $DISK /mnt || die "mount $DISK failed"
 MOUNTED=/mnt
 case "$LAYOUT" in
     dir | subvol) ROOT=/mnt/root ;;
@@ -179,6 +205,22 @@ case "$MODE" in
         touch /tmp/writer.stop
         wait $writer
         ;;
+    logwrites)
+        plan=/mnt/vmtest/plan-logwrites.json
+        mark apply-start
+        tagged apply-out snapinst apply "$plan" --root "$ROOT" --backend "$BACKEND" --json
+        say "apply-done rc=$RC"
+        mark apply-done
+        tagged rollback-out snapinst rollback --root "$ROOT" --json
+        say "rollback-done rc=$RC"
+        mark rollback-done
+        SNAPINST_FAILPOINT=$LWPOINT tagged killed-out snapinst apply "$plan" --root "$ROOT" --backend "$BACKEND" --json
+        say "killed-done rc=$RC"
+        mark killed
+        tagged lwrecover-out snapinst recover --root "$ROOT" --json
+        say "lwrecover-done rc=$RC"
+        mark recover-done
+        ;;
     rollback)
         say "rollback-start"
         tagged rollback-out snapinst rollback --root "$ROOT" --json
@@ -196,6 +238,10 @@ sync
 for m in $MOUNTED; do
     umount "$m" || die "umount $m failed"
 done
+if [ "$MODE" = logwrites ]; then
+    mark end
+    dmsetup remove lw || die "dmsetup remove lw failed"
+fi
 say "poweroff uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
 sleep 10

@@ -3,7 +3,8 @@
 # Debian kernel, with the boot-time `snapinst recover --all` checked against whole-tree manifests.
 #
 #   vm-tests/run.sh [--cuts N] [--cuts-with-parts N] [--soak N] [--seed S] [--backend btrfs|overlay]
-#                   [--layout btrfs|overlay|ext4-top|btrfs-live] [--writer-cuts N] [--no-failpoints] [--late F]
+#                   [--layout btrfs|overlay|ext4-top|btrfs-live|journal] [--writer-cuts N] [--no-failpoints] [--late F]
+#                   [--no-logwrites | --logwrites-only] [--logwrites-every]
 #
 #   --cuts N     power cuts per layout without filesystems mounted inside the root (default 12)
 #   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 6)
@@ -15,6 +16,10 @@
 #                at the commit phase (default 3, after one uncut writer run; 0: neither)
 #   --no-failpoints  only the power cuts
 #   --late F     aim a fraction F of the cuts at the commit phase (the end of the apply) instead of [0, T]
+#   --no-logwrites   skip the crash-state logs: every block write of an apply, a rollback and a recover logged by
+#                dm-log-writes on the btrfs, overlay and journal layouts, and every FLUSH/FUA state recovered
+#   --logwrites-only only the crash-state logs
+#   --logwrites-every  check a state after every entry of the logs, not only after each FLUSH/FUA (long)
 #
 # Environment: SNAPINST_VM_CACHE (default /var/cache/snapinst-vm: kernel, initramfs, images, logs),
 # SNAPINST_VM_LOGS (default $SNAPINST_VM_CACHE/logs), SNAPINST_VM_SEED, SNAPINST_VM_KVM=1 (use /dev/kvm when it
@@ -42,7 +47,7 @@ done
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get, loop mounts, image building)"
 
 # ---- dependencies (Debian 12 package names); apt-get only when something is missing
-deps=(qemu-system-x86 busybox-static btrfs-progs e2fsprogs xfsprogs dosfstools mtools cpio kmod python3 util-linux coreutils gzip dpkg apt)
+deps=(qemu-system-x86 busybox-static btrfs-progs e2fsprogs xfsprogs dosfstools mtools cpio kmod python3 util-linux coreutils gzip dpkg apt dmsetup)
 bash "$repo/scripts/deps.sh" "${deps[@]}" || die "installing the dependencies failed"
 for t in qemu-system-x86_64 busybox mkfs.btrfs mkfs.ext4 btrfs cpio depmod /usr/bin/python3; do
     command -v "$t" >/dev/null || die "required tool $t is missing after installing the dependencies"

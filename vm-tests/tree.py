@@ -8,7 +8,8 @@ several owners and modes, fixed mtimes with a non-zero nanosecond part) is what 
 snapinst: busybox at /bin/busybox with the usual applets symlinked, /etc/passwd and /etc/group, empty /proc /sys
 /dev /tmp /run.
 
-The plan changes about 1,000 paths: replaces ~500 existing files, adds ~400 files (some in new directories),
+The plan changes about 1,000 paths (the log-writes plan, `plan-logwrites.json`, the same kinds of change on a few
+dozen): replaces ~500 existing files, adds ~400 files (some in new directories),
 removes ~100 paths (files, symlinks, a hard link, one directory recursively), adds a few symlinks, runs one `run`
 step and ends with a `verify` step. The failing plan is the same with a last verify step that fails.
 
@@ -208,13 +209,15 @@ def _existing(root):
     return regs, links, hard
 
 
-def build_plans(root, parts=()):
+def build_plans(root, parts=(), scale=None):
     """The plan and the failing plan for the base tree in `root`, as JSON-ready dicts; with `parts` ((name, fs) of
     the filesystems mounted inside the root, see build_part_tree), the plan writes into each of them too, and
     changes a tenth as many paths of the root (each of its three filesystems pays for a scratch layer and a copy
-    under emulation; the kinds of change are the same)."""
+    under emulation; the kinds of change are the same). `scale` divides the number of changed paths (the
+    log-writes plan: the same kinds of change, a few dozen paths). The run step declares what it changes, so the
+    journal backend takes the plan too."""
     rng = random.Random(SEED + 2)
-    scale = 10 if parts else 1
+    scale = scale or (10 if parts else 1)
     n_replace, n_add, n_remove = N_REPLACE // scale, N_ADD // scale, N_REMOVE // scale
     regs, links, hard = _existing(root)
     rng.shuffle(regs)
@@ -259,7 +262,7 @@ def build_plans(root, parts=()):
     written.append("/var/lib/vmtest/ran")
     steps.append({"id": "written-list", "type": "file", "path": "/etc/vmtest-written", "mode": "0644",
                   "content": "".join(w + "\n" for w in written)})
-    steps.append({"id": "post", "type": "run", "timeout_s": 600, "command": [
+    steps.append({"id": "post", "type": "run", "timeout_s": 600, "changes": written + ["/var/lib/vmtest"], "command": [
         "/bin/sh", "-c",
         "export PATH=/bin; set -e; mkdir -p /var/lib/vmtest; echo ran > /var/lib/vmtest/ran; "
         "xargs touch -c -d @%d < /etc/vmtest-written" % FIXED_MTIME]})
@@ -276,8 +279,10 @@ def build_plans(root, parts=()):
 
 def write_plans(root, dest_dir, parts=()):
     plan, failing = build_plans(root, parts)
+    small = dict(build_plans(root, parts, scale=25)[0], name="vmtest-logwrites",
+                 description="VM crash-state test (every flush of a log-writes log): a few dozen changed paths")
     os.makedirs(dest_dir, exist_ok=True)
-    for name, p in [("plan.json", plan), ("plan-failing.json", failing)]:
+    for name, p in [("plan.json", plan), ("plan-failing.json", failing), ("plan-logwrites.json", small)]:
         with open(os.path.join(dest_dir, name), "w") as f:
             json.dump(p, f, indent=1)
             f.write("\n")
