@@ -1014,7 +1014,7 @@ def main():
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         list(pool.map(run_campaign, order))
         list(pool.map(run_logwrites, lw_runs))
-    boots = sum(c.vm.boots for c in results)
+    boots = sum(c.vm.boots for c in results) + sum(r.vm.boots for r in lw_runs)
     boot_times = sorted(t for c in results for t in c.vm.boot_time)
 
     # The same plan on the same base tree must give the same tree on every backend (BEFORE is the same by
@@ -1032,6 +1032,22 @@ def main():
         else:
             done[1].passed += 1
             log("cross-backend: the %s and %s AFTER trees are identical" % (done[0].backend, done[1].backend))
+
+    # The logged runs apply the same plan to the same base tree: their AFTER trees (each the state at its apply-done
+    # mark) must be the same on every backend, which checks the AFTER each run compared its states with.
+    lw_after = [(r, mf.load(os.path.join(r.logdir, "%s.after.json" % r.layout))) for r in lw_runs
+                if r.result and os.path.exists(os.path.join(r.logdir, "%s.after.json" % r.layout))]
+    for r, m in lw_after[1:]:
+        d = mf.diff(lw_after[0][1], m, limit=20)
+        if d:
+            r.fail("its AFTER differs from %s's:\n    %s" % (lw_after[0][0].layout, "\n    ".join(d)))
+        else:
+            r.passed += 1
+    if len(lw_after) > 1:
+        log("logwrites: the AFTER trees of %s are %s" % (", ".join(r.layout for r, _ in lw_after),
+                                                         "identical" if not any(
+                                                             mf.diff(lw_after[0][1], m) for _, m in lw_after[1:])
+                                                         else "NOT identical"))
 
     # ---- report
     total = time.monotonic() - t_start

@@ -164,7 +164,11 @@ impl Hello {
                 s["missing_ok"] = json!(false);
             }
             "olddir" => s["path"] = json!(format!("/srv/never-there{t}")),
-            "post" => s["command"] = sh(&format!("echo partial > /etc/partial{t}; echo boom-run >&2; exit 1")),
+            "post" => {
+                // The partial change is declared, so the journal backend takes it back too.
+                s["command"] = sh(&format!("echo partial > /etc/partial{t}; echo boom-run >&2; exit 1"));
+                s["changes"] = json!([format!("/var/lib/hello{t}/state"), format!("/etc/partial{t}")]);
+            }
             "check" => s["expect_stdout"] = json!("greeting=bye"),
             part if part.starts_with("part") && part.ends_with("-script") => {
                 let d = &self.parts[part[4..part.len() - 7].parse::<usize>().unwrap()];
