@@ -3,7 +3,8 @@
 //! deep. The running system's tree holds them before the transaction; the plan changes and copies them (a `run`
 //! step), removes some and writes files with such names. Dry-run, commit, a crash before
 //! and after the commit point, rollback and recover are each compared by whole-tree manifests, and the change list
-//! names each changed path exactly once: losslessly in JSON, escaped and one per line in text.
+//! names each changed path exactly once: losslessly in JSON, escaped and one per line in text (`diff` of a kept
+//! transaction too).
 
 #[macro_use]
 mod common;
@@ -215,6 +216,23 @@ fn any_name_goes_everywhere(backend: Backend) {
     let listed =
         if backend == Backend::Journal { Vec::new() } else { check_change_lists(&plan.path, &root, backend, &before) };
     assert_no_leftovers(&img);
+
+    // A kept transaction (the plan, then a failing check): `diff` lists what the dry run listed; abort.
+    if backend != Backend::Journal {
+        let mut kept = serde_json::from_slice::<Value>(&std::fs::read(&plan.path).unwrap()).unwrap();
+        kept["steps"].as_array_mut().unwrap().push(json!({"id": "fail", "type": "verify", "command": sh("exit 1")}));
+        let kept_plan = PlanDir::new(&kept, &[]);
+        assert_code(&apply(&kept_plan.path, &root, backend, &["--keep-failed"]), 1);
+        let root_arg = root.to_str().unwrap();
+        let out = snapinst(["diff", "--root", root_arg, "--json"]);
+        assert_code(&out, 0);
+        let lines = json_lines(&out);
+        let diffed: Vec<PathBuf> = events(&lines, "change").iter().map(|c| json_path(&c["path"])).collect();
+        assert_eq!(diffed, listed, "diff of the kept stage lists what the dry run listed");
+        assert_code(&snapinst(["abort", "--root", root_arg]), 0);
+        assert_manifest_eq(&before, &img.booted_manifest());
+        assert_no_leftovers(&img);
+    }
 
     // A crash short of the commit point, then recover: as before.
     let out = apply_env(&plan.path, &root, backend, &[], &[("SNAPINST_FAILPOINT", "apply-after-steps")]);

@@ -1091,15 +1091,18 @@ def main():
             for name, op, state, action in c.fp_rows:
                 print("  %-30s %-38s %-24s %s" % (name, op, state, action))
     if lw_runs:
-        print("crash states of the logged runs (dm-log-writes: an apply, a rollback, an apply killed at a crash point"
-              " and its recover), %s:" % ("after every entry" if args.logwrites_every else "after every FLUSH/FUA"))
-        print("  %-8s %8s %9s %8s %7s %6s %4s %8s  %s" % ("layout", "entries", "flush/fua", "states", "before", "after",
-                                                      "bad", "time", "at the marks"))
+        print("crash states of the logged runs (dm-log-writes: an apply with the running system writing through it, a"
+              " rollback, an apply killed at a crash point and its recover), %s; records: the running system's"
+              " records made durable, each held by every later state:"
+              % ("after every entry" if args.logwrites_every else "after every FLUSH/FUA"))
+        print("  %-8s %8s %9s %8s %7s %6s %4s %8s %8s  %s" % ("layout", "entries", "flush/fua", "states", "before",
+                                                           "after", "bad", "records", "time", "at the marks"))
         for r in lw_runs:
             x = r.result or {}
-            print("  %-8s %8s %9s %8s %7s %6s %4s %8s  %s" % (
+            print("  %-8s %8s %9s %8s %7s %6s %4s %8s %8s  %s" % (
                 r.layout, x.get("entries", "-"), x.get("flush_fua", "-"), x.get("states", "-"), x.get("before", "-"),
-                x.get("after", "-"), x.get("bad", "-") if r.result else "FAIL", fmt_s(r.elapsed),
+                x.get("after", "-"), x.get("bad", "-") if r.result else "FAIL", x.get("durable_records", "-"),
+                fmt_s(r.elapsed),
                 ", ".join("%s=%s" % kv for kv in (x.get("marks") or {}).items())))
     passed = sum(c.passed for c in results) + sum(r.passed for r in lw_runs)
     failed = sum(c.failed for c in results) + sum(r.failed for r in lw_runs)

@@ -207,9 +207,29 @@ case "$MODE" in
         ;;
     logwrites)
         plan=/mnt/vmtest/plan-logwrites.json
+        # The running system writes through the apply (and the btrfs carry-over): a record every 20 ms to
+        # /etc/vm-writer.log, each fsynced, then marked in the log as durable-N, so the host knows which records
+        # every later state must hold.
+        rm -f /tmp/writer.stop
+        (
+            i=0
+            while [ ! -e /tmp/writer.stop ]; do
+                i=$((i + 1))
+                echo "$i" >>"$ROOT/etc/vm-writer.log" && sync "$ROOT/etc/vm-writer.log" ||
+                    { say "writer-error record $i"; exit 1; }
+                dmsetup message lw 0 mark "durable-$i" || { say "writer-error mark $i"; exit 1; }
+                sleep 0.02
+            done
+            say "writer-stopped last=$i"
+        ) &
+        writer=$!
+        sleep 1
         mark apply-start
         tagged apply-out snapinst apply "$plan" --root "$ROOT" --backend "$BACKEND" --json
         say "apply-done rc=$RC"
+        sleep 1
+        touch /tmp/writer.stop
+        wait $writer
         mark apply-done
         tagged rollback-out snapinst rollback --root "$ROOT" --json
         say "rollback-done rc=$RC"

@@ -9,7 +9,11 @@ after it) and replays it onto a copy of the pristine disk, entry by entry. After
 
 - `snapinst recover` runs on it (in a private mount namespace, the root mounted where the guest had it);
 - the tree must then be exactly BEFORE (the pristine tree) or exactly AFTER (the plan's tree: the state at the
-  `apply-done` mark), with nothing left in the stage and no recovery-failed stamp;
+  `apply-done` mark), the running system's file left out, with nothing left in the stage and no recovery-failed
+  stamp;
+- the running system's file (`/etc/vm-writer.log`, a record appended and fsynced every 20 ms through the apply,
+  each then marked `durable-N` in the log) holds each record once, in order, and every record marked durable
+  before the state, in the tree or (btrfs) in a kept generation's tree;
 - a second `recover` must change nothing (it does nothing, and the manifest is the same);
 - after unmounting, `btrfs check --readonly` or `e2fsck -fn` must find the filesystem clean.
 
@@ -40,6 +44,7 @@ WRITE_LOG_VERSION = 1
 MOUNT_AT = "/mnt"  # where the guest mounted the disk (records hold the root's path)
 # What each mark says the state is.
 MARK_STATE = {"apply-done": "after", "rollback-done": "before", "recover-done": "after"}
+WRITER_FILE = "etc/vm-writer.log"  # the running system's file, relative to the root
 
 
 class Entry:
@@ -93,7 +98,26 @@ def apply_entry(log, disk, sectorsize, e):
 
 
 def is_state(e, every):
-    return every or e.flags & (LOG_FLUSH | LOG_FUA) or e.mark is not None
+    return every or e.flags & (LOG_FLUSH | LOG_FUA) or (e.mark is not None and not e.mark.startswith("durable-"))
+
+
+def read_records(path):
+    """(records in a writer's file in order, problem or None); a last line without its newline is a record being
+    appended when the state was taken, and is not counted."""
+    if not os.path.exists(path):
+        return [], None
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    lines = text.split("\n")
+    lines.pop()  # "" after the last newline, or the torn tail
+    recs = []
+    for i, l in enumerate(lines):
+        if not l.isdigit():
+            return recs, "%s line %d is %r, not a record number" % (path, i + 1, l[:40])
+        if recs and int(l) <= recs[-1]:
+            return recs, "%s: record %s follows record %d" % (path, l, recs[-1])
+        recs.append(int(l))
+    return recs, None
 
 
 def sh(cmd, **kw):
@@ -123,8 +147,25 @@ class StateCheck:
                 actions.append(j.get("action"))
         return r.returncode, actions, r.stderr.strip()
 
-    def check(self, image):
-        """(state: "before" | "after" | "bad", problems, manifest)."""
+    def writer_problems(self, durable):
+        """What is wrong with the running system's records: each once and in order in the tree, and every record
+        up to `durable` in the tree or in a kept generation's tree (on btrfs, what a directory target's system
+        writes after the last carry-over round stays in the tree the commit replaced: docs/transactions.md)."""
+        recs, problem = read_records(os.path.join(self.root, WRITER_FILE))
+        problems = [problem] if problem else []
+        have = set(recs)
+        gens = os.path.join(self.state_area, "gens")
+        if os.path.isdir(gens):
+            for g in sorted(os.listdir(gens)):
+                have |= set(read_records(os.path.join(gens, g, WRITER_FILE))[0])
+        lost = [n for n in range(1, durable + 1) if n not in have]
+        if lost:
+            problems.append("%d durable records lost (of %d): %s" % (len(lost), durable, lost[:10]))
+        return problems
+
+    def check(self, image, durable=0):
+        """(state: "before" | "after" | "bad", problems, manifest); `durable`: the last record the running system
+        had made durable."""
         problems = []
         loop = sh(["losetup", "--find", "--show", image]).stdout.strip()
         mounted = sh(["mount", "-t", self.args.fs, loop, MOUNT_AT]).returncode == 0
@@ -135,7 +176,8 @@ class StateCheck:
             rc, actions, err = self.recover()
             if rc != 0:
                 problems.append("recover exited %d: %s" % (rc, err.splitlines()[-1] if err else ""))
-            m = mf.manifest(self.root)
+            m = without_writer(mf.manifest(self.root))
+            problems += self.writer_problems(durable)
             stage = os.path.join(self.state_area, "stage")
             if os.path.isdir(stage) and os.listdir(stage):
                 problems.append("left in the stage: %s" % sorted(os.listdir(stage)))
@@ -144,7 +186,7 @@ class StateCheck:
             rc2, actions2, err2 = self.recover()
             if rc2 != 0 or any(a != "nothing" for a in actions2):
                 problems.append("the second recover did %s (exit %d) %s" % (actions2, rc2, err2))
-            if mf.manifest(self.root) != m:
+            if without_writer(mf.manifest(self.root)) != m:
                 problems.append("the second recover changed the tree")
         finally:
             if mounted:
@@ -161,8 +203,12 @@ class StateCheck:
         return state, problems, m
 
 
+def without_writer(m):
+    return {k: v for k, v in m.items() if k != "/" + WRITER_FILE}
+
+
 def check(args):
-    before = mf.load(args.before)
+    before = without_writer(mf.load(args.before))
     sectorsize, entries = read_log(args.log)
     marks = {e.mark: e.index for e in entries if e.mark}
     for want in ("start", "apply-done", "rollback-done", "killed", "recover-done", "end"):
@@ -182,16 +228,21 @@ def check(args):
         "problems": [], "marks": {}, "every": args.every}
     t0 = time.monotonic()
     pending = []  # states seen before AFTER was known (the apply-done mark): classified once it is
+    durable = 0
+    result["durable_records"] = 0
     with open(args.log, "rb") as log, open(work, "r+b") as disk:
         at = 0
         for e in states:
             while at <= e.index:
                 apply_entry(log, disk, sectorsize, entries[at])
+                if entries[at].mark and entries[at].mark.startswith("durable-"):
+                    durable = max(durable, int(entries[at].mark[len("durable-"):]))
                 at += 1
+            result["durable_records"] = durable
             disk.flush()
             os.fsync(disk.fileno())
             subprocess.run(["cp", "--sparse=always", "--reflink=auto", work, state_img], check=True)
-            state, problems, m = checker.check(state_img)
+            state, problems, m = checker.check(state_img, durable)
             if e.mark == "apply-done":
                 if m is None or m == before:
                     problems.append("at the apply-done mark the tree is %s" % ("unreadable" if m is None else
