@@ -4,7 +4,9 @@
 # Shared by scripts/demo.sh, scripts/test.sh, bench/run.sh and the VM tests. Needs root when something is missing.
 set -euo pipefail
 
-packages=(btrfs-progs libbtrfsutil-dev libclang-dev busybox-static e2fsprogs xfsprogs pkg-config "$@")
+# eatmydata, strace, debootstrap and time: the benchmark's package section (bench/packages.sh).
+packages=(btrfs-progs libbtrfsutil-dev libclang-dev busybox-static e2fsprogs xfsprogs pkg-config libseccomp-dev
+  eatmydata strace debootstrap time "$@")
 
 missing=()
 for p in "${packages[@]}"; do

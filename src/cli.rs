@@ -75,6 +75,11 @@ pub(crate) struct TxnFlags {
     /// staging it; a step that writes there fails. Repeatable.
     #[arg(long = "exclude-mount", value_name = "PATH")]
     exclude_mount: Vec<PathBuf>,
+    /// Let the steps' sync calls reach the disk (by default a step in a stage has its fsync, fdatasync, syncfs,
+    /// sync, sync_file_range, msync and O_SYNC made no-ops, and the commit syncs once), and mount an overlay stage
+    /// without `volatile`.
+    #[arg(long)]
+    no_suppress_sync: bool,
 }
 
 impl TxnFlags {
@@ -87,6 +92,7 @@ impl TxnFlags {
             confirm: commands::apply::Confirm::from_flags(self.confirm, self.yes),
             keep_failed,
             exclude_mounts: self.exclude_mount,
+            suppress_sync: !self.no_suppress_sync,
         }
     }
 }

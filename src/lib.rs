@@ -15,6 +15,7 @@ mod fsutil;
 mod inroot;
 mod lock;
 mod mounts;
+mod nosync;
 mod pathbytes;
 mod plan;
 mod reboot_required;

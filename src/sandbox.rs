@@ -1,7 +1,8 @@
 //! Running a step's command: inside the staged root (a private mount namespace with /proc /sys /dev bound and fresh
 //! tmpfs on /tmp and /run, then chroot), or on the host for `host` steps. Output is captured, a timeout or a
 //! SIGINT/SIGTERM kills the command's whole process group. The child must never mount anything in the host's
-//! namespace: it unshares before its first mount.
+//! namespace: it unshares before its first mount. A command in a staged root runs with its syncs suppressed
+//! (`nosync`) unless told to keep them.
 
 use crate::plan::Command;
 use anyhow::{Context, Result};
@@ -111,6 +112,15 @@ fn is_real_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
+/// Whether a command's sync calls reach the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Syncs {
+    /// Suppressed (a step in a stage: the commit syncs once).
+    Suppressed,
+    /// As the command makes them (on the host, an undo, `--no-suppress-sync`).
+    Kept,
+}
+
 /// Whether SIGINT/SIGTERM stops the command: a step's yes, an undo run while rolling back no (it must finish).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OnSignal {
@@ -119,8 +129,8 @@ pub(crate) enum OnSignal {
 }
 
 /// Run `cmd`, capturing its output, until it exits, times out or (with `OnSignal::Stop`) the transaction is
-/// interrupted.
-pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal) -> Result<Finished> {
+/// interrupted. `Syncs::Suppressed` applies only in a staged root: a command on the host keeps its syncs.
+pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal, syncs: Syncs) -> Result<Finished> {
     let mut proc = std::process::Command::new(&cmd.argv[0]);
     proc.args(&cmd.argv[1..])
         .env_clear()
@@ -145,18 +155,44 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal) -
         }
         Place::Host => None,
     };
+    // The filter is built before the fork; the child sends its listener back over `channel` for `Supervisor`.
+    let filter = match (&setup, syncs) {
+        (Some(_), Syncs::Suppressed) => Some(crate::nosync::program()?),
+        _ => None,
+    };
+    let channel = match filter {
+        Some(_) => Some(std::os::unix::net::UnixStream::pair().context("making the sync filter's socket pair")?),
+        None => None,
+    };
+    let child_sock = channel.as_ref().map(|(_, child)| std::os::fd::AsRawFd::as_raw_fd(child));
     // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls on data
     // prepared before the fork (no allocation, no locks).
     unsafe {
         proc.pre_exec(move || {
             contain()?;
-            match &setup {
-                Some(setup) => enter_chroot(setup),
-                None => Ok(()),
+            if let Some(setup) = &setup {
+                enter_chroot(setup)?;
+            }
+            match (filter, child_sock) {
+                (Some(program), Some(sock)) => crate::nosync::load_in_child(program, sock),
+                _ => Ok(()),
             }
         });
     }
-    let mut child = proc.spawn().with_context(|| format!("starting {:?}", cmd.argv))?;
+    let spawned = proc.spawn().with_context(|| format!("starting {:?}", cmd.argv));
+    let supervisor = channel.map(|(parent, child)| {
+        drop(child);
+        crate::nosync::Supervisor::start(parent.into())
+    });
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(s) = supervisor {
+                s.stop();
+            }
+            return Err(e);
+        }
+    };
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let out = reader(child.stdout.take());
     let err = reader(child.stderr.take());
@@ -180,6 +216,9 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal) -
     };
     // Whatever the command left running in its group (a daemon it started) goes too: it would pin the stage.
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    if let Some(s) = supervisor {
+        s.stop();
+    }
     Ok(Finished {
         code: status.code(),
         stdout: out.join().unwrap_or_default(),

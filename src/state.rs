@@ -255,6 +255,10 @@ pub(crate) struct TxnRecord {
     /// made. A record without it is from before the snapshot stager: its parts were staged as their type says.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub part_kinds: std::collections::BTreeMap<String, BackendKind>,
+    /// Whether the steps run with their syncs suppressed and an overlay stage is mounted `volatile` (a record from
+    /// before sync suppression: no); `resume` goes on as the transaction began.
+    #[serde(default)]
+    pub suppress_sync: bool,
     /// The undos of the steps run so far (a record from before run-step undos calls them `host_undo`).
     #[serde(default, alias = "host_undo")]
     pub undos: Vec<StepUndo>,
@@ -317,6 +321,7 @@ impl TxnRecord {
             parts: Vec::new(),
             part_kinds: Default::default(),
             steps_run: Vec::new(),
+            suppress_sync: crate::nosync::suppressed(),
             undos: Vec::new(),
             exact: false,
             boot_pending: false,

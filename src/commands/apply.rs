@@ -34,6 +34,8 @@ pub(crate) struct ApplyOptions {
     pub keep_failed: bool,
     /// `--exclude-mount`: filesystems inside the root (as paths inside it) not to stage.
     pub exclude_mounts: Vec<std::path::PathBuf>,
+    /// Suppress the steps' syncs in the stage (`--no-suppress-sync` turns it off).
+    pub suppress_sync: bool,
 }
 
 /// `--confirm`: show the changes, then ask on the terminal, or (`--yes`) commit without asking.
@@ -90,6 +92,7 @@ fn run_plan(plan: &Plan, plan_file: &Path, args: &RootArgs, opts: &ApplyOptions)
     }
     Confirm::check_terminal(opts.confirm)?;
     require_root_user()?;
+    crate::nosync::set_suppressed(opts.suppress_sync);
     let loc = locate(args)?;
     let out = Reporter::new(args.json);
     mounts::enter_private_namespace()?;

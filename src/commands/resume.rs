@@ -100,6 +100,7 @@ pub(crate) fn resume(
         ));
     }
     sandbox::install_signal_handlers()?;
+    crate::nosync::set_suppressed(rec.suppress_sync);
     let out = Reporter::new(args.json);
     out.event(
         "resumed",

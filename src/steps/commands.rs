@@ -3,13 +3,16 @@
 use super::StepFailure;
 use crate::inroot::Root;
 use crate::plan::Command;
-use crate::sandbox::{self, Finished, OnSignal, Place};
+use crate::sandbox::{self, Finished, OnSignal, Place, Syncs};
 use crate::state::StepUndo;
 use anyhow::{bail, Result};
 use std::time::Duration;
 
+/// Run a step's command: in a staged root with its syncs suppressed (unless `--no-suppress-sync`), on the host as
+/// it is.
 pub(super) fn run(place: Place, txn: &str, cmd: &Command) -> Result<Finished, StepFailure> {
-    sandbox::run(cmd, place, txn, OnSignal::Stop)
+    let syncs = if crate::nosync::suppressed() { Syncs::Suppressed } else { Syncs::Kept };
+    sandbox::run(cmd, place, txn, OnSignal::Stop, syncs)
         .map_err(|e| StepFailure { message: format!("{e:#}"), output: String::new() })
 }
 
@@ -79,11 +82,12 @@ pub(super) fn run_on_host(txn: &str, cmd: &Command) -> Result<String, StepFailur
     judge(run(Place::Host, txn, cmd)?, cmd, 0)
 }
 
-/// Run a recorded undo: a host step's on the host, a run step's chrooted in `root`. An error names the step.
+/// Run a recorded undo: a host step's on the host, a run step's chrooted in `root`, its syncs kept (it runs while
+/// rolling back, after the last sync of the stage). An error names the step.
 pub(crate) fn run_undo(txn: &str, root: &std::path::Path, undo: &StepUndo) -> Result<()> {
     let cmd = Command { argv: undo.argv.clone(), timeout: Duration::from_secs(undo.timeout_s), env: undo.env.clone() };
     let (place, kind) = if undo.in_root { (Place::Chroot(root), "run") } else { (Place::Host, "host") };
-    match judge(sandbox::run(&cmd, place, txn, OnSignal::Finish)?, &cmd, 0) {
+    match judge(sandbox::run(&cmd, place, txn, OnSignal::Finish, Syncs::Kept)?, &cmd, 0) {
         Ok(_) => Ok(()),
         Err(f) if f.output.is_empty() => bail!("undo of {kind} step \"{}\" failed: {}", undo.step, f.message),
         Err(f) => bail!("undo of {kind} step \"{}\" failed: {}\n{}", undo.step, f.message, f.output.trim_end()),
