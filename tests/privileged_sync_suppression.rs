@@ -3,7 +3,8 @@
 //! and `O_DSYNC`. In a staged root, on every backend: every call returns 0, `fsync(-1)` still fails with EBADF,
 //! the descriptors `O_SYNC` and `O_DSYNC` gave are open without the flag, and the root's disk (the loop device's
 //! flush count) sees none of the 200 fsyncs. A `host` step's syncs, and a staged step's under `--no-suppress-sync`,
-//! do reach the disk and keep their flags. Each committed tree is compared whole.
+//! do reach the disk and keep their flags. An overlay stage is mounted `volatile`, and not under
+//! `--no-suppress-sync`. Each committed tree is compared whole.
 
 #[macro_use]
 mod common;
@@ -65,9 +66,11 @@ fn probe_plan(backend: Backend, n: usize, host_dir: Option<&Path>) -> PlanDir {
     let step = match host_dir {
         None => {
             let mut s = json!({"id": "probe", "type": "run",
-                               "command": sh(&format!("/syncprobe /var/lib/probe.txt {n} > /var/lib/probe.out"))});
+                               "command": sh(&format!("/syncprobe /var/lib/probe.txt {n} > /var/lib/probe.out; \
+                                   grep -c ' - overlay .*volatile' /proc/self/mountinfo > /var/lib/volatile.out \
+                                   || true"))});
             if backend == Backend::Journal {
-                s["changes"] = json!(["/var/lib/probe.txt", "/var/lib/probe.out"]);
+                s["changes"] = json!(["/var/lib/probe.txt", "/var/lib/probe.out", "/var/lib/volatile.out"]);
             }
             s
         }
@@ -99,6 +102,7 @@ fn suppressed_in_the_stage(backend: Backend) {
     let suppressed = flushes_during(&img, &probe_plan(backend, FSYNCS, None), backend, &[]);
     let out = std::fs::read_to_string(in_root(&root, "/var/lib/probe.out")).unwrap();
     assert_report(&out, false, "a run step");
+    let volatile = if backend == Backend::Overlay { "1\n" } else { "0\n" };
     assert!(
         suppressed < baseline + 20,
         "{}: {suppressed} flushes with {FSYNCS} fsyncs suppressed, {baseline} with none",
@@ -107,7 +111,9 @@ fn suppressed_in_the_stage(backend: Backend) {
     // Each run of the probe appends its fsynced bytes, then one through O_SYNC.
     let grown = |before: &str| format!("{before}{}s", "x".repeat(FSYNCS));
     let mut want = Expect::new(&before);
-    want.file_content("/var/lib/probe.txt", grown("s").as_bytes()).file_content("/var/lib/probe.out", out.as_bytes());
+    want.file_content("/var/lib/probe.txt", grown("s").as_bytes())
+        .file_content("/var/lib/probe.out", out.as_bytes())
+        .file_content("/var/lib/volatile.out", volatile.as_bytes());
     want.check(&img.booted_manifest());
     before = img.booted_manifest();
 
@@ -118,7 +124,8 @@ fn suppressed_in_the_stage(backend: Backend) {
     assert!(kept >= baseline + FSYNCS as u64, "{}: only {kept} flushes for {FSYNCS} fsyncs kept", backend.name());
     let mut want = Expect::new(&before);
     want.file_content("/var/lib/probe.txt", grown(&grown("s")).as_bytes())
-        .file_content("/var/lib/probe.out", out.as_bytes());
+        .file_content("/var/lib/probe.out", out.as_bytes())
+        .file_content("/var/lib/volatile.out", b"0\n");
     want.check(&img.booted_manifest());
     before = img.booted_manifest();
 
@@ -139,3 +146,48 @@ fn suppressed_in_the_stage(backend: Backend) {
 }
 
 for_each_backend!(privileged_syncs_suppressed_in_the_stage, suppressed_in_the_stage);
+
+/// Every file named `name` under `dir`.
+fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    walk(dir, &mut |p, _| {
+        if p.file_name().is_some_and(|n| n == name) {
+            found.push(p.to_path_buf());
+        }
+    });
+    found
+}
+
+/// A kept overlay stage was mounted `volatile`: in the same boot `diff` mounts it again (synced first); once the
+/// machine has restarted (another boot id) it is refused with a message that says to abort it, and `abort` leaves
+/// the root as it was.
+#[test]
+fn privileged_a_volatile_stage_is_not_used_after_a_restart() {
+    let backend = Backend::Overlay;
+    let img = populated(backend);
+    let root = img.root();
+    let r = root.to_str().unwrap();
+    let before = img.booted_manifest();
+    let steps = vec![
+        json!({"id": "write", "type": "file", "path": "/etc/kept.conf", "content": "kept\n"}),
+        json!({"id": "fail", "type": "verify", "command": sh("exit 1")}),
+    ];
+    let pd = PlanDir::new(&plan("kept", steps), &[]);
+    assert_code(&apply(&pd.path, &root, backend, &["--keep-failed"]), 1);
+    let out = snapinst(["diff", "--root", r]);
+    assert_code(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/etc/kept.conf"), "{}", show(&out));
+
+    let marks = find_named(&img.state_dir(), "volatile-boot");
+    assert_eq!(marks.len(), 1, "one stage mounted volatile: {marks:?}");
+    std::fs::write(&marks[0], "00000000-0000-0000-0000-000000000000\n").unwrap();
+    let out = snapinst(["diff", "--root", r]);
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains("restarted since") && err.contains("snapinst abort"), "{err}");
+    assert_manifest_eq(&before, &img.booted_manifest());
+
+    assert_code(&snapinst(["abort", "--root", r]), 0);
+    assert_manifest_eq(&before, &img.booted_manifest());
+    assert_no_leftovers(&img);
+}

@@ -346,7 +346,10 @@ fn copy_as_checkpoint(ctx: &Ctx, rec: &TxnRecord, from: &Path, n: usize) -> Resu
     let tmp = dir.join(format!(".{n}.tmp"));
     crate::fsutil::remove_any(&tmp)?;
     crate::fsutil::copy_tree(from, &tmp)?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("putting checkpoint {} in place", target.escaped()))
+    // The copy is durable before its name is (cp syncs nothing; a volatile stage's upper layer neither).
+    crate::fsutil::syncfs(&tmp)?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("putting checkpoint {} in place", target.escaped()))?;
+    crate::fsutil::sync_dir(&dir)
 }
 
 /// Where checkpoint `n` kept by [`copy_as_checkpoint`] is; refused when it is missing.

@@ -7,6 +7,13 @@
 //! area, and the upper layer is turned into a delta (see `delta`): whiteouts become deletions, opaque directories
 //! replace whole, `trusted.overlay.*` is stripped; the commit moves it in by renames on the root's filesystem.
 //! Nothing here may write to the root before the commit record; the merge itself is `delta::swap`.
+//!
+//! With syncs suppressed (the default) the overlay is mounted `volatile` where the kernel has it: no sync reaches
+//! the upper layer, the kernel's own on copy-up included. Before the commit the overlay's `syncfs` reports any
+//! writeback error the upper filesystem had since the mount; after unmounting, the upper filesystem is synced and
+//! the kernel's mark (`work/work/incompat/volatile`) cleared. A stage found with the mark was not unmounted
+//! cleanly: within the same boot it is synced and mounted again; after a restart it cannot be trusted and is never
+//! mounted again (recovery discards a stage before the commit record anyway).
 
 use super::scratch::Scratch;
 use super::Ctx;
@@ -58,6 +65,8 @@ struct StagePaths {
     scratch: Option<Scratch>,
     /// Where a scratch upper layer is copied, on the root's filesystem, before the delta is made from it.
     copied: PathBuf,
+    /// The boot that mounted the stage `volatile` (its boot id), while it may be so mounted.
+    volatile_boot: PathBuf,
 }
 
 fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> StagePaths {
@@ -69,6 +78,7 @@ fn stage_paths(ctx: &Ctx, rec: &TxnRecord) -> StagePaths {
         work: layers.join("work"),
         merged: dir.join("merged"),
         copied: dir.join("copied"),
+        volatile_boot: dir.join("volatile-boot"),
         scratch,
         dir,
     }
@@ -85,10 +95,12 @@ pub(super) fn prepare(ctx: &Ctx, rec: &mut TxnRecord) -> Result<PathBuf> {
     // The upper root takes the root's own metadata, so an unchanged root directory merges as unchanged.
     let root_meta = delta::read_meta(&fs::File::open(&ctx.root).context("opening the root")?)?;
     delta::set_meta(&fs::File::open(&s.upper).context("opening the upper layer")?, &root_meta)?;
-    mount(ctx, &s)
+    mount(ctx, &s, rec.suppress_sync)
 }
 
-fn mount(ctx: &Ctx, s: &StagePaths) -> Result<PathBuf> {
+/// Mount the stage, `volatile` when asked and the kernel has it (5.10 and later).
+fn mount(ctx: &Ctx, s: &StagePaths, volatile: bool) -> Result<PathBuf> {
+    settle_volatile(s)?;
     // The options carry the paths' bytes as they are (a name need not be UTF-8).
     let mut data = std::ffi::OsString::new();
     for (key, path) in [("lowerdir=", &ctx.root), (",upperdir=", &s.upper), (",workdir=", &s.work)] {
@@ -97,14 +109,23 @@ fn mount(ctx: &Ctx, s: &StagePaths) -> Result<PathBuf> {
     }
     data.push(format!(",{OPTIONS}"));
     let source = stage_source(&ctx.root);
-    nix::mount::mount(
-        Some(source.as_str()),
-        &s.merged,
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(data.as_os_str()),
-    )
-    .with_context(|| format!("mounting overlay on {} ({})", s.merged.escaped(), data.escaped()))?;
+    let try_mount = |data: &std::ffi::OsStr| {
+        nix::mount::mount(Some(source.as_str()), &s.merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(data))
+    };
+    let mut mounted = Err(nix::errno::Errno::EINVAL);
+    if volatile {
+        fsutil::write_atomic(&s.volatile_boot, current_boot()?.as_bytes())?;
+        let mut with = data.clone();
+        with.push(",volatile");
+        mounted = try_mount(&with);
+        if mounted.is_err() {
+            fsutil::remove_any(&s.volatile_boot)?; // an older kernel: mounted as before, syncs and all
+        }
+    }
+    if mounted.is_err() {
+        mounted = try_mount(&data);
+    }
+    mounted.with_context(|| format!("mounting overlay on {} ({})", s.merged.escaped(), data.escaped()))?;
     if let Some(area) = &ctx.state_area {
         super::hide_state_area(&s.merged.join(area))?;
     }
@@ -125,6 +146,46 @@ fn unmount(s: &StagePaths) -> Result<()> {
     mounts::unmount_below(&s.merged).context("unmounting the overlay stage")
 }
 
+/// [`unmount`], for the commit: a writeback error a `volatile` stage had is reported first, and its upper layer is
+/// made durable after.
+fn unmount_durably(s: &StagePaths) -> Result<()> {
+    if volatile_mark(s).exists() && !mounts::mounted_below(&s.merged)?.is_empty() {
+        // A volatile overlay's syncfs syncs nothing and fails if the upper filesystem lost a write since the mount.
+        fsutil::syncfs(&s.merged).context("the upper layer's filesystem failed a write while the stage was mounted")?;
+    }
+    unmount(s)?;
+    settle_volatile(s)
+}
+
+/// The kernel's mark in the work directory of an overlay mounted `volatile`.
+fn volatile_mark(s: &StagePaths) -> PathBuf {
+    s.work.join("work/incompat/volatile")
+}
+
+fn current_boot() -> Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id").context("reading this boot's id")?.trim().to_string())
+}
+
+/// An unmounted stage that was mounted `volatile`: within the boot that mounted it, sync its upper filesystem and
+/// clear the kernel's mark; after a restart, refuse it (its upper layer may have lost writes).
+fn settle_volatile(s: &StagePaths) -> Result<()> {
+    if !volatile_mark(s).exists() || !mounts::mounted_below(&s.merged)?.is_empty() {
+        return Ok(());
+    }
+    let mounted_in = fs::read_to_string(&s.volatile_boot).unwrap_or_default();
+    if mounted_in.trim() != current_boot()? {
+        bail!(
+            "the stage {} was mounted without syncs (overlay volatile) and the machine has restarted since: its upper \
+             layer may have lost writes and cannot be used; abort the transaction (snapinst abort)",
+            s.dir.escaped()
+        );
+    }
+    fsutil::syncfs(&s.upper)?;
+    fsutil::remove_any(&s.work.join("work"))?;
+    fsutil::sync_dir(&s.work)?;
+    fsutil::remove_any(&s.volatile_boot)
+}
+
 /// Unmount everything of the stage, the scratch filesystem included, and remove its directory.
 fn remove_stage(s: &StagePaths) -> Result<()> {
     unmount(s)?;
@@ -137,7 +198,7 @@ fn remove_stage(s: &StagePaths) -> Result<()> {
 /// Returns the paths the running system also changed meanwhile (conflicts).
 pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::conflicts::Conflict>> {
     let s = stage_paths(ctx, rec);
-    unmount(&s)?;
+    unmount_durably(&s)?;
     fsutil::syncfs(&s.upper)?;
     // The delta must be on the root's filesystem, so the commit is renames: copy a scratch upper layer there.
     let upper = match &s.scratch {
@@ -272,7 +333,7 @@ pub(super) fn restore_checkpoint(ctx: &Ctx, rec: &TxnRecord, n: usize) -> Result
     fsutil::copy_tree(&source, &s.upper)?;
     fsutil::create_dir_durable(&s.work)?;
     fsutil::create_dir_durable(&s.merged)?;
-    mount(ctx, &s)
+    mount(ctx, &s, rec.suppress_sync)
 }
 
 /// The kept stage as a merged tree (mounted in snapinst's private namespace when it is not already).
@@ -282,7 +343,7 @@ pub(super) fn stage_view(ctx: &Ctx, rec: &TxnRecord) -> Result<PathBuf> {
         scratch.mount()?;
     }
     if mounts::mounted_below(&s.merged)?.is_empty() {
-        mount(ctx, &s)
+        mount(ctx, &s, rec.suppress_sync)
     } else {
         Ok(s.merged)
     }
