@@ -35,7 +35,8 @@
 #
 #   sudo bash bench/packages.sh             # all three sets, 5 runs per row (about 50 minutes on 2 cores,
 #                                           # most of it the kernel set's initramfs builds)
-#   sudo bash bench/packages.sh --quick     # the small and perl sets, 3 runs per row (about 5 minutes; used by
+#   sudo bash bench/packages.sh --quick     # the small and perl sets, 3 runs per row (2 minutes on a quiet
+#                                           # 2-core machine, about 5 under load; used by
 #                                           # bench/run.sh --quick, so by scripts/test.sh)
 #   sudo bash bench/packages.sh --reps 9 --sets perl,large
 #

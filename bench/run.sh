@@ -24,8 +24,8 @@
 # Debian packages installed into fresh copies of a debootstrapped root, snapinst on btrfs, overlay and overlay-top
 # against live dpkg, dpkg under eatmydata (the floor) and a btrfs snapshot then dpkg, on ext4 and btrfs images; time,
 # fsync-family calls, device flushes and peak RSS per row, targets snapinst <= 1.15x the floor and <= 0.8x live
-# dpkg on the same filesystem. Quick: the hello and perl sets, 3 runs per row (about 5 minutes on 2 cores); full:
-# also a kernel package, 5 runs per row (about 50 minutes, most of it the kernel's initramfs builds).
+# dpkg on the same filesystem. Quick: the hello and perl sets, 3 runs per row (2 minutes on 2 quiet cores, about 5
+# under load); full: also a kernel package, 5 runs per row (about 50 minutes, most of it the initramfs builds).
 # The targets are reported as PASS/FAIL and do not change the exit code; the script fails only when it cannot run,
 # an apply does not commit, or a package run does not install its packages.
 set -euo pipefail
