@@ -98,20 +98,8 @@ for tool in eatmydata strace debootstrap chroot; do
 done
 /usr/bin/time --version 2>&1 | grep -q GNU || die "GNU time (/usr/bin/time, package time) is missing"
 
-scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/snapinst-bench-pkg.XXXXXX")
+make_scratch snapinst-bench-pkg
 cur_dev=
-cleanup() {
-  local rc=$?
-  set +e
-  unmount_under "$scratch"
-  [ -n "$cur_dev" ] && losetup -d "$cur_dev"
-  unregister_under "$scratch"
-  rm -rf -- "$scratch"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 mkdir "$scratch/plans" "$scratch/logs"
 results=$scratch/results.tsv
 : >"$results"
@@ -202,6 +190,7 @@ setup() {
     mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img"
   fi
   cur_dev=$(losetup --find --show --direct-io=on "$img")
+  scratch_loops=("$cur_dev")
   mkdir -p "$mnt"
   mount "$cur_dev" "$mnt"
   case "$row" in
@@ -231,6 +220,7 @@ teardown() {
   unmount_under "$mnt"
   losetup -d "$cur_dev"
   cur_dev=
+  scratch_loops=()
   rm -f -- "$scratch/img"
   unregister_under "$scratch"
 }

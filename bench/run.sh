@@ -54,20 +54,7 @@ sizes=(1000 10000 100000)
 
 prepare_release_build "bench/run.sh"
 
-scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/snapinst-bench.XXXXXX")
-loops=()
-cleanup() {
-  local rc=$? l
-  set +e
-  unmount_under "$scratch"
-  for l in "${loops[@]}"; do losetup -d "$l"; done
-  unregister_under "$scratch"
-  rm -rf -- "$scratch"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+make_scratch snapinst-bench
 
 results=$scratch/results.tsv
 : >"$results"
@@ -86,7 +73,7 @@ make_image() {
   # direct I/O: the image's writes reach the disk instead of staying dirty in the host's page cache, where a later
   # flush would land in whichever measurement happens to sync first.
   dev=$(losetup --find --show --direct-io=on "$img")
-  loops+=("$dev")
+  scratch_loops+=("$dev")
   mkdir "$scratch/$name"
   mount "$dev" "$scratch/$name"
 }
@@ -276,8 +263,8 @@ bench_parts() {
   make_image "${prefix}boot" ext4
   make_image "${prefix}srv" xfs
   umount "$scratch/${prefix}boot" "$scratch/${prefix}srv"
-  mount "${loops[-2]}" "$root/boot"
-  mount "${loops[-1]}" "$root/srv"
+  mount "${scratch_loops[-2]}" "$root/boot"
+  mount "${scratch_loops[-1]}" "$root/srv"
   for rep in 0 $(seq 1 "$reps"); do
     apply_once "${prefix}parts-100" "$backend" 10000 "$rep" "$root" /etc /boot /srv
   done

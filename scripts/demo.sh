@@ -18,20 +18,7 @@ repo=$PWD
 
 prepare_release_build "scripts/demo.sh"
 
-scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/snapinst-demo.XXXXXX")
-loopdev=""
-cleanup() {
-  local rc=$?
-  set +e
-  unmount_under "$scratch"
-  [ -n "$loopdev" ] && losetup -d "$loopdev"
-  unregister_under "$scratch"
-  rm -rf -- "$scratch"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+make_scratch snapinst-demo
 
 failures=0
 pass() { echo "  ok: $*"; }
@@ -139,6 +126,7 @@ heading "Setting up a scratch btrfs image (root = subvolume 'root')"
 truncate -s 1G "$scratch/btrfs.img"
 mkfs.btrfs -q "$scratch/btrfs.img"
 loopdev=$(losetup --find --show "$scratch/btrfs.img")
+scratch_loops+=("$loopdev")
 mkdir "$scratch/btrfs"
 mount "$loopdev" "$scratch/btrfs"
 btrfs -q subvolume create "$scratch/btrfs/root"

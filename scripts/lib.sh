@@ -86,6 +86,27 @@ unregister_under() {
   done
 }
 
+# make_scratch NAME: a scratch directory $scratch under $TMPDIR (default /var/tmp), removed on exit (also on
+# failure, SIGINT and SIGTERM) with everything mounted under it, the loop devices listed in $scratch_loops (a
+# script adds each it attaches, and takes out each it detaches itself) and the roots registered under it.
+scratch_loops=()
+make_scratch() {
+  scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/$1.XXXXXX")
+  trap remove_scratch EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+remove_scratch() {
+  local rc=$? l
+  set +e
+  unmount_under "$scratch"
+  for l in "${scratch_loops[@]}"; do losetup -d "$l"; done
+  unregister_under "$scratch"
+  rm -rf -- "$scratch"
+  exit "$rc"
+}
+
 # Set up for a script that runs snapinst: root, packages, cargo, a release build. Sets $snapinst.
 prepare_release_build() {
   need_root "$1"

@@ -155,16 +155,16 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal, s
         }
         Place::Host => None,
     };
-    // The filter is built before the fork; the child sends its listener back over `channel` for `Supervisor`.
-    let filter = match (&setup, syncs) {
-        (Some(_), Syncs::Suppressed) => Some(crate::nosync::program()?),
+    // The filter is built before the fork; the child sends its listener back over the socket pair's child end to
+    // the `Supervisor` serving the parent end.
+    let sync_filter = match (&setup, syncs) {
+        (Some(_), Syncs::Suppressed) => Some((
+            crate::nosync::program()?,
+            std::os::unix::net::UnixStream::pair().context("making the sync filter's socket pair")?,
+        )),
         _ => None,
     };
-    let channel = match filter {
-        Some(_) => Some(std::os::unix::net::UnixStream::pair().context("making the sync filter's socket pair")?),
-        None => None,
-    };
-    let child_sock = channel.as_ref().map(|(_, child)| std::os::fd::AsRawFd::as_raw_fd(child));
+    let in_child = sync_filter.as_ref().map(|(program, (_, child))| (*program, std::os::fd::AsRawFd::as_raw_fd(child)));
     // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls on data
     // prepared before the fork (no allocation, no locks).
     unsafe {
@@ -173,14 +173,14 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal, s
             if let Some(setup) = &setup {
                 enter_chroot(setup)?;
             }
-            match (filter, child_sock) {
-                (Some(program), Some(sock)) => crate::nosync::load_in_child(program, sock),
-                _ => Ok(()),
+            match in_child {
+                Some((program, sock)) => crate::nosync::load_in_child(program, sock),
+                None => Ok(()),
             }
         });
     }
     let spawned = proc.spawn().with_context(|| format!("starting {:?}", cmd.argv));
-    let supervisor = channel.map(|(parent, child)| {
+    let supervisor = sync_filter.map(|(_, (parent, child))| {
         drop(child);
         crate::nosync::Supervisor::start(parent.into())
     });

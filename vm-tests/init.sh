@@ -122,6 +122,39 @@ mark() {
     dmsetup message lw 0 mark "$1" || die "dmsetup message lw mark $1 failed"
     say "mark $1"
 }
+
+# start_writer HOW FILE...: the running system writing while a transaction runs. A record every 20 ms is appended to
+# each FILE and fsynced, then announced (HOW=say: "durable N" on the console; HOW=mark: a durable-N mark in the
+# log-writes log), so every announced record was durable before any later power cut or logged state. The writer
+# starts 1 s before the caller goes on; stop_writer lets it write 1 s more, then stops it.
+start_writer() {
+    how=$1
+    shift
+    rm -f /tmp/writer.stop
+    (
+        i=0
+        while [ ! -e /tmp/writer.stop ]; do
+            i=$((i + 1))
+            for f in "$@"; do
+                echo "$i" >>"$f" && sync "$f" || { say "writer-error record $i to $f"; exit 1; }
+            done
+            case "$how" in
+                say) say "durable $i" ;;
+                mark) dmsetup message lw 0 mark "durable-$i" || { say "writer-error mark $i"; exit 1; } ;;
+            esac
+            sleep 0.02
+        done
+        say "writer-stopped last=$i"
+    ) &
+    writer=$!
+    sleep 1
+}
+
+stop_writer() {
+    sleep 1
+    touch /tmp/writer.stop
+    wait "$writer"
+}
 [ "$MODE" = logwrites ] && mark start
 mount -t "$FS" $DISK /mnt || die "mount $DISK failed"
 MOUNTED=/mnt
@@ -183,53 +216,22 @@ case "$MODE" in
         # later power cut.
         WRITER_FILES="$ROOT/etc/vm-writer.log"
         [ "$PARTS" = 1 ] && WRITER_FILES="$WRITER_FILES $ROOT/srv/vm-writer.log $ROOT/boot/efi/vm-writer.log"
-        rm -f /tmp/writer.stop
-        (
-            i=0
-            while [ ! -e /tmp/writer.stop ]; do
-                i=$((i + 1))
-                for f in $WRITER_FILES; do
-                    echo "$i" >>"$f" && sync "$f" || { say "writer-error record $i to $f"; exit 1; }
-                done
-                say "durable $i"
-                sleep 0.02
-            done
-            say "writer-stopped last=$i"
-        ) &
-        writer=$!
-        sleep 1
+        # shellcheck disable=SC2086 # the list splits into files
+        start_writer say $WRITER_FILES
         say "apply-start"
         tagged apply-out snapinst apply /mnt/vmtest/plan.json --root "$ROOT" --backend "$BACKEND" --json
         say "apply-done rc=$RC"
-        sleep 1
-        touch /tmp/writer.stop
-        wait $writer
+        stop_writer
         ;;
     logwrites)
         plan=/mnt/vmtest/plan-logwrites.json
-        # The running system writes through the apply (and the btrfs carry-over): a record every 20 ms to
-        # /etc/vm-writer.log, each fsynced, then marked in the log as durable-N, so the host knows which records
-        # every later state must hold.
-        rm -f /tmp/writer.stop
-        (
-            i=0
-            while [ ! -e /tmp/writer.stop ]; do
-                i=$((i + 1))
-                echo "$i" >>"$ROOT/etc/vm-writer.log" && sync "$ROOT/etc/vm-writer.log" ||
-                    { say "writer-error record $i"; exit 1; }
-                dmsetup message lw 0 mark "durable-$i" || { say "writer-error mark $i"; exit 1; }
-                sleep 0.02
-            done
-            say "writer-stopped last=$i"
-        ) &
-        writer=$!
-        sleep 1
+        # The running system writes through the apply (and the btrfs carry-over), each record then marked in the
+        # log as durable-N, so the host knows which records every later state must hold.
+        start_writer mark "$ROOT/etc/vm-writer.log"
         mark apply-start
         tagged apply-out snapinst apply "$plan" --root "$ROOT" --backend "$BACKEND" --json
         say "apply-done rc=$RC"
-        sleep 1
-        touch /tmp/writer.stop
-        wait $writer
+        stop_writer
         mark apply-done
         tagged rollback-out snapinst rollback --root "$ROOT" --json
         say "rollback-done rc=$RC"

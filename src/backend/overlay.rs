@@ -146,15 +146,20 @@ fn unmount(s: &StagePaths) -> Result<()> {
     mounts::unmount_below(&s.merged).context("unmounting the overlay stage")
 }
 
-/// [`unmount`], for the commit: a writeback error a `volatile` stage had is reported first, and its upper layer is
-/// made durable after.
+/// [`unmount`], for the commit, then one sync of the upper layer's filesystem; a writeback error a `volatile`
+/// stage had is reported first, and its mark is cleared after the sync.
 fn unmount_durably(s: &StagePaths) -> Result<()> {
-    if volatile_mark(s).exists() && !mounts::mounted_below(&s.merged)?.is_empty() {
+    let volatile = volatile_mark(s).exists();
+    if volatile && !mounts::mounted_below(&s.merged)?.is_empty() {
         // A volatile overlay's syncfs syncs nothing and fails if the upper filesystem lost a write since the mount.
         fsutil::syncfs(&s.merged).context("the upper layer's filesystem failed a write while the stage was mounted")?;
     }
     unmount(s)?;
-    settle_volatile(s)
+    if volatile {
+        settle_volatile(s)
+    } else {
+        fsutil::syncfs(&s.upper)
+    }
 }
 
 /// The kernel's mark in the work directory of an overlay mounted `volatile`.
@@ -199,7 +204,6 @@ fn remove_stage(s: &StagePaths) -> Result<()> {
 pub(super) fn pre_commit(ctx: &Ctx, rec: &TxnRecord) -> Result<Vec<crate::conflicts::Conflict>> {
     let s = stage_paths(ctx, rec);
     unmount_durably(&s)?;
-    fsutil::syncfs(&s.upper)?;
     // The delta must be on the root's filesystem, so the commit is renames: copy a scratch upper layer there.
     let upper = match &s.scratch {
         None => s.upper.clone(),

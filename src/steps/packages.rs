@@ -30,13 +30,12 @@ pub(super) fn apply(
     };
     if !spec.remove.is_empty() {
         let action = if spec.purge { "--purge" } else { "--remove" };
-        step(args(&[&["dpkg"][..], unsafe_io(), &[action]].concat(), &spec.remove), None)?;
+        step(args(&dpkg(&[action]), &spec.remove), None)?;
     }
     if !spec.debs.is_empty() {
         let inbox = Inbox::fill(txn, &spec.debs).map_err(plain)?;
         let names: Vec<String> = inbox.names.iter().map(|n| format!("{SHARE_DIR}/{n}")).collect();
-        let dpkg = [&["dpkg"][..], unsafe_io(), &["--force-confdef", "--force-confold", "--install"]].concat();
-        step(args(&dpkg, &names), Some(&inbox.dir))?;
+        step(args(&dpkg(&["--force-confdef", "--force-confold", "--install"]), &names), Some(&inbox.dir))?;
     }
     if !spec.apt.is_empty() || spec.upgrade {
         if !has_apt_sources(root).map_err(plain)? {
@@ -54,7 +53,7 @@ pub(super) fn apply(
     // A changed configuration file keeps the administrator's version (`--force-confold`), never asking.
     let mut apt_get =
         vec!["apt-get", "-q", "-y", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"];
-    if !unsafe_io().is_empty() {
+    if crate::nosync::suppressed() {
         apt_get.extend(["-o", "Dpkg::Options::=--force-unsafe-io"]);
     }
     if !spec.apt.is_empty() {
@@ -66,14 +65,16 @@ pub(super) fn apply(
     Ok(output)
 }
 
-/// dpkg's `--force-unsafe-io` while syncs are suppressed: dpkg then does not ask for the writeback and the fsync
-/// of each unpacked file before renaming it into place (the filter makes them no-ops; this spares the calls).
-fn unsafe_io() -> &'static [&'static str] {
+/// `dpkg` with `rest`, and with `--force-unsafe-io` while syncs are suppressed: dpkg then does not ask for the
+/// writeback and the fsync of each unpacked file before renaming it into place (the filter makes them no-ops;
+/// this spares the calls). apt-get passes it on to dpkg the same way.
+fn dpkg<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec!["dpkg"];
     if crate::nosync::suppressed() {
-        &["--force-unsafe-io"]
-    } else {
-        &[]
+        argv.push("--force-unsafe-io");
     }
+    argv.extend(rest);
+    argv
 }
 
 fn args(head: &[&str], rest: &[String]) -> Vec<String> {
