@@ -10,7 +10,8 @@ use std::path::PathBuf;
 /// What the carry-over at a commit did: how many paths of the stage it made what the live tree had, in how many
 /// rounds (one more while the live tree kept changing), how long it took, and how long before the end of the
 /// preparation of the commit its last snapshot of the live tree was taken (`tail_ms`: writes after that moment go
-/// to the tree the commit replaces).
+/// to the tree the commit replaces), and how many paths written in that instant a directory target got right after
+/// the commit (`after_commit`: the handover of `backend::hand_over_now`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CarryOver {
     pub paths: usize,
@@ -18,6 +19,8 @@ pub(crate) struct CarryOver {
     pub ms: u64,
     #[serde(default)]
     pub tail_ms: u64,
+    #[serde(default)]
+    pub after_commit: usize,
 }
 
 /// One version of a path: what kind of entry it is (`file`, `directory`, `symlink`, `special`, or `absent` when

@@ -13,7 +13,7 @@ after it) and replays it onto a copy of the pristine disk, entry by entry. After
   stamp;
 - the running system's file (`/etc/vm-writer.log`, a record appended and fsynced every 20 ms through the apply,
   each then marked `durable-N` in the log) holds each record once, in order, and every record marked durable
-  before the state, in the tree or (btrfs) in a kept generation's tree;
+  before the state, in the tree itself;
 - a second `recover` must change nothing (it does nothing, and the manifest is the same);
 - after unmounting, `btrfs check --readonly` or `e2fsck -fn` must find the filesystem clean.
 
@@ -149,16 +149,11 @@ class StateCheck:
 
     def writer_problems(self, durable):
         """What is wrong with the running system's records: each once and in order in the tree, and every record
-        up to `durable` in the tree or in a kept generation's tree (on btrfs, what a directory target's system
-        writes after the last carry-over round stays in the tree the commit replaced: docs/transactions.md)."""
+        up to `durable` there (on btrfs, what a directory target's system writes after the last carry-over round is
+        handed over into the tree right after the exchange, or by the recovery's finishing: docs/transactions.md)."""
         recs, problem = read_records(os.path.join(self.root, WRITER_FILE))
         problems = [problem] if problem else []
-        have = set(recs)
-        gens = os.path.join(self.state_area, "gens")
-        if os.path.isdir(gens):
-            for g in sorted(os.listdir(gens)):
-                have |= set(read_records(os.path.join(gens, g, WRITER_FILE))[0])
-        lost = [n for n in range(1, durable + 1) if n not in have]
+        lost = [n for n in range(1, durable + 1) if n not in set(recs)]
         if lost:
             problems.append("%d durable records lost (of %d): %s" % (len(lost), durable, lost[:10]))
         return problems

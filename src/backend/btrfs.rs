@@ -21,7 +21,7 @@ mod handover;
 mod keeping_rollback;
 use handover::keep_handover;
 pub(crate) use handover::HandedOver;
-pub(super) use handover::{carry_back_failed_boots, drop_booted, hand_over, keep_booted};
+pub(super) use handover::{carry_back_failed_boots, drop_booted, hand_over, hand_over_now, keep_booted};
 use keeping_rollback::stage_keeping_rollback;
 
 pub(super) fn is_subvolume(path: &Path) -> bool {
@@ -195,6 +195,7 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
             planned: planned.as_ref().expect("set above"),
             kept,
             incoming_wins: false,
+            live_stage: false,
         };
         let done = carry::carry(&round, &changed)?;
         done_all.paths += done.paths;
@@ -528,6 +529,8 @@ pub(super) fn prunable(p: &Paths, state: &State) -> Vec<u64> {
         .iter()
         .map(|g| g.generation)
         .filter(|&n| n != state.current && Some(n) != parent && subvol_id(&p.gen(n)).ok() != mounted)
+        // (A tree with writes still to hand over is kept until they are.)
+        .filter(|&n| !is_subvolume(&p.handover(n)))
         .collect();
     out.sort();
     out

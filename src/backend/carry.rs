@@ -9,6 +9,7 @@
 //! system's version, in the stage, is the one kept). Only the stage is written; a failure leaves the live tree as
 //! it was.
 
+use super::appends;
 use super::btrfs_send::Changes;
 use crate::conflicts::{Conflict, Version};
 use crate::pathbytes::PathText;
@@ -33,6 +34,10 @@ pub(super) struct Round<'a> {
     /// Which side a conflict gives the tree: the stage's (the plan's, at a commit: the running system's version is
     /// kept) or, when true, the incoming one (a rollback's: the running system's version, in the stage, is kept).
     pub incoming_wins: bool,
+    /// The stage is a tree the running system writes to (a directory target right after its commit): any path
+    /// whose entry there differs from `before` counts as changed on the stage's side, whatever `planned` says, and
+    /// each entry is replaced by a checked exchange (`live_swap`), so a write made after the look is never undone.
+    pub live_stage: bool,
 }
 
 /// What a round did.
@@ -150,12 +155,15 @@ impl Worker<'_> {
             // Changed on the stage's side too (and not to what it was: a rollback step puts back files as clones),
             // and not to what the live side has (the same change on both sides, or one carried already: a carry cut
             // off and done again).
-            let both = self.r.planned.paths.contains(rel)
+            let both = (self.r.planned.paths.contains(rel) || self.r.live_stage)
                 && !same_entry(&self.r.before.join(rel), &before, &self.r.stage.join(rel), &staged)?
                 && (is_dir(&live) || !same_entry(&self.r.live.join(rel), &live, &self.r.stage.join(rel), &staged)?);
             if both && is_dir(&live) && is_dir(&staged) {
                 // A directory both changed: the entries merge below it; its own metadata stays the stage's.
             } else if both && !self.r.incoming_wins {
+                if self.r.live_stage && self.merge_appends(rel, &before, &live, &staged)? {
+                    return Ok(());
+                }
                 return self.conflict(rel, &staged, Side::Incoming, &live);
             } else {
                 if both {
@@ -216,7 +224,9 @@ impl Worker<'_> {
             self.conflict(rel, live, Side::Stage, staged)?;
         }
         let Some(live) = live else {
-            crate::fsutil::remove_any(&target)?;
+            if !self.put(rel, None, staged)? {
+                return Ok(None);
+            }
             self.out.paths += 1;
             return Ok(Some(false));
         };
@@ -224,8 +234,11 @@ impl Worker<'_> {
         if live.is_dir() {
             let fresh = !is_dir(staged);
             if fresh {
-                crate::fsutil::remove_any(&target)?;
-                fs::create_dir(&target).with_context(|| format!("creating {}", target.escaped()))?;
+                let tmp = self.tmp_name(&target);
+                fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.escaped()))?;
+                if !self.put(rel, Some(&tmp), staged)? {
+                    return Ok(None);
+                }
             }
             copy_attributes(&source, &target, live)?;
             self.times.push((rel.to_path_buf(), live.clone()));
@@ -241,10 +254,9 @@ impl Worker<'_> {
             copy_attributes(&source, &tmp, live)?;
             set_times(&tmp, live)?;
         }
-        if is_dir(staged) {
-            crate::fsutil::remove_any(&target)?;
+        if !self.put(rel, Some(&tmp), staged)? {
+            return Ok(None);
         }
-        fs::rename(&tmp, &target).with_context(|| format!("renaming {} to {}", tmp.escaped(), target.escaped()))?;
         if crate::fsutil::exists(&tmp) {
             // Renaming a link onto another link of the same file leaves both names.
             fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.escaped()))?;
@@ -254,6 +266,84 @@ impl Worker<'_> {
         }
         self.out.paths += 1;
         Ok(Some(false))
+    }
+
+    /// Put the entry at `new` (None: nothing) in the stage at `rel`, which was `staged` when looked at. In a live
+    /// stage, a checked exchange: when the running system changed the entry since, `new` is removed and this
+    /// returns false, the two versions merged when both only appended (counted), else the running system's entry
+    /// left in place and the incoming version kept as a conflict.
+    fn put(&mut self, rel: &Path, new: Option<&Path>, staged: &Option<Metadata>) -> Result<bool> {
+        let target = self.r.stage.join(rel);
+        if !self.r.live_stage {
+            match new {
+                None => crate::fsutil::remove_any(&target)?,
+                Some(new) => {
+                    if is_dir(staged) || is_dir(&lstat(new)?) {
+                        crate::fsutil::remove_any(&target)?;
+                    }
+                    fs::rename(new, &target)
+                        .with_context(|| format!("renaming {} to {}", new.escaped(), target.escaped()))?;
+                }
+            }
+            return Ok(true);
+        }
+        let aside = self.tmp_name(&target);
+        if super::live_swap::replace(&target, new, &aside, staged)? == super::live_swap::Swap::Done {
+            return Ok(true);
+        }
+        if let Some(new) = new {
+            crate::fsutil::remove_any(new)?;
+        }
+        // Written since the look: appends on both sides still merge.
+        let (before, incoming, now) =
+            (lstat(&self.r.before.join(rel))?, lstat(&self.r.live.join(rel))?, lstat(&target)?);
+        if self.merge_appends(rel, &before, &incoming, &now)? {
+            return Ok(false);
+        }
+        self.conflict(rel, &now, Side::Incoming, &incoming)?;
+        Ok(false)
+    }
+
+    /// In a live stage, a file that both the incoming tree and the stage only appended to since `before` gets both
+    /// appends, the incoming one first (`appends::merge`), by a checked exchange, tried again while the running
+    /// system keeps appending. Returns false when the two do not merge (a conflict, for the caller).
+    fn merge_appends(
+        &mut self,
+        rel: &Path,
+        before: &Option<Metadata>,
+        incoming: &Option<Metadata>,
+        staged: &Option<Metadata>,
+    ) -> Result<bool> {
+        const TRIES: usize = 5;
+        let (Some(bm), Some(im), Some(sm)) = (before, incoming, staged) else { return Ok(false) };
+        let target = self.r.stage.join(rel);
+        let (base_at, incoming_at) = (self.r.before.join(rel), self.r.live.join(rel));
+        let mut seen = sm.clone();
+        for _ in 0..TRIES {
+            if seen.nlink() != 1 {
+                return Ok(false);
+            }
+            let tmp = self.tmp_name(&target);
+            let base = appends::Side { path: &base_at, meta: bm };
+            let earlier = appends::Side { path: &incoming_at, meta: im };
+            let later = appends::Side { path: &target, meta: &seen };
+            if !appends::merge(&base, &earlier, &later, &tmp)? {
+                return Ok(false);
+            }
+            copy_attributes(&target, &tmp, &seen)?;
+            set_times(&tmp, &seen)?;
+            let aside = self.tmp_name(&target);
+            if super::live_swap::replace(&target, Some(&tmp), &aside, &Some(seen))? == super::live_swap::Swap::Done {
+                self.out.paths += 1;
+                return Ok(true);
+            }
+            crate::fsutil::remove_any(&tmp)?;
+            match lstat(&target)? {
+                Some(now) => seen = now,
+                None => return Ok(false),
+            }
+        }
+        Ok(false)
     }
 
     /// A path of the stage that already holds the live inode (made earlier this round, or the link's target left

@@ -11,6 +11,7 @@
 //! tree the machine sees. Each operation here does its work on every part, so the commands never ask how many there
 //! are: all parts are prepared and made durable before the one commit record, and all are rolled forward after it.
 
+mod appends;
 mod btrfs;
 mod btrfs_send;
 mod carry;
@@ -18,6 +19,7 @@ mod compared;
 mod copy;
 mod delta_gens;
 mod journal;
+mod live_swap;
 mod overlay;
 mod scratch;
 mod snapshot;
@@ -574,6 +576,17 @@ pub(crate) fn hand_over(ctx: &Ctx, state: &State) -> Result<Option<HandedOver>> 
 }
 
 pub(crate) use btrfs::HandedOver;
+
+/// Right after the commit of transaction `rec` (btrfs, a directory target, once `finish` kept the replaced tree):
+/// carry into the root what the running system wrote to the replaced tree after the carry-over's last look (see
+/// `btrfs::hand_over_now`), the conflicts' other versions kept with the transaction's.
+pub(crate) fn hand_over_now(ctx: &Ctx, rec: &TxnRecord) -> Result<Option<HandedOver>> {
+    if ctx.kind != BackendKind::Btrfs {
+        return Ok(None);
+    }
+    let done = btrfs::hand_over_now(ctx.btrfs(), rec.from_generation, &ctx.state.conflicts_path(&rec.txn))?;
+    Ok(done.map(|h| HandedOver { txn: Some(rec.txn.clone()), ..h }))
+}
 
 /// At a counted boot of pending generation `n` (btrfs, before the root is mounted): keep its tree as the first such
 /// boot finds it, for the fallback (see `btrfs::keep_booted`).

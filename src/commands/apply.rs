@@ -462,6 +462,7 @@ impl Transaction<'_> {
         set_phase(self.sd(), &mut rec, Phase::Committing)?;
         failpoint::hit("apply-after-commit-record");
         let prepared = Instant::now();
+        let said = rec.conflicts.clone();
         let mut window_ms = None;
         let done = backend::commit(self.ctx, &rec).and_then(|()| {
             window_ms = rec.carried.map(|c| c.tail_ms + prepared.elapsed().as_millis() as u64);
@@ -483,6 +484,7 @@ impl Transaction<'_> {
             None => self.out.event("committed", json!({"txn": rec.txn, "generation": rec.to_generation})),
         }
         self.out.say(format!("snapinst: committed; generation {} is current", rec.to_generation));
+        super::report_handed_over(self.out, &rec, &said);
         if backend::next_boot_differs(self.ctx.kind, &self.ctx.root, state) {
             if let Err(e) = crate::reboot_required::mark(&self.ctx.root) {
                 self.out.say(format!("snapinst: warning: could not mark that a restart is required: {e:#}"));

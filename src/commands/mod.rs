@@ -168,10 +168,55 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
         carry_back: None,
     });
     ctx.state.save(state)?;
+    hand_over_now(ctx, rec);
     failpoint::hit("apply-before-prune");
     prune(ctx, state)?;
     rec.outcome = Some(outcome.to_string());
     set_phase(&ctx.state, rec, Phase::Done)
+}
+
+/// Right after a commit (an apply or a keeping rollback) of a btrfs directory target: carry into the new tree what the
+/// running system wrote to the replaced one after the carry-over's last look (`backend::hand_over_now`); the
+/// record counts the paths and lists the conflicts. Never fails the finishing (the commit took effect): what could
+/// not be carried stays in the replaced generation's kept tree (never pruned while it waits), and a warning says so.
+pub(crate) fn hand_over_now(ctx: &Ctx, rec: &mut TxnRecord) {
+    match backend::hand_over_now(ctx, rec) {
+        Ok(None) => {}
+        Ok(Some(h)) => {
+            let carried = rec.carried.get_or_insert_with(Default::default);
+            carried.after_commit = h.paths;
+            // A path the commit already listed is listed once, with its latest kept version.
+            rec.conflicts.retain(|old| h.conflicts.iter().all(|c| c.path != old.path));
+            rec.conflicts.extend(h.conflicts);
+        }
+        Err(e) => eprintln!(
+            "snapinst: warning: what the running system wrote in the commit's last instant could not be carried into generation {} ({e:#}); it is in generation {}'s tree, kept in the state area",
+            rec.to_generation, rec.from_generation
+        ),
+    }
+}
+
+/// Say what `hand_over_now` did for `rec` (event `handed_over`), and each conflict it added to those said before
+/// the commit (`said`).
+pub(crate) fn report_handed_over(out: &crate::events::Reporter, rec: &TxnRecord, said: &[crate::conflicts::Conflict]) {
+    let paths = rec.carried.map_or(0, |c| c.after_commit);
+    let new: Vec<_> = rec.conflicts.iter().filter(|c| !said.contains(c)).collect();
+    if paths == 0 && new.is_empty() {
+        return;
+    }
+    out.event(
+        "handed_over",
+        serde_json::json!({"txn": rec.txn, "generation": rec.from_generation,
+        "to": rec.to_generation, "paths": paths, "conflicts": new}),
+    );
+    out.say(format!(
+        "snapinst: carried {paths} paths the running system wrote in the commit's last instant into generation {}",
+        rec.to_generation
+    ));
+    for c in new {
+        out.event("conflict", serde_json::json!({"txn": rec.txn, "conflict": c}));
+        out.say(format!("snapinst: conflict: {}", c.line()));
+    }
 }
 
 /// Drop the oldest generations beyond `state.keep`, never the current (or, for btrfs, the mounted) one.

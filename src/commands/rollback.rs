@@ -124,6 +124,7 @@ pub(crate) fn switch(
     out.say(format!("snapinst: switching {} from generation {} to {target}", root.escaped(), state.current));
     set_phase(&ctx.state, &mut rec, Phase::Committing)?;
     failpoint::hit("rollback-after-commit-record");
+    let said = rec.conflicts.clone();
     let finished = match carry_out(ctx, &mut rec, state) {
         Ok(finished) => finished,
         Err(e) => {
@@ -143,6 +144,7 @@ pub(crate) fn switch(
     }
     out.event("committed", json!({"txn": rec.txn, "generation": target}));
     out.say(format!("snapinst: generation {target} is current"));
+    super::report_handed_over(out, &rec, &said);
     if backend::next_boot_differs(state.backend, root, state) {
         out.say("snapinst: the root is mounted: the tree switched to is what its next mount or boot sees");
         crate::reboot_required::mark(root)?;
@@ -179,6 +181,7 @@ fn finish(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State) -> Result<()> {
         state.pending = None;
     }
     ctx.state.save(state)?;
+    super::hand_over_now(ctx, rec);
     prune(ctx, state)?;
     rec.outcome = Some("committed".into());
     set_phase(&ctx.state, rec, Phase::Done)

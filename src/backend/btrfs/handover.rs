@@ -1,13 +1,24 @@
-//! The handover of a running root (btrfs `/`): after a commit (an apply or a keeping rollback) the running system
-//! stays mounted from the tree the commit replaced and goes on writing to it until the shutdown. The commit keeps
-//! the carry-over's last look at that tree (`gens/<from>.handover`); `snapinst boot`, before the root is mounted,
-//! carries what was written to it since into the tree about to be mounted, by the commit's conflict rule, and
-//! drops the handover. An exact rollback drops it too: it restores a tree exactly, without what was written since.
+//! The handover of the writes a commit's carry-over could not see: the running system goes on writing to the tree
+//! the commit replaces after the carry-over's last look at it. The commit keeps that last look
+//! (`gens/<from>.handover`), and what was written to the replaced tree since is carried into the new tree by the
+//! commit's conflict rule:
+//! - a running root (a btrfs `/`) stays mounted from the replaced tree until the shutdown, so `snapinst boot`, before
+//!   the root is mounted, carries it (`hand_over`);
+//! - a directory target's running system writes through paths, which name the new tree from the exchange on, so
+//!   the commit's finishing carries at once what was written in between, into the tree it is writing to, each
+//!   entry by a checked exchange (`hand_over_now`).
+//!
+//! An exact rollback drops the handovers: it restores a tree exactly, without what was written since.
 
 use super::*;
 use crate::pathbytes::PathText;
 
-/// When the tree the commit replaced is the one the running system is mounted from, keep the carry-over's last
+/// A root that is a directory of its filesystem, not mounted on its own.
+fn directory_target(p: &Paths) -> bool {
+    !mounts::is_mount_point(&p.host_root).unwrap_or(true)
+}
+
+/// When the tree the commit replaced is the one the running system is mounted from (or a directory target), keep the carry-over's last
 /// look at it (read-only, as `gens/<from>.handover`): what the running system writes to it from then until the
 /// shutdown is what `hand_over` brings into the new tree at the next boot. Idempotent. (A commit without a
 /// carry-over, an exact rollback, keeps nothing.)
@@ -20,7 +31,7 @@ pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
         if mounts::is_mount_point(&p.host_root).unwrap_or(false) { subvol_id(&p.host_root).ok() } else { None };
     let running = mounted.is_some() && (mounted == rec.root_subvol_before || mounted == rec.incoming_subvol);
     let Some(last) = last_look(p, &rec.txn) else { return Ok(()) };
-    if !running || fsutil::exists(&at) {
+    if !(running || directory_target(p)) || fsutil::exists(&at) {
         return Ok(());
     }
     CreateSnapshotOptions::new()
@@ -80,21 +91,42 @@ pub(in crate::backend) fn hand_over(
         );
     }
     let (txn, kept) = kept_for(g);
-    let done = carry_into_root(p, &handover, &replaced, &p.handover_view(g), &kept, "boot-mid-handover")?;
+    let done = carry_into_root(p, &handover, &replaced, &p.handover_view(g), &kept, Some("boot-mid-handover"), false)?;
     delete_subvolume(&handover)?;
     Ok(Some(HandedOver { generation: g, paths: done.paths, conflicts: done.conflicts, txn }))
 }
 
-/// Carry into the root (not mounted: at boot) what `source` received since `reference` (both read-only), with the
-/// conflict rule of a commit against what the root holds differently from `reference` (seen through the read-only
-/// snapshot `view`, made and dropped here); then sync.
+/// Right after a commit that replaced generation `from`'s tree of a directory target (once `finish` kept that tree,
+/// read-only): carry into the root, while the running system goes on writing to it, what was written to the
+/// replaced tree after the carry-over's last look, by the commit's conflict rule against everything the root holds
+/// differently from that look (the plan's changes, and what was written since the exchange), the versions it does
+/// not take kept in `kept`; then drop the handover. Idempotent: a crash leaves the handover, and the recovery's
+/// finishing carries again. None when there is nothing to hand over (a root mounted on its own waits for the boot).
+pub(in crate::backend) fn hand_over_now(p: &Paths, from: u64, kept: &Path) -> Result<Option<HandedOver>> {
+    let (handover, replaced) = (p.handover(from), p.gen(from));
+    if !directory_target(p) || !is_subvolume(&handover) {
+        return Ok(None);
+    }
+    if !is_subvolume(&replaced) || !libbtrfsutil::subvolume_read_only(&replaced).unwrap_or(false) {
+        bail!("generation {from}'s kept tree {} is missing or writable", replaced.escaped());
+    }
+    let done = carry_into_root(p, &handover, &replaced, &p.handover_view(from), kept, None, true)?;
+    delete_subvolume(&handover)?;
+    Ok(Some(HandedOver { generation: from, paths: done.paths, conflicts: done.conflicts, txn: None }))
+}
+
+/// Carry into the root what `source` received since `reference` (both read-only), with the conflict rule of a
+/// commit against what the root holds differently from `reference` (seen through the read-only snapshot `view`,
+/// made and dropped here); then sync. `live`: the running system writes to the root meanwhile (see
+/// `carry::Round::live_stage`); otherwise nothing has it mounted (at boot).
 fn carry_into_root(
     p: &Paths,
     reference: &Path,
     source: &Path,
     view: &Path,
     kept: &Path,
-    crash_point: &str,
+    crash_point: Option<&str>,
+    live: bool,
 ) -> Result<carry::Carried> {
     if is_subvolume(view) {
         delete_subvolume(view)?;
@@ -102,10 +134,19 @@ fn carry_into_root(
     snapshot_read_only(&p.root, view)?;
     let planned = btrfs_send::changes(reference, view)?;
     let written = btrfs_send::changes(reference, source)?;
-    let round =
-        carry::Round { before: reference, live: source, stage: &p.root, planned: &planned, kept, incoming_wins: false };
+    let round = carry::Round {
+        before: reference,
+        live: source,
+        stage: &p.root,
+        planned: &planned,
+        kept,
+        incoming_wins: false,
+        live_stage: live,
+    };
     let done = carry::carry(&round, &written)?;
-    crate::failpoint::hit(crash_point);
+    if let Some(point) = crash_point {
+        crate::failpoint::hit(point);
+    }
     fsutil::syncfs(&p.root)?;
     delete_subvolume(view)?;
     Ok(done)
@@ -148,7 +189,7 @@ pub(in crate::backend) fn carry_back_failed_boots(p: &Paths, failed: u64, kept: 
     if !libbtrfsutil::subvolume_read_only(&tree).unwrap_or(false) {
         bail!("{} is still writable (mounted?); what its boots wrote is not carried", tree.escaped());
     }
-    let done = carry_into_root(p, &booted, &tree, &p.handover_view(failed), kept, "boot-mid-carry-back")?;
+    let done = carry_into_root(p, &booted, &tree, &p.handover_view(failed), kept, Some("boot-mid-carry-back"), false)?;
     delete_subvolume(&booted)?;
     Ok(Some(HandedOver { generation: failed, paths: done.paths, conflicts: done.conflicts, txn: None }))
 }

@@ -78,6 +78,7 @@ pub(super) fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &Sta
             planned: &since,
             kept,
             incoming_wins: true,
+            live_stage: false,
         };
         merge_conflicts(&mut conflicts, carry::carry(&round, &reverting)?.conflicts);
         crate::failpoint::hit("rollback-mid-revert");

@@ -1,0 +1,110 @@
+//! Appends made on both sides of a commit, merged in the order they were made. Right after the commit of a
+//! directory target, a log file may have received records in the replaced tree (in the commit's last instant,
+//! after the carry-over's last look) and then in the new tree (since the exchange). When both versions are the
+//! version the last look saw with bytes added at its end, and nothing else about the file changed, no write
+//! contradicts another: the file is what the look saw, then what was appended before the exchange, then what was
+//! appended after it. Anything else is a conflict for the caller to keep.
+
+use crate::pathbytes::PathText;
+use anyhow::{Context, Result};
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// One version of the file: where it is and what `lstat` said of it.
+pub(super) struct Side<'a> {
+    pub path: &'a Path,
+    pub meta: &'a Metadata,
+}
+
+/// Whether `a` and `b` are both regular files with the same mode and owner.
+fn same_kind(a: &Metadata, b: &Metadata) -> bool {
+    a.is_file() && b.is_file() && (a.mode(), a.uid(), a.gid()) == (b.mode(), b.uid(), b.gid())
+}
+
+/// Whether the first `len` bytes of the files at `a` and `b` are the same.
+fn same_prefix(a: &Path, b: &Path, len: u64) -> Result<bool> {
+    let open = |p: &Path| File::open(p).with_context(|| format!("opening {}", p.escaped()));
+    let (mut fa, mut fb) = (open(a)?.take(len), open(b)?.take(len));
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = read_full(&mut fa, &mut ba).with_context(|| format!("reading {}", a.escaped()))?;
+        let m = read_full(&mut fb, &mut bb).with_context(|| format!("reading {}", b.escaped()))?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// When `earlier` (appended to before the exchange) and `later` (appended to after it) both extend `base` (the last
+/// look), write their merge to the new file `to`: `earlier` whole, then what `later` added. Returns false, writing
+/// nothing, when they do not both extend it.
+pub(super) fn merge(base: &Side, earlier: &Side, later: &Side, to: &Path) -> Result<bool> {
+    let len = base.meta.size();
+    let extends = |s: &Side| -> Result<bool> {
+        Ok(same_kind(base.meta, s.meta) && s.meta.size() >= len && same_prefix(base.path, s.path, len)?)
+    };
+    if !extends(earlier)? || !extends(later)? {
+        return Ok(false);
+    }
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("creating {}", to.escaped()))?;
+    for (from, skip) in [(earlier.path, 0), (later.path, len)] {
+        let mut f = File::open(from).with_context(|| format!("opening {}", from.escaped()))?;
+        f.seek(SeekFrom::Start(skip)).with_context(|| format!("reading {}", from.escaped()))?;
+        std::io::copy(&mut f, &mut out).with_context(|| format!("copying {} to {}", from.escaped(), to.escaped()))?;
+    }
+    out.flush().with_context(|| format!("writing {}", to.escaped()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn merged(base: &str, earlier: &str, later: &str) -> Option<String> {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str, c: &str| {
+            let path = d.path().join(n);
+            fs::write(&path, c).unwrap();
+            path
+        };
+        let (b, e, l) = (p("b", base), p("e", earlier), p("l", later));
+        let m = |path: &Path| fs::symlink_metadata(path).unwrap();
+        let (bm, em, lm) = (m(&b), m(&e), m(&l));
+        let to = d.path().join("to");
+        let side = |path, meta| Side { path, meta };
+        merge(&side(&b, &bm), &side(&e, &em), &side(&l, &lm), &to).unwrap().then(|| fs::read_to_string(&to).unwrap())
+    }
+
+    #[test]
+    fn appends_on_both_sides_merge_earlier_first() {
+        assert_eq!(merged("1\n2\n", "1\n2\n3\n", "1\n2\n4\n5\n").as_deref(), Some("1\n2\n3\n4\n5\n"));
+    }
+
+    #[test]
+    fn a_side_that_rewrote_the_file_does_not_merge() {
+        assert_eq!(merged("1\n2\n", "1\n2\n3\n", "x\n2\n4\n"), None);
+        assert_eq!(merged("1\n2\n", "1\n", "1\n2\n4\n"), None);
+    }
+}
