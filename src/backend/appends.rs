@@ -51,16 +51,31 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
+/// What `merge` found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Merge {
+    /// The two do not both extend the base: a conflict.
+    Apart,
+    /// `later` holds `earlier` whole already (merged before: a finishing done again after a crash).
+    Holds,
+    /// The merge is written.
+    Written,
+}
+
 /// When `earlier` (appended to before the exchange) and `later` (appended to after it) both extend `base` (the last
-/// look), write their merge to the new file `to`: `earlier` whole, then what `later` added. Returns false, writing
-/// nothing, when they do not both extend it.
-pub(super) fn merge(base: &Side, earlier: &Side, later: &Side, to: &Path) -> Result<bool> {
+/// look), write their merge to the new file `to`: `earlier` whole, then what `later` added; unless `later` extends
+/// `earlier` already.
+pub(super) fn merge(base: &Side, earlier: &Side, later: &Side, to: &Path) -> Result<Merge> {
     let len = base.meta.size();
-    let extends = |s: &Side| -> Result<bool> {
-        Ok(same_kind(base.meta, s.meta) && s.meta.size() >= len && same_prefix(base.path, s.path, len)?)
+    let extends = |a: &Side, s: &Side| -> Result<bool> {
+        let n = a.meta.size();
+        Ok(same_kind(a.meta, s.meta) && s.meta.size() >= n && same_prefix(a.path, s.path, n)?)
     };
-    if !extends(earlier)? || !extends(later)? {
-        return Ok(false);
+    if !extends(base, earlier)? || !extends(base, later)? {
+        return Ok(Merge::Apart);
+    }
+    if extends(earlier, later)? {
+        return Ok(Merge::Holds);
     }
     let mut out = OpenOptions::new()
         .write(true)
@@ -74,7 +89,7 @@ pub(super) fn merge(base: &Side, earlier: &Side, later: &Side, to: &Path) -> Res
         std::io::copy(&mut f, &mut out).with_context(|| format!("copying {} to {}", from.escaped(), to.escaped()))?;
     }
     out.flush().with_context(|| format!("writing {}", to.escaped()))?;
-    Ok(true)
+    Ok(Merge::Written)
 }
 
 #[cfg(test)]
@@ -94,7 +109,16 @@ mod tests {
         let (bm, em, lm) = (m(&b), m(&e), m(&l));
         let to = d.path().join("to");
         let side = |path, meta| Side { path, meta };
-        merge(&side(&b, &bm), &side(&e, &em), &side(&l, &lm), &to).unwrap().then(|| fs::read_to_string(&to).unwrap())
+        match merge(&side(&b, &bm), &side(&e, &em), &side(&l, &lm), &to).unwrap() {
+            Merge::Written => Some(fs::read_to_string(&to).unwrap()),
+            Merge::Holds => Some("(holds)".to_string()),
+            Merge::Apart => None,
+        }
+    }
+
+    #[test]
+    fn a_merge_done_already_is_not_done_again() {
+        assert_eq!(merged("1\n", "1\n2\n", "1\n2\n3\n").as_deref(), Some("(holds)"));
     }
 
     #[test]

@@ -327,8 +327,10 @@ impl Worker<'_> {
             let base = appends::Side { path: &base_at, meta: bm };
             let earlier = appends::Side { path: &incoming_at, meta: im };
             let later = appends::Side { path: &target, meta: &seen };
-            if !appends::merge(&base, &earlier, &later, &tmp)? {
-                return Ok(false);
+            match appends::merge(&base, &earlier, &later, &tmp)? {
+                appends::Merge::Apart => return Ok(false),
+                appends::Merge::Holds => return Ok(true),
+                appends::Merge::Written => {}
             }
             copy_attributes(&target, &tmp, &seen)?;
             set_times(&tmp, &seen)?;

@@ -584,7 +584,7 @@ pub(crate) fn hand_over_now(ctx: &Ctx, rec: &TxnRecord) -> Result<Option<HandedO
     if ctx.kind != BackendKind::Btrfs {
         return Ok(None);
     }
-    let done = btrfs::hand_over_now(ctx.btrfs(), rec.from_generation, &ctx.state.conflicts_path(&rec.txn))?;
+    let done = btrfs::hand_over_now(ctx.btrfs(), rec, &ctx.state.conflicts_path(&rec.txn))?;
     Ok(done.map(|h| HandedOver { txn: Some(rec.txn.clone()), ..h }))
 }
 

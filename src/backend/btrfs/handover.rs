@@ -18,9 +18,10 @@ fn directory_target(p: &Paths) -> bool {
     !mounts::is_mount_point(&p.host_root).unwrap_or(true)
 }
 
-/// When the tree the commit replaced is the one the running system is mounted from (or a directory target), keep the carry-over's last
-/// look at it (read-only, as `gens/<from>.handover`): what the running system writes to it from then until the
-/// shutdown is what `hand_over` brings into the new tree at the next boot. Idempotent. (A commit without a
+/// When the tree the commit replaced is the one the running system is mounted from, keep the carry-over's last look
+/// at it (read-only, as `gens/<from>.handover`): what the running system writes to it from then until the shutdown
+/// is what `hand_over` brings into the new tree at the next boot. A keeping rollback of a directory target keeps it
+/// too, for `hand_over_now` (an apply's is kept anyway, as `gens/<to>.before`). Idempotent. (A commit without a
 /// carry-over, an exact rollback, keeps nothing.)
 pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
     let at = p.handover(rec.from_generation);
@@ -30,8 +31,9 @@ pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
     let mounted =
         if mounts::is_mount_point(&p.host_root).unwrap_or(false) { subvol_id(&p.host_root).ok() } else { None };
     let running = mounted.is_some() && (mounted == rec.root_subvol_before || mounted == rec.incoming_subvol);
+    let rollback_here = directory_target(p) && rec.kind == TxnKind::Rollback;
     let Some(last) = last_look(p, &rec.txn) else { return Ok(()) };
-    if !(running || directory_target(p)) || fsutil::exists(&at) {
+    if !(running || rollback_here) || fsutil::exists(&at) {
         return Ok(());
     }
     CreateSnapshotOptions::new()
@@ -96,23 +98,40 @@ pub(in crate::backend) fn hand_over(
     Ok(Some(HandedOver { generation: g, paths: done.paths, conflicts: done.conflicts, txn }))
 }
 
-/// Right after a commit that replaced generation `from`'s tree of a directory target (once `finish` kept that tree,
-/// read-only): carry into the root, while the running system goes on writing to it, what was written to the
-/// replaced tree after the carry-over's last look, by the commit's conflict rule against everything the root holds
-/// differently from that look (the plan's changes, and what was written since the exchange), the versions it does
-/// not take kept in `kept`; then drop the handover. Idempotent: a crash leaves the handover, and the recovery's
-/// finishing carries again. None when there is nothing to hand over (a root mounted on its own waits for the boot).
-pub(in crate::backend) fn hand_over_now(p: &Paths, from: u64, kept: &Path) -> Result<Option<HandedOver>> {
-    let (handover, replaced) = (p.handover(from), p.gen(from));
-    if !directory_target(p) || !is_subvolume(&handover) {
+/// Right after the commit `rec` replaced generation `from`'s tree of a directory target (once `finish` kept that
+/// tree, read-only): carry into the root, while the running system goes on writing to it, what was written to the
+/// replaced tree after the carry-over's last look (an apply's `gens/<to>.before`, a keeping rollback's handover),
+/// by the commit's conflict rule against everything the root holds differently from that look (the plan's changes,
+/// and what was written since the exchange), the versions it does not take kept in `kept`; then drop the handover.
+/// When nothing was written (the usual case), this costs one comparison of two read-only trees and no btrfs
+/// commit. Idempotent: a crash leaves the look, and the recovery's finishing carries again (what was carried
+/// already is no change, and an append merged already is not appended twice). None when there is nothing to hand
+/// over (a root mounted on its own waits for the boot).
+pub(in crate::backend) fn hand_over_now(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<Option<HandedOver>> {
+    let from = rec.from_generation;
+    let (handover, replaced, before) = (p.handover(from), p.gen(from), p.before(rec.to_generation));
+    let look = if is_subvolume(&handover) {
+        handover.clone()
+    } else if rec.kind == TxnKind::Apply && is_subvolume(&before) {
+        before
+    } else {
+        return Ok(None);
+    };
+    if !directory_target(p) {
         return Ok(None);
     }
     if !is_subvolume(&replaced) || !libbtrfsutil::subvolume_read_only(&replaced).unwrap_or(false) {
         bail!("generation {from}'s kept tree {} is missing or writable", replaced.escaped());
     }
-    let done = carry_into_root(p, &handover, &replaced, &p.handover_view(from), kept, None, true)?;
-    delete_subvolume(&handover)?;
-    Ok(Some(HandedOver { generation: from, paths: done.paths, conflicts: done.conflicts, txn: None }))
+    let done = if btrfs_send::changes(&look, &replaced)?.is_empty() {
+        None
+    } else {
+        Some(carry_into_root(p, &look, &replaced, &p.handover_view(from), kept, None, true)?)
+    };
+    if is_subvolume(&handover) {
+        delete_subvolume(&handover)?;
+    }
+    Ok(done.map(|d| HandedOver { generation: from, paths: d.paths, conflicts: d.conflicts, txn: None }))
 }
 
 /// Carry into the root what `source` received since `reference` (both read-only), with the conflict rule of a
