@@ -129,8 +129,14 @@ fn compare(o: &Path, om: &Metadata, n: &Path, nm: &Metadata) -> Result<Option<Ch
 
 /// Whether the files `a` and `b` hold the same bytes.
 pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    same_prefix(a, b, u64::MAX)
+}
+
+/// Whether the first `len` bytes of the files `a` and `b` are the same (both must have that many; `u64::MAX`: the
+/// whole files).
+pub(crate) fn same_prefix(a: &Path, b: &Path, len: u64) -> Result<bool> {
     let open = |p: &Path| std::fs::File::open(p).with_context(|| format!("opening {}", p.escaped()));
-    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let (mut fa, mut fb) = (open(a)?.take(len), open(b)?.take(len));
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
         let na = read_full(&mut fa, &mut ba).with_context(|| format!("reading {}", a.escaped()))?;
@@ -144,7 +150,7 @@ pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
     }
 }
 
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {

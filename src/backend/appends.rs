@@ -8,7 +8,7 @@
 use crate::pathbytes::PathText;
 use anyhow::{Context, Result};
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -21,34 +21,6 @@ pub(super) struct Side<'a> {
 /// Whether `a` and `b` are both regular files with the same mode and owner.
 fn same_kind(a: &Metadata, b: &Metadata) -> bool {
     a.is_file() && b.is_file() && (a.mode(), a.uid(), a.gid()) == (b.mode(), b.uid(), b.gid())
-}
-
-/// Whether the first `len` bytes of the files at `a` and `b` are the same.
-fn same_prefix(a: &Path, b: &Path, len: u64) -> Result<bool> {
-    let open = |p: &Path| File::open(p).with_context(|| format!("opening {}", p.escaped()));
-    let (mut fa, mut fb) = (open(a)?.take(len), open(b)?.take(len));
-    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-    loop {
-        let n = read_full(&mut fa, &mut ba).with_context(|| format!("reading {}", a.escaped()))?;
-        let m = read_full(&mut fb, &mut bb).with_context(|| format!("reading {}", b.escaped()))?;
-        if n != m || ba[..n] != bb[..m] {
-            return Ok(false);
-        }
-        if n == 0 {
-            return Ok(true);
-        }
-    }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(got)
 }
 
 /// What `merge` found.
@@ -69,7 +41,7 @@ pub(super) fn merge(base: &Side, earlier: &Side, later: &Side, to: &Path) -> Res
     let len = base.meta.size();
     let extends = |a: &Side, s: &Side| -> Result<bool> {
         let n = a.meta.size();
-        Ok(same_kind(a.meta, s.meta) && s.meta.size() >= n && same_prefix(a.path, s.path, n)?)
+        Ok(same_kind(a.meta, s.meta) && s.meta.size() >= n && crate::treediff::same_prefix(a.path, s.path, n)?)
     };
     if !extends(base, earlier)? || !extends(base, later)? {
         return Ok(Merge::Apart);
