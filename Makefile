@@ -3,6 +3,8 @@
 #   sudo make install    install the binary, the systemd units, the initramfs-tools hook, the dracut module, the
 #                        GRUB drop-in and the dpkg hook
 #   sudo make enable     enable the units and rebuild the initramfs
+#   make docs            build and check the man pages and shell completions (target/docs)
+#   sudo make install-docs  install them
 PREFIX ?= /usr
 DESTDIR ?=
 SBINDIR = $(DESTDIR)$(PREFIX)/sbin
@@ -12,7 +14,7 @@ DRACUTDIR = $(DESTDIR)/usr/lib/dracut/modules.d/90snapinst
 GRUBDIR = $(DESTDIR)/etc/default/grub.d
 DPKGDIR = $(DESTDIR)/etc/dpkg/dpkg.cfg.d
 
-.PHONY: all install install-bin install-hooks enable
+.PHONY: all install install-bin install-hooks enable docs install-docs
 all:
 	cargo build --release
 
@@ -34,3 +36,14 @@ install-hooks:
 enable:
 	systemctl enable snapinst-recover.service snapinst-bless.service
 	if command -v update-initramfs >/dev/null; then update-initramfs -u; elif command -v dracut >/dev/null; then dracut -f; fi
+
+docs:
+	bash scripts/docs.sh target/docs
+
+install-docs: docs
+	install -d $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0644 target/docs/man5/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+	install -m 0644 target/docs/man8/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -D -m 0644 target/docs/completions/snapinst.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/snapinst
+	install -D -m 0644 target/docs/completions/_snapinst $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_snapinst
+	install -D -m 0644 target/docs/completions/snapinst.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/snapinst.fish

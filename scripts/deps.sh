@@ -4,9 +4,10 @@
 # Shared by scripts/demo.sh, scripts/test.sh, bench/run.sh and the VM tests. Needs root when something is missing.
 set -euo pipefail
 
-# eatmydata, strace, debootstrap and time: the benchmark's package section (bench/packages.sh).
+# eatmydata, strace, debootstrap and time: the benchmark's package section (bench/packages.sh); man-db: the man
+# pages' check (scripts/docs.sh).
 packages=(btrfs-progs libbtrfsutil-dev libclang-dev busybox-static e2fsprogs xfsprogs pkg-config libseccomp-dev
-  eatmydata strace debootstrap time "$@")
+  eatmydata strace debootstrap time man-db "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of snapinst: the Rust unit and integration tests (with the crash points compiled in), the demo
+# Runs every test of snapinst: the Rust unit and integration tests (with the crash points compiled in), the man
+# pages and completions (built and checked), the demo
 # as a smoke test, the quick benchmark, and the VM tests (power cuts under QEMU, a real Debian boot with the hooks).
 #
 #   sudo bash scripts/test.sh [--stock]
@@ -25,6 +26,9 @@ find_cargo
 
 heading "cargo test --features failpoints"
 cargo test --features failpoints --no-fail-fast
+
+heading "man pages and completions: scripts/docs.sh"
+bash scripts/docs.sh
 
 heading "demo (smoke test): scripts/demo.sh"
 bash scripts/demo.sh

@@ -218,6 +218,11 @@ enum Command {
     HoldDpkgLocks { root: PathBuf },
 }
 
+/// The command line's definition (for the man pages and completions that `snapinst-docs` writes).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Parse the command line, run the command, and exit with its documented code.
 pub fn run() -> ExitCode {
     let cli = match Cli::try_parse() {

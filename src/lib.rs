@@ -27,4 +27,4 @@ mod submounts;
 mod topview;
 mod treediff;
 
-pub use cli::run;
+pub use cli::{command, run};
