@@ -1,7 +1,8 @@
-//! The validated plan: what `apply` installs. A plan file is parsed and checked once, in [`parse`]; everything
+//! The validated plan: what `apply` installs. A plan file (JSON, YAML or TOML) is parsed and checked once, in [`parse`]; everything
 //! downstream works on these types and never re-checks strings. Nothing here touches the filesystem but reading the
 //! plan and its source files.
 
+mod formats;
 #[cfg(test)]
 mod fuzzing;
 mod parse;

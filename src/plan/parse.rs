@@ -1,4 +1,4 @@
-//! Reading a plan file and checking all of it at once. The plan is first checked against the schema generated from
+//! Reading a plan file (JSON, YAML or TOML: `super::formats`) and checking all of it at once. The plan is first checked against the schema generated from
 //! [`super::spec`] (unknown fields, missing fields, wrong JSON types), then deserialized into those types and
 //! checked for what a schema cannot say (duplicate ids, paths that are not absolute or leave the root, bad modes,
 //! missing source files, bad names). Every problem is collected with the step and field it concerns, so an
@@ -41,8 +41,7 @@ impl std::error::Error for PlanProblems {}
 pub(crate) fn load(file: &Path) -> Result<Plan, PlanProblems> {
     let fail = |p: String| PlanProblems { file: file.to_path_buf(), problems: vec![p] };
     let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the plan: {e}")))?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| fail(format!("not valid JSON at line {} column {}: {e}", e.line(), e.column())))?;
+    let value = super::formats::read(super::formats::Format::of(file), &bytes).map_err(fail)?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
     check(&value, &bytes, base, file)
@@ -107,7 +106,7 @@ impl Checker {
     fn plan(&mut self, value: &Value, sha256: String) -> Option<Plan> {
         let top = At { step: None };
         let Some(obj) = value.as_object() else {
-            self.problem(top, "(plan)", "the plan must be a JSON object");
+            self.problem(top, "(plan)", "the plan must be an object (a JSON object, a YAML mapping or a TOML table)");
             return None;
         };
         let plan_schema = self.schema.plan().clone();
@@ -145,7 +144,8 @@ impl Checker {
         for (i, v) in list.iter().enumerate() {
             let n = i + 1;
             let Some(obj) = v.as_object() else {
-                self.problems.push(format!("step #{n}: must be a JSON object"));
+                self.problems
+                    .push(format!("step #{n}: must be an object (a JSON object, a YAML mapping or a TOML table)"));
                 continue;
             };
             let id = match obj.get("id") {

@@ -102,6 +102,9 @@ impl Schema {
     pub fn check_value(&self, v: &Value, s: &Value) -> Option<String> {
         if self.fits(v, s) {
             None
+        } else if v.is_number() && self.fits(&Value::String(v.to_string()), s) {
+            // An unquoted `mode: 0755` in YAML or TOML reads as a number.
+            Some(format!("must be {} (it reads as a number here: quote it)", self.describe(s)))
         } else {
             Some(format!("must be {}", self.describe(s)))
         }
