@@ -382,7 +382,7 @@ fn checkpoints_after(dir: &Path, keep: Option<usize>) -> Result<Vec<PathBuf>> {
     for e in entries {
         let path = e?.path();
         let n = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<usize>().ok());
-        if keep.is_none() || n.map_or(true, |n| Some(n) > keep) {
+        if keep.is_none() || n.is_none_or(|n| Some(n) > keep) {
             stale.push(path);
         }
     }

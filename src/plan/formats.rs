@@ -60,8 +60,7 @@ pub(crate) fn read(format: Format, bytes: &[u8]) -> Result<Value, String> {
                 // (The message starts with the place again: "error: line 2 column 8: ...".)
                 let said = e.to_string();
                 let said = said.lines().next().unwrap_or_default();
-                let why = said.splitn(2, ": ").nth(1).filter(|_| said.starts_with("error: line "));
-                let why = why.and_then(|w| w.split_once(": ").map(|(_, w)| w)).unwrap_or(said);
+                let why = said.strip_prefix("error: line ").and_then(|w| w.split_once(": ")).map_or(said, |(_, w)| w);
                 at(l.line() as usize, l.column() as usize, &why)
             }
             None => format!("not valid YAML: {}", e.to_string().lines().next().unwrap_or_default()),

@@ -123,14 +123,14 @@ impl Schema {
         }
         match v {
             Value::Number(n) => {
-                let above = s["minimum"].as_f64().map_or(true, |min| n.as_f64().is_some_and(|x| x >= min));
-                let below = s["maximum"].as_f64().map_or(true, |max| n.as_f64().is_some_and(|x| x <= max));
+                let above = s["minimum"].as_f64().is_none_or(|min| n.as_f64().is_some_and(|x| x >= min));
+                let below = s["maximum"].as_f64().is_none_or(|max| n.as_f64().is_some_and(|x| x <= max));
                 above && below
             }
-            Value::String(text) => s["minLength"].as_u64().map_or(true, |min| text.chars().count() as u64 >= min),
+            Value::String(text) => s["minLength"].as_u64().is_none_or(|min| text.chars().count() as u64 >= min),
             Value::Array(items) => {
-                s["minItems"].as_u64().map_or(true, |min| items.len() as u64 >= min)
-                    && items.iter().all(|i| s.get("items").map_or(true, |is| self.fits(i, is)))
+                s["minItems"].as_u64().is_none_or(|min| items.len() as u64 >= min)
+                    && items.iter().all(|i| s.get("items").is_none_or(|is| self.fits(i, is)))
             }
             Value::Object(map) => match s.get("additionalProperties") {
                 Some(each) if each.is_object() => map.values().all(|x| self.fits(x, each)),
