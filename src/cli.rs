@@ -52,16 +52,16 @@ pub(crate) struct RootArgs {
 /// How a transaction that applies a plan (`apply`, `upgrade`) is staged, kept and shown.
 #[derive(clap::Args)]
 pub(crate) struct TxnFlags {
-    /// How to stage the transaction.
-    #[arg(long, value_enum, default_value = "auto")]
-    backend: BackendChoice,
-    /// Generations to keep.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
-    keep: u64,
+    /// How to stage the transaction [default: auto, or the configuration's `backend`].
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+    /// Generations to keep [default: 5, or the configuration's `keep`].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    keep: Option<u64>,
     /// Boots a new generation of a running root gets to reach boot-complete.target before the previous
-    /// one is restored.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    boot_tries: u32,
+    /// one is restored [default: 3, or the configuration's `boot_tries`].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    boot_tries: Option<u32>,
     /// Run the steps in a stage, print what they change, then discard it.
     #[arg(long)]
     dry_run: bool,
@@ -72,27 +72,31 @@ pub(crate) struct TxnFlags {
     #[arg(long, requires = "confirm")]
     yes: bool,
     /// Leave the filesystem mounted at PATH (inside the root, e.g. /srv) out of the transaction instead of
-    /// staging it; a step that writes there fails. Repeatable.
+    /// staging it; a step that writes there fails. Repeatable; added to the configuration's `exclude_mounts`.
     #[arg(long = "exclude-mount", value_name = "PATH")]
     exclude_mount: Vec<PathBuf>,
     /// Let the steps' sync calls reach the disk (by default a step in a stage has its fsync, fdatasync, syncfs,
     /// sync, sync_file_range, msync and O_SYNC made no-ops, and the commit syncs once), and mount an overlay stage
-    /// without `volatile`.
+    /// without `volatile` (the configuration's `suppress_sync = false` does the same).
     #[arg(long)]
     no_suppress_sync: bool,
 }
 
 impl TxnFlags {
+    /// The options of the transaction: these flags over the configuration.
     fn options(self, keep_failed: bool) -> commands::apply::ApplyOptions {
+        let config = crate::config::get();
+        let mut exclude_mounts = config.exclude_mounts.value.clone();
+        exclude_mounts.extend(self.exclude_mount.into_iter().filter(|p| !config.exclude_mounts.value.contains(p)));
         commands::apply::ApplyOptions {
-            backend: self.backend.fixed(),
-            keep: self.keep as usize,
-            boot_tries: self.boot_tries,
+            backend: self.backend.map_or(config.backend.value, BackendChoice::fixed),
+            keep: config.keep.or_flag(self.keep).value as usize,
+            boot_tries: config.boot_tries.or_flag(self.boot_tries).value,
             dry_run: self.dry_run,
             confirm: commands::apply::Confirm::from_flags(self.confirm, self.yes),
             keep_failed,
-            exclude_mounts: self.exclude_mount,
-            suppress_sync: !self.no_suppress_sync,
+            exclude_mounts,
+            suppress_sync: config.suppress_sync.value && !self.no_suppress_sync,
         }
     }
 }
@@ -204,6 +208,13 @@ enum Command {
     },
     /// Check a plan and report every problem; change nothing.
     Validate { plan: PathBuf },
+    /// Print the effective configuration (/etc/snapinst/snapinst.toml and snapinst.d/*.toml over the built-in
+    /// defaults) and where each value comes from.
+    Config {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the plan file's JSON Schema (for editors and other tools that check plans).
     Schema,
     /// List the crash points: name, operation that reaches it, backends (for the crash tests).
@@ -239,6 +250,7 @@ pub fn run() -> ExitCode {
             | Command::Conflicts { .. }
             | Command::Diff { .. }
             | Command::Schema
+            | Command::Config { .. }
             | Command::Failpoints
     ) {
         // A read-only command ends quietly when the reader of its output goes away (`snapinst list | head`).
@@ -246,6 +258,18 @@ pub fn run() -> ExitCode {
         // SAFETY: setting a signal disposition before any thread exists.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    // The configuration, read once. A bad file stops every command before it does anything, but the ones that
+    // finish interrupted transactions (at boot above all): they go on with the built-in defaults, and say so.
+    if let Err(e) = crate::config::init() {
+        if matches!(cli.command, Command::Boot { .. } | Command::Bless { .. } | Command::Recover { .. }) {
+            eprintln!("snapinst: warning: the configuration is not used: {e}; going on with the built-in defaults");
+            crate::config::init_defaults();
+        } else {
+            eprintln!("snapinst: the configuration is not valid: {e}");
+            eprintln!("snapinst: nothing was done");
+            return ExitCode::from(2);
         }
     }
     commands::panicked::install_hook();
@@ -304,6 +328,7 @@ fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Conflicts { root, txn } => commands::status::conflicts(&root, txn.as_deref()),
         Command::Recover { root, all } => commands::recover::run(&root, all),
         Command::Validate { plan } => commands::validate(&plan),
+        Command::Config { json } => commands::show_config(json),
         Command::Schema => {
             println!("{:#}", crate::plan::spec::schema());
             Ok(Outcome::Done)

@@ -6,6 +6,7 @@ mod backend;
 mod census;
 mod cli;
 mod commands;
+mod config;
 mod conflicts;
 mod delta;
 mod dpkg_lock;

@@ -132,7 +132,7 @@ pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool> {
     same_prefix(a, b, u64::MAX)
 }
 
-/// Whether the first `len` bytes of the files `a` and `b` are the same (both must have that many; `u64::MAX`: the
+/// Whether the first `len` bytes of the files `a` and `b` are the same (false when either is shorter; `u64::MAX`: the
 /// whole files).
 pub(crate) fn same_prefix(a: &Path, b: &Path, len: u64) -> Result<bool> {
     let open = |p: &Path| std::fs::File::open(p).with_context(|| format!("opening {}", p.escaped()));

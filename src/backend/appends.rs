@@ -8,7 +8,7 @@
 use crate::pathbytes::PathText;
 use anyhow::{Context, Result};
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -60,7 +60,8 @@ pub(super) fn merge(base: &Side, earlier: &Side, later: &Side, to: &Path) -> Res
         f.seek(SeekFrom::Start(skip)).with_context(|| format!("reading {}", from.escaped()))?;
         std::io::copy(&mut f, &mut out).with_context(|| format!("copying {} to {}", from.escaped(), to.escaped()))?;
     }
-    out.flush().with_context(|| format!("writing {}", to.escaped()))?;
+    // Durable before it replaces the live file: a btrfs commit may make the exchange durable before the data.
+    out.sync_all().with_context(|| format!("writing {}", to.escaped()))?;
     Ok(Merge::Written)
 }
 

@@ -21,7 +21,9 @@ mod handover;
 mod keeping_rollback;
 use handover::keep_handover;
 pub(crate) use handover::HandedOver;
-pub(super) use handover::{carry_back_failed_boots, drop_booted, hand_over, hand_over_now, keep_booted};
+pub(super) use handover::{
+    carry_back_failed_boots, drop_booted, hand_over, hand_over_now, keep_booted, keep_for_retry,
+};
 use keeping_rollback::stage_keeping_rollback;
 
 pub(super) fn is_subvolume(path: &Path) -> bool {

@@ -151,6 +151,15 @@ impl Worker<'_> {
             }
         }
         let mut descend = whole && is_dir(&live);
+        if changed
+            && self.r.live_stage
+            && !is_dir(&live)
+            && same_mtime_and_links(&live, &staged)
+            && same_entry(&self.r.live.join(rel), &live, &self.r.stage.join(rel), &staged)?
+        {
+            // Carried already (a finishing done again after a crash): the running system's file stays as it is.
+            return Ok(());
+        }
         if changed {
             // Changed on the stage's side too (and not to what it was: a rollback step puts back files as clones),
             // and not to what the live side has (the same change on both sides, or one carried already: a carry cut
@@ -288,7 +297,8 @@ impl Worker<'_> {
             return Ok(true);
         }
         let aside = self.tmp_name(&target);
-        if super::live_swap::replace(&target, new, &aside, staged)? == super::live_swap::Swap::Done {
+        let swap = super::live_swap::replace(&target, new, &aside, staged)?;
+        if swap == super::live_swap::Swap::Done {
             return Ok(true);
         }
         if let Some(new) = new {
@@ -297,7 +307,7 @@ impl Worker<'_> {
         // Written since the look: appends on both sides still merge.
         let (before, incoming, now) =
             (lstat(&self.r.before.join(rel))?, lstat(&self.r.live.join(rel))?, lstat(&target)?);
-        if self.merge_appends(rel, &before, &incoming, &now)? {
+        if swap == super::live_swap::Swap::Changed && self.merge_appends(rel, &before, &incoming, &now)? {
             return Ok(false);
         }
         self.conflict(rel, &now, Side::Incoming, &incoming)?;
@@ -335,11 +345,15 @@ impl Worker<'_> {
             copy_attributes(&target, &tmp, &seen)?;
             set_times(&tmp, &seen)?;
             let aside = self.tmp_name(&target);
-            if super::live_swap::replace(&target, Some(&tmp), &aside, &Some(seen))? == super::live_swap::Swap::Done {
+            let swap = super::live_swap::replace(&target, Some(&tmp), &aside, &Some(seen))?;
+            if swap == super::live_swap::Swap::Done {
                 self.out.paths += 1;
                 return Ok(true);
             }
             crate::fsutil::remove_any(&tmp)?;
+            if swap == super::live_swap::Swap::InUse {
+                return Ok(false);
+            }
             match lstat(&target)? {
                 Some(now) => seen = now,
                 None => return Ok(false),

@@ -4,7 +4,11 @@
 //! replacement the running system may write the entry again. So the replacement is made by an exchange
 //! (`renameat2(RENAME_EXCHANGE)`, or `RENAME_NOREPLACE` where nothing was), and the entry it moved out is compared
 //! with what was seen: unchanged, it is dropped; changed, the exchange is undone and the caller is told, so that
-//! the running system's entry stays and nothing it wrote is lost.
+//! the running system's entry stays and nothing it wrote is lost. An entry that a replacement would take from
+//! under the running system is never replaced: a file some process holds open for writing (a logger that keeps
+//! its log open would go on writing to the dropped file), or a directory with anything in it (what is below it
+//! cannot be checked entry by entry in one step). What is left: a process that opens the file by its path in the
+//! microseconds between the check and the drop writes to the dropped file.
 
 use crate::pathbytes::PathText;
 use anyhow::{bail, Context, Result};
@@ -22,6 +26,36 @@ pub(super) enum Swap {
     /// `target` changed since it was seen: it is as the running system left it, and the new entry (if any) is
     /// still at its own name, for the caller to keep or remove.
     Changed,
+    /// `target` is in use (a file open for writing, a directory that is not empty): left alone, as `Changed`.
+    InUse,
+}
+
+/// How many times `replace` asks whether an entry is in use before it leaves it alone.
+const IN_USE_TRIES: usize = 10;
+
+/// Whether replacing the entry at `target` (seen as `seen`) would take it from under the running system: a regular
+/// file that a process holds open for writing (the kernel refuses a read lease then), or a directory that is not
+/// empty. An entry whose state cannot be told counts as in use.
+fn in_use(target: &Path, seen: &Metadata) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    if seen.is_dir() {
+        return std::fs::read_dir(target).map_or(true, |mut d| d.next().is_some());
+    }
+    if !seen.is_file() {
+        return false;
+    }
+    let Ok(f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(target)
+    else {
+        return true;
+    };
+    // SAFETY: F_SETLEASE on a descriptor we own, with an integer argument.
+    let leased = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } == 0;
+    if leased {
+        // SAFETY: as above; dropping the lease at once (it was only a question).
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+    !leased
 }
 
 /// Whether `now` is still the entry `seen` was: the same inode, type, mode, owner, size, number of names and
@@ -54,6 +88,19 @@ fn rename(from: &Path, to: &Path, flags: RenameFlags) -> nix::Result<()> {
 /// afterwards; on a difference everything is put back and `Swap::Changed` returned.
 pub(super) fn replace(target: &Path, new: Option<&Path>, aside: &Path, seen: &Option<Metadata>) -> Result<Swap> {
     let named = |what: &str| format!("{what} {}", target.escaped());
+    if let Some(m) = seen {
+        // A process that opens the file by its path for each write holds it for microseconds: ask a few times.
+        let tries = if m.is_file() { IN_USE_TRIES } else { 1 };
+        let busy = (0..tries).all(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            in_use(target, m)
+        });
+        if busy {
+            return Ok(Swap::InUse);
+        }
+    }
     match (new, seen) {
         (Some(new), None) => match rename(new, target, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => Ok(Swap::Done),
@@ -155,7 +202,27 @@ mod tests {
         let seen = meta(&t);
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(t.join("inside"), "x").unwrap();
-        assert_eq!(replace(&t, None, &a, &seen).unwrap(), Swap::Changed);
+        assert_ne!(replace(&t, None, &a, &seen).unwrap(), Swap::Done);
         assert!(t.join("inside").exists() && !a.exists());
+    }
+
+    #[test]
+    fn a_file_open_for_writing_or_a_full_directory_is_in_use() {
+        let d = tempfile::tempdir().unwrap();
+        let (t, n, a) = (d.path().join("t"), d.path().join("n"), d.path().join("a"));
+        fs::write(&t, "log\n").unwrap();
+        let held = fs::OpenOptions::new().append(true).open(&t).unwrap();
+        fs::write(&n, "new").unwrap();
+        assert_eq!(replace(&t, Some(&n), &a, &meta(&t)).unwrap(), Swap::InUse);
+        assert_eq!(fs::read_to_string(&t).unwrap(), "log\n");
+        drop(held);
+        let reader = fs::File::open(&t).unwrap();
+        assert_eq!(replace(&t, Some(&n), &a, &meta(&t)).unwrap(), Swap::Done, "a reader is no writer");
+        drop(reader);
+        let dir = d.path().join("dir");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("x"), "x").unwrap();
+        assert_eq!(replace(&dir, None, &a, &meta(&dir)).unwrap(), Swap::InUse);
+        assert!(dir.join("x").exists());
     }
 }

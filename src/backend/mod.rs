@@ -588,6 +588,15 @@ pub(crate) fn hand_over_now(ctx: &Ctx, rec: &TxnRecord) -> Result<Option<HandedO
     Ok(done.map(|h| HandedOver { txn: Some(rec.txn.clone()), ..h }))
 }
 
+/// `hand_over_now` failed for `rec`: keep what it needs for the next finishing to carry it (see
+/// `btrfs::keep_for_retry`).
+pub(crate) fn keep_for_retry(ctx: &Ctx, rec: &TxnRecord) -> Result<()> {
+    if ctx.kind != BackendKind::Btrfs {
+        return Ok(());
+    }
+    btrfs::keep_for_retry(ctx.btrfs(), rec)
+}
+
 /// At a counted boot of pending generation `n` (btrfs, before the root is mounted): keep its tree as the first such
 /// boot finds it, for the fallback (see `btrfs::keep_booted`).
 pub(crate) fn keep_booted(ctx: &Ctx, n: u64) -> Result<()> {

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 /// What every generated page says beyond the options, in the sections a system program's page has.
 const EXIT_STATUS: &str = "0: committed, or nothing to do. 1: the transaction failed and was rolled back (nothing \
 changed). 2: a bad plan or bad usage (nothing changed). 3: recovery is needed (run `snapinst recover`).";
-const FILES: &str = "/var/lib/snapinst/roots/: the roots snapinst manages (for `recover --all`). \
+const FILES: &str = "/etc/snapinst/snapinst.toml, /etc/snapinst/snapinst.d/*.toml: the configuration \
+(snapinst.toml(5)). /var/lib/snapinst/roots/: the roots snapinst manages (for `recover --all`). \
 <parent of root>/.snapinst-<name of root>/ (for `/`: /.snapinst-root, or beside the root's btrfs subvolume): the \
 state area: transaction records, generations, stages and kept conflicts.";
 
@@ -47,7 +48,7 @@ fn page(cmd: clap::Command, name: &str) -> Result<Vec<u8>> {
     extra(&mut out, "FILES", FILES)?;
     let see = std::iter::once("snapinst(8)".to_string())
         .filter(|_| name != "snapinst")
-        .chain(["snapinst-plan(5)".to_string()])
+        .chain(["snapinst-plan(5)".to_string(), "snapinst.toml(5)".to_string()])
         .collect::<Vec<_>>()
         .join(", ");
     extra(&mut out, "SEE ALSO", &see)?;

@@ -128,7 +128,9 @@ fn run_plan(plan: &Plan, plan_file: &Path, args: &RootArgs, opts: &ApplyOptions)
     };
     state.keep = opts.keep;
     state.boot_tries = opts.boot_tries;
-    registry::register(&loc.root, args.state_dir.as_deref().map(|_| loc.state.dir.as_path()))?;
+    // A state area given (on the command line or in the configuration) is recorded, so `recover --all` finds it.
+    let given = args.state_dir.is_some() || crate::config::get().state_dir_for(&loc.root).is_some();
+    registry::register(&loc.root, given.then_some(loc.state.dir.as_path()))?;
     let ctx = Ctx::new(kind, &loc.root, &loc.state)
         .and_then(|c| c.with_parts(&layout.part_rels()))
         .map_err(|e| Refused(format!("{e:#}")))?;

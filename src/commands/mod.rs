@@ -87,7 +87,8 @@ pub(crate) fn locate(args: &RootArgs) -> Result<Located> {
         Ok(m) if !m.is_dir() => return refuse(format!("the root {} is not a directory", args.root.escaped())),
         Ok(_) => args.root.canonicalize().map_err(|e| Refused(format!("resolving {}: {e}", args.root.escaped())))?,
     };
-    let state_dir = match &args.state_dir {
+    let configured = crate::config::get().state_dir_for(&root);
+    let state_dir = match args.state_dir.as_ref().or(configured.as_ref()) {
         Some(d) => std::path::absolute(d).map_err(|e| Refused(format!("resolving {}: {e}", d.escaped())))?,
         None if mounted_btrfs_subvolume(&root)? => {
             // Beside the root's subvolume, reached through a private mount of the filesystem's top level.
@@ -137,6 +138,25 @@ pub(crate) fn require_root_user() -> Result<()> {
     Ok(())
 }
 
+/// `snapinst config`: each setting, its value and where it comes from.
+pub(crate) fn show_config(json: bool) -> Result<Outcome> {
+    let config = crate::config::get();
+    if json {
+        let settings: serde_json::Map<String, serde_json::Value> =
+            config.rows().into_iter().map(|(k, v, from)| (k, serde_json::json!({"value": v, "from": from}))).collect();
+        println!(
+            "{}",
+            serde_json::json!({"v": 1, "dir": crate::pathbytes::json(&crate::config::dir()), "settings": settings})
+        );
+    } else {
+        println!("# read from {} (snapinst.toml, then snapinst.d/*.toml)", crate::config::dir().escaped());
+        for (k, v, from) in config.rows() {
+            println!("{k} = {v}  # {from}");
+        }
+    }
+    Ok(Outcome::Done)
+}
+
 /// Persist a phase change of a transaction record.
 pub(crate) fn set_phase(state: &StateDir, rec: &mut TxnRecord, phase: Phase) -> Result<()> {
     rec.phase = phase;
@@ -178,7 +198,8 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
 /// Right after a commit (an apply or a keeping rollback) of a btrfs directory target: carry into the new tree what the
 /// running system wrote to the replaced one after the carry-over's last look (`backend::hand_over_now`); the
 /// record counts the paths and lists the conflicts. Never fails the finishing (the commit took effect): what could
-/// not be carried stays in the replaced generation's kept tree (never pruned while it waits), and a warning says so.
+/// not be carried stays in the replaced generation's kept tree, which is not pruned while its handover waits for
+/// the next finishing to carry it, and a warning says so.
 pub(crate) fn hand_over_now(ctx: &Ctx, rec: &mut TxnRecord) {
     match backend::hand_over_now(ctx, rec) {
         Ok(None) => {}
@@ -189,10 +210,18 @@ pub(crate) fn hand_over_now(ctx: &Ctx, rec: &mut TxnRecord) {
             rec.conflicts.retain(|old| h.conflicts.iter().all(|c| c.path != old.path));
             rec.conflicts.extend(h.conflicts);
         }
-        Err(e) => eprintln!(
-            "snapinst: warning: what the running system wrote in the commit's last instant could not be carried into generation {} ({e:#}); it is in generation {}'s tree, kept in the state area",
-            rec.to_generation, rec.from_generation
-        ),
+        Err(e) => {
+            let kept = backend::keep_for_retry(ctx, rec);
+            eprintln!(
+                "snapinst: warning: what the running system wrote in the commit's last instant could not be carried into generation {} ({e:#}); it is in generation {}'s tree, kept in the state area{}",
+                rec.to_generation,
+                rec.from_generation,
+                match kept {
+                    Ok(()) => ", and the next transaction's finishing carries it".to_string(),
+                    Err(k) => format!(" (keeping it for a later carry failed too: {k:#})"),
+                }
+            )
+        }
     }
 }
 

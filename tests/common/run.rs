@@ -23,6 +23,9 @@ where
     c.args(args).env_remove("SNAPINST").env_remove("SNAPINST_FAILPOINT").stdin(Stdio::null());
     // ext2 stands in for FAT, which the development machines' kernel may lack (see `FsKind::Ext2`).
     c.env("SNAPINST_TEST_COPY_STAGED", "ext2");
+    // No configuration but the built-in defaults, whatever the machine's /etc/snapinst holds (a test that wants one
+    // sets its own directory).
+    c.env("SNAPINST_CONFIG_DIR", "/nonexistent/snapinst-test-config");
     c
 }
 

@@ -103,35 +103,90 @@ pub(in crate::backend) fn hand_over(
 /// replaced tree after the carry-over's last look (an apply's `gens/<to>.before`, a keeping rollback's handover),
 /// by the commit's conflict rule against everything the root holds differently from that look (the plan's changes,
 /// and what was written since the exchange), the versions it does not take kept in `kept`; then drop the handover.
-/// When nothing was written (the usual case), this costs one comparison of two read-only trees and no btrfs
-/// commit. Idempotent: a crash leaves the look, and the recovery's finishing carries again (what was carried
-/// already is no change, and an append merged already is not appended twice). None when there is nothing to hand
-/// over (a root mounted on its own waits for the boot).
+/// Handovers an earlier finishing could not carry (`keep_for_retry`) are carried first. When nothing was written
+/// (the usual case), this costs one comparison of two read-only trees and no btrfs commit. Idempotent: a crash
+/// leaves the look, and the recovery's finishing carries again (what was carried already is left as it is, and an
+/// append merged already is not appended twice). None when there is nothing to hand over (a root mounted on its own
+/// waits for the boot).
 pub(in crate::backend) fn hand_over_now(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<Option<HandedOver>> {
-    let from = rec.from_generation;
-    let (handover, replaced, before) = (p.handover(from), p.gen(from), p.before(rec.to_generation));
-    let look = if is_subvolume(&handover) {
-        handover.clone()
-    } else if rec.kind == TxnKind::Apply && is_subvolume(&before) {
-        before
-    } else {
-        return Ok(None);
-    };
     if !directory_target(p) {
         return Ok(None);
     }
-    if !is_subvolume(&replaced) || !libbtrfsutil::subvolume_read_only(&replaced).unwrap_or(false) {
-        bail!("generation {from}'s kept tree {} is missing or writable", replaced.escaped());
+    let from = rec.from_generation;
+    let mut done: Option<HandedOver> = None;
+    let mut add = |h: Option<HandedOver>| {
+        if let Some(h) = h {
+            match &mut done {
+                None => done = Some(h),
+                Some(d) => {
+                    d.paths += h.paths;
+                    d.conflicts.retain(|c| h.conflicts.iter().all(|n| n.path != c.path));
+                    d.conflicts.extend(h.conflicts);
+                }
+            }
+        }
+    };
+    for g in left_to_hand_over(p)?.into_iter().filter(|&g| g != from) {
+        add(hand_over_generation(p, g, &p.handover(g), kept)?);
     }
-    let done = if btrfs_send::changes(&look, &replaced)?.is_empty() {
+    let (handover, before) = (p.handover(from), p.before(rec.to_generation));
+    let look = if is_subvolume(&handover) {
+        Some(handover)
+    } else if rec.kind == TxnKind::Apply && is_subvolume(&before) {
+        Some(before)
+    } else {
+        None
+    };
+    if let Some(look) = look {
+        add(hand_over_generation(p, from, &look, kept)?);
+    }
+    Ok(done)
+}
+
+/// The generations whose handover is still in the state area.
+fn left_to_hand_over(p: &Paths) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&p.gens_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.gens_dir.escaped())),
+    };
+    for e in entries {
+        let name = e.with_context(|| format!("reading {}", p.gens_dir.escaped()))?.file_name();
+        if let Some(g) = name.to_str().and_then(|n| n.strip_suffix(".handover")).and_then(|n| n.parse().ok()) {
+            out.push(g);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Carry into the root what generation `g`'s kept tree received after `look`; drop `g`'s handover.
+fn hand_over_generation(p: &Paths, g: u64, look: &Path, kept: &Path) -> Result<Option<HandedOver>> {
+    let replaced = p.gen(g);
+    if !is_subvolume(&replaced) || !libbtrfsutil::subvolume_read_only(&replaced).unwrap_or(false) {
+        bail!("generation {g}'s kept tree {} is missing or writable", replaced.escaped());
+    }
+    let done = if btrfs_send::changes(look, &replaced)?.is_empty() {
         None
     } else {
-        Some(carry_into_root(p, &look, &replaced, &p.handover_view(from), kept, None, true)?)
+        Some(carry_into_root(p, look, &replaced, &p.handover_view(g), kept, None, true)?)
     };
-    if is_subvolume(&handover) {
-        delete_subvolume(&handover)?;
+    if is_subvolume(&p.handover(g)) {
+        delete_subvolume(&p.handover(g))?;
     }
-    Ok(done.map(|d| HandedOver { generation: from, paths: d.paths, conflicts: d.conflicts, txn: None }))
+    Ok(done.map(|d| HandedOver { generation: g, paths: d.paths, conflicts: d.conflicts, txn: None }))
+}
+
+/// After `hand_over_now` failed for the commit `rec`: keep its look as `gens/<from>.handover` (an apply's is
+/// `gens/<to>.before`, which goes with its generation), so that the next finishing carries it and generation
+/// `from` is not pruned until then.
+pub(in crate::backend) fn keep_for_retry(p: &Paths, rec: &TxnRecord) -> Result<()> {
+    let (at, before) = (p.handover(rec.from_generation), p.before(rec.to_generation));
+    if !directory_target(p) || is_subvolume(&at) || !is_subvolume(&before) {
+        return Ok(());
+    }
+    snapshot_read_only(&before, &at)
 }
 
 /// Carry into the root what `source` received since `reference` (both read-only), with the conflict rule of a
