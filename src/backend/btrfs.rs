@@ -387,7 +387,11 @@ pub(super) fn finish(p: &Paths, rec: &TxnRecord, state: &mut State) -> Result<()
     }
     // Committed with the kept generation below (one btrfs commit for both, before the record says done; a crash
     // before it brings the snapshots back, and recovery runs this again).
-    remove_snapshots_uncommitted(&p.carry(&rec.txn))?;
+    // (A directory target's keeping rollback leaves its last look for `hand_over_now`, which removes the rest.)
+    match handover::look_for_now(p, rec).filter(|_| rec.kind != TxnKind::Apply) {
+        None => remove_snapshots_uncommitted(&p.carry(&rec.txn))?,
+        Some(look) => remove_snapshots_but(&p.carry(&rec.txn), &look)?,
+    }
     keep_as_generation(p, &p.stage(rec), rec.root_subvol_before, rec.from_generation)?;
     state.current_subvol = rec.incoming_subvol;
     Ok(())
@@ -420,6 +424,17 @@ pub(super) fn remove_snapshots_in(dir: &Path) -> Result<()> {
 }
 
 /// `remove_snapshots_in` without the commit: the caller commits (or a crash brings them back, to be removed again).
+/// Delete the snapshots in `dir` but `keep`, uncommitted.
+fn remove_snapshots_but(dir: &Path, keep: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.escaped()))? {
+        let path = e.with_context(|| format!("reading {}", dir.escaped()))?.path();
+        if path != keep {
+            delete_subvolume_uncommitted(&path)?;
+        }
+    }
+    Ok(())
+}
+
 fn remove_snapshots_uncommitted(dir: &Path) -> Result<()> {
     if !fsutil::exists(dir) {
         return Ok(());

@@ -20,9 +20,9 @@ fn directory_target(p: &Paths) -> bool {
 
 /// When the tree the commit replaced is the one the running system is mounted from, keep the carry-over's last look
 /// at it (read-only, as `gens/<from>.handover`): what the running system writes to it from then until the shutdown
-/// is what `hand_over` brings into the new tree at the next boot. A keeping rollback of a directory target keeps it
-/// too, for `hand_over_now` (an apply's is kept anyway, as `gens/<to>.before`). Idempotent. (A commit without a
-/// carry-over, an exact rollback, keeps nothing.)
+/// is what `hand_over` brings into the new tree at the next boot. Idempotent. (A commit without a carry-over, an
+/// exact rollback, keeps nothing. A directory target's look stays where it is for `hand_over_now`: see
+/// `look_for_now`.)
 pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
     let at = p.handover(rec.from_generation);
     // The replaced tree is the running system's when the root is mounted from it; and when the root is mounted from
@@ -31,9 +31,8 @@ pub(super) fn keep_handover(p: &Paths, rec: &TxnRecord) -> Result<()> {
     let mounted =
         if mounts::is_mount_point(&p.host_root).unwrap_or(false) { subvol_id(&p.host_root).ok() } else { None };
     let running = mounted.is_some() && (mounted == rec.root_subvol_before || mounted == rec.incoming_subvol);
-    let rollback_here = directory_target(p) && rec.kind == TxnKind::Rollback;
     let Some(last) = last_look(p, &rec.txn) else { return Ok(()) };
-    if !(running || rollback_here) || fsutil::exists(&at) {
+    if !running || fsutil::exists(&at) {
         return Ok(());
     }
     CreateSnapshotOptions::new()
@@ -129,18 +128,30 @@ pub(in crate::backend) fn hand_over_now(p: &Paths, rec: &TxnRecord, kept: &Path)
     for g in left_to_hand_over(p)?.into_iter().filter(|&g| g != from) {
         add(hand_over_generation(p, g, &p.handover(g), kept)?);
     }
-    let (handover, before) = (p.handover(from), p.before(rec.to_generation));
-    let look = if is_subvolume(&handover) {
-        Some(handover)
-    } else if rec.kind == TxnKind::Apply && is_subvolume(&before) {
-        Some(before)
-    } else {
-        None
-    };
+    let handover = p.handover(from);
+    let look = if is_subvolume(&handover) { Some(handover) } else { look_for_now(p, rec) };
     if let Some(look) = look {
         add(hand_over_generation(p, from, &look, kept)?);
     }
+    // A keeping rollback's look was its last carry-over snapshot, left by `finish`; deleted with the next btrfs
+    // commit (a crash before it brings it back, and the sweep of leftovers removes it).
+    remove_snapshots_uncommitted(&p.carry(&rec.txn))?;
     Ok(done)
+}
+
+/// Where the last look of the commit `rec` at a directory target is, for `hand_over_now`: an apply's is kept as
+/// `gens/<to>.before`; a keeping rollback's is its last carry-over snapshot, which `finish` leaves in place (no
+/// snapshot of it is taken: that would cost a btrfs commit on every rollback).
+pub(super) fn look_for_now(p: &Paths, rec: &TxnRecord) -> Option<PathBuf> {
+    if !directory_target(p) {
+        return None;
+    }
+    let look = match rec.kind {
+        TxnKind::Apply => p.before(rec.to_generation),
+        _ if rec.exact => return None,
+        _ => last_look(p, &rec.txn)?,
+    };
+    is_subvolume(&look).then_some(look)
 }
 
 /// The generations whose handover is still in the state area.
@@ -173,20 +184,22 @@ fn hand_over_generation(p: &Paths, g: u64, look: &Path, kept: &Path) -> Result<O
         Some(carry_into_root(p, look, &replaced, &p.handover_view(g), kept, None, true)?)
     };
     if is_subvolume(&p.handover(g)) {
-        delete_subvolume(&p.handover(g))?;
+        // With the next btrfs commit: a crash before it brings the handover back, and carrying it again is
+        // harmless.
+        delete_subvolume_uncommitted(&p.handover(g))?;
     }
     Ok(done.map(|d| HandedOver { generation: g, paths: d.paths, conflicts: d.conflicts, txn: None }))
 }
 
-/// After `hand_over_now` failed for the commit `rec`: keep its look as `gens/<from>.handover` (an apply's is
-/// `gens/<to>.before`, which goes with its generation), so that the next finishing carries it and generation
+/// After `hand_over_now` failed for the commit `rec`: keep its look as `gens/<from>.handover` (an apply's look goes
+/// with its generation, a rollback's with the transaction), so that the next finishing carries it and generation
 /// `from` is not pruned until then.
 pub(in crate::backend) fn keep_for_retry(p: &Paths, rec: &TxnRecord) -> Result<()> {
-    let (at, before) = (p.handover(rec.from_generation), p.before(rec.to_generation));
-    if !directory_target(p) || is_subvolume(&at) || !is_subvolume(&before) {
-        return Ok(());
+    let at = p.handover(rec.from_generation);
+    match look_for_now(p, rec) {
+        Some(look) if !is_subvolume(&at) => snapshot_read_only(&look, &at),
+        _ => Ok(()),
     }
-    snapshot_read_only(&before, &at)
 }
 
 /// Carry into the root what `source` received since `reference` (both read-only), with the conflict rule of a
