@@ -36,6 +36,7 @@ pub(crate) const ALL: &[Point] = &[
     Point { name: "rollback-mid-swap", operation: "rollback", backends: &["overlay", "journal"] },
     Point { name: "rollback-after-exchange", operation: "rollback", backends: &["btrfs"] },
     Point { name: "recover-mid-recovery", operation: "recover", backends: EVERY },
+    Point { name: "handover-mid-put", operation: "boot", backends: &["btrfs"] },
     Point { name: "boot-mid-handover", operation: "boot", backends: &["btrfs"] },
     Point { name: "boot-mid-carry-back", operation: "boot", backends: &["btrfs"] },
 ];

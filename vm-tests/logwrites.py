@@ -247,8 +247,8 @@ def check(args):
                     mf.save(m, os.path.join(os.path.dirname(args.out), "%s.after.json" % args.layout))
                     state = "after"
                     for p_index, p_m, p_problems in pending:
-                        record(result, p_index, "before" if p_m == before else "after" if p_m == m else "neither",
-                               p_problems, entries)
+                        p_state = "before" if p_m == before else "after" if p_m == m else "neither"
+                        record(result, p_index, p_state, p_problems + neither_detail(p_state, p_m, before, m), entries)
                     pending = []
             if e.mark in MARK_STATE and state != MARK_STATE[e.mark]:
                 problems.append("at the %s mark the tree is %s, not %s" % (e.mark, state, MARK_STATE[e.mark]))
@@ -257,7 +257,7 @@ def check(args):
             if state == "neither" and checker.after is None and not problems:
                 pending.append((e.index, m, problems))
                 continue
-            record(result, e.index, state, problems, entries)
+            record(result, e.index, state, problems + neither_detail(state, m, before, checker.after), entries)
             if result["states"] % 25 == 0:
                 print("logwrites: %s: %d of %d states checked (%d bad), %.0fs" % (
                     args.layout, result["states"], len(states), result["bad"], time.monotonic() - t0), flush=True)
@@ -268,6 +268,19 @@ def check(args):
         json.dump(result, f, indent=1)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def neither_detail(state, m, before, after):
+    """For a tree that is neither BEFORE nor AFTER: the first paths where it differs from each."""
+    if state != "neither" or m is None:
+        return []
+    out = []
+    for name, other in (("BEFORE", before), ("AFTER", after)):
+        if other is None:
+            continue
+        paths = sorted(k for k in set(m) | set(other) if m.get(k) != other.get(k))
+        out.append("differs from %s at %d paths: %s" % (name, len(paths), ", ".join(paths[:5])))
+    return out
 
 
 def record(result, index, state, problems, entries):

@@ -198,6 +198,7 @@ pub(super) fn pre_commit(p: &Paths, rec: &TxnRecord, kept: &Path) -> Result<(Car
             kept,
             incoming_wins: false,
             live_stage: false,
+            in_root: false,
         };
         let done = carry::carry(&round, &changed)?;
         done_all.paths += done.paths;

@@ -20,6 +20,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// How the carry's temporary entries are named, next to the path they are for.
+const TMP_PREFIX: &str = ".snapinst-carry.";
+
 /// One carry-over round's trees and what is known about them.
 pub(super) struct Round<'a> {
     /// The live tree as it was when the stage (or the previous round) was taken: read-only.
@@ -38,6 +41,10 @@ pub(super) struct Round<'a> {
     /// whose entry there differs from `before` counts as changed on the stage's side, whatever `planned` says, and
     /// each entry is replaced by a checked exchange (`live_swap`), so a write made after the look is never undone.
     pub live_stage: bool,
+    /// The stage is the root itself, after its commit: a carry that a crash cut off left its temporary entries
+    /// (`.snapinst-carry.*`, next to the paths it was carrying) in it, and no discard removes them. The carry done
+    /// again removes them from each directory it visits, before it makes any of its own there.
+    pub in_root: bool,
 }
 
 /// What a round did.
@@ -58,6 +65,7 @@ pub(super) fn carry(round: &Round, changed: &Changes) -> Result<Carried> {
         tmp: 0,
         siblings: Vec::new(),
         visited: HashSet::new(),
+        swept: HashSet::new(),
     };
     let mut whole_done: Option<PathBuf> = None;
     for rel in &changed.paths {
@@ -95,6 +103,8 @@ struct Worker<'a> {
     /// Other names of hard-linked files met, still to look at.
     siblings: Vec<PathBuf>,
     visited: HashSet<PathBuf>,
+    /// The directories of an `in_root` stage swept of a cut-off carry's leftovers.
+    swept: HashSet<PathBuf>,
 }
 
 fn lstat(path: &Path) -> Result<Option<Metadata>> {
@@ -135,6 +145,9 @@ impl Worker<'_> {
     fn path(&mut self, rel: &Path, whole: bool, link_hint: Option<&PathBuf>) -> Result<()> {
         let before = lstat(&self.r.before.join(rel))?;
         let live = lstat(&self.r.live.join(rel))?;
+        if self.r.in_root {
+            self.sweep(rel.parent().unwrap_or(Path::new("")))?;
+        }
         let staged = lstat(&self.r.stage.join(rel))?;
         self.visited.insert(rel.to_path_buf());
         // The kernel compares inodes, so a clone (a file the carry-over made, compared with its original in a
@@ -283,6 +296,9 @@ impl Worker<'_> {
     /// left in place and the incoming version kept as a conflict.
     fn put(&mut self, rel: &Path, new: Option<&Path>, staged: &Option<Metadata>) -> Result<bool> {
         let target = self.r.stage.join(rel);
+        if self.r.in_root && new.is_some() {
+            crate::failpoint::hit("handover-mid-put");
+        }
         if !self.r.live_stage {
             match new {
                 None => crate::fsutil::remove_any(&target)?,
@@ -387,7 +403,29 @@ impl Worker<'_> {
 
     fn tmp_name(&mut self, target: &Path) -> PathBuf {
         self.tmp += 1;
-        target.with_file_name(format!(".snapinst-carry.{}.{}", std::process::id(), self.tmp))
+        target.with_file_name(format!("{TMP_PREFIX}{}.{}", std::process::id(), self.tmp))
+    }
+
+    /// Remove from the stage's directory `dir` (once a round) the temporary entries a carry cut off by a crash left
+    /// there: a merged or cloned file not yet put in place (the path keeps the running system's version, and this
+    /// carry puts it again), or the version an exchange moved out (replaced already).
+    fn sweep(&mut self, dir: &Path) -> Result<()> {
+        if !self.swept.insert(dir.to_path_buf()) {
+            return Ok(());
+        }
+        let at = self.r.stage.join(dir);
+        let entries = match fs::read_dir(&at) {
+            Ok(e) => e,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", at.escaped())),
+        };
+        for e in entries {
+            let name = e.with_context(|| format!("reading {}", at.escaped()))?.file_name();
+            if name.as_encoded_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+                crate::fsutil::remove_any(&at.join(&name))?;
+            }
+        }
+        Ok(())
     }
 
     /// List a conflict on `rel`: `in_tree` is the version the new tree holds, and the other version (`kept`, from

@@ -229,6 +229,7 @@ fn carry_into_root(
         kept,
         incoming_wins: false,
         live_stage: live,
+        in_root: true,
     };
     let done = carry::carry(&round, &written)?;
     if let Some(point) = crash_point {

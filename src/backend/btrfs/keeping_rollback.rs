@@ -79,6 +79,7 @@ pub(super) fn stage_keeping_rollback(p: &Paths, rec: &mut TxnRecord, state: &Sta
             kept,
             incoming_wins: true,
             live_stage: false,
+            in_root: false,
         };
         merge_conflicts(&mut conflicts, carry::carry(&round, &reverting)?.conflicts);
         crate::failpoint::hit("rollback-mid-revert");
