@@ -155,6 +155,11 @@ fn unmount_durably(s: &StagePaths) -> Result<()> {
         fsutil::syncfs(&s.merged).context("the upper layer's filesystem failed a write while the stage was mounted")?;
     }
     unmount(s)?;
+    if s.scratch.is_some() {
+        // A scratch upper layer is copied out next, in this process, and never used after a crash: syncing it
+        // would only write every file to the disk a first time (see `scratch`).
+        return Ok(());
+    }
     if volatile {
         settle_volatile(s)
     } else {

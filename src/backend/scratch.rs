@@ -3,7 +3,8 @@
 //! - an overlay upper layer, when the root is the top of its filesystem (an ext4 `/`): every directory of that
 //!   filesystem is inside the lower layer, and the kernel refuses an upper layer there. Formatted ext4 (no journal:
 //!   it never outlives a crash), mounted with `discard`, so it takes only the blocks the steps write and gives back
-//!   what they delete; sized to the free space of the filesystem it is on, all a delta copied out of it can use;
+//!   what they delete, and `nobarrier`, never synced: what the steps write to it is copied out of the page cache
+//!   and never reaches the disk twice; sized to the free space of the filesystem it is on, all a delta copied out of it can use;
 //! - a copy stage of a FAT part (see `copy`): a filesystem of the part's own type, made and mounted with the part's
 //!   own options (the same modes and name rules), twice as large as the part (the stage and its base), so that
 //!   staging writes nothing to the part.
@@ -107,7 +108,9 @@ impl Scratch {
         let device = attach(&self.image)?;
         let path = device.path().context("the loop device has no path")?;
         let (fstype, options) = match &self.like {
-            None => ("ext4", "discard"),
+            // No flushes: nothing in it is ever needed after a crash, and its content is copied out (and synced
+            // there) before it goes; its writes stay in the page cache of an image that is deleted.
+            None => ("ext4", "discard,nobarrier"),
             Some(like) => (like.fstype.as_str(), like.options.as_str()),
         };
         nix::mount::mount(Some(&path), &self.mnt, Some(fstype), nix::mount::MsFlags::MS_NOATIME, Some(options))
