@@ -912,17 +912,17 @@ def preflight():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cuts", type=int, default=12, help="power cuts per layout without parts (default 12)")
-    ap.add_argument("--cuts-with-parts", type=int, default=6,
-                    help="power cuts per layout with filesystems mounted inside the root (default 6)")
+    ap.add_argument("--cuts", type=int, default=8, help="power cuts per layout without parts (default 8)")
+    ap.add_argument("--cuts-with-parts", type=int, default=4,
+                    help="power cuts per layout with filesystems mounted inside the root (default 4)")
     ap.add_argument("--soak", type=int, default=None, help="a long run: N power cuts per layout")
     ap.add_argument("--seed", type=int, default=None, help="seed of the cut delays (default: random, printed)")
     ap.add_argument("--backend", action="append", choices=["btrfs", "overlay", "journal"],
                     help="only the layouts of this backend (repeatable)")
     ap.add_argument("--layout", action="append", choices=sorted(LAYOUTS), help="only this layout (repeatable)")
-    ap.add_argument("--writer-cuts", type=int, default=3,
+    ap.add_argument("--writer-cuts", type=int, default=2,
                     help="power cuts per layout of an apply while a writer in the guest appends fsynced records, aimed"
-                         " at the commit phase (default 3; 0: none, nor the uncut writer run)")
+                         " at the commit phase (default 2; 0: none, nor the uncut writer run)")
     ap.add_argument("--no-failpoints", action="store_true", help="only the power cuts")
     ap.add_argument("--late", type=float, default=0.0,
                     help="fraction of the cuts aimed at the commit phase instead of [0, T] (default 0)")
@@ -1008,11 +1008,13 @@ def main():
         except Exception as e:
             r.fail("exception: %s\n%s" % (e, traceback.format_exc()))
 
-    # The layouts with parts take longest: start them first; the crash-state logs after the campaigns.
+    # The layouts with parts take longest: start them first; the crash-state logs after the campaigns, in the same
+    # pool, so a worker that finishes its campaigns early takes them up.
     order = sorted(results, key=lambda c: not LAYOUTS[c.layout]["parts"])
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(run_campaign, order))
-        list(pool.map(run_logwrites, lw_runs))
+        jobs = [pool.submit(run_campaign, c) for c in order] + [pool.submit(run_logwrites, r) for r in lw_runs]
+        for j in jobs:
+            j.result()
     boots = sum(c.vm.boots for c in results) + sum(r.vm.boots for r in lw_runs)
     boot_times = sorted(t for c in results for t in c.vm.boot_time)
 

@@ -6,14 +6,14 @@
 #                   [--layout btrfs|overlay|ext4-top|btrfs-live|journal] [--writer-cuts N] [--no-failpoints] [--late F]
 #                   [--no-logwrites | --logwrites-only] [--logwrites-every]
 #
-#   --cuts N     power cuts per layout without filesystems mounted inside the root (default 12)
-#   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 6)
+#   --cuts N     power cuts per layout without filesystems mounted inside the root (default 8)
+#   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 4)
 #   --soak N     a long run: N power cuts per layout (same as --cuts N, for soak runs)
 #   --seed S     seed of the random cut delays (default: random; always printed, so a run can be repeated)
 #   --backend B  only the layouts of this backend (repeatable)
 #   --layout L   only this layout (repeatable)
 #   --writer-cuts N  power cuts per layout of an apply while a writer in the guest appends fsynced records, aimed
-#                at the commit phase (default 3, after one uncut writer run; 0: neither)
+#                at the commit phase (default 2, after one uncut writer run; 0: neither)
 #   --no-failpoints  only the power cuts
 #   --late F     aim a fraction F of the cuts at the commit phase (the end of the apply) instead of [0, T]
 #   --no-logwrites   skip the crash-state logs: every block write of an apply, a rollback and a recover logged by
