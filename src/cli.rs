@@ -12,6 +12,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "snapinst", version, about = "Install a plan into a root as one transaction: all of it or none of it")]
 struct Cli {
+    /// Write the JSON Lines events (what --json prints) to the open file descriptor N; with --json, stdout then
+    /// keeps only the result (the summary, or the status, list, ... object).
+    #[arg(long, global = true, value_name = "N")]
+    progress_fd: Option<i32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -268,6 +272,13 @@ pub fn run() -> ExitCode {
             crate::config::init_defaults();
         } else {
             eprintln!("snapinst: the configuration is not valid: {e}");
+            eprintln!("snapinst: nothing was done");
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(fd) = cli.progress_fd {
+        if let Err(e) = crate::events::set_progress_fd(fd) {
+            eprintln!("snapinst: {e}");
             eprintln!("snapinst: nothing was done");
             return ExitCode::from(2);
         }

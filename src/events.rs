@@ -1,9 +1,48 @@
-//! What a command tells its user: with `--json`, JSON Lines events on stdout (each with `"v":1` and `"event"`);
-//! always, human progress on stderr (a progress bar for a long download, on a terminal only). Nothing else in
-//! snapinst prints progress.
+//! What a command tells its user: with `--json`, JSON Lines events on stdout (each with `"apiVersion":
+//! "snapinst/v1"`, `"kind": "Event"`, `"v":1` and `"event"`), or on the file descriptor `--progress-fd` names
+//! (stdout then keeps only the result); result objects (status, list, ...) with their own `kind`; always, human
+//! progress on stderr (a progress bar for a long download, on a terminal only). Nothing else in snapinst prints
+//! progress.
 
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+/// The version of every JSON object snapinst prints (`"v": 1` is its older form, kept for one release).
+pub(crate) const API_VERSION: &str = "snapinst/v1";
+
+/// Where `--progress-fd` sends the events.
+static PROGRESS: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+/// Send every event, as JSON Lines, to the open file descriptor `fd` (`--progress-fd`); checked here, so a
+/// descriptor that is not open for writing is an error before anything runs.
+pub(crate) fn set_progress_fd(fd: i32) -> Result<()> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFL only reads the descriptor's flags; an fd that is not open gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fd < 0 || flags < 0 {
+        bail!("--progress-fd {fd}: not an open file descriptor");
+    }
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        bail!("--progress-fd {fd}: the descriptor is open for reading only");
+    }
+    // SAFETY: the descriptor is open (checked above) and is the caller's to give: snapinst owns it from here on.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let _ = PROGRESS.set(Mutex::new(file));
+    Ok(())
+}
+
+/// `value` (an object) with `apiVersion` and `kind` first.
+pub(crate) fn versioned(kind: &str, value: &Value) -> Value {
+    let mut obj = serde_json::Map::new();
+    obj.insert("apiVersion".into(), json!(API_VERSION));
+    obj.insert("kind".into(), json!(kind));
+    if let Value::Object(o) = value {
+        obj.extend(o.clone());
+    }
+    Value::Object(obj)
+}
 
 pub(crate) struct Reporter {
     json: bool,
@@ -14,18 +53,28 @@ impl Reporter {
         Reporter { json }
     }
 
-    /// Emit one JSON event (ignored without `--json`).
+    /// Emit one JSON event: to the `--progress-fd` descriptor when there is one, and with `--json` on stdout (only
+    /// the `summary`, the result, when the events go to that descriptor). A closed reader never stops a command.
     pub fn event(&self, event: &str, fields: Value) {
-        if !self.json {
+        let progress = PROGRESS.get();
+        if !self.json && progress.is_none() {
             return;
         }
-        let mut obj = json!({"v": 1, "event": event});
+        let mut obj = versioned("Event", &json!({"v": 1, "event": event}));
         if let (Some(o), Value::Object(f)) = (obj.as_object_mut(), fields) {
+            debug_assert!(!f.contains_key("kind") && !f.contains_key("apiVersion"), "event {event} hides its kind");
             o.extend(f);
         }
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{obj}");
-        let _ = out.flush();
+        if let Some(p) = progress {
+            if let Ok(mut f) = p.lock() {
+                let _ = writeln!(f, "{obj}");
+            }
+        }
+        if self.json && (progress.is_none() || event == "summary") {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{obj}");
+            let _ = out.flush();
+        }
     }
 
     /// A line of human progress on stderr (a closed stderr never stops a transaction).
@@ -40,10 +89,10 @@ impl Reporter {
         }
     }
 
-    /// Print a whole result object on stdout (status, list).
-    pub fn result(&self, value: &Value, human: impl FnOnce() -> String) {
+    /// Print a whole result object of `kind` on stdout (status, list).
+    pub fn result(&self, kind: &str, value: &Value, human: impl FnOnce() -> String) {
         if self.json {
-            println!("{value}");
+            println!("{}", versioned(kind, value));
         } else {
             print!("{}", human());
         }

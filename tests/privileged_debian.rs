@@ -214,7 +214,7 @@ fn dry_run_and_confirm_show_the_changes(backend: Backend) {
     let changes = |out: &std::process::Output| -> Vec<(String, String)> {
         events(&json_lines(out), "change")
             .iter()
-            .map(|e| (e["kind"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
+            .map(|e| (e["change"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
             .collect()
     };
 

@@ -96,7 +96,7 @@ fn keep_then_resume(backend: Backend) {
     assert_code(&out, 0);
     let changes: Vec<(String, String)> = events(&json_lines(&out), "change")
         .iter()
-        .map(|e| (e["kind"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
+        .map(|e| (e["change"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
         .collect();
     let want: Vec<(String, String)> = [("added", "/opt/app"), ("added", "/opt/app/a.conf"), ("added", "/opt/app/log")]
         .iter()

@@ -726,7 +726,7 @@ pub(super) fn show_changes(out: &Reporter, ctx: &Ctx, txn: &str, stage: &Path) -
     let mut counts = std::collections::BTreeMap::new();
     for c in &changes {
         *counts.entry(c.kind.word()).or_insert(0u64) += 1;
-        out.event("change", json!({"txn": txn, "kind": c.kind, "path": pathbytes::json(&c.path)}));
+        out.event("change", json!({"txn": txn, "change": c.kind, "path": pathbytes::json(&c.path)}));
         out.text(format!("{:<9} {}", c.kind.word(), c.path.escaped()));
     }
     out.event("changes", json!({"txn": txn, "counts": counts}));

@@ -146,7 +146,10 @@ pub(crate) fn show_config(json: bool) -> Result<Outcome> {
             config.rows().into_iter().map(|(k, v, from)| (k, serde_json::json!({"value": v, "from": from}))).collect();
         println!(
             "{}",
-            serde_json::json!({"v": 1, "dir": crate::pathbytes::json(&crate::config::dir()), "settings": settings})
+            crate::events::versioned(
+                "Config",
+                &serde_json::json!({"v": 1, "dir": crate::pathbytes::json(&crate::config::dir()), "settings": settings})
+            )
         );
     } else {
         println!("# read from {} (snapinst.toml, then snapinst.d/*.toml)", crate::config::dir().escaped());

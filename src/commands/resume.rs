@@ -209,7 +209,7 @@ pub(crate) fn list(args: &RootArgs, plan_override: Option<&Path>) -> Result<Outc
     }
     let value = json!({"v": 1, "txn": rec.txn, "plan": rec.plan, "plan_file": plan_file.map(pathbytes::json),
                        "failed_step": rec.failed_step, "steps": steps});
-    out.result(&value, || {
+    out.result("Steps", &value, || {
         let mut text = format!(
             "transaction {} of plan \"{}\", kept after step \"{}\" failed\n",
             rec.txn,

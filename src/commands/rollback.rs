@@ -106,7 +106,7 @@ pub(crate) fn switch(
     ctx.state.write_txn(&rec)?;
     out.event(
         "started",
-        json!({"txn": rec.txn, "kind": "rollback", "backend": state.backend.to_string(), "root": pathbytes::json(root),
+        json!({"txn": rec.txn, "operation": "rollback", "backend": state.backend.to_string(), "root": pathbytes::json(root),
                "from_generation": state.current, "to_generation": target}),
     );
     failpoint::hit("rollback-after-record");

@@ -41,7 +41,7 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
         "last_conflicts": last_conflicts(&loc.state)?,
         "in_kept_trees": in_kept_trees(&loc.state.gens_dir()),
     });
-    Reporter::new(args.json).result(&value, || human_status(&value, state.as_ref()));
+    Reporter::new(args.json).result("Status", &value, || human_status(&value, state.as_ref()));
     Ok(Outcome::Done)
 }
 
@@ -158,7 +158,7 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
         .collect();
     let value =
         json!({"v": 1, "current_generation": current, "generations": generations, "transactions": transactions});
-    Reporter::new(args.json).result(&value, || {
+    Reporter::new(args.json).result("List", &value, || {
         let mut s = String::from("GENERATION  CURRENT  TIME (UTC)           PLAN\n");
         for g in &generations {
             let _ = writeln!(
@@ -235,7 +235,7 @@ pub(crate) fn conflicts(args: &RootArgs, txn: Option<&str>) -> Result<Outcome> {
         .map(|t| json!({"txn": t.txn, "plan": t.plan, "outcome": t.outcome, "conflicts": t.conflicts}))
         .collect();
     let value = json!({"v": 1, "transactions": shown});
-    Reporter::new(args.json).result(&value, || {
+    Reporter::new(args.json).result("Conflicts", &value, || {
         let mut s = String::new();
         for t in &txns {
             if txn.is_none() && t.conflicts.is_empty() {

@@ -147,7 +147,8 @@ pub fn apply_env(plan: &Path, root: &Path, backend: Backend, extra: &[&str], env
     snapinst_env(args, env)
 }
 
-/// Every stdout line as JSON; each must be an object with `"v":1` and an `"event"`.
+/// Every stdout line as JSON; each must be an object with `"v":1`, `"apiVersion":"snapinst/v1"`,
+/// `"kind":"Event"` and an `"event"`.
 #[track_caller]
 pub fn json_lines(out: &Output) -> Vec<Value> {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -157,6 +158,8 @@ pub fn json_lines(out: &Output) -> Vec<Value> {
             .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}\n{}", show(out)));
         assert_eq!(val["v"], json!(1), "JSON line without \"v\":1: {line}");
         assert!(val["event"].is_string(), "JSON line without \"event\": {line}");
+        assert_eq!(val["apiVersion"], json!("snapinst/v1"), "JSON line without its apiVersion: {line}");
+        assert_eq!(val["kind"], json!("Event"), "JSON line without \"kind\":\"Event\": {line}");
         v.push(val);
     }
     v
