@@ -138,10 +138,13 @@ impl Delta {
             Direction::Forward => (0..entries.len()).collect(),
             Direction::Backward => (0..entries.len()).rev().collect(),
         };
+        let bar =
+            crate::events::Bar::start("merging", entries.iter().filter(|e| matches!(e, Entry::Replace { .. })).count());
         for k in order {
             let Entry::Replace { path, before, after } = &entries[k] else {
                 continue;
             };
+            bar.inc();
             let (want, had) = match direction {
                 Direction::Forward => (*after, *before),
                 Direction::Backward => (*before, *after),

@@ -1,8 +1,8 @@
 //! What a command tells its user: with `--json`, JSON Lines events on stdout (each with `"apiVersion":
 //! "snapinst/v1"`, `"kind": "Event"`, `"v":1` and `"event"`), or on the file descriptor `--progress-fd` names
 //! (stdout then keeps only the result); result objects (status, list, ...) with their own `kind`; always, human
-//! progress on stderr (a progress bar for a long download, on a terminal only). Nothing else in snapinst prints
-//! progress.
+//! progress on stderr: on a terminal, progress bars (the steps, with dpkg's work in a package step; the commit's
+//! merge; a download), else lines. Nothing else in snapinst prints progress.
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
@@ -77,9 +77,15 @@ impl Reporter {
         }
     }
 
-    /// A line of human progress on stderr (a closed stderr never stops a transaction).
+    /// A line of human progress on stderr (a closed stderr never stops a transaction); above the progress bar
+    /// while one is drawn.
     pub fn say(&self, line: impl AsRef<str>) {
-        let _ = writeln!(std::io::stderr(), "{}", line.as_ref());
+        match ACTIVE.lock().ok().and_then(|a| a.clone()) {
+            Some(bar) => bar.println(line.as_ref()),
+            None => {
+                let _ = writeln!(std::io::stderr(), "{}", line.as_ref());
+            }
+        }
     }
 
     /// A line of a command's result on stdout, without `--json` (with it, the result goes out as events).
@@ -99,8 +105,83 @@ impl Reporter {
     }
 }
 
+/// The progress bar drawn now, if any: `say` prints above it, `progress_note` sets its message.
+static ACTIVE: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+/// A progress bar on stderr when stderr is a terminal (never on stdout; no colours, so `NO_COLOR` holds), or
+/// nothing: without a terminal the caller prints its lines as before. While it is drawn, `say` prints above it.
+pub(crate) struct Bar {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Bar {
+    /// A bar of `total` units named `what` ("steps", "merging").
+    pub fn start(what: &str, total: usize) -> Bar {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Bar { bar: None };
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {wide_msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(what.to_string());
+        if let Ok(mut a) = ACTIVE.lock() {
+            *a = Some(bar.clone());
+        }
+        Bar { bar: Some(bar) }
+    }
+
+    /// Whether the bar is drawn (stderr is a terminal).
+    pub fn shown(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    /// `done` units done, working on `now`.
+    pub fn at(&self, done: usize, now: impl Into<String>) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+            b.set_message(now.into());
+        }
+    }
+
+    pub fn inc(&self) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+            if let Ok(mut a) = ACTIVE.lock() {
+                *a = None;
+            }
+        }
+    }
+}
+
+/// Whether a progress bar is drawn now (so detail for its message is worth gathering).
+pub(crate) fn bar_shown() -> bool {
+    ACTIVE.lock().is_ok_and(|a| a.is_some())
+}
+
+/// Set the message of the bar drawn now, if any (what a long step is doing: dpkg's package and action).
+pub(crate) fn progress_note(message: impl Into<String>) {
+    if let Some(bar) = ACTIVE.lock().ok().and_then(|a| a.clone()) {
+        bar.set_message(message.into());
+    }
+}
+
 /// The progress of a download of `total` bytes (when the server said) on stderr; drawn only on a terminal.
 pub(crate) fn download_progress(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
+    if bar_shown() {
+        // Within the steps' bar, which says what the step is doing.
+        progress_note(format!("fetching {what}"));
+        return indicatif::ProgressBar::hidden();
+    }
     let bar = match total {
         Some(n) => indicatif::ProgressBar::new(n),
         None => indicatif::ProgressBar::new_spinner(),

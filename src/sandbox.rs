@@ -165,10 +165,17 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal, s
         _ => None,
     };
     let in_child = sync_filter.as_ref().map(|(program, (_, child))| (*program, std::os::fd::AsRawFd::as_raw_fd(child)));
+    let pass_fd = cmd.pass_fd;
     // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls on data
     // prepared before the fork (no allocation, no locks).
     unsafe {
         proc.pre_exec(move || {
+            if let Some(fd) = pass_fd {
+                // Opened close-on-exec by snapinst: kept open for this command.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             contain()?;
             if let Some(setup) = &setup {
                 enter_chroot(setup)?;

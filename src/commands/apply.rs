@@ -509,6 +509,8 @@ impl Transaction<'_> {
         let total = self.plan.steps.len();
         let mut census = StepCensus::new(self, stage);
         rec.steps_run.truncate(first);
+        // On a terminal a bar stands for the `[n/N]` lines.
+        let bar = crate::events::Bar::start("steps", total);
         for (i, step) in self.plan.steps.iter().enumerate().skip(first) {
             let n = i + 1;
             if sandbox::interrupted() {
@@ -516,7 +518,11 @@ impl Transaction<'_> {
                 return Err(format!("interrupted by a signal before step \"{}\"", step.id));
             }
             self.out.event("step_started", json!({"txn": txn, "step": step.id, "index": n, "total": total}));
-            self.out.say(format!("[{n}/{total}] {} ({})", step.id, step.action.type_name()));
+            if bar.shown() {
+                bar.at(i, format!("{} ({})", step.id, step.action.type_name()));
+            } else {
+                self.out.say(format!("[{n}/{total}] {} ({})", step.id, step.action.type_name()));
+            }
             if self.dry_run && matches!(step.action, Action::Host { .. }) {
                 // A host step acts outside any stage: a dry run must not touch the host.
                 self.out.event(
@@ -542,7 +548,11 @@ impl Transaction<'_> {
                         "step_finished",
                         json!({"txn": txn, "step": step.id, "index": n, "total": total, "elapsed_ms": ms}),
                     );
-                    self.out.say(format!("[{n}/{total}] {} done in {ms} ms", step.id));
+                    if bar.shown() {
+                        bar.at(n, format!("{} done in {ms} ms", step.id));
+                    } else {
+                        self.out.say(format!("[{n}/{total}] {} done in {ms} ms", step.id));
+                    }
                     failpoint::hit("apply-mid-step");
                     if self.keep_failed.is_some() {
                         rec.steps_run.push(StepRun {

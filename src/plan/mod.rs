@@ -84,6 +84,8 @@ pub(crate) struct Command {
     pub argv: Vec<String>,
     pub timeout: Duration,
     pub env: BTreeMap<String, String>,
+    /// A descriptor of snapinst's that the command gets open, under the same number (dpkg's `--status-fd`).
+    pub pass_fd: Option<i32>,
 }
 
 #[derive(Debug, Clone)]

@@ -496,7 +496,12 @@ enum Either<A, B> {
 }
 
 fn command(argv: Vec<String>, timeout_s: Option<u64>, env: Option<BTreeMap<String, String>>) -> Command {
-    Command { argv, timeout: Duration::from_secs(timeout_s.unwrap_or(DEFAULT_TIMEOUT_S)), env: env.unwrap_or_default() }
+    Command {
+        argv,
+        timeout: Duration::from_secs(timeout_s.unwrap_or(DEFAULT_TIMEOUT_S)),
+        env: env.unwrap_or_default(),
+        pass_fd: None,
+    }
 }
 
 /// A user or group name as Debian's adduser accepts for system accounts.

@@ -85,7 +85,12 @@ pub(super) fn run_on_host(txn: &str, cmd: &Command) -> Result<String, StepFailur
 /// Run a recorded undo: a host step's on the host, a run step's chrooted in `root`, its syncs kept (it runs while
 /// rolling back, after the last sync of the stage). An error names the step.
 pub(crate) fn run_undo(txn: &str, root: &std::path::Path, undo: &StepUndo) -> Result<()> {
-    let cmd = Command { argv: undo.argv.clone(), timeout: Duration::from_secs(undo.timeout_s), env: undo.env.clone() };
+    let cmd = Command {
+        argv: undo.argv.clone(),
+        timeout: Duration::from_secs(undo.timeout_s),
+        env: undo.env.clone(),
+        pass_fd: None,
+    };
     let (place, kind) = if undo.in_root { (Place::Chroot(root), "run") } else { (Place::Host, "host") };
     match judge(sandbox::run(&cmd, place, txn, OnSignal::Finish, Syncs::Kept)?, &cmd, 0) {
         Ok(_) => Ok(()),

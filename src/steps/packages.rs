@@ -22,8 +22,13 @@ pub(super) fn apply(
 ) -> Result<String, StepFailure> {
     let plain = |e: anyhow::Error| StepFailure { message: format!("{e:#}"), output: String::new() };
     let mut output = String::new();
-    let mut step = |argv: Vec<String>, share: Option<&Path>| -> Result<(), StepFailure> {
-        let cmd = Command { argv, timeout: spec.timeout, env: environment() };
+    let mut step = |mut argv: Vec<String>, share: Option<&Path>| -> Result<(), StepFailure> {
+        let status = StatusFd::start();
+        if let Some(s) = &status {
+            s.add_to(&mut argv);
+        }
+        let cmd =
+            Command { argv, timeout: spec.timeout, env: environment(), pass_fd: status.as_ref().map(StatusFd::fd) };
         let out = judge(run_staged(root, share, stage_env, txn, &cmd)?, &cmd, 0)?;
         output.push_str(&out);
         Ok(())
@@ -134,5 +139,76 @@ impl Inbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// While a progress bar is drawn (a terminal): a pipe given to dpkg as `--status-fd` (to apt-get as
+/// `APT::Status-Fd`), read into the bar's message as the packages are unpacked and configured.
+struct StatusFd {
+    writer: std::io::PipeWriter,
+}
+
+impl StatusFd {
+    fn start() -> Option<StatusFd> {
+        if !crate::events::bar_shown() {
+            return None;
+        }
+        let (reader, writer) = std::io::pipe().ok()?;
+        // Ends at the end of the pipe: when the command and all it started are gone (the sandbox kills them all)
+        // and `writer` is dropped.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
+                if let Some(note) = status_note(&line) {
+                    crate::events::progress_note(note);
+                }
+            }
+        });
+        Some(StatusFd { writer })
+    }
+
+    fn fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.writer)
+    }
+
+    /// The option that names the descriptor, for dpkg or apt-get.
+    fn add_to(&self, argv: &mut Vec<String>) {
+        let at = argv.len().min(1);
+        let option = if argv.first().is_some_and(|a| a == "apt-get") {
+            vec!["-o".to_string(), format!("APT::Status-Fd={}", self.fd())]
+        } else {
+            vec![format!("--status-fd={}", self.fd())]
+        };
+        argv.splice(at..at, option);
+    }
+}
+
+/// What a line of dpkg's or apt's status output says is being done, for the progress bar.
+fn status_note(line: &str) -> Option<String> {
+    if let Some(rest) = line.strip_prefix("processing: ") {
+        // dpkg: "processing: ACTION: PACKAGE"
+        let (action, package) = rest.split_once(": ")?;
+        return Some(format!("dpkg: {action} {package}"));
+    }
+    // apt: "pmstatus:PACKAGE:PERCENT:DESCRIPTION" (dpkg's work), "dlstatus:..." (downloads)
+    let mut parts = line.splitn(4, ':');
+    let (kind, _package, percent, what) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let percent: f64 = percent.parse().ok()?;
+    matches!(kind, "pmstatus" | "dlstatus").then(|| format!("apt: {what} ({percent:.0}%)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_note;
+
+    #[test]
+    fn status_lines_become_notes() {
+        assert_eq!(status_note("processing: unpack: perl-base").as_deref(), Some("dpkg: unpack perl-base"));
+        assert_eq!(status_note("status: perl: half-configured"), None);
+        assert_eq!(
+            status_note("pmstatus:perl:33.3333:Unpacking perl (amd64)").as_deref(),
+            Some("apt: Unpacking perl (amd64) (33%)")
+        );
+        assert_eq!(status_note("garbage"), None);
     }
 }
