@@ -39,6 +39,15 @@ impl BackendChoice {
     }
 }
 
+/// What `snapinst schema` describes.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum SchemaOf {
+    Plan,
+    Status,
+    List,
+    Events,
+}
+
 /// Options every root-level command shares.
 #[derive(clap::Args, Clone)]
 pub(crate) struct RootArgs {
@@ -219,8 +228,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the plan file's JSON Schema (for editors and other tools that check plans).
-    Schema,
+    /// Print a JSON Schema: of the plan file (for editors and other tools that check plans), or of an output.
+    Schema {
+        /// Which: the plan file, `status --json`, `list --json`, or one line of the events.
+        #[arg(long, value_enum, default_value = "plan")]
+        output: SchemaOf,
+    },
     /// List the crash points: name, operation that reaches it, backends (for the crash tests).
     #[command(hide = true)]
     Failpoints,
@@ -253,7 +266,7 @@ pub fn run() -> ExitCode {
             | Command::List { .. }
             | Command::Conflicts { .. }
             | Command::Diff { .. }
-            | Command::Schema
+            | Command::Schema { .. }
             | Command::Config { .. }
             | Command::Failpoints
     ) {
@@ -340,8 +353,13 @@ fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Recover { root, all } => commands::recover::run(&root, all),
         Command::Validate { plan } => commands::validate(&plan),
         Command::Config { json } => commands::show_config(json),
-        Command::Schema => {
-            println!("{:#}", crate::plan::spec::schema());
+        Command::Schema { output } => {
+            match output {
+                SchemaOf::Plan => println!("{:#}", crate::plan::spec::schema()),
+                SchemaOf::Status => println!("{:#}", crate::output::schema("status").unwrap_or_default()),
+                SchemaOf::List => println!("{:#}", crate::output::schema("list").unwrap_or_default()),
+                SchemaOf::Events => println!("{:#}", crate::output::schema("events").unwrap_or_default()),
+            }
             Ok(Outcome::Done)
         }
         Command::DpkgGuard => commands::guard::dpkg_guard(),

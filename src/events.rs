@@ -4,6 +4,7 @@
 //! progress on stderr: on a terminal, progress bars (the steps, with dpkg's work in a package step; the commit's
 //! merge; a download), else lines. Nothing else in snapinst prints progress.
 
+use crate::output::EventName;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -55,11 +56,12 @@ impl Reporter {
 
     /// Emit one JSON event: to the `--progress-fd` descriptor when there is one, and with `--json` on stdout (only
     /// the `summary`, the result, when the events go to that descriptor). A closed reader never stops a command.
-    pub fn event(&self, event: &str, fields: Value) {
+    pub fn event(&self, name: EventName, fields: Value) {
         let progress = PROGRESS.get();
         if !self.json && progress.is_none() {
             return;
         }
+        let event = name.as_str();
         let mut obj = versioned("Event", &json!({"v": 1, "event": event}));
         if let (Some(o), Value::Object(f)) = (obj.as_object_mut(), fields) {
             debug_assert!(!f.contains_key("kind") && !f.contains_key("apiVersion"), "event {event} hides its kind");
@@ -70,7 +72,7 @@ impl Reporter {
                 let _ = writeln!(f, "{obj}");
             }
         }
-        if self.json && (progress.is_none() || event == "summary") {
+        if self.json && (progress.is_none() || name == EventName::Summary) {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{obj}");
             let _ = out.flush();

@@ -17,6 +17,7 @@ mod inroot;
 mod lock;
 mod mounts;
 mod nosync;
+mod output;
 mod pathbytes;
 mod plan;
 mod reboot_required;

@@ -107,3 +107,84 @@ fn result_objects_say_their_kind() {
         );
     }
 }
+
+fn output_schema(which: &str) -> jsonschema::Validator {
+    let out = snapinst(["schema", "--output", which]);
+    assert_code(&out, 0);
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["properties"]["apiVersion"]["const"], "snapinst/v1", "{which}: {schema}");
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("the {which} schema is not a valid JSON Schema: {e}"))
+}
+
+fn assert_fits(v: &jsonschema::Validator, value: &Value, what: &str) {
+    let errors: Vec<String> = v.iter_errors(value).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{what} does not fit its schema:\n{}\n{value}", errors.join("\n"));
+}
+
+/// The schemas `snapinst schema --output` generates from the output's types, checked by an independent validator
+/// against real output: the events of an apply (dry run, commit, a failing step), a rollback and a recover, and
+/// `status` and `list` before and after; and they are strict where they can be (an unknown event, a field `status`
+/// does not have, a wrong type fail).
+#[test]
+fn real_output_fits_the_generated_schemas() {
+    require_root();
+    let (events, status, list) = (output_schema("events"), output_schema("status"), output_schema("list"));
+    let img = populated(Backend::Overlay);
+    let root = img.root();
+    let r = root.to_str().unwrap();
+    let check_views = || {
+        for (args, v, what) in
+            [(["status", "--root", r, "--json"], &status, "status"), (["list", "--root", r, "--json"], &list, "list")]
+        {
+            let out = snapinst(args);
+            assert_code(&out, 0);
+            assert_fits(v, &serde_json::from_slice(&out.stdout).unwrap(), what);
+        }
+    };
+    check_views();
+    let pd = one_step_plan();
+    let failing =
+        PlanDir::new(&plan("failing", vec![json!({"id": "fails", "type": "run", "command": sh("exit 3")})]), &[]);
+    let mut outs = vec![
+        apply(&pd.path, &root, Backend::Overlay, &["--dry-run"]),
+        apply(&pd.path, &root, Backend::Overlay, &[]),
+        apply(&failing.path, &root, Backend::Overlay, &[]),
+    ];
+    check_views();
+    outs.push(rollback(&root, &[], &[]));
+    outs.push(snapinst(["recover", "--root", r, "--json"]));
+    let mut names = std::collections::BTreeSet::new();
+    for out in &outs {
+        for line in json_lines(out) {
+            assert_fits(&events, &line, "an event");
+            names.insert(line["event"].as_str().unwrap().to_string());
+        }
+    }
+    for want in [
+        "started",
+        "step_started",
+        "step_finished",
+        "step_failed",
+        "change",
+        "changes",
+        "committed",
+        "rolled_back",
+        "recovered",
+        "summary",
+    ] {
+        assert!(names.contains(want), "no {want} event among {names:?}");
+    }
+    check_views();
+    // Strict where it can be.
+    assert!(!events.is_valid(&json!({"apiVersion": "snapinst/v1", "kind": "Event", "v": 1, "event": "no_such_event"})));
+    assert!(!events.is_valid(&json!({"apiVersion": "snapinst/v2", "kind": "Event", "v": 1, "event": "summary"})));
+    let mut s: Value = serde_json::from_slice(&snapinst(["status", "--root", r, "--json"]).stdout).unwrap();
+    s["no_such_field"] = json!(1);
+    assert!(!status.is_valid(&s), "status takes an unknown field");
+    s.as_object_mut().unwrap().remove("no_such_field");
+    s["current_generation"] = json!("one");
+    assert!(!status.is_valid(&s), "status takes a wrong type");
+    s["current_generation"] = json!(0);
+    s["kind"] = json!("List");
+    assert!(!status.is_valid(&s), "status takes another kind");
+}

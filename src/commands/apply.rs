@@ -10,6 +10,7 @@ use crate::dpkg_lock::DpkgLocks;
 use crate::events::Reporter;
 use crate::inroot::Root;
 use crate::lock::RootLock;
+use crate::output::EventName;
 use crate::pathbytes;
 use crate::pathbytes::PathText;
 use crate::plan::{Action, Plan, Step};
@@ -387,7 +388,7 @@ impl Transaction<'_> {
         failpoint::hit("apply-after-record");
         let total = self.plan.steps.len();
         self.out.event(
-            "started",
+            EventName::Started,
             json!({"txn": rec.txn, "plan": self.plan.name, "version": self.plan.version, "backend": self.ctx.kind.to_string(),
                    "root": pathbytes::json(&self.ctx.root), "steps": total}),
         );
@@ -480,10 +481,11 @@ impl Transaction<'_> {
         }
         let commit_ms = t2.elapsed().as_millis() as u64;
         match window_ms {
-            Some(ms) => self
-                .out
-                .event("committed", json!({"txn": rec.txn, "generation": rec.to_generation, "carry_window_ms": ms})),
-            None => self.out.event("committed", json!({"txn": rec.txn, "generation": rec.to_generation})),
+            Some(ms) => self.out.event(
+                EventName::Committed,
+                json!({"txn": rec.txn, "generation": rec.to_generation, "carry_window_ms": ms}),
+            ),
+            None => self.out.event(EventName::Committed, json!({"txn": rec.txn, "generation": rec.to_generation})),
         }
         self.out.say(format!("snapinst: committed; generation {} is current", rec.to_generation));
         super::report_handed_over(self.out, &rec, &said);
@@ -517,7 +519,7 @@ impl Transaction<'_> {
                 rec.failed_step = Some(step.id.clone());
                 return Err(format!("interrupted by a signal before step \"{}\"", step.id));
             }
-            self.out.event("step_started", json!({"txn": txn, "step": step.id, "index": n, "total": total}));
+            self.out.event(EventName::StepStarted, json!({"txn": txn, "step": step.id, "index": n, "total": total}));
             if bar.shown() {
                 bar.at(i, format!("{} ({})", step.id, step.action.type_name()));
             } else {
@@ -526,7 +528,7 @@ impl Transaction<'_> {
             if self.dry_run && matches!(step.action, Action::Host { .. }) {
                 // A host step acts outside any stage: a dry run must not touch the host.
                 self.out.event(
-                    "step_finished",
+                    EventName::StepFinished,
                     json!({"txn": txn, "step": step.id, "index": n, "total": total, "elapsed_ms": 0, "skipped": true}),
                 );
                 self.out.say(format!("[{n}/{total}] {} skipped: a dry run does not run host steps", step.id));
@@ -545,7 +547,7 @@ impl Transaction<'_> {
                 Ok(_) => {
                     let ms = t.elapsed().as_millis() as u64;
                     self.out.event(
-                        "step_finished",
+                        EventName::StepFinished,
                         json!({"txn": txn, "step": step.id, "index": n, "total": total, "elapsed_ms": ms}),
                     );
                     if bar.shown() {
@@ -570,7 +572,7 @@ impl Transaction<'_> {
                 }
                 Err(StepFailure { message, output }) => {
                     self.out.event(
-                        "step_failed",
+                        EventName::StepFailed,
                         json!({"txn": txn, "step": step.id, "index": n, "total": total, "error": message, "output": output}),
                     );
                     self.out.say(format!("[{n}/{total}] {} FAILED: {message}", step.id));
@@ -598,7 +600,7 @@ impl Transaction<'_> {
         for p in &self.layout.parts {
             let staged_by = kinds.get(&backend::part_key(&p.rel)).map_or("?".to_string(), |k| k.to_string());
             self.out.event(
-                "part",
+                EventName::Part,
                 json!({"txn": txn, "path": pathbytes::json(&Path::new("/").join(&p.rel)), "fstype": p.fstype, "source": p.source,
                        "staged_by": staged_by.to_string()}),
             );
@@ -607,7 +609,7 @@ impl Transaction<'_> {
         for u in &self.layout.unstaged {
             let why = u.unstaged_because.as_deref().unwrap_or("?");
             self.out.event(
-                "unstaged_mount",
+                EventName::UnstagedMount,
                 json!({"txn": txn, "path": pathbytes::json(&Path::new("/").join(&u.rel)), "fstype": u.fstype, "source": u.source,
                        "reason": why}),
             );
@@ -654,7 +656,7 @@ impl Transaction<'_> {
         set_phase(self.sd(), rec, Phase::Kept)?;
         let root = self.ctx.root.escaped();
         self.out.event(
-            "kept",
+            EventName::Kept,
             json!({"txn": rec.txn, "reason": reason, "failed_step": rec.failed_step, "checkpoints": rec.checkpoints}),
         );
         self.out.say(format!(
@@ -687,7 +689,7 @@ impl Transaction<'_> {
             self.summary(rec, outcome, None, [timings[0], timings[1], 0]);
             return Ok(Outcome::Done);
         }
-        self.out.event("rolled_back", json!({"txn": rec.txn, "reason": reason}));
+        self.out.event(EventName::RolledBack, json!({"txn": rec.txn, "reason": reason}));
         self.out.say(format!(
             "snapinst: {reason}; the transaction was rolled back, {} is unchanged",
             self.ctx.root.escaped()
@@ -698,7 +700,7 @@ impl Transaction<'_> {
 
     fn summary(&self, rec: &TxnRecord, outcome: &str, generation: Option<u64>, t: [u64; 3]) {
         self.out.event(
-            "summary",
+            EventName::Summary,
             json!({"txn": rec.txn, "outcome": outcome, "generation": generation, "parts": pathbytes::json_list(&rec.parts),
                    "conflicts": rec.conflicts, "timings_ms": {"prepare": t[0], "steps": t[1], "commit": t[2]}}),
         );
@@ -708,7 +710,7 @@ impl Transaction<'_> {
     fn report_carry_over(&self, rec: &TxnRecord) {
         if let Some(carried) = rec.carried {
             self.out.event(
-                "carried_over",
+                EventName::CarriedOver,
                 json!({"txn": rec.txn, "paths": carried.paths, "rounds": carried.rounds, "elapsed_ms": carried.ms,
                        "conflicts": rec.conflicts.len()}),
             );
@@ -720,7 +722,7 @@ impl Transaction<'_> {
             }
         }
         for c in &rec.conflicts {
-            self.out.event("conflict", json!({"txn": rec.txn, "conflict": c}));
+            self.out.event(EventName::Conflict, json!({"txn": rec.txn, "conflict": c}));
             self.out.say(format!("snapinst: conflict: {}", c.line()));
         }
     }
@@ -736,10 +738,10 @@ pub(super) fn show_changes(out: &Reporter, ctx: &Ctx, txn: &str, stage: &Path) -
     let mut counts = std::collections::BTreeMap::new();
     for c in &changes {
         *counts.entry(c.kind.word()).or_insert(0u64) += 1;
-        out.event("change", json!({"txn": txn, "change": c.kind, "path": pathbytes::json(&c.path)}));
+        out.event(EventName::Change, json!({"txn": txn, "change": c.kind, "path": pathbytes::json(&c.path)}));
         out.text(format!("{:<9} {}", c.kind.word(), c.path.escaped()));
     }
-    out.event("changes", json!({"txn": txn, "counts": counts}));
+    out.event(EventName::Changes, json!({"txn": txn, "counts": counts}));
     let total: Vec<String> = ["added", "modified", "removed", "metadata"]
         .iter()
         .map(|k| format!("{} {k}", counts.get(k).copied().unwrap_or(0)))

@@ -11,6 +11,7 @@ use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
 use crate::mounts;
+use crate::output::EventName;
 use crate::pathbytes::PathText;
 use crate::state::{CarryBack, Pending, State};
 use anyhow::Result;
@@ -27,7 +28,7 @@ fn hand_over(ctx: &Ctx, state: &State, out: &Reporter) {
                 "carried {} paths the running system wrote to generation {} after the commit into generation {}",
                 h.paths, h.generation, state.current
             );
-            report_carried(ctx, out, "handed_over", state.current, said, h);
+            report_carried(ctx, out, EventName::HandedOver, state.current, said, h);
         }
         Err(e) => out.say(format!(
             "snapinst: warning: what the running system wrote after the last commit could not be carried into generation {} ({e:#}); it is in the previous generation's tree, kept in the state area",
@@ -47,7 +48,7 @@ fn carry_back(ctx: &Ctx, back: &CarryBack, fallback: u64, out: &Reporter) {
                 "carried {} paths the failed boots of generation {failed} wrote into generation {fallback}",
                 h.paths
             );
-            report_carried(ctx, out, "carried_back", fallback, said, h);
+            report_carried(ctx, out, EventName::CarriedBack, fallback, said, h);
         }
         Err(e) => out.say(format!(
             "snapinst: warning: what the failed boots of generation {failed} wrote could not be carried into generation {fallback} ({e:#}); it is in generation {failed}'s tree, kept in the state area"
@@ -56,7 +57,7 @@ fn carry_back(ctx: &Ctx, back: &CarryBack, fallback: u64, out: &Reporter) {
 }
 
 /// Say what a carry at boot did (event `event`), and add its conflicts to its transaction's record.
-fn report_carried(ctx: &Ctx, out: &Reporter, event: &str, to: u64, said: String, mut h: backend::HandedOver) {
+fn report_carried(ctx: &Ctx, out: &Reporter, event: EventName, to: u64, said: String, mut h: backend::HandedOver) {
     ctx.state.show_kept(&mut h.conflicts);
     out.event(event, json!({"generation": h.generation, "to": to, "paths": h.paths, "conflicts": h.conflicts}));
     out.say(format!("snapinst: {said}"));
@@ -216,7 +217,7 @@ fn drop_booted(ctx: &Ctx, n: u64, out: &Reporter) {
 }
 
 fn record(sd: &crate::state::StateDir, state: &mut State, out: &Reporter, note: String) -> Result<()> {
-    out.event("boot", json!({"current_generation": state.current, "note": note, "pending": state.pending}));
+    out.event(EventName::Boot, json!({"current_generation": state.current, "note": note, "pending": state.pending}));
     out.say(format!("snapinst: {note}"));
     state.boot_note = Some(note);
     sd.save(state)

@@ -13,6 +13,7 @@ pub(crate) mod status;
 
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
+use crate::output::EventName;
 use crate::pathbytes::PathText;
 use crate::state::{Generation, Pending, Phase, State, StateDir, TxnRecord};
 use crate::{failpoint, fsutil, plan};
@@ -237,7 +238,7 @@ pub(crate) fn report_handed_over(out: &crate::events::Reporter, rec: &TxnRecord,
         return;
     }
     out.event(
-        "handed_over",
+        EventName::HandedOver,
         serde_json::json!({"txn": rec.txn, "generation": rec.from_generation,
         "to": rec.to_generation, "paths": paths, "conflicts": new}),
     );
@@ -246,7 +247,7 @@ pub(crate) fn report_handed_over(out: &crate::events::Reporter, rec: &TxnRecord,
         rec.to_generation
     ));
     for c in new {
-        out.event("conflict", serde_json::json!({"txn": rec.txn, "conflict": c}));
+        out.event(EventName::Conflict, serde_json::json!({"txn": rec.txn, "conflict": c}));
         out.say(format!("snapinst: conflict: {}", c.line()));
     }
 }

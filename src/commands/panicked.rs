@@ -8,6 +8,7 @@
 use super::{locate, recover};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
+use crate::output::EventName;
 use anyhow::bail;
 use serde_json::json;
 use std::sync::Mutex;
@@ -67,7 +68,7 @@ pub(crate) fn after_panic(root: Option<(RootArgs, recover::PartsMayWait)>) -> u8
             (None, "needs_recovery", 3)
         }
     };
-    out.event("summary", json!({"txn": txn, "outcome": outcome, "internal_error": msg}));
+    out.event(EventName::Summary, json!({"txn": txn, "outcome": outcome, "internal_error": msg}));
     code
 }
 

@@ -8,6 +8,7 @@ use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
+use crate::output::EventName;
 use crate::pathbytes;
 use crate::pathbytes::PathText;
 use crate::state::{Phase, State, StateDir, TxnKind, TxnRecord};
@@ -60,7 +61,7 @@ pub(crate) fn run(args: &RootArgs, all: bool) -> Result<Outcome> {
             Err(e) => {
                 let msg = format!("recovering {} failed: {e:#}", root.escaped());
                 let _ = fsutil::write_atomic(&sd.dir.join(FAILED_STAMP), format!("{msg}\n").as_bytes());
-                out.event("recovery_failed", json!({"root": pathbytes::json(&root), "error": msg}));
+                out.event(EventName::RecoveryFailed, json!({"root": pathbytes::json(&root), "error": msg}));
                 failed.push(msg);
             }
         }
@@ -84,7 +85,7 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
     let _lock = RootLock::acquire(&sd.lock_path(), root).map_err(|e| Refused(format!("{e:#}")))?;
     let unfinished = sd.unfinished()?;
     if unfinished.is_empty() {
-        out.event("recovered", json!({"root": pathbytes::json(root), "txn": null, "action": "nothing"}));
+        out.event(EventName::Recovered, json!({"root": pathbytes::json(root), "txn": null, "action": "nothing"}));
         out.say(format!("snapinst: {}: nothing to recover", root.escaped()));
     }
     let mut waiting = 0;
@@ -94,7 +95,7 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
             waiting += 1;
             let named: Vec<PathBuf> = unmounted.iter().map(|p| Path::new("/").join(p)).collect();
             out.event(
-                "recovered",
+                EventName::Recovered,
                 json!({"root": pathbytes::json(root), "txn": rec.txn, "action": "waiting",
                        "parts": pathbytes::json_list(&named)}),
             );
@@ -113,7 +114,7 @@ pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait:
             TxnKind::Rollback => rollback::recover(&ctx, &mut rec, &mut state),
         }
         .with_context(|| format!("recovering transaction {}", rec.txn))?;
-        out.event("recovered", json!({"root": pathbytes::json(root), "txn": rec.txn, "action": action}));
+        out.event(EventName::Recovered, json!({"root": pathbytes::json(root), "txn": rec.txn, "action": action}));
         out.say(format!("snapinst: {}: transaction {} {}", root.escaped(), rec.txn, action.replace('_', " ")));
     }
     if let Some(state) = sd.load()? {

@@ -9,6 +9,7 @@ use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
+use crate::output::EventName;
 use crate::pathbytes;
 use crate::pathbytes::PathText;
 use crate::plan::Plan;
@@ -103,7 +104,7 @@ pub(crate) fn resume(
     crate::nosync::set_suppressed(rec.suppress_sync);
     let out = Reporter::new(args.json);
     out.event(
-        "resumed",
+        EventName::Resumed,
         json!({"txn": rec.txn, "plan": plan.name, "from_step": plan.steps[start].id, "index": start + 1}),
     );
     out.say(format!(
@@ -145,7 +146,7 @@ pub(crate) fn abort(args: &RootArgs) -> Result<Outcome> {
     })?;
     rec.outcome = Some("aborted".to_string());
     set_phase(&ctx.state, &mut rec, Phase::Done)?;
-    out.event("aborted", json!({"txn": rec.txn}));
+    out.event(EventName::Aborted, json!({"txn": rec.txn}));
     out.say(format!("snapinst: transaction {} was thrown away; {} is unchanged", rec.txn, ctx.root.escaped()));
     Ok(Outcome::Done)
 }

@@ -8,6 +8,7 @@ use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock::RootLock;
+use crate::output::EventName;
 use crate::pathbytes;
 use crate::pathbytes::PathText;
 use crate::state::{Phase, State, TxnKind, TxnRecord};
@@ -49,7 +50,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>, exact: bool) -> Result<Outco
     }
     if target == state.current {
         out.say(format!("snapinst: generation {target} is already current; nothing to do"));
-        out.event("summary", json!({"txn": null, "outcome": "nothing", "generation": target}));
+        out.event(EventName::Summary, json!({"txn": null, "outcome": "nothing", "generation": target}));
         return Ok(Outcome::Done);
     }
     let parts = state.parts();
@@ -79,7 +80,7 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>, exact: bool) -> Result<Outco
     let rec = switch(&ctx, &mut state, target, &parts, exact, &out)?;
     let ms = t0.elapsed().as_millis() as u64;
     out.event(
-        "summary",
+        EventName::Summary,
         json!({"txn": rec.txn, "outcome": "committed", "generation": target, "parts": pathbytes::json_list(&rec.parts),
                "conflicts": rec.conflicts, "timings_ms": {"prepare": 0, "steps": 0, "commit": ms}}),
     );
@@ -105,7 +106,7 @@ pub(crate) fn switch(
     rec.exact = exact;
     ctx.state.write_txn(&rec)?;
     out.event(
-        "started",
+        EventName::Started,
         json!({"txn": rec.txn, "operation": "rollback", "backend": state.backend.to_string(), "root": pathbytes::json(root),
                "from_generation": state.current, "to_generation": target}),
     );
@@ -118,7 +119,7 @@ pub(crate) fn switch(
         return refuse(format!("cannot roll back to generation {target}: {e:#}"));
     }
     for c in &rec.conflicts {
-        out.event("conflict", json!({"txn": rec.txn, "conflict": c}));
+        out.event(EventName::Conflict, json!({"txn": rec.txn, "conflict": c}));
         out.say(format!("snapinst: conflict: {}", c.line()));
     }
     out.say(format!("snapinst: switching {} from generation {} to {target}", root.escaped(), state.current));
@@ -142,7 +143,7 @@ pub(crate) fn switch(
         ));
         return Ok(rec);
     }
-    out.event("committed", json!({"txn": rec.txn, "generation": target}));
+    out.event(EventName::Committed, json!({"txn": rec.txn, "generation": target}));
     out.say(format!("snapinst: generation {target} is current"));
     super::report_handed_over(out, &rec, &said);
     if backend::next_boot_differs(state.backend, root, state) {

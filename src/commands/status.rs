@@ -7,6 +7,7 @@ use crate::backend;
 use crate::cli::RootArgs;
 use crate::events::Reporter;
 use crate::lock;
+use crate::output::{self, PathJson};
 use crate::pathbytes;
 use crate::state::State;
 use anyhow::Result;
@@ -18,29 +19,35 @@ pub(crate) fn status(args: &RootArgs) -> Result<Outcome> {
     let state = loc.state.load()?;
     let holder = lock::holder(&loc.state.lock_path());
     let unfinished = loc.state.unfinished()?;
-    let in_progress = unfinished.first().map(|t| {
-        json!({"txn": t.txn, "kind": t.kind, "state": t.phase, "pid": holder,
-               "interrupted": holder.is_none(), "plan": t.plan, "parts": pathbytes::json_list(&t.parts)})
+    let paths = |ps: &[std::path::PathBuf]| ps.iter().cloned().map(PathJson).collect::<Vec<_>>();
+    let in_progress = unfinished.first().map(|t| output::InProgress {
+        txn: t.txn.clone(),
+        kind: json!(t.kind),
+        state: json!(t.phase),
+        pid: holder,
+        interrupted: holder.is_none(),
+        plan: t.plan.clone(),
+        parts: paths(&t.parts),
     });
     let recovery_failed = std::fs::read_to_string(loc.state.dir.join(FAILED_STAMP)).ok().map(|s| s.trim().to_string());
     let next_boot_differs = state.as_ref().is_some_and(|s| backend::next_boot_differs(s.backend, &loc.root, s));
-    let value = json!({
-        "v": 1,
-        "root": pathbytes::json(&loc.root),
-        "state_dir": loc.state_shown,
-        "backend": state.as_ref().map(|s| s.backend.to_string()),
-        // The filesystems inside the root that kept generations staged as parts (relative to the root).
-        "parts": pathbytes::json_list(&state.as_ref().map(|s| s.parts()).unwrap_or_default()),
-        "current_generation": state.as_ref().map(|s| s.current).unwrap_or(0),
-        "in_progress": in_progress,
-        "kept": super::resume::kept_summary(&loc.state)?,
-        "next_boot_differs": next_boot_differs,
-        "recovery_failed": recovery_failed,
-        "pending": state.as_ref().and_then(|s| s.pending.clone()),
-        "boot_note": state.as_ref().and_then(|s| s.boot_note.clone()),
-        "last_conflicts": last_conflicts(&loc.state)?,
-        "in_kept_trees": in_kept_trees(&loc.state.gens_dir()),
-    });
+    let status = output::Status {
+        head: output::Head::of("Status"),
+        root: PathJson(loc.root.clone()),
+        state_dir: loc.state_shown.clone(),
+        backend: state.as_ref().map(|s| s.backend.to_string()),
+        parts: paths(&state.as_ref().map(|s| s.parts()).unwrap_or_default()),
+        current_generation: state.as_ref().map(|s| s.current).unwrap_or(0),
+        in_progress,
+        kept: super::resume::kept_summary(&loc.state)?,
+        next_boot_differs,
+        recovery_failed,
+        pending: state.as_ref().and_then(|s| s.pending.clone()).map(|p| json!(p)),
+        boot_note: state.as_ref().and_then(|s| s.boot_note.clone()),
+        last_conflicts: Some(last_conflicts(&loc.state)?).filter(|v| !v.is_null()),
+        in_kept_trees: json!(in_kept_trees(&loc.state.gens_dir())),
+    };
+    let value = serde_json::to_value(&status)?;
     Reporter::new(args.json).result("Status", &value, || human_status(&value, state.as_ref()));
     Ok(Outcome::Done)
 }
@@ -133,34 +140,50 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
     let loc = locate(args)?;
     let state = loc.state.load()?;
     let current = state.as_ref().map(|s| s.current).unwrap_or(0);
-    let generations: Vec<Value> = state
+    let paths = |ps: &[std::path::PathBuf]| ps.iter().cloned().map(PathJson).collect::<Vec<_>>();
+    let generations: Vec<output::ListedGeneration> = state
         .as_ref()
         .map(|s| {
             s.generations
                 .iter()
-                .map(|g| {
-                    json!({"generation": g.generation, "time": g.time, "plan": g.plan,
-                                "parent": g.parent, "current": g.generation == current, "parts": pathbytes::json_list(&g.parts)})
+                .map(|g| output::ListedGeneration {
+                    generation: g.generation,
+                    time: g.time,
+                    plan: g.plan.clone(),
+                    parent: g.parent,
+                    current: g.generation == current,
+                    parts: paths(&g.parts),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let transactions: Vec<Value> = loc
+    let transactions: Vec<output::ListedTxn> = loc
         .state
         .txns()?
         .iter()
-        .map(|t| {
-            json!({"txn": t.txn, "kind": t.kind, "time": t.time, "plan": t.plan, "state": t.phase,
-                        "outcome": t.outcome, "failed_step": t.failed_step,
-                        "from_generation": t.from_generation, "to_generation": t.to_generation,
-                        "parts": pathbytes::json_list(&t.parts), "carried": t.carried, "conflicts": t.conflicts})
+        .map(|t| output::ListedTxn {
+            txn: t.txn.clone(),
+            kind: json!(t.kind),
+            time: t.time,
+            plan: t.plan.clone(),
+            state: json!(t.phase),
+            outcome: t.outcome.clone(),
+            failed_step: t.failed_step.clone(),
+            from_generation: t.from_generation,
+            to_generation: t.to_generation,
+            parts: paths(&t.parts),
+            carried: t.carried.as_ref().map(|c| json!(c)),
+            conflicts: json!(t.conflicts),
         })
         .collect();
-    let value =
-        json!({"v": 1, "current_generation": current, "generations": generations, "transactions": transactions});
+    let list = output::List { head: output::Head::of("List"), current_generation: current, generations, transactions };
+    let value = serde_json::to_value(&list)?;
+    let none = Vec::new();
+    let generations = value["generations"].as_array().unwrap_or(&none);
+    let transactions = value["transactions"].as_array().unwrap_or(&none);
     Reporter::new(args.json).result("List", &value, || {
         let mut s = String::from("GENERATION  CURRENT  TIME (UTC)           PLAN\n");
-        for g in &generations {
+        for g in generations {
             let _ = writeln!(
                 s,
                 "{:<10}  {:<7}  {:<19}  {}",
@@ -171,7 +194,7 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
             );
         }
         s.push_str("\nTRANSACTION                  TIME (UTC)           KIND      PLAN              OUTCOME\n");
-        for t in &transactions {
+        for t in transactions {
             let _ = writeln!(
                 s,
                 "{:<28} {:<19}  {:<9} {:<17} {}",
