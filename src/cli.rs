@@ -296,6 +296,8 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // What a boot without the journal kept for it (see `journal`).
+    crate::journal::send_pending();
     commands::panicked::install_hook();
     // The root a command changes, recovered if the command panics (a bug): `recover` itself is not run again.
     let changed_root = match &cli.command {

@@ -57,15 +57,16 @@ impl Reporter {
     /// Emit one JSON event: to the `--progress-fd` descriptor when there is one, and with `--json` on stdout (only
     /// the `summary`, the result, when the events go to that descriptor). A closed reader never stops a command.
     pub fn event(&self, name: EventName, fields: Value) {
-        let progress = PROGRESS.get();
-        if !self.json && progress.is_none() {
-            return;
-        }
         let event = name.as_str();
         let mut obj = versioned("Event", &json!({"v": 1, "event": event}));
         if let (Some(o), Value::Object(f)) = (obj.as_object_mut(), fields) {
             debug_assert!(!f.contains_key("kind") && !f.contains_key("apiVersion"), "event {event} hides its kind");
             o.extend(f);
+        }
+        crate::journal::from_event(name, &obj);
+        let progress = PROGRESS.get();
+        if !self.json && progress.is_none() {
+            return;
         }
         if let Some(p) = progress {
             if let Ok(mut f) = p.lock() {

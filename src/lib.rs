@@ -14,6 +14,7 @@ mod events;
 mod failpoint;
 mod fsutil;
 mod inroot;
+mod journal;
 mod lock;
 mod mounts;
 mod nosync;

@@ -9,6 +9,7 @@ use super::{locate, recover, require_root_user, rollback, Outcome, Refused};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
+use crate::journal::Milestone;
 use crate::lock::RootLock;
 use crate::mounts;
 use crate::output::EventName;
@@ -79,6 +80,8 @@ fn report_carried(ctx: &Ctx, out: &Reporter, event: EventName, to: u64, said: St
 
 pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     require_root_user()?;
+    // In the initramfs journald is not running yet: the milestones wait in /run for the first command that finds it.
+    crate::journal::defer_without_journal();
     mounts::enter_private_namespace()?;
     let mut loc = locate(args)?;
     // The initramfs hook mounts the filesystem's top level under /run: the paths recorded now are named by device.
@@ -88,6 +91,7 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
         }
     }
     let out = Reporter::new(args.json);
+    crate::journal::about(&loc.root, None);
     if !loc.state.exists() {
         out.say(format!("snapinst: {} is not managed; nothing to check at boot", loc.root.escaped()));
         return Ok(Outcome::Done);
@@ -99,6 +103,7 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
     let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
     let Some(mut state) = loc.state.load()? else { return Ok(Outcome::Done) };
     let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?;
+    crate::journal::about(&loc.root, Some(state.backend.to_string()));
     backend::seal(&ctx, &state)?;
     hand_over(&ctx, &state, &out);
     if let Some(back) = state.pending.as_ref().and_then(|p| p.carry_back.clone()) {
@@ -155,18 +160,22 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
                         crate::submounts::shown(&waiting)
                     )
                 };
-                format!(
+                let said = format!(
                     "generation {} did not reach boot-complete.target in {} boots; generation {fallback} is current again{then}",
                     pending.generation, state.boot_tries
-                )
+                );
+                crate::journal::note(Milestone::Fallback, &said, Some(&rec.txn), Some(fallback));
+                said
             }
             None => {
                 state.pending = None;
                 drop_booted(&ctx, pending.generation, &out);
-                format!(
+                let said = format!(
                     "generation {} did not reach boot-complete.target in {} boots either, and there is nothing left to fall back to; it stays current",
                     pending.generation, state.boot_tries
-                )
+                );
+                crate::journal::note(Milestone::Fallback, &said, None, Some(pending.generation));
+                said
             }
         }
     };

@@ -29,6 +29,10 @@ import tempfile
 import time
 
 TRIES = 3
+# snapinst's MESSAGE_IDs in the journal (src/journal.rs).
+MSG_COMMITTED = "5e0b6e4ad7a84d0c9a0b1f7e3c2d9a11"
+MSG_RECOVERED = "2b7e151628ae4d2aa6d2abf7158809cf"
+MSG_FALLBACK = "f4e3d2c1b0a94837a6b5c4d3e2f10a15"
 
 
 def sh(*cmd, check=True, **kw):
@@ -69,6 +73,18 @@ class Boot:
             return json.loads(v)
         except ValueError:
             return None
+
+    def journal(self, tag, message_id):
+        """snapinst's journal entries printed under `tag` (journalctl -o json) with that MESSAGE_ID."""
+        out = []
+        for line in self.facts_of(tag):
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("MESSAGE_ID") == message_id and e.get("SYSLOG_IDENTIFIER") == "snapinst":
+                out.append(e)
+        return out
 
     def show(self, unit):
         """systemctl show properties of a unit, as printed by the guest."""
@@ -338,6 +354,12 @@ class Run:
                    "btrfs property get -ts / ro: %s; writable: %s\n%s" % (
                        b.fact("after-apply1-root-ro"), b.fact("after-apply1-root-writable"),
                        "\n".join(x.strip() for x in b.lines(r"Read-only file system|[Cc]orrupt")[:4])))
+        j = b.journal("after-apply1-journal", MSG_COMMITTED)
+        self.check("journal: the commit is an entry of its own (journalctl -t snapinst MESSAGE_ID=committed) with "
+                   "the transaction, root, generation and backend",
+                   len(j) == 1 and j[0].get("SNAPINST_GENERATION") == "1" and j[0].get("SNAPINST_ROOT") == "/" and
+                   j[0].get("SNAPINST_BACKEND") == "btrfs" and bool(j[0].get("SNAPINST_TXN")),
+                   "\n".join(b.facts_of("after-apply1-journal")[:6]))
         self.check("the running root still shows generation 0 (no marker until the next boot)",
                    "gen1-marker absent" in b.facts_of("after-apply1-marker"), str(b.facts_of("after-apply1-marker")))
         # Generation 0 was the running root when generation 1 was committed: it may stay writable until the next
@@ -400,6 +422,11 @@ class Run:
                    early.get("current_generation") == 0 and ep.get("generation") == 0 and
                    ep.get("fallback") is None and ep.get("boots_left") == TRIES and early.get("boot_note") == note,
                    json.dumps(early))
+        j = b.journal("journal-snapinst", MSG_FALLBACK)
+        self.check("journal: the initramfs hook's fallback reached the journal once it ran (MESSAGE_ID=fallback, "
+                   "generation 0)", len(j) == 1 and j[0].get("SNAPINST_GENERATION") == "0" and
+                   "did not reach boot-complete.target" in str(j[0].get("MESSAGE")),
+                   "\n".join(b.facts_of("journal-snapinst")[:6]))
         bless = b.show("snapinst-bless.service")
         jb = b.facts_of("journal-bless")
         self.check("snapinst-bless.service ran and succeeded",
@@ -460,6 +487,10 @@ class Run:
                          r"snapinst: /run/snapinst/boot/@: transaction %s rolled forward" % re.escape(txn))
         self.expect_line(b, "initramfs: generation 2 is pending: try 1 of %d" % TRIES,
                          r"snapinst: booting generation 2 \(try 1 of %d\)" % TRIES)
+        j = b.journal("journal-snapinst", MSG_RECOVERED)
+        self.check("journal: the initramfs hook's roll-forward reached the journal (MESSAGE_ID=recovered, the "
+                   "transaction)", len(j) == 1 and j[0].get("SNAPINST_TXN") == txn,
+                   "\n".join(b.facts_of("journal-snapinst")[:6]))
         self.check("generation 2 booted: plan2's marker is there, generation 1's is not",
                    "gen2-marker present" in b.facts_of("marker") and "gen1-marker absent" in b.facts_of("marker"),
                    str(b.facts_of("marker")))
