@@ -7,7 +7,7 @@ set -euo pipefail
 # eatmydata, strace, debootstrap and time: the benchmark's package section (bench/packages.sh); man-db: the man
 # pages' check (scripts/docs.sh).
 packages=(btrfs-progs libbtrfsutil-dev libclang-dev busybox-static e2fsprogs xfsprogs pkg-config libseccomp-dev
-  eatmydata strace debootstrap time man-db "$@")
+  eatmydata strace debootstrap time man-db systemd "$@")
 
 missing=()
 for p in "${packages[@]}"; do
