@@ -296,6 +296,12 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if matches!(
+        cli.command,
+        Command::Apply { .. } | Command::Upgrade { .. } | Command::Resume { .. } | Command::Rollback { .. }
+    ) {
+        crate::events::allow_bars();
+    }
     // What a boot without the journal kept for it (see `journal`).
     crate::journal::send_pending();
     commands::panicked::install_hook();

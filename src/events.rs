@@ -108,6 +108,15 @@ impl Reporter {
     }
 }
 
+/// Whether this command draws bars at all: the ones a person runs (apply, upgrade, resume, rollback), not the ones
+/// the boot runs on its console (boot, bless, recover).
+static BARS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This command may draw progress bars on a terminal.
+pub(crate) fn allow_bars() {
+    BARS.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The progress bar drawn now, if any: `say` prints above it, `progress_note` sets its message.
 static ACTIVE: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
 
@@ -121,7 +130,7 @@ impl Bar {
     /// A bar of `total` units named `what` ("steps", "merging").
     pub fn start(what: &str, total: usize) -> Bar {
         use std::io::IsTerminal;
-        if !std::io::stderr().is_terminal() {
+        if !BARS.load(std::sync::atomic::Ordering::SeqCst) || !std::io::stderr().is_terminal() {
             return Bar { bar: None };
         }
         let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::stderr());
