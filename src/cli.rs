@@ -362,11 +362,12 @@ fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Validate { plan } => commands::validate(&plan),
         Command::Config { json } => commands::show_config(json),
         Command::Schema { output } => {
+            use crate::output::{schema, Output};
             match output {
                 SchemaOf::Plan => println!("{:#}", crate::plan::spec::schema()),
-                SchemaOf::Status => println!("{:#}", crate::output::schema("status").unwrap_or_default()),
-                SchemaOf::List => println!("{:#}", crate::output::schema("list").unwrap_or_default()),
-                SchemaOf::Events => println!("{:#}", crate::output::schema("events").unwrap_or_default()),
+                SchemaOf::Status => println!("{:#}", schema(Output::Status)),
+                SchemaOf::List => println!("{:#}", schema(Output::List)),
+                SchemaOf::Events => println!("{:#}", schema(Output::Events)),
             }
             Ok(Outcome::Done)
         }

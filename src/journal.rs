@@ -157,7 +157,6 @@ pub(crate) fn note(m: Milestone, message: &str, txn: Option<&str>, generation: O
         _ => log::Level::Info,
     };
     if available() {
-        send_pending();
         let _ = send(priority, message, &fields);
     } else if DEFER.load(std::sync::atomic::Ordering::SeqCst) {
         keep(priority, message, &fields);
@@ -173,19 +172,28 @@ fn send(priority: log::Level, message: &str, fields: &[(String, String)]) -> std
     )
 }
 
+/// An entry kept in `PENDING`, one JSON line each.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    priority: String,
+    message: String,
+    fields: Vec<(String, String)>,
+}
+
 fn keep(priority: log::Level, message: &str, fields: &[(String, String)]) {
     let path = PathBuf::from(PENDING);
     if std::fs::metadata(&path).is_ok_and(|m| m.len() > PENDING_MAX) {
         return;
     }
-    let line = json!({"priority": priority.as_str(), "message": message, "fields": fields});
+    let kept = Kept { priority: priority.as_str().to_string(), message: message.to_string(), fields: fields.to_vec() };
+    let Ok(line) = serde_json::to_string(&kept) else { return };
     let _ = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/run")));
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
         let _ = writeln!(f, "{line}");
     }
 }
 
-/// Send what a boot without the journal kept, once the journal is there (any command calls this at its start).
+/// Send what a boot without the journal kept, once the journal is there (every command calls this at its start).
 pub(crate) fn send_pending() {
     if !available() {
         return;
@@ -196,16 +204,9 @@ pub(crate) fn send_pending() {
         return;
     }
     let text = std::fs::read_to_string(&taken).unwrap_or_default();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        let priority = v["priority"].as_str().and_then(|p| p.parse().ok()).unwrap_or(log::Level::Info);
-        let fields: Vec<(String, String)> = v["fields"]
-            .as_array()
-            .map(|a| {
-                a.iter().filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].as_str()?.to_string()))).collect()
-            })
-            .unwrap_or_default();
-        let _ = send(priority, v["message"].as_str().unwrap_or(""), &fields);
+    for kept in text.lines().filter_map(|l| serde_json::from_str::<Kept>(l).ok()) {
+        let priority = kept.priority.parse().unwrap_or(log::Level::Info);
+        let _ = send(priority, &kept.message, &kept.fields);
     }
     let _ = std::fs::remove_file(&taken);
 }
