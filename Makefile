@@ -5,6 +5,8 @@
 #   sudo make enable     enable the units and rebuild the initramfs
 #   make docs            build and check the man pages and shell completions (target/docs)
 #   sudo make install-docs  install them
+#   sudo make install-config  install the default configuration (/etc/snapinst/snapinst.toml), unless one exists
+#   sudo make deb        build the Debian package (scripts/deb.sh: target/debian/snapinst_<version>_amd64.deb)
 PREFIX ?= /usr
 DESTDIR ?=
 SBINDIR = $(DESTDIR)$(PREFIX)/sbin
@@ -14,7 +16,7 @@ DRACUTDIR = $(DESTDIR)/usr/lib/dracut/modules.d/90snapinst
 GRUBDIR = $(DESTDIR)/etc/default/grub.d
 DPKGDIR = $(DESTDIR)/etc/dpkg/dpkg.cfg.d
 
-.PHONY: all install install-bin install-hooks enable docs install-docs
+.PHONY: all install install-bin install-hooks enable docs install-docs install-docs-built install-config deb
 all:
 	cargo build --release
 
@@ -40,10 +42,18 @@ enable:
 docs:
 	bash scripts/docs.sh target/docs
 
-install-docs: docs
+install-docs: docs install-docs-built
+
+install-docs-built:
 	install -d $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 0644 target/docs/man5/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/
 	install -m 0644 target/docs/man8/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 	install -D -m 0644 target/docs/completions/snapinst.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/snapinst
 	install -D -m 0644 target/docs/completions/_snapinst $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_snapinst
 	install -D -m 0644 target/docs/completions/snapinst.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/snapinst.fish
+
+install-config:
+	test -e $(DESTDIR)/etc/snapinst/snapinst.toml || install -D -m 0644 config/snapinst.toml $(DESTDIR)/etc/snapinst/snapinst.toml
+
+deb:
+	bash scripts/deb.sh

@@ -37,7 +37,9 @@
 #                                           # most of it the kernel set's initramfs builds)
 #   sudo bash bench/packages.sh --quick     # the small and perl sets, 3 runs per row (2 minutes on a quiet
 #                                           # 2-core machine, about 5 under load; used by
-#                                           # bench/run.sh --quick, so by scripts/test.sh)
+#                                           # bench/run.sh --quick, so by scripts/test.sh --full)
+#   sudo bash bench/packages.sh --smoke     # the small set once per row: the rows run and their checks hold
+#                                           # (bench/run.sh --smoke, so scripts/test.sh); not a measurement
 #   sudo bash bench/packages.sh --reps 9 --sets perl,large
 #
 # SNAPINST_BIN=PATH uses that binary instead of building target/release/snapinst (bench/run.sh passes its own).
@@ -56,6 +58,7 @@ quick=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --smoke) quick=smoke ;;
     --reps)
       if [ $# -lt 2 ] || ! [ "$2" -ge 1 ] 2>/dev/null; then die "--reps needs a positive number"; fi
       reps_given=$2
@@ -66,13 +69,16 @@ while [ $# -gt 0 ]; do
       sets_given=$2
       shift
       ;;
-    *) die "usage: bench/packages.sh [--quick] [--reps N] [--sets small,perl,large]" ;;
+    *) die "usage: bench/packages.sh [--quick | --smoke] [--reps N] [--sets small,perl,large]" ;;
   esac
   shift
 done
 if [ "$quick" = 1 ]; then
   reps=3
   sets=small,perl
+elif [ "$quick" = smoke ]; then
+  reps=1
+  sets=small
 fi
 [ -n "$reps_given" ] && reps=$reps_given
 [ -n "$sets_given" ] && sets=$sets_given

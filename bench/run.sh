@@ -7,7 +7,9 @@
 # filesystem.
 #
 #   sudo bash bench/run.sh           # 7 applies per row
-#   sudo bash bench/run.sh --quick   # 3 applies per row (used by scripts/test.sh)
+#   sudo bash bench/run.sh --quick   # 3 applies per row (scripts/test.sh --full)
+#   sudo bash bench/run.sh --smoke   # 1 apply per row, the small package set once: proves the benchmark runs and
+#                                    # its checks hold (used by scripts/test.sh); its figures are not a measurement
 #   sudo bash bench/run.sh --reps 9  # more applies per row: a steadier median where disk flushes are noisy
 #
 # btrfs: the root is a subvolume of a scratch btrfs image. overlay: the root is a directory on a scratch ext4 image.
@@ -20,7 +22,7 @@
 # which the commit carries into the new tree.
 # Targets: overhead at 100k files <= 100 ms and <= 1.5x the 1k value; peak RSS <= 50 MB; the btrfs carry-over at
 # 100k files <= 10 ms with no live change and <= 50 ms with 100 files changed live.
-# Last, the package section (bench/packages.sh, run with this binary; --quick is passed on, --reps is not): real
+# Last, the package section (bench/packages.sh, run with this binary; --quick and --smoke are passed on, --reps is not): real
 # Debian packages installed into fresh copies of a debootstrapped root, snapinst on btrfs, overlay and overlay-top
 # against live dpkg, dpkg under eatmydata (the floor) and a btrfs snapshot then dpkg, on ext4 and btrfs images; time,
 # fsync-family calls, device flushes and peak RSS per row, targets snapinst <= 1.15x the floor and <= 0.8x live
@@ -34,19 +36,23 @@ repo=$PWD
 . scripts/lib.sh
 
 reps=7
-quick=0
+run_mode=full
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick)
       reps=3
-      quick=1
+      run_mode=quick
+      ;;
+    --smoke)
+      reps=1
+      run_mode=smoke
       ;;
     --reps)
       if [ $# -lt 2 ] || ! [ "$2" -ge 1 ] 2>/dev/null; then die "--reps needs a positive number"; fi
       reps=$2
       shift
       ;;
-    *) die "usage: bench/run.sh [--quick | --reps N]" ;;
+    *) die "usage: bench/run.sh [--quick | --smoke | --reps N]" ;;
   esac
   shift
 done
@@ -358,7 +364,7 @@ PY
 
 # The package section: its own scratch images, this binary, the same mode.
 pkg_args=()
-[ "$quick" = 1 ] && pkg_args=(--quick)
+[ "$run_mode" != full ] && pkg_args=(--"$run_mode")
 pkg_rc=0
 SNAPINST_BIN=$snapinst bash bench/packages.sh "${pkg_args[@]}" || pkg_rc=$?
 

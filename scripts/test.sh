@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Runs every test of snapinst: the Rust unit and integration tests (with the crash points compiled in), the man
-# pages and completions (built and checked), the demo
-# as a smoke test, the quick benchmark, and the VM tests (power cuts under QEMU, a real Debian boot with the hooks).
+# pages and completions (built and checked), the demo as a smoke test, the benchmark once through (its rows run and
+# its checks hold), and the VM tests (power cuts and every crash point under QEMU, a real Debian boot with the hooks).
 #
-#   sudo bash scripts/test.sh [--stock]
+#   sudo bash scripts/test.sh [--full] [--stock]
 #
+#   --full    the long runs: the quick benchmark (3 runs per row, the perl set too: figures worth reading) and the
+#             whole VM campaign (vm-tests/run.sh --full: twice the power cuts, and every crash point on the layouts
+#             with parts too; about 25 minutes more)
 #   --stock   also run vm-tests/stock/run.sh: the stock Debian layouts (ext4 /, and btrfs / with /boot and /home)
 #             booted through OVMF and GRUB, a kernel package installed, rolled back, power cuts and every
 #             crash point (about 80 minutes more under software emulation)
 set -euo pipefail
 stock=0
+full=0
 for a in "$@"; do
     case "$a" in
         --stock) stock=1 ;;
-        -h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --full) full=1 ;;
+        -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "scripts/test.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -33,11 +38,13 @@ bash scripts/docs.sh
 heading "demo (smoke test): scripts/demo.sh"
 bash scripts/demo.sh
 
-heading "benchmark: bench/run.sh --quick"
-bash bench/run.sh --quick
+bench=--smoke vm=()
+[ "$full" = 1 ] && bench=--quick vm=(--full)
+heading "benchmark: bench/run.sh $bench"
+bash bench/run.sh "$bench"
 
-heading "VM tests: power cuts and crash points under QEMU (vm-tests/run.sh)"
-bash vm-tests/run.sh
+heading "VM tests: power cuts and crash points under QEMU (vm-tests/run.sh ${vm[*]})"
+bash vm-tests/run.sh "${vm[@]}"
 
 heading "VM tests: a real Debian boot with the hooks installed (vm-tests/debian/run.sh)"
 bash vm-tests/debian/run.sh

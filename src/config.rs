@@ -297,6 +297,38 @@ mod tests {
         assert!(c.rows().iter().all(|r| r.2 == BUILT_IN));
     }
 
+    /// The file the package installs as /etc/snapinst/snapinst.toml shows every key commented out with its built-in
+    /// default: it loads as the defaults, and with the keys uncommented it still does (the example root aside).
+    #[test]
+    fn the_shipped_file_states_the_built_in_defaults() {
+        let shipped = include_str!("../config/snapinst.toml");
+        let (_d, c) = with_files(&[("snapinst.toml", shipped)]);
+        let as_is = c.unwrap();
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|k| k.contains(" = ") || k.starts_with('[')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let keys = ["keep", "boot_tries", "backend", "suppress_sync", "exclude_mounts", "state_dir"];
+        assert!(keys.iter().all(|k| uncommented.contains(&format!("{k} = "))), "{uncommented}");
+        let (d, c) = with_files(&[("snapinst.toml", &uncommented)]);
+        let set = c.unwrap();
+        let defaults = Config::default();
+        for c in [&as_is, &set] {
+            assert_eq!(
+                (c.keep.value, c.boot_tries.value, c.backend.value, c.suppress_sync.value, &c.exclude_mounts.value),
+                (
+                    defaults.keep.value,
+                    defaults.boot_tries.value,
+                    defaults.backend.value,
+                    defaults.suppress_sync.value,
+                    &defaults.exclude_mounts.value
+                )
+            );
+        }
+        assert!(set.keep.from.starts_with(&d.path().display().to_string()), "{:?}", set.keep);
+    }
+
     #[test]
     fn drop_ins_win_over_the_main_file_in_name_order() {
         let (d, c) = with_files(&[

@@ -454,6 +454,7 @@ class Campaign:
         self.fat_repairs = []  # the cuts after which fsck.vfat saved lost clusters of the ESP as files
         self.fp_passed = self.fp_total = 0
         self.nwriter = 0  # power cuts of an apply while the guest's writer runs
+        self.full = False  # every crash point on this layout, even the ones its parts add nothing to
         self.writer_rows = []  # (case, cut after apply-start or None, tree, durable, in the tree, kept only)
         self.fp_rows = []
         self.passed = self.failed = 0
@@ -738,6 +739,13 @@ class Campaign:
         # The parts are staged by the overlay backend whatever the root's: its points are reached in them.
         stagers = {self.backend} | ({"overlay"} if LAYOUTS[self.layout]["parts"] else set())
         mine = [(n, op) for n, op, bks in self.failpoints if stagers & set(bks)]
+        if LAYOUTS[self.layout]["parts"] and not self.full:
+            # Until its steps end an apply touches only its stages: a crash there throws them away, which the
+            # layouts without parts show at every such point. The default run starts at the end of the steps here,
+            # where the parts' commit begins; --full runs them all.
+            names = [n for n, _ in mine]
+            first = names.index("apply-after-steps")
+            mine = [(n, op) for i, (n, op) in enumerate(mine) if op != "apply" or i >= first]
         pre_commit = post_commit = None
         rows = []
         for name, op in mine:
@@ -912,17 +920,21 @@ def preflight():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cuts", type=int, default=8, help="power cuts per layout without parts (default 8)")
-    ap.add_argument("--cuts-with-parts", type=int, default=4,
-                    help="power cuts per layout with filesystems mounted inside the root (default 4)")
+    ap.add_argument("--full", action="store_true",
+                    help="the whole campaign: 8 cuts per layout without parts, 4 with parts, 2 writer cuts, and on the"
+                    " layouts with parts also the apply's crash points before its steps end (the default runs those"
+                    " on the layouts without parts only)")
+    ap.add_argument("--cuts", type=int, default=None, help="power cuts per layout without parts (default 4; --full 8)")
+    ap.add_argument("--cuts-with-parts", type=int, default=None,
+                    help="power cuts per layout with filesystems mounted inside the root (default 2; --full 4)")
     ap.add_argument("--soak", type=int, default=None, help="a long run: N power cuts per layout")
     ap.add_argument("--seed", type=int, default=None, help="seed of the cut delays (default: random, printed)")
     ap.add_argument("--backend", action="append", choices=["btrfs", "overlay", "journal"],
                     help="only the layouts of this backend (repeatable)")
     ap.add_argument("--layout", action="append", choices=sorted(LAYOUTS), help="only this layout (repeatable)")
-    ap.add_argument("--writer-cuts", type=int, default=2,
-                    help="power cuts per layout of an apply while a writer in the guest appends fsynced records, aimed"
-                         " at the commit phase (default 2; 0: none, nor the uncut writer run)")
+    ap.add_argument("--writer-cuts", type=int, default=None,
+                    help="power cuts per layout of an apply while the guest's writer runs, aimed at the commit phase"
+                    " (default 1; --full 2; after one uncut writer run; 0: neither)")
     ap.add_argument("--no-failpoints", action="store_true", help="only the power cuts")
     ap.add_argument("--late", type=float, default=0.0,
                     help="fraction of the cuts aimed at the commit phase instead of [0, T] (default 0)")
@@ -938,6 +950,9 @@ def main():
     args = ap.parse_args()
     t_start = time.monotonic()
     preflight()
+    for name, default, full in (("cuts", 4, 8), ("cuts_with_parts", 2, 4), ("writer_cuts", 1, 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, full if args.full else default)
     cuts = args.soak if args.soak is not None else args.cuts
     seed = args.seed if args.seed is not None else int(os.environ.get("SNAPINST_VM_SEED") or
                                                        random.SystemRandom().randrange(1, 10**9))
@@ -983,6 +998,7 @@ def main():
         # Few cuts seldom land in the commit phase by chance: with parts, half of them are aimed at it.
         c.late = args.late if args.late or not LAYOUTS[layout]["parts"] else 0.5
         c.nwriter = args.writer_cuts
+        c.full = args.full
         results.append(c)
 
     def run_campaign(c):

@@ -2,18 +2,21 @@
 # QEMU crash-consistency tests of snapinst: power cuts at random instants and at every named crash point, on a real
 # Debian kernel, with the boot-time `snapinst recover --all` checked against whole-tree manifests.
 #
-#   vm-tests/run.sh [--cuts N] [--cuts-with-parts N] [--soak N] [--seed S] [--backend btrfs|overlay]
+#   vm-tests/run.sh [--full] [--cuts N] [--cuts-with-parts N] [--soak N] [--seed S] [--backend btrfs|overlay]
 #                   [--layout btrfs|overlay|ext4-top|btrfs-live|journal] [--writer-cuts N] [--no-failpoints] [--late F]
 #                   [--no-logwrites | --logwrites-only] [--logwrites-every]
 #
-#   --cuts N     power cuts per layout without filesystems mounted inside the root (default 8)
-#   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 4)
+#   --full       the whole campaign (scripts/test.sh --full): 8 cuts per layout without parts, 4 with parts, 2
+#                writer cuts, and on the layouts with parts also the apply's crash points before its steps end (by
+#                default those run on the layouts without parts only: until then an apply touches only its stages)
+#   --cuts N     power cuts per layout without filesystems mounted inside the root (default 4; --full 8)
+#   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 2; --full 4)
 #   --soak N     a long run: N power cuts per layout (same as --cuts N, for soak runs)
 #   --seed S     seed of the random cut delays (default: random; always printed, so a run can be repeated)
 #   --backend B  only the layouts of this backend (repeatable)
 #   --layout L   only this layout (repeatable)
 #   --writer-cuts N  power cuts per layout of an apply while a writer in the guest appends fsynced records, aimed
-#                at the commit phase (default 2, after one uncut writer run; 0: neither)
+#                at the commit phase (default 1; --full 2; after one uncut writer run; 0: neither)
 #   --no-failpoints  only the power cuts
 #   --late F     aim a fraction F of the cuts at the commit phase (the end of the apply) instead of [0, T]
 #   --no-logwrites   skip the crash-state logs: every block write of an apply, a rollback and a recover logged by
