@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of snapinst: the Rust unit and integration tests (with the crash points compiled in), the man
-# pages and completions (built and checked), the demo as a smoke test, the benchmark once through (its rows run and
+# pages and completions (built and checked), the demo as a smoke test, the Debian package (built, then installed,
+# removed and purged on a Debian 12 tree), the benchmark once through (its rows run and
 # its checks hold), and the VM tests (power cuts and every crash point under QEMU, a real Debian boot with the hooks).
 #
 #   sudo bash scripts/test.sh [--full] [--stock]
@@ -18,7 +19,7 @@ for a in "$@"; do
     case "$a" in
         --stock) stock=1 ;;
         --full) full=1 ;;
-        -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "scripts/test.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -38,6 +39,11 @@ bash scripts/docs.sh
 heading "demo (smoke test): scripts/demo.sh"
 bash scripts/demo.sh
 
+# Right after the demo's release build, which it packages as it is; installed and purged by the Debian VM test.
+heading "the Debian package: scripts/deb.sh"
+bash scripts/deb.sh | tee target/deb.log
+deb=$(sed -n 's/^deb: //p' target/deb.log | tail -n 1)
+
 bench=--smoke vm=()
 [ "$full" = 1 ] && bench=--quick vm=(--full)
 heading "benchmark: bench/run.sh $bench"
@@ -47,7 +53,7 @@ heading "VM tests: power cuts and crash points under QEMU (vm-tests/run.sh ${vm[
 bash vm-tests/run.sh "${vm[@]}"
 
 heading "VM tests: a real Debian boot with the hooks installed (vm-tests/debian/run.sh)"
-bash vm-tests/debian/run.sh
+bash vm-tests/debian/run.sh --deb "$deb"
 
 if [ "$stock" = 1 ]; then
     heading "VM tests: the stock Debian layouts through OVMF and GRUB (vm-tests/stock/run.sh)"

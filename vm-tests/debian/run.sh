@@ -4,13 +4,15 @@
 # (make install; systemctl enable snapinst-recover.service snapinst-bless.service; update-initramfs), and checks
 # that the hooks really run at boot: the initramfs hook, snapinst-recover.service, the failed-boot fallback after
 # 3 boots that never reach boot-complete.target, snapinst-bless.service, and the boot hook finishing a transaction
-# that a machine reset interrupted after its commit point.
+# that a machine reset interrupted after its commit point. First, on a copy of the same debootstrapped tree, the
+# Debian package installed, removed and purged (package.sh).
 #
-#   sudo vm-tests/debian/run.sh [--rebuild] [--rebuild-rootfs] [--keep-disk]
+#   sudo vm-tests/debian/run.sh [--rebuild] [--rebuild-rootfs] [--keep-disk] [--deb PATH]
 #
 #   --rebuild         rebuild the test disk even if the cached one matches its inputs
 #   --rebuild-rootfs  debootstrap again (implies --rebuild)
 #   --keep-disk       keep the run's disk image in the run directory (it is kept anyway when a check fails)
+#   --deb PATH        the package to check (default: built here with scripts/deb.sh)
 #
 # Environment: SNAPINST_VM_CACHE (default /var/cache/snapinst-vm; this test uses its subdirectory debian/),
 # SNAPINST_VM_MIRROR (default: the Debian mirror named in /etc/apt/sources.list{,.d/*}),
@@ -36,15 +38,21 @@ die() {
 
 . "$here/lib.sh"
 
-rebuild=0 rebuild_rootfs=0 keep_disk=0
-for a in "$@"; do
-    case "$a" in
-        -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+rebuild=0 rebuild_rootfs=0 keep_disk=0 deb=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h | --help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --rebuild) rebuild=1 ;;
         --rebuild-rootfs) rebuild=1 rebuild_rootfs=1 ;;
         --keep-disk) keep_disk=1 ;;
-        *) die "unknown argument $a (see --help)" ;;
+        --deb)
+            [ $# -ge 2 ] || die "--deb needs the path of a .deb"
+            deb=$(realpath "$2") || die "--deb $2: no such file"
+            shift
+            ;;
+        *) die "unknown argument $1 (see --help)" ;;
     esac
+    shift
 done
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get, debootstrap, loop mounts, chroot)"
@@ -156,6 +164,15 @@ if [ "$rebuild" = 1 ] || [ ! -f "$image/disk.img" ]; then
 else
     echo "debian-boot: cached test disk $image"
 fi
+
+# ---- the Debian package on a copy of the tree
+if [ -z "$deb" ]; then
+    bash "$repo/scripts/deb.sh" >"$cache/deb-build.log" 2>&1 || { tail -n 30 "$cache/deb-build.log" >&2; die "scripts/deb.sh failed"; }
+    deb=$(sed -n 's/^deb: //p' "$cache/deb-build.log" | tail -n 1)
+fi
+[ -f "$deb" ] || die "no package at $deb"
+bash "$here/package.sh" "$rootfs" "$deb" "$cache/package-work" || die "the package check failed (package.sh)"
+safe_rm "$cache/package-work"
 
 # ---- the scenario
 runs="$cache/runs"
