@@ -5,6 +5,7 @@
 mod formats;
 #[cfg(test)]
 mod fuzzing;
+mod locate;
 mod parse;
 mod schema_check;
 pub(crate) mod spec;

@@ -4,6 +4,7 @@
 //! missing source files, bad names). Every problem is collected with the step and field it concerns, so an
 //! administrator fixes a plan in one pass. Nothing is changed on disk here.
 
+use super::locate::Locations;
 use super::schema_check::Schema;
 use super::spec::{self, PrincipalSpec, StepKind};
 use super::{Action, Attrs, Command, Content, Plan, Principal, RootPath, Step, UnitChange};
@@ -41,21 +42,24 @@ impl std::error::Error for PlanProblems {}
 pub(crate) fn load(file: &Path) -> Result<Plan, PlanProblems> {
     let fail = |p: String| PlanProblems { file: file.to_path_buf(), problems: vec![p] };
     let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the plan: {e}")))?;
-    let value = super::formats::read(super::formats::Format::of(file), &bytes).map_err(fail)?;
+    let format = super::formats::Format::of(file);
+    let value = super::formats::read(format, &bytes).map_err(fail)?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-    check(&value, &bytes, base, file)
+    // The text is UTF-8: read() refused it otherwise.
+    let locations = Locations::of(format, std::str::from_utf8(&bytes).unwrap_or_default());
+    check(&value, &bytes, base, file, locations)
 }
 
 /// Validate a plan snapinst made itself (`snapinst upgrade`), shown as `shown_as` in messages; its files (it has
 /// none) would be relative to the working directory.
 pub(crate) fn from_value(value: &Value, shown_as: &Path) -> Result<Plan, PlanProblems> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
-    check(value, &bytes, PathBuf::from("."), shown_as)
+    check(value, &bytes, PathBuf::from("."), shown_as, Locations::default())
 }
 
-fn check(value: &Value, bytes: &[u8], base: PathBuf, file: &Path) -> Result<Plan, PlanProblems> {
-    let mut checker = Checker { base, problems: Vec::new(), schema: Schema::new(spec::schema()) };
+fn check(value: &Value, bytes: &[u8], base: PathBuf, file: &Path, locations: Locations) -> Result<Plan, PlanProblems> {
+    let mut checker = Checker { base, problems: Vec::new(), schema: Schema::new(spec::schema()), locations };
     let plan = checker.plan(value, hex::encode(Sha256::digest(bytes)));
     match plan {
         Some(plan) if checker.problems.is_empty() => Ok(plan),
@@ -67,6 +71,8 @@ struct Checker {
     base: PathBuf,
     problems: Vec<String>,
     schema: Schema,
+    /// Where the fields are in the file, for the messages (none for a plan snapinst made).
+    locations: Locations,
 }
 
 /// Where a problem is: the plan itself, or one step (id and 1-based position).
@@ -86,7 +92,11 @@ impl At<'_> {
 
 impl Checker {
     fn problem(&mut self, at: At, field: &str, why: impl std::fmt::Display) {
-        self.problems.push(format!("{}: {why}", at.describe(field)));
+        let what = at.describe(field);
+        self.problems.push(match self.locations.of_field(at.step.map(|(_, n)| n - 1), field) {
+            Some((line, column)) => format!("line {line} column {column}: {what}: {why}"),
+            None => format!("{what}: {why}"),
+        });
     }
 
     /// Report the schema's problems with `obj`, and return `obj` without the fields that had one, ready to
