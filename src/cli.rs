@@ -78,6 +78,10 @@ pub(crate) struct TxnFlags {
     /// Run the steps in a stage, print what they change, then discard it.
     #[arg(long)]
     dry_run: bool,
+    /// Do nothing when the current generation was committed by this same plan with the same files it names
+    /// (a digest of them, recorded by an apply with --if-changed): the summary's outcome is then `unchanged`.
+    #[arg(long)]
+    if_changed: bool,
     /// Print what the transaction changes and ask before the commit (needs a terminal, or --yes).
     #[arg(long, conflicts_with = "dry_run")]
     confirm: bool,
@@ -106,6 +110,7 @@ impl TxnFlags {
             keep: config.keep.or_flag(self.keep).value as usize,
             boot_tries: config.boot_tries.or_flag(self.boot_tries).value,
             dry_run: self.dry_run,
+            if_changed: self.if_changed,
             confirm: commands::apply::Confirm::from_flags(self.confirm, self.yes),
             keep_failed,
             exclude_mounts,

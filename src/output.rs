@@ -119,6 +119,8 @@ pub(crate) struct ListedGeneration {
     pub generation: u64,
     pub time: u64,
     pub plan: Option<String>,
+    /// The digest of the plan and its files when it was applied with `--if-changed` (else null).
+    pub plan_digest: Option<String>,
     pub parent: Option<u64>,
     pub current: bool,
     pub parts: Vec<PathJson>,

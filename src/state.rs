@@ -56,6 +56,9 @@ pub(crate) struct Generation {
     /// replaced whose change time is after it was changed since by the running system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_ns: Option<u64>,
+    /// The digest of the plan and the files it names (`Plan::digest`), when it was applied with `--if-changed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
 }
 
 /// `state.json`: the generations of a root and which one is current.
@@ -130,6 +133,7 @@ impl State {
                 parts: Vec::new(),
                 parent_pruned: false,
                 committed_ns: None,
+                plan_digest: None,
             }],
             current_subvol: None,
             pending: None,
@@ -224,6 +228,9 @@ pub(crate) struct TxnRecord {
     pub kind: TxnKind,
     pub plan: Option<String>,
     pub plan_sha256: Option<String>,
+    /// `apply --if-changed`: the digest of the plan and its files, recorded in the generation it commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
     pub backend: BackendKind,
     #[serde(with = "crate::pathbytes::one")]
     pub root: PathBuf,
@@ -305,6 +312,7 @@ impl TxnRecord {
             kind,
             plan: None,
             plan_sha256: None,
+            plan_digest: None,
             backend,
             root: root.to_path_buf(),
             stage: None,

@@ -30,6 +30,8 @@ pub(crate) struct ApplyOptions {
     pub keep: usize,
     pub boot_tries: u32,
     pub dry_run: bool,
+    /// `--if-changed`: nothing to do when the current generation holds this plan's digest (`Plan::digest`).
+    pub if_changed: bool,
     pub confirm: Option<Confirm>,
     /// On a step failure, keep the stage (with a checkpoint after every step) for `resume` or `abort`.
     pub keep_failed: bool,
@@ -81,6 +83,11 @@ pub(crate) fn upgrade(args: &RootArgs, opts: &ApplyOptions, timeout_s: u64) -> R
     let value = json!({"name": "upgrade", "version": "1", "steps": [
         {"id": "upgrade", "type": "package", "upgrade": true, "timeout_s": timeout_s}
     ]});
+    if opts.if_changed {
+        return refuse(
+            "--if-changed compares a plan and the files it names; `upgrade` takes its packages from the apt sources",
+        );
+    }
     let shown_as = Path::new("(snapinst upgrade)");
     let plan = plan::from_value(&value, shown_as).map_err(|p| Refused(p.to_string()))?;
     run_plan(&plan, shown_as, args, opts)
@@ -127,6 +134,18 @@ fn run_plan(plan: &Plan, plan_file: &Path, args: &RootArgs, opts: &ApplyOptions)
             s
         }
     };
+    let plan_digest = if opts.if_changed { Some(plan.digest().map_err(|e| Refused(format!("{e:#}")))?) } else { None };
+    if let Some(digest) = &plan_digest {
+        if state.generation(state.current).and_then(|g| g.plan_digest.as_ref()) == Some(digest) {
+            out.say(format!(
+                "snapinst: {}: generation {} was committed by this plan, with the same files: nothing to do",
+                loc.root.escaped(),
+                state.current
+            ));
+            out.event(EventName::Summary, json!({"txn": null, "outcome": "unchanged", "generation": state.current}));
+            return Ok(Outcome::Done);
+        }
+    }
     state.keep = opts.keep;
     state.boot_tries = opts.boot_tries;
     // A state area given (on the command line or in the configuration) is recorded, so `recover --all` finds it.
@@ -142,6 +161,7 @@ fn run_plan(plan: &Plan, plan_file: &Path, args: &RootArgs, opts: &ApplyOptions)
         dry_run: opts.dry_run,
         confirm: opts.confirm,
         keep_failed: opts.keep_failed.then_some(plan_file),
+        plan_digest,
         layout: &layout,
     };
     txn.run(&mut state)
@@ -370,6 +390,8 @@ pub(super) struct Transaction<'a> {
     pub keep_failed: Option<&'a Path>,
     /// The state area and the mounts inside the root when the transaction started.
     pub layout: &'a Layout,
+    /// `--if-changed`: the plan's digest, recorded in the generation it commits.
+    pub plan_digest: Option<String>,
 }
 
 impl Transaction<'_> {
@@ -381,6 +403,7 @@ impl Transaction<'_> {
         let mut rec = TxnRecord::new(TxnKind::Apply, self.ctx.kind, &self.ctx.root, state.current, state.next);
         rec.plan = Some(self.plan.name.clone());
         rec.plan_sha256 = Some(self.plan.sha256.clone());
+        rec.plan_digest = self.plan_digest.clone();
         rec.boot_pending = self.ctx.kind == BackendKind::Btrfs && mounts::is_mount_point(&self.ctx.root)?;
         rec.parts = self.ctx.part_rels();
         rec.part_kinds = self.ctx.part_kinds();

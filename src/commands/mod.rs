@@ -181,6 +181,7 @@ pub(crate) fn finish_commit(ctx: &Ctx, rec: &mut TxnRecord, state: &mut State, o
             parts: rec.parts.clone(),
             parent_pruned: false,
             committed_ns: Some(crate::fsutil::now_coarse_ns()),
+            plan_digest: rec.plan_digest.clone(),
         });
     }
     state.current = rec.to_generation;

@@ -121,6 +121,10 @@ pub(crate) fn resume(
     rec.stage = Some(stage.clone());
     rec.plan = Some(plan.name.clone());
     rec.plan_sha256 = Some(plan.sha256.clone());
+    // Started with --if-changed: the generation records the digest of the plan as resumed (it may be edited).
+    if rec.plan_digest.is_some() {
+        rec.plan_digest = Some(plan.digest().map_err(|e| Refused(format!("{e:#}")))?);
+    }
     rec.plan_file = Some(plan_file.clone());
     rec.pid = std::process::id();
     (rec.failed_step, rec.error, rec.outcome) = (None, None, None);
@@ -133,6 +137,7 @@ pub(crate) fn resume(
         confirm,
         keep_failed: Some(&plan_file),
         layout: &layout,
+        plan_digest: rec.plan_digest.clone(),
     };
     txn.steps_and_commit(rec, &stage, start, &mut state, 0)
 }

@@ -150,6 +150,7 @@ pub(crate) fn list(args: &RootArgs) -> Result<Outcome> {
                     generation: g.generation,
                     time: g.time,
                     plan: g.plan.clone(),
+                    plan_digest: g.plan_digest.clone(),
                     parent: g.parent,
                     current: g.generation == current,
                     parts: paths(&g.parts),

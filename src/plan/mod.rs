@@ -246,6 +246,33 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// What `apply --if-changed` compares with the current generation's: a SHA-256 of the plan's text and of every
+    /// file it names (a `file` step's `source`, a `package` step's `debs`), by content, so that a changed source
+    /// file changes it too. Reads those files whole.
+    pub fn digest(&self) -> anyhow::Result<String> {
+        use anyhow::Context;
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"snapinst plan digest v1\n");
+        h.update(self.sha256.as_bytes());
+        let named = self.steps.iter().flat_map(|s| match &s.action {
+            Action::File { content: Content::Source(p), .. } => vec![p],
+            Action::Package { packages } => packages.debs.iter().collect(),
+            _ => Vec::new(),
+        });
+        for p in named {
+            let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.escaped()))?;
+            let mut file = Sha256::new();
+            std::io::copy(&mut f, &mut file).with_context(|| format!("reading {}", p.escaped()))?;
+            h.update(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()));
+            h.update([0]);
+            h.update(file.finalize());
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
