@@ -43,7 +43,11 @@ impl DpkgLocks {
         if read.is_err() || answer.trim() != "held" {
             let _ = child.kill();
             let _ = child.wait();
-            let why = answer.trim().strip_prefix("refused: ").unwrap_or("the lock holder ended without a word");
+            let answer = answer.trim();
+            if let Some(why) = answer.strip_prefix("busy: ") {
+                return Err(crate::lock::Busy(why.to_string()).into());
+            }
+            let why = answer.strip_prefix("refused: ").unwrap_or("the lock holder ended without a word");
             bail!("{why}");
         }
         Ok(DpkgLocks { holder: Some(child) })
@@ -68,7 +72,8 @@ pub(crate) fn hold(root: &Path) -> Result<crate::commands::Outcome> {
     let files = match take(root) {
         Ok(files) => files,
         Err(e) => {
-            let _ = writeln!(out, "refused: {e:#}");
+            let word = if e.is::<crate::lock::Busy>() { "busy" } else { "refused" };
+            let _ = writeln!(out, "{word}: {e:#}");
             return Ok(crate::commands::Outcome::Done);
         }
     };
@@ -98,11 +103,12 @@ fn take(root: &Path) -> Result<Vec<File>> {
                 Ok(_) if lock.l_type != libc::F_UNLCK as libc::c_short => format!("pid {}", lock.l_pid),
                 _ => "another process".to_string(),
             };
-            bail!(
+            return Err(crate::lock::Busy(format!(
                 "the package manager is using {} ({holder} holds {}): wait for it to finish, then run snapinst again",
                 root.escaped(),
                 path.escaped()
-            );
+            ))
+            .into());
         }
         files.push(file);
     }

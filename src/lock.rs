@@ -3,11 +3,17 @@
 //! holder dies, so a lock left by a killed process never blocks anyone.
 
 use crate::pathbytes::PathText;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
+
+/// Another process holds a lock snapinst needs (the root's, or dpkg's): nothing was changed, and trying again
+/// later may work (exit 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Busy(pub String);
 
 /// Held while it lives.
 pub(crate) struct RootLock {
@@ -29,11 +35,12 @@ impl RootLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                bail!(
+                return Err(Busy(format!(
                     "another snapinst transaction on {} is running (pid {}); wait for it to finish",
                     root.escaped(),
                     if holder.is_empty() { "unknown" } else { holder }
-                );
+                ))
+                .into());
             }
         };
         file.set_len(0).context("clearing the lock file")?;

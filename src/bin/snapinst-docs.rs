@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// What every generated page says beyond the options, in the sections a system program's page has.
 const EXIT_STATUS: &str = "0: committed, or nothing to do. 1: the transaction failed and was rolled back (nothing \
-changed). 2: a bad plan or bad usage (nothing changed). 3: recovery is needed (run `snapinst recover`).";
+changed). 2: a bad plan or bad usage (nothing changed). 3: recovery is needed (run `snapinst recover`). 4: busy: another process holds the root's lock or dpkg's (nothing \
+changed; try again later).";
 const FILES: &str = "/etc/snapinst/snapinst.toml, /etc/snapinst/snapinst.d/*.toml: the configuration \
 (snapinst.toml(5)). /var/lib/snapinst/roots/: the roots snapinst manages (for `recover --all`). \
 <parent of root>/.snapinst-<name of root>/ (for `/`: /.snapinst-root, or beside the root's btrfs subvolume): the \

@@ -2,7 +2,7 @@
 //! throw the stage away whole. The record in the state area is written before each phase, so `recover` can finish
 //! or undo the transaction from any instant. Nothing here changes the root except through the backend's commit.
 
-use super::{finish_commit, locate, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
+use super::{finish_commit, locate, lock_error, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
 use crate::census::Census;
 use crate::cli::RootArgs;
@@ -122,8 +122,8 @@ fn run_plan(plan: &Plan, plan_file: &Path, args: &RootArgs, opts: &ApplyOptions)
         check_keepable(plan_file, plan, kind)?;
     }
     loc.state.create()?;
-    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
-    let _dpkg = DpkgLocks::acquire(&loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(lock_error)?;
+    let _dpkg = DpkgLocks::acquire(&loc.root).map_err(lock_error)?;
     failpoint::hit("apply-after-lock");
     refuse_if_busy(&loc.state, &loc.root)?;
     let mut state = match loc.state.load()? {

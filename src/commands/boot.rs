@@ -5,7 +5,7 @@
 //! mark. A generation restored this way gets tries of its own but no further fallback, so a machine whose
 //! fallback is unhealthy too never loops between generations.
 
-use super::{locate, recover, require_root_user, rollback, Outcome, Refused};
+use super::{locate, lock_error, recover, require_root_user, rollback, Outcome};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
@@ -100,7 +100,7 @@ pub(crate) fn boot(args: &RootArgs) -> Result<Outcome> {
         out.say("snapinst: a transaction is unfinished until its filesystems are mounted; no boot is counted now");
         return Ok(Outcome::Done);
     }
-    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(lock_error)?;
     let Some(mut state) = loc.state.load()? else { return Ok(Outcome::Done) };
     let ctx = Ctx::new(state.backend, &loc.root, &loc.state)?;
     crate::journal::about(&loc.root, Some(state.backend.to_string()));
@@ -194,7 +194,7 @@ pub(crate) fn bless(args: &RootArgs) -> Result<Outcome> {
             return Ok(Outcome::Done);
         }
     };
-    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(lock_error)?;
     let Some(mut state) = loc.state.load()? else {
         out.say(format!("snapinst: {} is not managed; nothing to bless", loc.root.escaped()));
         return Ok(Outcome::Done);

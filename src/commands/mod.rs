@@ -54,12 +54,24 @@ pub(crate) fn refuse<T>(msg: impl Into<String>) -> Result<T> {
     Err(Refused(msg.into()).into())
 }
 
-/// The exit code for an error: 3 when recovery is needed, else 2 (nothing was changed).
+/// The exit code for an error: 3 when recovery is needed, 4 when another process holds a lock snapinst needs
+/// (nothing was changed; try again later), else 2 (nothing was changed).
 pub(crate) fn error_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<NeedsRecovery>().is_some() || e.chain().any(|c| c.is::<NeedsRecovery>()) {
+    if e.chain().any(|c| c.is::<NeedsRecovery>()) {
         3
+    } else if e.chain().any(|c| c.is::<crate::lock::Busy>()) {
+        4
     } else {
         2
+    }
+}
+
+/// An error taking a lock, for the command's result: busy stays busy (exit 4), anything else is a refusal (exit 2).
+pub(crate) fn lock_error(e: anyhow::Error) -> anyhow::Error {
+    if e.is::<crate::lock::Busy>() {
+        e
+    } else {
+        Refused(format!("{e:#}")).into()
     }
 }
 

@@ -3,7 +3,9 @@
 //! point on it is finished. Running it again changes nothing. A failed recovery leaves a stamp in the state area,
 //! which `status` reports, so a boot never hides it.
 
-use super::{apply, finish_commit, locate, require_root_user, rollback, set_phase, NeedsRecovery, Outcome, Refused};
+use super::{
+    apply, finish_commit, locate, lock_error, require_root_user, rollback, set_phase, NeedsRecovery, Outcome, Refused,
+};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
@@ -82,7 +84,7 @@ pub(crate) enum PartsMayWait {
 
 /// Finish or undo every interrupted transaction of `root`; returns how many were left to wait for their parts.
 pub(crate) fn recover_root(root: &Path, sd: &StateDir, out: &Reporter, may_wait: PartsMayWait) -> Result<usize> {
-    let _lock = RootLock::acquire(&sd.lock_path(), root).map_err(|e| Refused(format!("{e:#}")))?;
+    let _lock = RootLock::acquire(&sd.lock_path(), root).map_err(lock_error)?;
     let unfinished = sd.unfinished()?;
     if unfinished.is_empty() {
         out.event(EventName::Recovered, json!({"root": pathbytes::json(root), "txn": null, "action": "nothing"}));

@@ -4,7 +4,7 @@
 //! its stage changes). The root itself is never touched until a resume commits.
 
 use super::apply::{check_keepable, discard, refuse_if_interrupted, show_changes, Confirm, Transaction};
-use super::{locate, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
+use super::{locate, lock_error, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
@@ -34,8 +34,8 @@ fn open_kept(args: &RootArgs) -> Result<Kept> {
         return refuse(format!("{} has no state area: no transaction was ever kept", loc.root.escaped()));
     }
     mounts::enter_private_namespace()?;
-    let lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
-    let dpkg = crate::dpkg_lock::DpkgLocks::acquire(&loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(lock_error)?;
+    let dpkg = crate::dpkg_lock::DpkgLocks::acquire(&loc.root).map_err(lock_error)?;
     refuse_if_interrupted(&loc.state, &loc.root)?;
     let Some(rec) = loc.state.kept()? else {
         return refuse(format!(

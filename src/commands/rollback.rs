@@ -3,7 +3,7 @@
 //! rolled-back generations changed is put back, or with `--exact` the kept tree itself, exchanged for the root),
 //! and finished by recovery if it is interrupted. The tree it replaces is kept under its own generation number.
 
-use super::{locate, prune, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
+use super::{locate, lock_error, prune, refuse, require_root_user, set_phase, NeedsRecovery, Outcome, Refused};
 use crate::backend::{self, Ctx};
 use crate::cli::RootArgs;
 use crate::events::Reporter;
@@ -25,8 +25,8 @@ pub(crate) fn run(args: &RootArgs, to: Option<u64>, exact: bool) -> Result<Outco
     let Some(_) = loc.state.load()? else {
         return refuse(format!("snapinst has no generations for {}: nothing to roll back", loc.root.escaped()));
     };
-    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(|e| Refused(format!("{e:#}")))?;
-    let _dpkg = crate::dpkg_lock::DpkgLocks::acquire(&loc.root).map_err(|e| Refused(format!("{e:#}")))?;
+    let _lock = RootLock::acquire(&loc.state.lock_path(), &loc.root).map_err(lock_error)?;
+    let _dpkg = crate::dpkg_lock::DpkgLocks::acquire(&loc.root).map_err(lock_error)?;
     super::apply::refuse_if_busy(&loc.state, &loc.root)?;
     let mut state = loc.state.load()?.expect("state exists: checked above");
     let target = match to {
