@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of snapinst: the Rust unit and integration tests (with the crash points compiled in), the man
 # pages and completions (built and checked), the demo as a smoke test, the Debian package (built, then installed,
-# removed and purged on a Debian 12 tree), the benchmark once through (its rows run and
+# removed and purged on a Debian 12 tree), the Ansible collection (sanity, units, its modules driven by
+# ansible-playbook on real roots), the benchmark once through (its rows run and
 # its checks hold), and the VM tests (power cuts and every crash point under QEMU, a real Debian boot with the hooks).
 #
 #   sudo bash scripts/test.sh [--full] [--stock]
@@ -19,7 +20,7 @@ for a in "$@"; do
     case "$a" in
         --stock) stock=1 ;;
         --full) full=1 ;;
-        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "scripts/test.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -43,6 +44,9 @@ bash scripts/demo.sh
 heading "the Debian package: scripts/deb.sh"
 bash scripts/deb.sh | tee target/deb.log
 deb=$(sed -n 's/^deb: //p' target/deb.log | tail -n 1)
+
+heading "the Ansible collection: ansible/tests/run.sh (sanity, units, the modules on real roots)"
+SNAPINST_BIN=target/release/snapinst bash ansible/tests/run.sh
 
 bench=--smoke vm=()
 [ "$full" = 1 ] && bench=--quick vm=(--full)

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The tests of the Ansible collection snapinst.snapinst (this directory's parent):
+#   1. ansible-test sanity and ansible-test units, with ansible-core 2.17 in a virtual environment made here;
+#   2. the collection built with `ansible-galaxy collection build` and installed from the tarball;
+#   3. tests/local/roots.yml run by ansible-playbook against real roots on this machine, one inventory host per root
+#      (a btrfs subvolume on a scratch btrfs image, and a directory on a scratch ext4 image, staged by overlay):
+#      check mode, diff mode, commit, unchanged, a failing plan rolled back, an inline plan, info, rollback, each
+#      "the tree as it was" a whole-tree manifest compared.
+#
+#   sudo bash ansible/tests/run.sh
+#
+# SNAPINST_BIN=PATH tests that binary (default: target/release/snapinst, built first). SNAPINST_ANSIBLE_CACHE (default
+# /var/cache/snapinst-ansible) keeps the virtual environment and ansible-test's own environments between runs.
+# Needs root (loop mounts) and the package index (pip).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+collection="$(cd "$here/.." && pwd)"
+cd "$collection/.."
+repo=$PWD
+. scripts/lib.sh
+
+need_root "ansible/tests/run.sh"
+bash scripts/deps.sh python3-venv
+if [ -n "${SNAPINST_BIN:-}" ]; then
+  snapinst=$(realpath "$SNAPINST_BIN")
+else
+  prepare_release_build "ansible/tests/run.sh"
+fi
+
+# ---- ansible-core in a virtual environment of the Debian python3 (cached)
+core="ansible-core==2.17.14"
+cache=${SNAPINST_ANSIBLE_CACHE:-/var/cache/snapinst-ansible}
+venv=$cache/venv-${core#ansible-core==}
+if [ ! -x "$venv/bin/ansible-test" ]; then
+  heading "a virtual environment with $core"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$core"
+fi
+export PATH="$venv/bin:$PATH"
+# ansible-test keeps its own environments under ~/.ansible/test, and fetches a pip bootstrap script from a host outside
+# the package index: give it a home of its own with the stand-in (tests/support/get_pip.py) in that script's place.
+export HOME=$cache/home
+pip_version=$(sed -n "s/^ *pip='\([0-9.]*\)',$/\1/p" "$venv"/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py)
+[ -n "$pip_version" ] || die "cannot tell which pip this ansible-test bootstraps"
+mkdir -p "$HOME/.ansible/test/cache"
+install -m 0644 "$collection/tests/support/get_pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+
+make_scratch snapinst-ansible
+tree=$scratch/ansible_collections/snapinst/snapinst
+mkdir -p "$tree"
+cp -a "$collection/." "$tree/"
+rm -rf "$tree/tests/output"
+
+heading "ansible-test sanity"
+(cd "$tree" && ansible-test sanity --python 3.11 --requirements)
+heading "ansible-test units"
+(cd "$tree" && ansible-test units --python 3.11 --requirements)
+
+heading "ansible-galaxy collection build, and install from the tarball"
+ansible-galaxy collection build "$tree" --output-path "$scratch"
+tarball=$(ls "$scratch"/snapinst-snapinst-*.tar.gz)
+ansible-galaxy collection install -p "$scratch/installed" "$tarball"
+[ -f "$scratch/installed/ansible_collections/snapinst/snapinst/plugins/modules/apply.py" ] ||
+  die "the installed collection has no apply module"
+
+heading "the modules on real roots (tests/local/roots.yml)"
+make_image() { # make_image NAME FSTYPE: a 1 GiB image, formatted and loop-mounted at $scratch/NAME
+  local img=$scratch/$1.img dev
+  truncate -s 1G "$img"
+  case "$2" in
+    btrfs) mkfs.btrfs -q "$img" ;;
+    ext4) mkfs.ext4 -q -F "$img" ;;
+  esac
+  dev=$(losetup -f --show "$img")
+  scratch_loops+=("$dev")
+  mkdir -p "$scratch/$1"
+  mount "$dev" "$scratch/$1"
+}
+make_image btrfs btrfs
+btrfs -q subvolume create "$scratch/btrfs/root"
+make_base_root "$scratch/btrfs/root"
+make_image ext4 ext4
+make_base_root "$scratch/ext4/root"
+mkdir -p "$scratch/manifests"
+cat >"$scratch/inventory.ini" <<INV
+[roots]
+btrfs-root root=$scratch/btrfs/root backend=btrfs
+overlay-root root=$scratch/ext4/root backend=overlay
+
+[roots:vars]
+ansible_python_interpreter=/usr/bin/python3
+INV
+ANSIBLE_COLLECTIONS_PATH="$scratch/installed" ANSIBLE_NOCOLOR=1 ansible-playbook -i "$scratch/inventory.ini" \
+  "$collection/tests/local/roots.yml" -e snapinst="$snapinst" -e work="$scratch/manifests" \
+  -e "{\"manifest\": \"/usr/bin/python3 $repo/vm-tests/manifest.py\"}"
+heading "ansible: all passed"
