@@ -24,6 +24,7 @@ description:
 version_added: 0.1.0
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - snapinst.snapinst.snapinst
 author:
   - snapinst developers (@snapinst)
 options:
@@ -38,10 +39,6 @@ options:
       - The plan itself, as a dictionary (the JSON form of a plan). Written to a temporary file for snapinst.
       - Mutually exclusive with O(plan).
     type: dict
-  root:
-    description: The root the plan is applied to.
-    type: path
-    default: /
   backend:
     description: How the transaction is staged (C(auto) chooses by the root's filesystem).
     type: str
@@ -56,9 +53,6 @@ options:
       - C(0) means no limit.
     type: int
     default: 0
-  executable:
-    description: Path of the snapinst binary (default C(snapinst) on the PATH, C(/usr/sbin) included).
-    type: path
 attributes:
   check_mode:
     support: full

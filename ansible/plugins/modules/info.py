@@ -17,16 +17,9 @@ description:
 version_added: 0.1.0
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - snapinst.snapinst.snapinst
 author:
   - snapinst developers (@snapinst)
-options:
-  root:
-    description: The root to describe.
-    type: path
-    default: /
-  executable:
-    description: Path of the snapinst binary (default C(snapinst) on the PATH, C(/usr/sbin) included).
-    type: path
 attributes:
   check_mode:
     support: full

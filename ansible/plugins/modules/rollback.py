@@ -18,6 +18,7 @@ description:
 version_added: 0.1.0
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - snapinst.snapinst.snapinst
 author:
   - snapinst developers (@snapinst)
 options:
@@ -28,13 +29,6 @@ options:
     description: Restore the generation's whole kept tree, dropping everything written since (btrfs roots only).
     type: bool
     default: false
-  root:
-    description: The root to roll back.
-    type: path
-    default: /
-  executable:
-    description: Path of the snapinst binary (default C(snapinst) on the PATH, C(/usr/sbin) included).
-    type: path
 attributes:
   check_mode:
     support: full
