@@ -17,6 +17,7 @@ EXIT_ROLLED_BACK = 1
 EXIT_REFUSED = 2
 EXIT_NEEDS_RECOVERY = 3
 EXIT_BUSY = 4
+EXIT_TIMED_OUT = 124  # timeout(1)'s
 
 COMMON_ARGS = dict(
     root=dict(type="path", default="/"),
@@ -81,9 +82,16 @@ class Snapinst(object):
         found = module.params.get("executable")
         self.bin = found or module.get_bin_path("snapinst", required=True, opt_dirs=["/usr/sbin", "/sbin"])
 
-    def run(self, args, check_rc=False):
-        """Run `snapinst ARGS`; returns (rc, stdout, stderr)."""
-        rc, out, err = self.module.run_command([self.bin] + list(args), check_rc=False)
+    def run(self, args, check_rc=False, timeout=0):
+        """Run `snapinst ARGS`; returns (rc, stdout, stderr). With `timeout` (seconds), snapinst is stopped by
+        SIGTERM after that long (it then rolls its transaction back), and the run fails."""
+        cmd = [self.bin] + list(args)
+        if timeout > 0:
+            cmd = ["timeout", "--signal=TERM", "--kill-after=60", str(timeout)] + cmd
+        rc, out, err = self.module.run_command(cmd, check_rc=False)
+        if timeout > 0 and rc == EXIT_TIMED_OUT:
+            raise SnapinstError("snapinst %s took more than %d s and was stopped (its transaction was rolled back)"
+                                % (args[0], timeout), rc=rc, timed_out=True)
         if check_rc and rc != EXIT_OK:
             raise failure_from(rc, err, json_lines(out), "snapinst %s" % args[0])
         return rc, out, err

@@ -288,17 +288,10 @@ def main():
             args += ["--confirm", "--yes"]
         if p["keep_failed"] and not module.check_mode:
             args.append("--keep-failed")
-        if p["timeout"] > 0:
-            args = ["--signal=TERM", "--kill-after=60", str(p["timeout"]), si.bin] + args[0:]
-            rc, out, err = module.run_command(["timeout"] + args)
-            if rc == 124:
-                raise SnapinstError("snapinst apply took more than %d s and was stopped (the transaction was rolled "
-                                    "back)" % p["timeout"], rc=rc, timed_out=True)
-        else:
-            rc, out, err = si.run(args)
+        rc, out, err = si.run(args, timeout=p["timeout"])
         events = json_lines(out)
         summary = summary_of(events) or {}
-        if rc not in (EXIT_OK,):
+        if rc != EXIT_OK:
             error = failure_from(rc, err, events, "snapinst apply")
             if rc == EXIT_ROLLED_BACK:
                 error.result["rolled_back"] = summary.get("outcome") != "kept"
