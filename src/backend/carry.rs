@@ -314,7 +314,10 @@ impl Worker<'_> {
         }
         let aside = self.tmp_name(&target);
         let swap = super::live_swap::replace(&target, new, &aside, staged)?;
-        if swap == super::live_swap::Swap::Done {
+        if let super::live_swap::Swap::Straggler(out) = &swap {
+            self.keep_straggler(rel, out)?;
+        }
+        if matches!(swap, super::live_swap::Swap::Done | super::live_swap::Swap::Straggler(_)) {
             return Ok(true);
         }
         if let Some(new) = new {
@@ -340,7 +343,8 @@ impl Worker<'_> {
         incoming: &Option<Metadata>,
         staged: &Option<Metadata>,
     ) -> Result<bool> {
-        const TRIES: usize = 5;
+        use super::live_swap::{replace, Swap};
+        const TRIES: usize = 20;
         let (Some(bm), Some(im), Some(sm)) = (before, incoming, staged) else { return Ok(false) };
         let target = self.r.stage.join(rel);
         let (base_at, incoming_at) = (self.r.before.join(rel), self.r.live.join(rel));
@@ -361,21 +365,59 @@ impl Worker<'_> {
             copy_attributes(&target, &tmp, &seen)?;
             set_times(&tmp, &seen)?;
             let aside = self.tmp_name(&target);
-            let swap = super::live_swap::replace(&target, Some(&tmp), &aside, &Some(seen))?;
-            if swap == super::live_swap::Swap::Done {
-                self.out.paths += 1;
-                return Ok(true);
+            let swap = replace(&target, Some(&tmp), &aside, &Some(seen))?;
+            match swap {
+                Swap::Done => {}
+                Swap::Straggler(out) => self.keep_straggler(rel, &out)?,
+                Swap::InUse | Swap::Changed => {
+                    crate::fsutil::remove_any(&tmp)?;
+                    if swap == Swap::InUse {
+                        return Ok(false);
+                    }
+                    match lstat(&target)? {
+                        Some(now) => seen = now,
+                        None => return Ok(false),
+                    }
+                    continue;
+                }
             }
-            crate::fsutil::remove_any(&tmp)?;
-            if swap == super::live_swap::Swap::InUse {
-                return Ok(false);
-            }
-            match lstat(&target)? {
-                Some(now) => seen = now,
-                None => return Ok(false),
-            }
+            self.out.paths += 1;
+            return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The running system's file at `rel`, moved out to `out` by a replacement while a process was opening it for
+    /// writing (`live_swap::Swap::Straggler`): kept beside the new entry as `<name>.snapinst-kept` (numbered when
+    /// taken), by a rename, so that what the process writes to it is kept too, and reported as a conflict. (The
+    /// conflicts' directory is on another subvolume, out of a rename's reach.)
+    fn keep_straggler(&mut self, rel: &Path, out: &Path) -> Result<()> {
+        let target = self.r.stage.join(rel);
+        let name = target.file_name().expect("a carried path has a name").to_string_lossy().into_owned();
+        let kept = (0..)
+            .map(|n| match n {
+                0 => target.with_file_name(format!("{name}.snapinst-kept")),
+                n => target.with_file_name(format!("{name}.snapinst-kept.{n}")),
+            })
+            .find_map(|kept| {
+                match nix::fcntl::renameat2(None, out, None, &kept, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+                    Err(nix::errno::Errno::EEXIST) => None,
+                    done => Some(done.map(|()| kept.clone()).with_context(|| {
+                        format!("keeping the running system's /{} as {}", rel.escaped(), kept.escaped())
+                    })),
+                }
+            })
+            .expect("some numbered name is free")?;
+        let path = Path::new("/").join(rel);
+        self.out.conflicts.retain(|c| c.path != path);
+        self.out.conflicts.push(Conflict {
+            path,
+            plan: Version::of(&lstat(&target)?),
+            live: Version::of(&lstat(&kept)?),
+            kept: Some(kept),
+            pruned_with: None,
+        });
+        Ok(())
     }
 
     /// A path of the stage that already holds the live inode (made earlier this round, or the link's target left
