@@ -924,9 +924,9 @@ def main():
                     help="the whole campaign: 8 cuts per layout without parts, 4 with parts, 2 writer cuts, and on the"
                     " layouts with parts also the apply's crash points before its steps end (the default runs those"
                     " on the layouts without parts only)")
-    ap.add_argument("--cuts", type=int, default=None, help="power cuts per layout without parts (default 4; --full 8)")
+    ap.add_argument("--cuts", type=int, default=None, help="power cuts per layout without parts (default 3; --full 8)")
     ap.add_argument("--cuts-with-parts", type=int, default=None,
-                    help="power cuts per layout with filesystems mounted inside the root (default 2; --full 4)")
+                    help="power cuts per layout with filesystems mounted inside the root (default 1; --full 4)")
     ap.add_argument("--soak", type=int, default=None, help="a long run: N power cuts per layout")
     ap.add_argument("--seed", type=int, default=None, help="seed of the cut delays (default: random, printed)")
     ap.add_argument("--backend", action="append", choices=["btrfs", "overlay", "journal"],
@@ -950,7 +950,7 @@ def main():
     args = ap.parse_args()
     t_start = time.monotonic()
     preflight()
-    for name, default, full in (("cuts", 4, 8), ("cuts_with_parts", 2, 4), ("writer_cuts", 1, 2)):
+    for name, default, full in (("cuts", 3, 8), ("cuts_with_parts", 1, 4), ("writer_cuts", 1, 2)):
         if getattr(args, name) is None:
             setattr(args, name, full if args.full else default)
     cuts = args.soak if args.soak is not None else args.cuts

@@ -94,4 +94,55 @@ INV
 ANSIBLE_COLLECTIONS_PATH="$scratch/installed" ANSIBLE_NOCOLOR=1 ansible-playbook -i "$scratch/inventory.ini" \
   "$collection/tests/local/roots.yml" -e snapinst="$snapinst" -e work="$scratch/manifests" \
   -e "{\"manifest\": \"/usr/bin/python3 $repo/vm-tests/manifest.py\"}"
+heading "a fleet of 20 roots rolled out by the role (playbooks/rollout.yml, tests/fleet/check.py)"
+# 15 btrfs roots, snapshots of one base root, and 5 overlay roots on ext4; the canary, then batches of 1, 1, 9, 8.
+# A failing health check on one host of the third batch: it is rolled back, and the fourth batch is not reached.
+fleet=$scratch/fleet
+mkdir -p "$fleet"
+btrfs -q subvolume create "$scratch/btrfs/fleet-base"
+make_base_root "$scratch/btrfs/fleet-base"
+make_base_root "$scratch/ext4/fleet-base"
+{
+  echo "[fleet]"
+  for i in $(seq -w 1 20); do
+    if [ "$i" -le 15 ]; then
+      btrfs -q subvolume snapshot "$scratch/btrfs/fleet-base" "$scratch/btrfs/fleet$i"
+      echo "fleet$i snapinst_rollout_root=$scratch/btrfs/fleet$i snapinst_rollout_backend=btrfs"
+    else
+      cp -a "$scratch/ext4/fleet-base" "$scratch/ext4/fleet$i"
+      echo "fleet$i snapinst_rollout_root=$scratch/ext4/fleet$i snapinst_rollout_backend=overlay"
+    fi
+  done
+  echo "[fleet:vars]"
+  echo "ansible_connection=local"
+  echo "ansible_python_interpreter=/usr/bin/python3"
+} >"$fleet/inventory.ini"
+python3 - "$fleet" <<'PY'
+import json, re, sys
+hosts = dict(re.findall(r"^(fleet\d+) snapinst_rollout_root=(\S+)", open(sys.argv[1] + "/inventory.ini").read(), re.M))
+json.dump(hosts, open(sys.argv[1] + "/hosts.json", "w"))
+PY
+echo '["fleet05"]' >"$fleet/faults.json"
+fleet_run() { # fleet_run EXTRA-ARGS...: the collection's rollout playbook over the fleet
+  ANSIBLE_COLLECTIONS_PATH="$scratch/installed" ANSIBLE_NOCOLOR=1 ANSIBLE_FORKS=10 ANSIBLE_SHOW_CUSTOM_STATS=1 \
+    ansible-playbook -i "$fleet/inventory.ini" snapinst.snapinst.rollout \
+    -e snapinst_rollout_plan="$collection/tests/local/plans/web/plan.yaml" -e snapinst_rollout_executable="$snapinst" \
+    -e snapinst_rollout_summary_file="$fleet/summary.json" -e snapinst_rollout_health_delay=0 \
+    -e '{"snapinst_rollout_health_command": "{{ \"/bin/false\" if inventory_hostname in fleet_faults else \"grep -q port=8080 \" ~ snapinst_rollout_root ~ \"/etc/web.conf\" }}"}' \
+    "$@"
+}
+check_fleet() { python3 "$collection/tests/fleet/check.py" "$repo/vm-tests" "$fleet" "$1"; }
+check_fleet before
+heading "fleet: the rollout in check mode"
+fleet_run --check -e '{"fleet_faults": []}'
+check_fleet check
+heading "fleet: the rollout, with a failing health check on fleet05"
+rc=0
+fleet_run -e "{\"fleet_faults\": $(cat "$fleet/faults.json")}" || rc=$?
+[ "$rc" != 0 ] || die "the rollout with a failing host succeeded"
+check_fleet rollout
+heading "fleet: the same rollout again, without the fault"
+fleet_run -e '{"fleet_faults": []}'
+check_fleet again
+
 heading "ansible: all passed"
