@@ -31,6 +31,10 @@ need_root "scripts/test.sh (the integration tests make and mount btrfs and overl
 bash scripts/deps.sh
 find_cargo
 
+heading "Ansible for the playbook step's tests: scripts/ansible-env.sh"
+repo=$PWD
+. scripts/ansible-env.sh
+
 heading "cargo test --features failpoints"
 cargo test --features failpoints --no-fail-fast
 

@@ -40,6 +40,10 @@ pub(crate) enum Place<'a> {
     /// Chrooted into this staged root, with a host directory bound read-only at [`SHARE_DIR`] (on the fresh /run,
     /// so the stage itself is not changed).
     ChrootSharing(&'a Path, &'a Path),
+    /// On the host, in the working directory given, with the staged root's /proc, /sys, /dev, /tmp and /run made as
+    /// for a chroot (in the command's own mount namespace): for a program that acts on the root from outside it,
+    /// chrooting into it for each action (Ansible's chroot connection).
+    Beside(&'a Path, &'a Path),
     Host,
 }
 
@@ -77,6 +81,8 @@ struct ChrootSetup {
     tmpfs: Vec<CString>,
     /// A host directory and the directory made for it on the fresh /run, bound read-only there.
     share: Option<(CString, CString)>,
+    /// Whether the command is chrooted into the root, or only given its mounts (`Place::Beside`).
+    chroot: bool,
 }
 
 fn chroot_setup(root: &Path, share: Option<&Path>) -> Result<ChrootSetup> {
@@ -105,7 +111,7 @@ fn chroot_setup(root: &Path, share: Option<&Path>) -> Result<ChrootSetup> {
             Some((c(dir)?, c(&root.join(SHARE_DIR.trim_start_matches('/')))?))
         }
     };
-    Ok(ChrootSetup { root: c(root)?, binds, tmpfs, share })
+    Ok(ChrootSetup { root: c(root)?, binds, tmpfs, share, chroot: true })
 }
 
 fn is_real_dir(p: &Path) -> bool {
@@ -152,6 +158,10 @@ pub(crate) fn run(cmd: &Command, place: Place, txn: &str, on_signal: OnSignal, s
         Place::ChrootSharing(root, share) => {
             proc.current_dir("/");
             Some(chroot_setup(root, Some(share))?)
+        }
+        Place::Beside(root, dir) => {
+            proc.current_dir(dir);
+            Some(ChrootSetup { chroot: false, ..chroot_setup(root, None)? })
         }
         Place::Host => None,
     };
@@ -344,8 +354,10 @@ fn enter_chroot(s: &ChrootSetup) -> std::io::Result<()> {
                 std::ptr::null(),
             ))?;
         }
-        check(libc::chroot(s.root.as_ptr()))?;
-        check(libc::chdir(c"/".as_ptr()))?;
+        if s.chroot {
+            check(libc::chroot(s.root.as_ptr()))?;
+            check(libc::chdir(c"/".as_ptr()))?;
+        }
     }
     Ok(())
 }

@@ -31,7 +31,10 @@ fn schema_names_every_step_type() {
         .collect();
     assert_eq!(
         types,
-        ["dir", "file", "symlink", "remove", "run", "verify", "host", "group", "user", "service", "package", "fetch"]
+        [
+            "dir", "file", "symlink", "remove", "run", "verify", "host", "group", "user", "service", "package",
+            "fetch", "playbook"
+        ]
     );
 }
 

@@ -281,14 +281,8 @@ fn apply_while_writing(live: &Path, backend: Backend, files: &[&str]) -> (u64, u
 }
 
 /// `tree`'s file holds every record from 1 to `total`, each once, in the order written: nothing the running system
-/// wrote during the transaction is lost, hidden in a kept tree, or duplicated.
-#[track_caller]
-fn assert_records_kept(tree: &Path, file: &str, total: u64) {
-    assert_records_kept_or_reported(tree, file, total, &[]);
-}
-
-/// As `assert_records_kept`, except that records may be in a kept copy of the file that the command reported as a
-/// conflict (`conflicts`: its JSON lines' conflict events): when the running system appends faster than the
+/// wrote during the transaction is lost, hidden in a kept tree, or duplicated; except that records may be in a kept
+/// copy of the file that the command reported as a conflict (`conflicts`: its JSON lines' conflict events): when the running system appends faster than the
 /// handover can merge the two sides, the side written in the commit's last instant is kept as a conflict, never
 /// dropped. The file itself still holds its records in order, each once.
 #[track_caller]

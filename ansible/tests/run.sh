@@ -20,27 +20,17 @@ repo=$PWD
 . scripts/lib.sh
 
 need_root "ansible/tests/run.sh"
-bash scripts/deps.sh python3-venv
 if [ -n "${SNAPINST_BIN:-}" ]; then
   snapinst=$(realpath "$SNAPINST_BIN")
 else
   prepare_release_build "ansible/tests/run.sh"
 fi
 
-# ---- ansible-core in a virtual environment of the Debian python3 (cached)
-core="ansible-core==2.17.14"
-cache=${SNAPINST_ANSIBLE_CACHE:-/var/cache/snapinst-ansible}
-venv=$cache/venv-${core#ansible-core==}
-if [ ! -x "$venv/bin/ansible-test" ]; then
-  heading "a virtual environment with $core"
-  rm -rf "$venv"
-  /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "$core"
-fi
-export PATH="$venv/bin:$PATH"
-# ansible-test keeps its own environments under ~/.ansible/test, and fetches a pip bootstrap script from a host outside
-# the package index: give it a home of its own with the stand-in (tests/support/get_pip.py) in that script's place.
-export HOME=$cache/home
+. scripts/ansible-env.sh
+# The tests below name the collections they use.
+unset ANSIBLE_COLLECTIONS_PATH
+venv=$ansible_venv
+export HOME=$ansible_cache/home
 pip_version=$(sed -n "s/^ *pip='\([0-9.]*\)',$/\1/p" "$venv"/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py)
 [ -n "$pip_version" ] || die "cannot tell which pip this ansible-test bootstraps"
 mkdir -p "$HOME/.ansible/test/cache"

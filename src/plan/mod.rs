@@ -141,6 +141,21 @@ pub(crate) enum Action {
     Fetch {
         fetch: Fetch,
     },
+    Playbook {
+        playbook: Playbook,
+    },
+}
+
+/// An Ansible playbook run against the staged root (`steps::playbook`).
+#[derive(Debug, Clone)]
+pub(crate) struct Playbook {
+    /// The playbook, resolved against the plan's directory.
+    pub path: PathBuf,
+    /// `ansible-playbook` as found on the host's PATH when the plan was read.
+    pub program: PathBuf,
+    pub extra_vars: BTreeMap<String, serde_json::Value>,
+    pub tags: Vec<String>,
+    pub timeout: Duration,
 }
 
 /// A download the fetch step makes.
@@ -259,6 +274,7 @@ impl Plan {
         let named = self.steps.iter().flat_map(|s| match &s.action {
             Action::File { content: Content::Source(p), .. } => vec![p],
             Action::Package { packages } => packages.debs.iter().collect(),
+            Action::Playbook { playbook } => vec![&playbook.path],
             _ => Vec::new(),
         });
         for p in named {
@@ -273,17 +289,26 @@ impl Plan {
     }
 }
 
+/// `name` as the host's PATH finds it: an executable regular file.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
 impl Action {
     /// Whether the step runs programs inside the root that change it in ways the journal backend cannot take back:
-    /// a package step, or a run step that does not declare the paths it changes.
+    /// a package or playbook step, or a run step that does not declare the paths it changes.
     pub fn changes_undeclared(&self) -> bool {
         match self {
             Action::Run { changes, .. } => changes.is_empty(),
-            Action::Package { .. } => true,
+            Action::Package { .. } | Action::Playbook { .. } => true,
             _ => false,
         }
     }
@@ -302,6 +327,7 @@ impl Action {
             Action::Service { .. } => "service",
             Action::Package { .. } => "package",
             Action::Fetch { .. } => "fetch",
+            Action::Playbook { .. } => "playbook",
         }
     }
 }

@@ -16,6 +16,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 const DEFAULT_TIMEOUT_S: u64 = 300;
+/// A playbook step's default timeout: a playbook may install packages and much more.
+const PLAYBOOK_TIMEOUT_S: u64 = 1800;
 
 /// Every problem found in a plan; its Display prints one per line.
 #[derive(Debug)]
@@ -262,7 +264,32 @@ impl Checker {
             StepKind::Service(s) => self.service(at, s),
             StepKind::Package(p) => self.package(at, p),
             StepKind::Fetch(f) => self.fetch(at, f),
+            StepKind::Playbook(p) => self.playbook(at, p),
         }
+    }
+
+    fn playbook(&mut self, at: At, p: spec::PlaybookSpec) -> Option<Action> {
+        let path = self.host_file(at, "playbook", &p.playbook);
+        let tags = self.names(at, "tags", p.tags.unwrap_or_default(), is_tag, "a tag (no commas or spaces)");
+        let program = super::find_program("ansible-playbook");
+        if program.is_none() {
+            self.problem(
+                at,
+                "playbook",
+                "needs ansible-playbook on the host, and it is not on PATH (install ansible-core and the \
+                 community.general collection, whose chroot connection the step uses)",
+            );
+        }
+        let timeout = Duration::from_secs(p.timeout_s.unwrap_or(PLAYBOOK_TIMEOUT_S));
+        Some(Action::Playbook {
+            playbook: super::Playbook {
+                path: path?,
+                program: program?,
+                extra_vars: p.extra_vars.unwrap_or_default(),
+                tags: tags?,
+                timeout,
+            },
+        })
     }
 
     fn user(&mut self, at: At, u: spec::UserSpec) -> Option<Action> {
@@ -535,6 +562,11 @@ fn is_unit_name(unit: &str) -> bool {
 }
 
 /// A Debian package name, optionally with `:arch` or `=version` (for apt).
+/// An Ansible tag as `--tags` takes it, one of a comma-separated list.
+fn is_tag(tag: &str) -> bool {
+    !tag.is_empty() && !tag.contains([',', ' ', '\n'])
+}
+
 fn is_package_name(name: &str) -> bool {
     let base = name.split([':', '=']).next().unwrap_or("");
     base.len() >= 2

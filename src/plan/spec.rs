@@ -59,6 +59,7 @@ pub(crate) enum StepKind {
     Service(ServiceSpec),
     Package(PackageSpec),
     Fetch(FetchSpec),
+    Playbook(PlaybookSpec),
 }
 
 /// An owner or group: a name looked up in the root's /etc/passwd or /etc/group, or a number.
@@ -133,6 +134,23 @@ pub(crate) struct FetchSpec {
     pub owner: Option<PrincipalSpec>,
     pub group: Option<PrincipalSpec>,
     /// Seconds the whole download may take (default 300).
+    #[schemars(range(min = 1))]
+    pub timeout_s: Option<u64>,
+}
+
+/// Run an Ansible playbook against the staged root, through Ansible's chroot connection
+/// (`community.general.chroot`): what its tasks change is part of the transaction. Needs `ansible-playbook` on the
+/// host, with the community.general collection, and Python in the root. The playbook's plays target `all`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct PlaybookSpec {
+    /// The playbook, relative to the plan file's directory.
+    pub playbook: String,
+    /// Variables passed with `--extra-vars`.
+    pub extra_vars: Option<BTreeMap<String, serde_json::Value>>,
+    /// Run only the tasks with these tags (`--tags`).
+    #[schemars(length(min = 1))]
+    pub tags: Option<Vec<String>>,
+    /// Seconds before ansible-playbook is killed (default 1800).
     #[schemars(range(min = 1))]
     pub timeout_s: Option<u64>,
 }

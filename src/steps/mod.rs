@@ -8,6 +8,7 @@ mod commands;
 mod fetch;
 mod files;
 mod packages;
+mod playbook;
 mod units;
 mod users;
 
@@ -103,5 +104,6 @@ pub(crate) fn apply(step: &Step, ctx: &mut StepContext) -> Result<String, StepFa
             (ctx.record_undo)(step).map_err(plain)?;
             commands::run_on_host(ctx.txn, run)
         }
+        Action::Playbook { playbook } => playbook::run(ctx.root, ctx.stage_env, ctx.txn, playbook),
     }
 }
