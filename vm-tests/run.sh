@@ -8,8 +8,9 @@
 #
 #   --full       the whole campaign (scripts/test.sh --full): 8 cuts per layout without parts, 4 with parts, 2
 #                writer cuts, on the layouts with parts also the apply's crash points before its steps end (by
-#                default those run on the layouts without parts only: until then an apply touches only its stages),
-#                and the journal backend's crash-state log (by default only btrfs's and overlay's)
+#                default those run on the layouts without parts only: until then an apply touches only its stages)
+#                and the rollback's (by default crashed at with parts by the cargo matrix only), and the journal
+#                backend's crash-state log (by default only btrfs's and overlay's)
 #   --cuts N     power cuts per layout without filesystems mounted inside the root (default 3; --full 8)
 #   --cuts-with-parts N  power cuts per layout with an ext4 /boot and an xfs /srv inside the root (default 1; --full 4)
 #   --soak N     a long run: N power cuts per layout (same as --cuts N, for soak runs)
