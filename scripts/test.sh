@@ -2,14 +2,16 @@
 # Runs every test of snapinst: the Rust unit and integration tests (with the crash points compiled in), the man
 # pages and completions (built and checked), the demo as a smoke test, the Debian package (built, then installed,
 # removed and purged on a Debian 12 tree), the Ansible collection (sanity, units, its modules driven by
-# ansible-playbook on real roots), the benchmark once through (its rows run and
-# its checks hold), and the VM tests (power cuts and every crash point under QEMU, a real Debian boot with the hooks).
+# ansible-playbook on real roots, and the rollout role over a fleet of 20 roots), the benchmark once through (its
+# rows run and its checks hold), and the VM tests (power cuts and every crash point under QEMU, a real Debian boot
+# with the hooks).
 #
 #   sudo bash scripts/test.sh [--full] [--stock]
 #
 #   --full    the long runs: the quick benchmark (3 runs per row, the perl set too: figures worth reading) and the
 #             whole VM campaign (vm-tests/run.sh --full: twice the power cuts, and every crash point on the layouts
-#             with parts too; about 25 minutes more)
+#             with parts too; about 25 minutes more), and the rollout role over SSH to three Debian VMs that
+#             reboot (vm-tests/fleet/run.sh)
 #   --stock   also run vm-tests/stock/run.sh: the stock Debian layouts (ext4 /, and btrfs / with /boot and /home)
 #             booted through OVMF and GRUB, a kernel package installed, rolled back, power cuts and every
 #             crash point (about 80 minutes more under software emulation)
@@ -62,6 +64,11 @@ bash vm-tests/run.sh "${vm[@]}"
 
 heading "VM tests: a real Debian boot with the hooks installed (vm-tests/debian/run.sh)"
 bash vm-tests/debian/run.sh --deb "$deb"
+
+if [ "$full" = 1 ]; then
+    heading "VM tests: the rollout role over SSH to three VMs (vm-tests/fleet/run.sh)"
+    bash vm-tests/fleet/run.sh
+fi
 
 if [ "$stock" = 1 ]; then
     heading "VM tests: the stock Debian layouts through OVMF and GRUB (vm-tests/stock/run.sh)"
