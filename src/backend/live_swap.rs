@@ -197,18 +197,11 @@ fn drop_moved_out(target: &Path, out: &Path, held: Held) -> Result<()> {
 }
 
 /// Put the entry at `new` in place of `target`, which was `seen` when the caller looked (None: absent). With `new`
-/// None, remove `target`, setting it aside at `aside` first.
+/// None, remove `target`, setting it aside at `aside` first. A file is held under a lease and checked against
+/// `seen` before it is moved (while held it cannot change unseen); any other entry after it is moved, and put back
+/// on a difference (`Swap::Changed`).
 pub(super) fn replace(target: &Path, new: Option<&Path>, aside: &Path, seen: &Option<Metadata>) -> Result<Swap> {
-    match hold(target, seen) {
-        Some(held) => replace_held(target, new, aside, seen, held),
-        None => Ok(Swap::InUse),
-    }
-}
-
-/// `replace`, for the entry held as `held`. A held file is checked against `seen` before it is
-/// moved (and while it is held it cannot change unseen); any other entry after it is moved, and put back on a
-/// difference (`Swap::Changed`).
-fn replace_held(target: &Path, new: Option<&Path>, aside: &Path, seen: &Option<Metadata>, held: Held) -> Result<Swap> {
+    let Some(held) = hold(target, seen) else { return Ok(Swap::InUse) };
     let named = |what: &str| format!("{what} {}", target.escaped());
     if held.0.is_some() && (held.broken() || !unchanged(seen, &lstat(target)?)) {
         return Ok(Swap::Changed);
