@@ -111,10 +111,8 @@ results=$scratch/results.tsv
 : >"$results"
 
 heading "Package section: the debootstrapped root (tests/fixtures/debian-root.sh)"
-test_cache=${SNAPINST_TEST_CACHE:-/var/cache/snapinst-test}
-fixture_out=$(bash tests/fixtures/debian-root.sh "$test_cache") || die "tests/fixtures/debian-root.sh failed"
-base_root=$(sed -n 's/^root=//p' <<<"$fixture_out")
-[ -x "$base_root/usr/bin/dpkg" ] || die "the fixture printed no usable root ($base_root)"
+debian_fixture_root
+base_root=$debian_root
 echo "root: $base_root ($(du -sh "$base_root" | cut -f1), $(find "$base_root" | wc -l) entries)"
 
 # closure PACKAGE...: the packages (name=version) that installing PACKAGE... into the base root needs, as apt on

@@ -86,10 +86,22 @@ unregister_under() {
   done
 }
 
+# debian_fixture_root: the debootstrapped Debian root of the tests (tests/fixtures/debian-root.sh, cached in
+# $SNAPINST_TEST_CACHE, default /var/cache/snapinst-test), its path in $debian_root.
+debian_fixture_root() {
+  local out
+  out=$(bash "$repo/tests/fixtures/debian-root.sh" "${SNAPINST_TEST_CACHE:-/var/cache/snapinst-test}") ||
+    die "tests/fixtures/debian-root.sh failed"
+  debian_root=$(sed -n 's/^root=//p' <<<"$out")
+  [ -x "$debian_root/usr/bin/dpkg" ] || die "the fixture printed no usable root ($debian_root)"
+}
+
 # make_scratch NAME: a scratch directory $scratch under $TMPDIR (default /var/tmp), removed on exit (also on
 # failure, SIGINT and SIGTERM) with everything mounted under it, the loop devices listed in $scratch_loops (a
-# script adds each it attaches, and takes out each it detaches itself) and the roots registered under it.
+# script adds each it attaches, and takes out each it detaches itself) and the roots registered under it. The
+# processes listed in $scratch_pids (servers a script started) are stopped first.
 scratch_loops=()
+scratch_pids=()
 make_scratch() {
   scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/$1.XXXXXX")
   trap remove_scratch EXIT
@@ -100,6 +112,7 @@ make_scratch() {
 remove_scratch() {
   local rc=$? l
   set +e
+  for l in "${scratch_pids[@]}"; do kill "$l" 2>/dev/null && wait "$l" 2>/dev/null; done
   unmount_under "$scratch"
   for l in "${scratch_loops[@]}"; do losetup -d "$l"; done
   unregister_under "$scratch"

@@ -7,6 +7,13 @@ xattr sorted by name (except `trusted.overlay.*`, the overlay backend's private 
 files (seconds and nanoseconds; not of directories, which every change touches, nor of symlinks), and for a
 non-directory with several names the other names in the tree (so a hard link that breaks, or appears, shows).
 
+A caller that takes many manifests of related trees (btrfs snapshots of one root) can pass `hashes`, a dict kept
+between calls: a regular file's sha256 is then reused when the same path has the same inode number, size, mtime and
+ctime as when it was hashed. Nothing but the kernel sets a ctime, and every change of a file's content sets it, so
+an unchanged ctime is an unchanged content (a snapshot keeps its files' inode numbers and ctimes). A file whose ctime
+is within two seconds of the walk's start is always hashed and never remembered, so a write in the same clock tick
+cannot hide.
+
 Usable as a module (`manifest`, `diff`, `save`, `load`) or from the command line:
     python3 manifest.py ROOT [OUT.json]       print (or save) the manifest of ROOT
     python3 manifest.py --diff A.json B.json  show how two saved manifests differ
@@ -17,6 +24,7 @@ import json
 import os
 import stat
 import sys
+import time
 
 EXCLUDED_XATTR_PREFIXES = ("trusted.overlay.",)
 
@@ -65,12 +73,25 @@ def _xattrs(path):
     return out
 
 
-def manifest(root):
-    """The manifest of the tree at `root`: {"/rel/path": {field: value}} (JSON-ready, sorted keys)."""
+def manifest(root, hashes=None):
+    """The manifest of the tree at `root`: {"/rel/path": {field: value}} (JSON-ready, sorted keys). `hashes`: the
+    content hashes of earlier walks, reused and added to (see the module's text)."""
     root = os.path.abspath(root)
     m = {}
     inodes = {}
     rootdev = os.lstat(root).st_dev
+    settled = time.time_ns() - 2_000_000_000
+
+    def sha256_of(path, key, st):
+        if hashes is None:
+            return _sha256(path)
+        cache_key = "%s %d %d %d %d" % (key, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        h = hashes.get(cache_key)
+        if h is None:
+            h = _sha256(path)
+            if st.st_ctime_ns < settled:
+                hashes[cache_key] = h
+        return h
 
     def add(path, st):
         key = "/" + os.path.relpath(path, root) if path != root else "/"
@@ -79,7 +100,7 @@ def manifest(root):
         if kind != "dir":
             e["size"] = st.st_size
         if kind == "file":
-            e["sha256"] = _sha256(path)
+            e["sha256"] = sha256_of(path, key, st)
             e["mtime"] = "%d.%09d" % (st.st_mtime_ns // 1_000_000_000, st.st_mtime_ns % 1_000_000_000)
         if kind == "symlink":
             e["target"] = os.readlink(path)

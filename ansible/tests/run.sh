@@ -55,9 +55,9 @@ ansible-galaxy collection install -p "$scratch/installed" "$tarball"
   die "the installed collection has no apply module"
 
 heading "the modules on real roots (tests/local/roots.yml)"
-make_image() { # make_image NAME FSTYPE: a 1 GiB image, formatted and loop-mounted at $scratch/NAME
+make_image() { # make_image NAME FSTYPE: a 2 GiB image, formatted and loop-mounted at $scratch/NAME
   local img=$scratch/$1.img dev
-  truncate -s 1G "$img"
+  truncate -s 2G "$img"
   case "$2" in
     btrfs) mkfs.btrfs -q "$img" ;;
     ext4) mkfs.ext4 -q -F "$img" ;;
@@ -85,22 +85,40 @@ ANSIBLE_COLLECTIONS_PATH="$scratch/installed" ANSIBLE_NOCOLOR=1 ansible-playbook
   "$collection/tests/local/roots.yml" -e snapinst="$snapinst" -e work="$scratch/manifests" \
   -e "{\"manifest\": \"/usr/bin/python3 $repo/vm-tests/manifest.py\"}"
 heading "a fleet of 20 roots rolled out by the role (playbooks/rollout.yml, tests/fleet/check.py)"
-# 15 btrfs roots, snapshots of one base root, and 5 overlay roots on ext4; the canary, then batches of 1, 1, 9, 8.
-# A failing health check on one host of the third batch: it is rolled back, and the fourth batch is not reached.
+# 15 btrfs roots, snapshots of one debootstrapped Debian root, and 5 overlay roots on ext4; the canary, then batches
+# of 1, 1, 9, 8. Each host's health is checked three ways: a command, a URL (the page the plan makes, served by an
+# HTTP server on 127.0.0.1) and a systemd unit (enabled in the root). A fault on three hosts of the third batch, one
+# for each check: they are rolled back, and the fourth batch is not reached.
 fleet=$scratch/fleet
 mkdir -p "$fleet"
+debian_fixture_root
 btrfs -q subvolume create "$scratch/btrfs/fleet-base"
-make_base_root "$scratch/btrfs/fleet-base"
+cp -a "$debian_root/." "$scratch/btrfs/fleet-base/"
 make_base_root "$scratch/ext4/fleet-base"
+python3 - "$scratch" "$fleet/http.port" <<'PY' &
+import functools, http.server, os, sys
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=sys.argv[1]))
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(str(server.server_address[1]))
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+server.serve_forever()
+PY
+scratch_pids+=($!)
+for _ in $(seq 100); do [ -s "$fleet/http.port" ] && break; sleep 0.1; done
+[ -s "$fleet/http.port" ] || die "the test's HTTP server did not start"
+http="http://127.0.0.1:$(cat "$fleet/http.port")"
 {
   echo "[fleet]"
   for i in $(seq -w 1 20); do
     if [ "$i" -le 15 ]; then
       btrfs -q subvolume snapshot "$scratch/btrfs/fleet-base" "$scratch/btrfs/fleet$i"
-      echo "fleet$i snapinst_rollout_root=$scratch/btrfs/fleet$i snapinst_rollout_backend=btrfs"
+      echo "fleet$i snapinst_rollout_root=$scratch/btrfs/fleet$i snapinst_rollout_backend=btrfs fleet_site=$http/btrfs/fleet$i/opt/web/"
     else
       cp -a "$scratch/ext4/fleet-base" "$scratch/ext4/fleet$i"
-      echo "fleet$i snapinst_rollout_root=$scratch/ext4/fleet$i snapinst_rollout_backend=overlay"
+      echo "fleet$i snapinst_rollout_root=$scratch/ext4/fleet$i snapinst_rollout_backend=overlay fleet_site=$http/ext4/fleet$i/opt/web/"
     fi
   done
   echo "[fleet:vars]"
@@ -112,27 +130,29 @@ import json, re, sys
 hosts = dict(re.findall(r"^(fleet\d+) snapinst_rollout_root=(\S+)", open(sys.argv[1] + "/inventory.ini").read(), re.M))
 json.dump(hosts, open(sys.argv[1] + "/hosts.json", "w"))
 PY
-echo '["fleet05"]' >"$fleet/faults.json"
+echo '{"fleet05": "command", "fleet07": "url", "fleet10": "unit"}' >"$fleet/faults.json"
 fleet_run() { # fleet_run EXTRA-ARGS...: the collection's rollout playbook over the fleet
   ANSIBLE_COLLECTIONS_PATH="$scratch/installed" ANSIBLE_NOCOLOR=1 ANSIBLE_FORKS=10 ANSIBLE_SHOW_CUSTOM_STATS=1 \
     ansible-playbook -i "$fleet/inventory.ini" snapinst.snapinst.rollout \
-    -e snapinst_rollout_plan="$collection/tests/local/plans/web/plan.yaml" -e snapinst_rollout_executable="$snapinst" \
+    -e snapinst_rollout_plan="$collection/tests/fleet/plan/plan.yaml" -e snapinst_rollout_executable="$snapinst" \
     -e snapinst_rollout_summary_file="$fleet/summary.json" -e snapinst_rollout_health_delay=0 \
-    -e '{"snapinst_rollout_health_command": "{{ \"/bin/false\" if inventory_hostname in fleet_faults else \"grep -q port=8080 \" ~ snapinst_rollout_root ~ \"/etc/web.conf\" }}"}' \
+    -e '{"snapinst_rollout_health_command": "{{ \"/bin/false\" if fleet_faults.get(inventory_hostname) == \"command\" else \"grep -q port=8080 \" ~ snapinst_rollout_root ~ \"/etc/web.conf\" }}"}' \
+    -e '{"snapinst_rollout_health_url": "{{ fleet_site ~ (\"missing.html\" if fleet_faults.get(inventory_hostname) == \"url\" else \"index.html\") }}"}' \
+    -e '{"snapinst_rollout_health_unit": "{{ \"fleet-missing.service\" if fleet_faults.get(inventory_hostname) == \"unit\" else \"fleet-web.service\" }}"}' \
     "$@"
 }
 check_fleet() { python3 "$collection/tests/fleet/check.py" "$repo/vm-tests" "$fleet" "$1"; }
 check_fleet before
 heading "fleet: the rollout in check mode"
-fleet_run --check -e '{"fleet_faults": []}'
+fleet_run --check -e '{"fleet_faults": {}}'
 check_fleet check
-heading "fleet: the rollout, with a failing health check on fleet05"
+heading "fleet: the rollout, with a failing health check on fleet05, fleet07 and fleet10"
 rc=0
 fleet_run -e "{\"fleet_faults\": $(cat "$fleet/faults.json")}" || rc=$?
-[ "$rc" != 0 ] || die "the rollout with a failing host succeeded"
+[ "$rc" != 0 ] || die "the rollout with failing hosts succeeded"
 check_fleet rollout
-heading "fleet: the same rollout again, without the fault"
-fleet_run -e '{"fleet_faults": []}'
+heading "fleet: the same rollout again, without the faults"
+fleet_run -e '{"fleet_faults": {}}'
 check_fleet again
 
 heading "ansible: all passed"
