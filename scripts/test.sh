@@ -37,8 +37,8 @@ heading "Ansible for the playbook step's tests: scripts/ansible-env.sh"
 repo=$PWD
 . scripts/ansible-env.sh
 
-heading "cargo test --features failpoints"
-cargo test --features failpoints --no-fail-fast
+heading "cargo tests: scripts/cargo-tests.sh"
+bash scripts/cargo-tests.sh
 
 heading "man pages and completions: scripts/docs.sh"
 bash scripts/docs.sh
