@@ -99,12 +99,6 @@ enum BackendName {
     Journal,
 }
 
-/// The 1-based line and column of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    (before.matches('\n').count() + 1, before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1)
-}
-
 /// One file being read: its path and text, for messages.
 struct Source<'a> {
     path: &'a Path,
@@ -113,7 +107,7 @@ struct Source<'a> {
 
 impl Source<'_> {
     fn problem(&self, span: std::ops::Range<usize>, key: &str, why: impl std::fmt::Display) -> String {
-        let (line, column) = line_column(self.text, span.start);
+        let (line, column) = crate::textpos::line_column(self.text, span.start);
         let key = if key.is_empty() { String::new() } else { format!("{key}: ") };
         format!("{} line {line} column {column}: {key}{why}", self.path.escaped())
     }

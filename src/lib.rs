@@ -27,6 +27,7 @@ mod sandbox;
 mod state;
 mod steps;
 mod submounts;
+mod textpos;
 mod topview;
 mod treediff;
 

@@ -2,6 +2,7 @@
 //! is read into the same JSON value, which the schema check and the plan types then take as they take a JSON plan,
 //! so every format gets the same checks and the same messages. A syntax error names its line and column.
 
+use crate::textpos::line_column;
 use serde_json::Value;
 use std::path::Path;
 
@@ -30,14 +31,6 @@ impl Format {
             Format::Toml => "TOML",
         }
     }
-}
-
-/// The 1-based line and column of byte `offset` in `text`.
-pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 /// Read the plan text `bytes` in `format` into a JSON value; the error says what is wrong and where.

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::formats::{line_column, Format};
+use super::formats::Format;
+use crate::textpos::line_column;
 
 /// A line and a column, both 1-based.
 pub(crate) type Place = (usize, usize);
