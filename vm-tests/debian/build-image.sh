@@ -76,6 +76,9 @@ install -D -m 0644 "$guest/snapinst-vmtest-early.service" "$mnt/etc/systemd/syst
 install -D -m 0644 "$guest/plan.json" "$mnt/root/plan.json"
 install -D -m 0644 "$guest/broken-health.service" "$mnt/root/broken-health.service"
 install -D -m 0644 "$guest/plan2.json" "$mnt/root/plan2.json"
+# Two boots for a pending generation instead of the default three: one boot fewer for the fallback, and the
+# configuration key proven at boot (scenario.py's TRIES).
+install -D -m 0644 "$guest/50-vmtest.toml" "$mnt/etc/snapinst/snapinst.d/50-vmtest.toml"
 
 step "chroot: systemctl enable, update-initramfs"
 for d in proc sys dev dev/pts; do mkdir -p "$mnt/$d"; done

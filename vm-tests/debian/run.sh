@@ -3,7 +3,7 @@
 # btrfs disk whose root is subvolume @, with snapinst and its boot hooks installed the way the README says
 # (make install; systemctl enable snapinst-recover.service snapinst-bless.service; update-initramfs), and checks
 # that the hooks really run at boot: the initramfs hook, snapinst-recover.service, the failed-boot fallback after
-# 3 boots that never reach boot-complete.target, snapinst-bless.service, and the boot hook finishing a transaction
+# 2 boots that never reach boot-complete.target (boot_tries configured in /etc/snapinst/snapinst.d/), snapinst-bless.service, and the boot hook finishing a transaction
 # that a machine reset interrupted after its commit point. First, on a copy of the same debootstrapped tree, the
 # Debian package installed, removed and purged (package.sh).
 #
